@@ -1,0 +1,213 @@
+"""Params <-> PyTorch/HF `BertForPreTraining` state dicts.
+
+The mapping is data: a table of (our path, HF name, transform) rows. A transform is a
+pair of small functions (ours -> HF, HF -> ours) that know only shapes from BertConfig.
+Scanned params are unstacked to per-layer trees first, so one table serves both layouts.
+Arrays are numpy on the way out (HF layout, in the params' dtype) and keep their dtype on the
+way in unless `param_dtype` is given.
+"""
+
+import dataclasses
+from typing import Callable, Mapping
+
+import numpy as np
+
+from bert_jax.model import BertConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Transform:
+  to_hf: Callable[[np.ndarray, BertConfig], np.ndarray]
+  from_hf: Callable[[np.ndarray, BertConfig], np.ndarray]
+
+
+def _pad_rows(x, rows):
+  pad = [(0, rows - x.shape[0])] + [(0, 0)] * (x.ndim - 1)
+  return np.pad(x, pad)
+
+
+identity = Transform(lambda x, c: x, lambda x, c: x)
+# Linear: torch weight [out, in], Flax kernel [in, out].
+dense_kernel = Transform(lambda x, c: x.T, lambda x, c: x.T)
+# Query/key/value kernel [H, heads, head_dim] <-> weight [heads*head_dim, H].
+qkv_kernel = Transform(lambda x, c: x.reshape(c.hidden_size, -1).T,
+                       lambda x, c: x.T.reshape(c.hidden_size, c.num_heads, c.head_dim))
+qkv_bias = Transform(lambda x, c: x.reshape(-1), lambda x, c: x.reshape(c.num_heads, c.head_dim))
+# Attention output kernel [heads, head_dim, H] <-> weight [H, heads*head_dim].
+attn_out_kernel = Transform(lambda x, c: x.reshape(-1, c.hidden_size).T,
+                            lambda x, c: x.T.reshape(c.num_heads, c.head_dim, c.hidden_size))
+# Padded vocabulary rows are cut on export and zero-filled on import.
+vocab_rows = Transform(lambda x, c: x[:c.vocab_size], lambda x, c: _pad_rows(x, c.padded_vocab_size))
+
+# our path template                                HF name template                                         transform
+EMBEDDING_AND_HEAD_MAP = [
+    ("embeddings/word_embeddings/embedding",       "bert.embeddings.word_embeddings.weight",                vocab_rows),
+    ("embeddings/position_embeddings/embedding",   "bert.embeddings.position_embeddings.weight",            identity),
+    ("embeddings/token_type_embeddings/embedding", "bert.embeddings.token_type_embeddings.weight",          identity),
+    ("embeddings/layer_norm/scale",                "bert.embeddings.LayerNorm.weight",                      identity),
+    ("embeddings/layer_norm/bias",                 "bert.embeddings.LayerNorm.bias",                        identity),
+    ("pooler/kernel",                              "bert.pooler.dense.weight",                              dense_kernel),
+    ("pooler/bias",                                "bert.pooler.dense.bias",                                identity),
+    ("mlm_transform/kernel",                       "cls.predictions.transform.dense.weight",                dense_kernel),
+    ("mlm_transform/bias",                         "cls.predictions.transform.dense.bias",                  identity),
+    ("mlm_layer_norm/scale",                       "cls.predictions.transform.LayerNorm.weight",            identity),
+    ("mlm_layer_norm/bias",                        "cls.predictions.transform.LayerNorm.bias",              identity),
+    ("mlm_output_bias",                            "cls.predictions.bias",                                  vocab_rows),
+    ("nsp_classifier/kernel",                      "cls.seq_relationship.weight",                           dense_kernel),
+    ("nsp_classifier/bias",                        "cls.seq_relationship.bias",                             identity),
+]
+_L = "bert.encoder.layer.{i}"
+LAYER_MAP = [
+    ("encoder/layer_{i}/attention/query/kernel",   _L + ".attention.self.query.weight",                    qkv_kernel),
+    ("encoder/layer_{i}/attention/query/bias",     _L + ".attention.self.query.bias",                      qkv_bias),
+    ("encoder/layer_{i}/attention/key/kernel",     _L + ".attention.self.key.weight",                      qkv_kernel),
+    ("encoder/layer_{i}/attention/key/bias",       _L + ".attention.self.key.bias",                        qkv_bias),
+    ("encoder/layer_{i}/attention/value/kernel",   _L + ".attention.self.value.weight",                    qkv_kernel),
+    ("encoder/layer_{i}/attention/value/bias",     _L + ".attention.self.value.bias",                      qkv_bias),
+    ("encoder/layer_{i}/attention/output/kernel",  _L + ".attention.output.dense.weight",                  attn_out_kernel),
+    ("encoder/layer_{i}/attention/output/bias",    _L + ".attention.output.dense.bias",                    identity),
+    ("encoder/layer_{i}/attention_layer_norm/scale", _L + ".attention.output.LayerNorm.weight",            identity),
+    ("encoder/layer_{i}/attention_layer_norm/bias",  _L + ".attention.output.LayerNorm.bias",              identity),
+    ("encoder/layer_{i}/intermediate/kernel",      _L + ".intermediate.dense.weight",                      dense_kernel),
+    ("encoder/layer_{i}/intermediate/bias",        _L + ".intermediate.dense.bias",                        identity),
+    ("encoder/layer_{i}/output/kernel",            _L + ".output.dense.weight",                            dense_kernel),
+    ("encoder/layer_{i}/output/bias",              _L + ".output.dense.bias",                              identity),
+    ("encoder/layer_{i}/output_layer_norm/scale",  _L + ".output.LayerNorm.weight",                        identity),
+    ("encoder/layer_{i}/output_layer_norm/bias",   _L + ".output.LayerNorm.bias",                          identity),
+]
+# HF keeps these beside the canonical ones: tied copies and a non-persistent buffer.
+TIED_HF_KEYS = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+                "cls.predictions.decoder.bias": "cls.predictions.bias"}
+IGNORED_HF_KEYS = {"bert.embeddings.position_ids"}
+
+
+def name_table(config: BertConfig):
+  """All (our path, HF name, transform) rows for this config, layers expanded."""
+  rows = list(EMBEDDING_AND_HEAD_MAP)
+  for i in range(config.num_layers):
+    rows += [(ours.format(i=i), hf.format(i=i), t) for ours, hf, t in LAYER_MAP]
+  return rows
+
+
+def _flatten(tree, prefix=""):
+  out = {}
+  for k, v in tree.items():
+    path = f"{prefix}/{k}" if prefix else k
+    out.update(_flatten(v, path) if isinstance(v, Mapping) else {path: v})
+  return out
+
+
+def _unflatten(flat):
+  tree = {}
+  for path, v in flat.items():
+    node = tree
+    *parents, leaf = path.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = v
+  return tree
+
+
+def unscan_params(params, config: BertConfig):
+  """encoder/layers/layer/... stacked on axis 0 -> encoder/layer_{i}/...; no-op if unscanned."""
+  encoder = params["encoder"]
+  if "layers" not in encoder:
+    return params
+  stacked = _flatten(encoder["layers"]["layer"])
+  per_layer = {f"layer_{i}": _unflatten({k: v[i] for k, v in stacked.items()}) for i in range(config.num_layers)}
+  return {**params, "encoder": per_layer}
+
+
+def scan_params(params, config: BertConfig):
+  """Inverse of unscan_params: stack encoder/layer_{i} into encoder/layers/layer."""
+  encoder = params["encoder"]
+  if "layers" in encoder:
+    return params
+  flats = [_flatten(encoder[f"layer_{i}"]) for i in range(config.num_layers)]
+  stacked = {k: np.stack([np.asarray(f[k]) for f in flats]) for k in flats[0]}
+  return {**params, "encoder": {"layers": {"layer": _unflatten(stacked)}}}
+
+
+def params_to_hf(params, config: BertConfig) -> dict[str, np.ndarray]:
+  """Flax params (scanned or not, any float dtype) -> HF BertForPreTraining state dict (numpy)."""
+  flat = _flatten(unscan_params(params, config))
+  state = {}
+  for ours, hf, t in name_table(config):
+    if ours not in flat:
+      raise KeyError(f"params have no {ours!r} (needed for {hf!r}); is the config right for these params?")
+    state[hf] = np.ascontiguousarray(t.to_hf(np.asarray(flat[ours]), config))
+  return state
+
+
+def _expected_our_shapes(config: BertConfig):
+  import jax
+  import jax.numpy as jnp
+  from bert_jax.model import BertForPreTraining
+  unscanned = dataclasses.replace(config, scan_layers=False)
+  ids = jnp.zeros((1, 1), jnp.int32)
+  abstract = jax.eval_shape(lambda: BertForPreTraining(unscanned).init(jax.random.key(0), ids, ids, ids))
+  import flax.linen as nn
+  return {k: v.shape for k, v in _flatten(nn.unbox(abstract["params"])).items()}
+
+
+def hf_to_params(state_dict: Mapping[str, np.ndarray], config: BertConfig, param_dtype=None):
+  """HF BertForPreTraining state dict -> Flax params in the layout config.scan_layers asks for.
+
+  Fails naming the key on a missing key, an unexpected key, a wrong shape, or untied decoder weights.
+  """
+  state = {k: np.asarray(v) for k, v in state_dict.items()}
+  table = name_table(config)
+  known = {hf for _, hf, _ in table}
+  unexpected = sorted(set(state) - known - set(TIED_HF_KEYS) - IGNORED_HF_KEYS)
+  if unexpected:
+    raise KeyError(f"unexpected keys in state dict: {unexpected[:10]} (is num_layers={config.num_layers} right?)")
+  missing = sorted(known - set(state))
+  if missing:
+    raise KeyError(f"missing keys in state dict: {missing[:10]}")
+  for tied, source in TIED_HF_KEYS.items():
+    if tied in state and not np.array_equal(state[tied], state[source]):
+      raise ValueError(f"{tied!r} differs from {source!r}: bert_jax ties the decoder to the word embeddings")
+
+  expected = _expected_our_shapes(config)
+  flat = {}
+  for ours, hf, t in table:
+    value = t.from_hf(_checked_hf_shape(state[hf], hf, ours, expected[ours], t, config), config)
+    flat[ours] = value.astype(param_dtype) if param_dtype is not None else value
+  params = _unflatten(flat)
+  return scan_params(params, config) if config.scan_layers else params
+
+
+def _checked_hf_shape(value, hf_name, our_path, our_shape, transform, config):
+  expected_hf_shape = transform.to_hf(np.zeros(our_shape, np.float32), config).shape
+  if tuple(value.shape) != tuple(expected_hf_shape):
+    raise ValueError(f"{hf_name!r} has shape {tuple(value.shape)} but this config needs {tuple(expected_hf_shape)} "
+                     f"(for {our_path!r} {tuple(our_shape)}); check vocab_size/hidden_size/num_heads")
+  return value
+
+
+def hf_config_dict(config: BertConfig) -> dict:
+  """config.json fields of a transformers BertConfig for BertForPreTraining (real, unpadded vocab)."""
+  return {
+      "architectures": ["BertForPreTraining"], "model_type": "bert",
+      "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
+      "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
+      "intermediate_size": config.intermediate_size, "hidden_act": "gelu",  # HF "gelu" is the erf form
+      "max_position_embeddings": config.max_position_embeddings, "type_vocab_size": config.type_vocab_size,
+      "layer_norm_eps": config.layer_norm_eps, "initializer_range": config.initializer_range,
+      "hidden_dropout_prob": config.hidden_dropout, "attention_probs_dropout_prob": config.attention_dropout,
+      "pad_token_id": 0, "tie_word_embeddings": True,
+  }
+
+
+def bert_config_from_hf(hf: Mapping, **overrides) -> BertConfig:
+  """BertConfig from an HF config.json dict; overrides set our-only fields (dtype, scan, padding...)."""
+  if hf.get("hidden_act", "gelu") != "gelu":
+    raise ValueError(f"hidden_act {hf['hidden_act']!r} is not supported; bert_jax uses the erf GELU ('gelu')")
+  fields = dict(
+      vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
+      num_heads=hf["num_attention_heads"], intermediate_size=hf["intermediate_size"],
+      max_position_embeddings=hf.get("max_position_embeddings", 512), type_vocab_size=hf.get("type_vocab_size", 2),
+      layer_norm_eps=hf.get("layer_norm_eps", 1e-12), initializer_range=hf.get("initializer_range", 0.02),
+      hidden_dropout=hf.get("hidden_dropout_prob", 0.1), attention_dropout=hf.get("attention_probs_dropout_prob", 0.1))
+  fields.update(overrides)
+  return BertConfig(**fields)

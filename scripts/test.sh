@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs the test suite on CPU (8 simulated devices), after installing the test and torch extras.
+#   bash scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EXTRAS=torch,test bash scripts/setup.sh
+. .venv/bin/activate
+exec python -m pytest -n "${PYTEST_WORKERS:-2}" --dist=loadfile "$@"

@@ -1,0 +1,172 @@
+"""Numerical parity with HF PyTorch BertForPreTraining through the conversion table."""
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import torch  # the [torch] extra; scripts/test.sh installs it, so a missing torch fails rather than skips
+import transformers
+
+from bert_jax import convert, losses  # noqa: E402
+from bert_jax.model import BertConfig, BertForPreTraining  # noqa: E402
+
+torch.manual_seed(0)
+
+
+def _config(size, **kw):
+  return BertConfig.from_size(size, vocab_size=kw.pop("vocab_size", 1000), **kw)
+
+
+def _batch(batch=3, seq=24, vocab=1000, predictions=5, seed=0):
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(5, vocab, (batch, seq)).astype(np.int64)
+  lengths = [seq, seq - 7, seq // 2]
+  mask = (np.arange(seq)[None, :] < np.array(lengths)[:, None]).astype(np.int64)
+  ids[mask == 0] = 0
+  segments = (np.arange(seq)[None, :] >= np.array([l // 2 for l in lengths])[:, None]).astype(np.int64) * mask
+  positions = np.stack([np.sort(rng.choice(np.arange(1, l - 1), predictions, replace=False)) for l in lengths])
+  labels = rng.integers(5, vocab, (batch, predictions))
+  weights = np.ones((batch, predictions), np.float32)
+  weights[2, -2:] = 0.0
+  nsp = np.array([0, 1, 0])
+  return dict(input_ids=ids, input_mask=mask, segment_ids=segments, masked_lm_positions=positions,
+              masked_lm_ids=labels, masked_lm_weights=weights, next_sentence_labels=nsp)
+
+
+def _hf_model(config, state_dict=None):
+  hf = transformers.BertForPreTraining(transformers.BertConfig(**convert.hf_config_dict(config)))
+  if state_dict is not None:
+    result = hf.load_state_dict({k: torch.from_numpy(np.array(v, np.float32)) for k, v in state_dict.items()},
+                                strict=False)
+    assert not result.unexpected_keys, result.unexpected_keys
+    assert set(result.missing_keys) <= set(convert.TIED_HF_KEYS), result.missing_keys
+    hf.tie_weights()
+  return hf.eval()
+
+
+def _hf_logits(hf, b):
+  with torch.no_grad():
+    out = hf(input_ids=torch.from_numpy(b["input_ids"]), attention_mask=torch.from_numpy(b["input_mask"]),
+             token_type_ids=torch.from_numpy(b["segment_ids"]))
+  return out.prediction_logits.numpy(), out.seq_relationship_logits.numpy()
+
+
+def _our_logits(config, params, b):
+  out = BertForPreTraining(config).apply({"params": params}, jnp.asarray(b["input_ids"]),
+                                         jnp.asarray(b["input_mask"]), jnp.asarray(b["segment_ids"]), None)
+  return np.asarray(out["mlm_logits"], np.float32), np.asarray(out["nsp_logits"], np.float32)
+
+
+def _init(config, seed=0):
+  ids = jnp.zeros((1, 8), jnp.int32)
+  return nn.unbox(BertForPreTraining(config).init(jax.random.key(seed), ids, ids, ids)["params"])
+
+
+@pytest.mark.parametrize("size,scan", [("tiny", False), ("tiny", True), ("base", False)])
+def test_ours_to_hf_logits_match(size, scan):
+  config = _config(size, scan_layers=scan)
+  params = _init(config)
+  b = _batch()
+  hf = _hf_model(config, convert.params_to_hf(params, config))
+  hf_mlm, hf_nsp = _hf_logits(hf, b)
+  mlm, nsp = _our_logits(config, params, b)
+  assert np.max(np.abs(mlm - hf_mlm)) <= 1e-4
+  assert np.max(np.abs(nsp - hf_nsp)) <= 1e-4
+
+
+@pytest.mark.parametrize("size,scan", [("tiny", False), ("tiny", True), ("base", True)])
+def test_hf_to_ours_logits_match(size, scan):
+  config = _config(size, scan_layers=scan)
+  hf = _hf_model(config)  # HF's own random init
+  state = {k: v.numpy() for k, v in hf.state_dict().items()}
+  params = convert.hf_to_params(state, config)
+  b = _batch(seed=1)
+  hf_mlm, hf_nsp = _hf_logits(hf, b)
+  mlm, nsp = _our_logits(config, params, b)
+  assert np.max(np.abs(mlm - hf_mlm)) <= 1e-4
+  assert np.max(np.abs(nsp - hf_nsp)) <= 1e-4
+
+
+def test_round_trip_is_exact_with_padded_vocab_and_scan():
+  config = _config("tiny", scan_layers=True, vocab_pad_multiple=128)
+  params = _init(config)
+  state = convert.params_to_hf(params, config)
+  assert state["bert.embeddings.word_embeddings.weight"].shape == (1000, 128)
+  assert state["cls.predictions.bias"].shape == (1000,)
+  back = convert.hf_to_params(state, config)
+  real = lambda p: p["embeddings"]["word_embeddings"]["embedding"][:1000]
+  np.testing.assert_array_equal(real(back), real(params))
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(convert.unscan_params(params, config)),
+                          jax.tree_util.tree_leaves(convert.unscan_params(back, config))):
+    assert a.shape == b.shape, jax.tree_util.keystr(path)
+
+
+def test_bf16_params_convert_and_match():
+  config = _config("tiny", param_dtype="bfloat16", dtype="float32")
+  params = _init(config)
+  assert params["pooler"]["kernel"].dtype == jnp.bfloat16
+  state = convert.params_to_hf(params, config)
+  assert state["bert.pooler.dense.weight"].dtype == jnp.bfloat16
+  hf = _hf_model(config, state)  # loaded as fp32: bf16 values are exactly representable
+  b = _batch()
+  hf_mlm, _ = _hf_logits(hf, b)
+  mlm, _ = _our_logits(dataclasses.replace(config, param_dtype="float32"),
+                       jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), params), b)
+  assert np.max(np.abs(mlm - hf_mlm)) <= 1e-4
+  back = convert.hf_to_params(state, config, param_dtype=jnp.bfloat16)
+  assert back["pooler"]["kernel"].dtype == jnp.bfloat16
+
+
+def test_query_kernel_gradient_matches_torch():
+  config = _config("tiny")
+  params = _init(config, seed=3)
+  b = _batch(seed=2)
+  hf = _hf_model(config, convert.params_to_hf(params, config))
+
+  def loss_fn(p):
+    out = BertForPreTraining(config).apply({"params": p}, b["input_ids"], b["input_mask"], b["segment_ids"],
+                                           b["masked_lm_positions"])
+    mlm, _ = losses.mlm_loss(out["mlm_logits"], b["masked_lm_ids"], b["masked_lm_weights"])
+    nsp, _ = losses.nsp_loss(out["nsp_logits"], b["next_sentence_labels"])
+    return mlm + nsp
+
+  ours = np.asarray(jax.grad(loss_fn)(params)["encoder"]["layer_1"]["attention"]["query"]["kernel"])
+
+  out = hf(input_ids=torch.from_numpy(b["input_ids"]), attention_mask=torch.from_numpy(b["input_mask"]),
+           token_type_ids=torch.from_numpy(b["segment_ids"]))
+  pos = torch.from_numpy(b["masked_lm_positions"])
+  logits = torch.gather(out.prediction_logits, 1, pos[..., None].expand(-1, -1, config.vocab_size))
+  weights = torch.from_numpy(b["masked_lm_weights"])
+  xent = torch.nn.functional.cross_entropy(logits.reshape(-1, config.vocab_size),
+                                           torch.from_numpy(b["masked_lm_ids"]).reshape(-1), reduction="none")
+  mlm = (xent * weights.reshape(-1)).sum() / weights.sum()
+  nsp = torch.nn.functional.cross_entropy(out.seq_relationship_logits, torch.from_numpy(b["next_sentence_labels"]))
+  (mlm + nsp).backward()
+  theirs_weight = hf.bert.encoder.layer[1].attention.self.query.weight.grad.numpy()
+  theirs = convert.qkv_kernel.from_hf(theirs_weight, config)
+  rel = np.linalg.norm(ours - theirs) / np.linalg.norm(theirs)
+  assert rel <= 1e-4, rel
+
+
+def test_state_dict_problems_name_the_key():
+  config = _config("tiny")
+  state = convert.params_to_hf(_init(config), config)
+  missing = dict(state)
+  del missing["bert.encoder.layer.1.output.dense.bias"]
+  with pytest.raises(KeyError, match=r"bert\.encoder\.layer\.1\.output\.dense\.bias"):
+    convert.hf_to_params(missing, config)
+  extra = {**state, "bert.encoder.layer.2.output.dense.bias": np.zeros(128)}
+  with pytest.raises(KeyError, match=r"bert\.encoder\.layer\.2\.output\.dense\.bias"):
+    convert.hf_to_params(extra, config)
+  wrong = {**state, "bert.pooler.dense.weight": np.zeros((128, 64), np.float32)}
+  with pytest.raises(ValueError, match=r"bert\.pooler\.dense\.weight.*\(128, 64\)"):
+    convert.hf_to_params(wrong, config)
+  smaller_vocab = {**state, "cls.predictions.bias": np.zeros(900, np.float32)}
+  with pytest.raises(ValueError, match=r"cls\.predictions\.bias"):
+    convert.hf_to_params(smaller_vocab, config)
+  untied = {**state, "cls.predictions.decoder.weight": state["bert.embeddings.word_embeddings.weight"] + 1}
+  with pytest.raises(ValueError, match="ties the decoder"):
+    convert.hf_to_params(untied, config)

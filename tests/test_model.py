@@ -1,0 +1,108 @@
+"""Model structure: config validation, shapes, logical axes, parameter counts, MLM gather."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bert_jax.model import BertConfig, BertForPreTraining, count_params
+
+
+def _batch(batch=2, seq=16, vocab=100, predictions=4, seed=0):
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(5, vocab, (batch, seq)).astype(np.int32)
+  mask = np.ones((batch, seq), np.int32)
+  mask[1, seq // 2:] = 0
+  ids[mask == 0] = 0
+  segments = np.zeros((batch, seq), np.int32)
+  segments[:, seq // 3:] = 1
+  segments[mask == 0] = 0
+  positions = np.stack([np.sort(rng.choice(np.arange(1, seq // 2), predictions, replace=False)) for _ in range(batch)])
+  return ids, mask, segments, positions.astype(np.int32)
+
+
+def _abstract_params(config):
+  ids = jnp.zeros((1, 8), jnp.int32)
+  return jax.eval_shape(lambda: BertForPreTraining(config).init(jax.random.key(0), ids, ids, ids))["params"]
+
+
+def test_hidden_not_divisible_by_heads_fails_at_creation():
+  with pytest.raises(ValueError, match="divisible by num_heads"):
+    BertConfig(hidden_size=100, num_heads=12)
+
+
+def test_sequence_longer_than_positions_fails_clearly():
+  config = BertConfig.from_size("tiny", vocab_size=50, max_position_embeddings=16)
+  ids = jnp.zeros((1, 17), jnp.int32)
+  with pytest.raises(ValueError, match="exceeds max_position_embeddings"):
+    BertForPreTraining(config).init(jax.random.key(0), ids, ids, ids)
+
+
+@pytest.mark.parametrize("size,expected,tolerance", [("base", 110e6, 1e6), ("large", 335e6, 2e6)])
+def test_parameter_counts_with_heads(size, expected, tolerance):
+  n = count_params(nn.unbox(_abstract_params(BertConfig.from_size(size))))
+  assert abs(n - expected) <= tolerance, f"{size}: {n:,} params"
+
+
+def test_vocab_padding_rounds_up_and_logits_keep_real_size():
+  config = BertConfig.from_size("tiny", vocab_size=1000, vocab_pad_multiple=128)
+  assert config.padded_vocab_size == 1024
+  params = _abstract_params(config)
+  assert nn.unbox(params)["embeddings"]["word_embeddings"]["embedding"].shape == (1024, 128)
+  ids, mask, seg, pos = _batch(vocab=1000)
+  variables = BertForPreTraining(config).init(jax.random.key(0), ids, mask, seg, pos)
+  out = BertForPreTraining(config).apply(variables, ids, mask, seg, pos)
+  assert out["mlm_logits"].shape == (2, 4, 1000)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_every_param_has_logical_axis_names(scan):
+  config = BertConfig.from_size("tiny", vocab_size=100, scan_layers=scan)
+  params = _abstract_params(config)
+  leaves = jax.tree_util.tree_leaves_with_path(params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  assert len(leaves) > 20
+  for path, leaf in leaves:
+    name = jax.tree_util.keystr(path)
+    assert isinstance(leaf, nn.Partitioned), f"{name} has no logical axis names"
+    assert len(leaf.names) == leaf.value.ndim, f"{name}: names {leaf.names} vs shape {leaf.value.shape}"
+    if scan and "encoder" in name:
+      assert leaf.names[0] == "layers", name
+  named = {n for _, leaf in leaves for n in leaf.names if n}
+  assert {"vocab", "embed", "mlp", "heads", "kv"} <= named
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_masked_position_gather_matches_all_positions(scan):
+  config = BertConfig.from_size("tiny", vocab_size=100, scan_layers=scan)
+  model = BertForPreTraining(config)
+  ids, mask, seg, pos = _batch()
+  variables = model.init(jax.random.key(1), ids, mask, seg, pos)
+  gathered = model.apply(variables, ids, mask, seg, pos)["mlm_logits"]
+  everywhere = model.apply(variables, ids, mask, seg, None)["mlm_logits"]
+  assert everywhere.shape == (2, 16, 100)
+  expected = np.take_along_axis(np.asarray(everywhere), pos[..., None], axis=1)
+  np.testing.assert_allclose(gathered, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_dropout_changes_outputs_only_when_training():
+  config = BertConfig.from_size("tiny", vocab_size=100)
+  model = BertForPreTraining(config)
+  ids, mask, seg, pos = _batch()
+  variables = model.init(jax.random.key(1), ids, mask, seg, pos)
+  eval_a = model.apply(variables, ids, mask, seg, pos)["mlm_logits"]
+  eval_b = model.apply(variables, ids, mask, seg, pos)["mlm_logits"]
+  train = model.apply(variables, ids, mask, seg, pos, deterministic=False,
+                      rngs={"dropout": jax.random.key(2)})["mlm_logits"]
+  np.testing.assert_array_equal(eval_a, eval_b)
+  assert not np.allclose(eval_a, train)
+
+
+@pytest.mark.parametrize("policy", ["full", "dots"])
+def test_remat_keeps_outputs(policy):
+  base = BertConfig.from_size("tiny", vocab_size=100, scan_layers=True)
+  ids, mask, seg, pos = _batch()
+  variables = BertForPreTraining(base).init(jax.random.key(1), ids, mask, seg, pos)
+  plain = BertForPreTraining(base).apply(variables, ids, mask, seg, pos)["mlm_logits"]
+  rematted = BertForPreTraining(BertConfig(**{**base.__dict__, "remat_policy": policy})).apply(
+      variables, ids, mask, seg, pos)["mlm_logits"]
+  np.testing.assert_allclose(plain, rematted, atol=1e-6)
