@@ -1,0 +1,295 @@
+"""Corpus -> vocabulary -> NSP/MLM instances -> TFRecord shards + manifest.json.
+
+  python -m bert_jax.data.prepare --corpus=pydocs --output_dir=data/pydocs-128 --vocab_size=8000
+
+How it scales:
+  * Streaming: documents are read one at a time and grouped into chunks of `docs_per_chunk`; at most
+    2 x workers chunks are in memory. Each chunk is also the buffer random-next segments come from.
+  * Parallel: chunks are tokenized and turned into instances in `workers` processes.
+  * Deterministic: chunk c uses the RNG seeded (seed, c) and its instances go to shard
+    (index of c within its split) % num_shards, written in chunk order; the output does not depend
+    on the number of workers.
+  * Independent shards: with --num_tasks=N --task_index=i, a machine makes only the shards
+    s with s % N == i (it reads the corpus but processes only its chunks) and writes a partial
+    manifest; `--merge_manifests` combines them.
+  * Train/eval: each document goes to eval with probability eval_fraction (a hash of seed and its
+    ordinal decides), so the split is the same for any number of workers or tasks.
+"""
+
+import collections
+import dataclasses
+import glob
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+import time
+
+import numpy as np
+import tqdm
+
+from bert_jax.data import corpora, instances, schema
+from bert_jax.data import tokenizer as tokenizer_lib
+
+_worker_state = {}
+
+
+def _unit_hash(seed: int, ordinal: int) -> float:
+  """A deterministic number in [0, 1) for (seed, ordinal)."""
+  digest = hashlib.blake2b(f"{seed}:{ordinal}".encode(), digest_size=8).digest()
+  return int.from_bytes(digest, "little") / 2**64
+
+
+def _init_worker(vocab_file, lower_case, opts, seed):
+  tok = tokenizer_lib.load(vocab_file, lower_case)
+  _worker_state.update(tok=tok, vocab=instances.VocabIds.from_tokenizer(tok), opts=opts, seed=seed)
+
+
+def _process_chunk(job):
+  """(chunk_index, documents as sentence lists) -> (chunk_index, features, stats)."""
+  chunk_index, docs = job
+  tok, vocab, opts = _worker_state["tok"], _worker_state["vocab"], _worker_state["opts"]
+  token_docs = [[tok.encode(s) for s in doc] for doc in docs]
+  rng = np.random.default_rng([_worker_state["seed"], chunk_index])
+  features = instances.create_instances(token_docs, opts, vocab, rng)
+  ids, mask = features["input_ids"], features["input_mask"]
+  special = (ids == vocab.cls_id) | (ids == vocab.sep_id)
+  stats = {"sentences": sum(len(d) for d in docs), "tokens": sum(len(s) for d in token_docs for s in d),
+           "instances": len(ids), "real_tokens": int(mask.sum()),
+           "maskable_tokens": int((mask.astype(bool) & ~special).sum()),
+           "masked_tokens": int(features["masked_lm_weights"].sum()),
+           "random_next": int(features["next_sentence_labels"].sum())}
+  return chunk_index, features, stats
+
+
+@dataclasses.dataclass
+class _Shards:
+  """TFRecord writers of one split; shard s is written only by the task that owns it."""
+  directory: str
+  num_shards: int
+  task_index: int
+  num_tasks: int
+
+  def __post_init__(self):
+    os.makedirs(self.directory, exist_ok=True)
+    self.writers, self.counts, self.chunks_seen = {}, collections.Counter(), 0
+
+  def path(self, shard):
+    return os.path.join(self.directory, f"part-{shard:05d}-of-{self.num_shards:05d}.tfrecord")
+
+  def owns(self, shard):
+    return shard % self.num_tasks == self.task_index
+
+  def next_shard(self):
+    shard = self.chunks_seen % self.num_shards
+    self.chunks_seen += 1
+    return shard
+
+  def write(self, shard, features):
+    import tensorflow as tf
+    if shard not in self.writers:
+      self.writers[shard] = tf.io.TFRecordWriter(self.path(shard))
+    for row in range(len(features["input_ids"])):
+      self.writers[shard].write(schema.serialize(features, row))
+    self.counts[shard] += len(features["input_ids"])
+
+  def close(self):
+    import tensorflow as tf
+    for shard in range(self.num_shards):
+      if self.owns(shard) and shard not in self.writers:
+        tf.io.TFRecordWriter(self.path(shard)).close()  # an empty shard, so the set is complete
+    for w in self.writers.values():
+      w.close()
+    return {os.path.basename(self.path(s)): self.counts[s] for s in range(self.num_shards) if self.owns(s)}
+
+
+def prepare(corpus, output_dir: str, opts: instances.InstanceOptions, *, vocab_file: str | None = None,
+            vocab_size: int = 8000, lower_case: bool = False, seed: int = 12345, num_train_shards: int = 8,
+            num_eval_shards: int = 1, eval_fraction: float = 0.02, docs_per_chunk: int = 256, workers: int | None = None,
+            task_index: int = 0, num_tasks: int = 1, corpus_description: str = "", progress: bool = True) -> dict:
+  """Writes OUTPUT_DIR/{train,eval}/part-*.tfrecord and the manifest; returns the manifest dict."""
+  if not 0 <= task_index < num_tasks:
+    raise ValueError(f"task_index {task_index} must be in [0, num_tasks={num_tasks})")
+  os.makedirs(output_dir, exist_ok=True)
+  if vocab_file is None:
+    vocab_file = tokenizer_lib.train_sentencepiece(corpus, os.path.join(output_dir, "vocab", "spm"), vocab_size,
+                                                   lower_case=lower_case)
+  tok = tokenizer_lib.load(vocab_file, lower_case)
+  workers = workers or os.cpu_count() or 1
+  splits = {"train": _Shards(os.path.join(output_dir, "train"), num_train_shards, task_index, num_tasks),
+            "eval": _Shards(os.path.join(output_dir, "eval"), num_eval_shards, task_index, num_tasks)}
+  corpus_stats, totals = collections.Counter(), collections.Counter()
+  split_totals = {name: collections.Counter() for name in splits}
+  start = time.time()
+  bar = tqdm.tqdm(total=corpus.progress_total(), unit=corpus.progress_unit, unit_scale=True, disable=not progress,
+                  desc="prepare", file=sys.stderr, dynamic_ncols=True)
+
+  def chunks():
+    """(chunk index, split, documents): documents go to eval with probability eval_fraction,
+    decided by a hash of (seed, document ordinal); each split fills its own chunks."""
+    buffers, index = {"train": [], "eval": []}, 0
+    for ordinal, doc in enumerate(corpus.iter_documents(corpus_stats)):
+      bar.update(corpus_stats[corpus.progress_key] - bar.n)
+      split = "eval" if _unit_hash(seed, ordinal) < eval_fraction else "train"
+      buffers[split].append(doc)
+      if len(buffers[split]) == docs_per_chunk:
+        yield index, split, buffers[split]
+        buffers[split], index = [], index + 1
+    for split in ("train", "eval"):
+      if buffers[split]:
+        yield index, split, buffers[split]
+        index += 1
+
+  def jobs():  # (job, split, shard) for the chunks this task owns, in corpus order
+    for index, split, docs in chunks():
+      shard = splits[split].next_shard()
+      if splits[split].owns(shard):
+        yield (index, docs), split, shard
+
+  def consume(results, placements):
+    for (_, features, stats), (split, shard) in zip(results, placements):
+      splits[split].write(shard, features)
+      totals.update(stats)
+      split_totals[split]["instances"] += stats["instances"]
+    bar.set_postfix(instances=totals["instances"], refresh=False)
+
+  init_args = (vocab_file, lower_case, opts, seed)
+  if workers == 1:
+    _init_worker(*init_args)
+    for job, split, shard in jobs():
+      consume([_process_chunk(job)], [(split, shard)])
+  else:
+    ctx = multiprocessing.get_context("spawn")  # TF in this process must not be forked
+    with ctx.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
+      window, placements = [], []
+      for job, split, shard in jobs():
+        window.append(job)
+        placements.append((split, shard))
+        if len(window) == 2 * workers:
+          consume(pool.map(_process_chunk, window), placements)
+          window, placements = [], []
+      if window:
+        consume(pool.map(_process_chunk, window), placements)
+  bar.close()
+  shard_counts = {name: s.close() for name, s in splits.items()}
+  seconds = time.time() - start
+
+  stats = {
+      "documents": corpus_stats["documents_read"],
+      "skipped_empty_lines": corpus_stats["empty_lines"], "skipped_empty_documents": corpus_stats["empty_documents"],
+      "invalid_utf8_lines": corpus_stats["invalid_utf8_lines"], **dict(totals),
+      "avg_real_tokens_per_instance": totals["real_tokens"] / max(totals["instances"], 1),
+      "masked_fraction": totals["masked_tokens"] / max(totals["maskable_tokens"], 1),
+      "random_next_fraction": totals["random_next"] / max(totals["instances"], 1),
+      "seconds": round(seconds, 2), "workers": workers,
+      "instances_per_second": totals["instances"] / max(seconds, 1e-9),
+      "tokens_per_second": totals["real_tokens"] / max(seconds, 1e-9),
+  }
+  manifest = {
+      "format": "google-research/bert pretraining tf.train.Example",
+      "max_seq_length": opts.max_seq_length, "max_predictions_per_seq": opts.max_predictions_per_seq,
+      "masking": {"masked_lm_prob": opts.masked_lm_prob, "whole_word_masking": opts.whole_word_masking,
+                  "replacement": {"mask": 0.8, "random": 0.1, "keep": 0.1}},
+      "instances": dataclasses.asdict(opts), "seed": seed, "vocab": tok.describe(), "lower_case": lower_case,
+      "corpus": corpus_description, "python": sys.version.split()[0],
+      "splits": {name: {"shards": shard_counts[name], "instances": split_totals[name]["instances"]}
+                 for name in splits},
+      "stats": stats, "task": {"index": task_index, "count": num_tasks},
+  }
+  if num_tasks == 1:
+    schema.write_manifest(output_dir, manifest)
+  else:
+    with open(os.path.join(output_dir, f"manifest.task-{task_index:05d}-of-{num_tasks:05d}.json"), "w") as f:
+      json.dump(manifest, f, indent=2, sort_keys=True)
+  return manifest
+
+
+def merge_manifests(output_dir: str) -> dict:
+  """Combines the partial manifests of all tasks into manifest.json (fails if one is missing)."""
+  parts = sorted(glob.glob(os.path.join(output_dir, "manifest.task-*.json")))
+  if not parts:
+    raise FileNotFoundError(f"no manifest.task-*.json in {output_dir}")
+  loaded = [json.load(open(p)) for p in parts]
+  count = loaded[0]["task"]["count"]
+  have = sorted(m["task"]["index"] for m in loaded)
+  if have != list(range(count)):
+    raise ValueError(f"partial manifests for tasks {have}, expected 0..{count - 1}: some tasks have not finished")
+  merged = dict(loaded[0])
+  for name in merged["splits"]:
+    shards = {k: v for m in loaded for k, v in m["splits"][name]["shards"].items()}
+    merged["splits"][name] = {"shards": dict(sorted(shards.items())), "instances": sum(shards.values())}
+  summed = ("instances", "real_tokens", "maskable_tokens", "masked_tokens", "random_next", "sentences", "tokens")
+  merged["stats"] = {k: sum(m["stats"].get(k, 0) for m in loaded) for k in summed}
+  merged["task"] = {"index": None, "count": count}
+  schema.write_manifest(output_dir, merged)
+  return merged
+
+
+def format_stats(manifest: dict) -> str:
+  s = manifest["stats"]
+  lines = [f"documents {s.get('documents', 0):,}  sentences {s.get('sentences', 0):,}  "
+           f"instances {s.get('instances', 0):,} (train {manifest['splits']['train']['instances']:,}, "
+           f"eval {manifest['splits']['eval']['instances']:,})",
+           f"avg real tokens/instance {s.get('avg_real_tokens_per_instance', 0):.1f}  "
+           f"masked fraction {s.get('masked_fraction', 0):.4f}  random-next {s.get('random_next_fraction', 0):.3f}",
+           f"skipped: empty lines {s.get('skipped_empty_lines', 0)}, empty documents "
+           f"{s.get('skipped_empty_documents', 0)}, invalid UTF-8 lines {s.get('invalid_utf8_lines', 0)} (replaced)"]
+  if "seconds" in s:
+    lines.append(f"{s['seconds']:.1f}s on {s['workers']} workers: {s['instances_per_second']:,.0f} instances/s, "
+                 f"{s['tokens_per_second']:,.0f} tokens/s")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  from absl import flags
+  f = flags.FLAGS
+  if f.merge_manifests:
+    print(format_stats(merge_manifests(f.output_dir)))
+    return
+  corpus = corpora.from_spec(f.corpus, data_dir=f.tfds_data_dir, text_key=f.text_key,
+                             one_doc_per_line=f.one_doc_per_line)
+  opts = instances.InstanceOptions(
+      max_seq_length=f.max_seq_length, max_predictions_per_seq=f.max_predictions_per_seq,
+      masked_lm_prob=f.masked_lm_prob, short_seq_prob=f.short_seq_prob, dupe_factor=f.dupe_factor,
+      whole_word_masking=f.whole_word_masking, mode=f.mode)
+  manifest = prepare(corpus, f.output_dir, opts, vocab_file=f.vocab_file, vocab_size=f.vocab_size,
+                     lower_case=f.lower_case, seed=f.seed, num_train_shards=f.num_train_shards,
+                     num_eval_shards=f.num_eval_shards, eval_fraction=f.eval_fraction, docs_per_chunk=f.docs_per_chunk,
+                     workers=f.workers, task_index=f.task_index, num_tasks=f.num_tasks, corpus_description=f.corpus)
+  print(format_stats(manifest))
+  print(f"wrote {f.output_dir}")
+
+
+def cli():
+  from absl import app, flags
+  flags.DEFINE_string("corpus", "pydocs", "'pydocs' (offline default), 'tfds:NAME[:SPLIT]', or text-file globs")
+  flags.DEFINE_string("output_dir", None, "where train/, eval/ and manifest.json go", required=True)
+  flags.DEFINE_string("vocab_file", None, "SentencePiece .model or WordPiece vocab.txt; default: train one")
+  flags.DEFINE_integer("vocab_size", 8000, "SentencePiece size when training a vocabulary")
+  flags.DEFINE_bool("lower_case", False, "lower-case text")
+  flags.DEFINE_integer("max_seq_length", 128, "tokens per instance, [CLS]/[SEP] included")
+  flags.DEFINE_integer("max_predictions_per_seq", 20, "cap on masked positions")
+  flags.DEFINE_float("masked_lm_prob", 0.15, "fraction of maskable tokens to predict")
+  flags.DEFINE_float("short_seq_prob", 0.1, "probability of a shorter target length")
+  flags.DEFINE_integer("dupe_factor", 5, "passes over the corpus with different masks")
+  flags.DEFINE_bool("whole_word_masking", False, "mask whole words")
+  flags.DEFINE_enum("mode", "nsp", list(instances.MODES), "nsp pairs, or RoBERTa full-sentence packing")
+  flags.DEFINE_integer("seed", 12345, "random seed")
+  flags.DEFINE_integer("num_train_shards", 8, "train TFRecord files")
+  flags.DEFINE_integer("num_eval_shards", 1, "eval TFRecord files")
+  flags.DEFINE_float("eval_fraction", 0.02, "fraction of documents held out for eval")
+  flags.DEFINE_integer("docs_per_chunk", 256, "documents per work unit and random-next buffer")
+  flags.DEFINE_integer("workers", None, "processes (default: all cores)")
+  flags.DEFINE_integer("task_index", 0, "this machine's index when several make the shards")
+  flags.DEFINE_integer("num_tasks", 1, "number of machines making shards")
+  flags.DEFINE_bool("merge_manifests", False, "combine the tasks' partial manifests in output_dir and exit")
+  flags.DEFINE_bool("one_doc_per_line", False, "text files hold one document per line")
+  flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir")
+  flags.DEFINE_string("text_key", "text", "TFDS text feature")
+  app.run(main)
+
+
+if __name__ == "__main__":
+  cli()

@@ -1,0 +1,106 @@
+"""The pretraining TFRecord schema (exactly google-research/bert's) and manifest.json.
+
+One tf.train.Example per instance:
+  input_ids, input_mask, segment_ids          int64[max_seq_length]
+  masked_lm_positions, masked_lm_ids          int64[max_predictions_per_seq]
+  masked_lm_weights                           float[max_predictions_per_seq]
+  next_sentence_labels                        int64[1]   0 = B follows A, 1 = B is random
+"""
+
+import json
+import os
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+def feature_spec(max_seq_length: int, max_predictions_per_seq: int):
+  """The FixedLenFeature spec run_pretraining.py parses with."""
+  import tensorflow as tf
+  seq = lambda n: tf.io.FixedLenFeature([n], tf.int64)
+  return {
+      "input_ids": seq(max_seq_length),
+      "input_mask": seq(max_seq_length),
+      "segment_ids": seq(max_seq_length),
+      "masked_lm_positions": seq(max_predictions_per_seq),
+      "masked_lm_ids": seq(max_predictions_per_seq),
+      "masked_lm_weights": tf.io.FixedLenFeature([max_predictions_per_seq], tf.float32),
+      "next_sentence_labels": tf.io.FixedLenFeature([1], tf.int64),
+  }
+
+
+def serialize(features: dict, row: int) -> bytes:
+  """Row `row` of stacked instance features -> serialized tf.train.Example."""
+  import tensorflow as tf
+  def ints(v):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=v.tolist()))
+  def floats(v):
+    return tf.train.Feature(float_list=tf.train.FloatList(value=v.tolist()))
+  feature = {k: (floats if k == "masked_lm_weights" else ints)(v[row]) for k, v in features.items()}
+  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def record_lengths(serialized: bytes) -> dict[str, int]:
+  """Feature name -> length, read from one serialized example (for data without a manifest)."""
+  import tensorflow as tf
+  example = tf.train.Example.FromString(serialized)
+  out = {}
+  for name, f in example.features.feature.items():
+    kind = f.WhichOneof("kind")
+    out[name] = len(getattr(f, kind).value)
+  return out
+
+
+def write_manifest(directory: str, manifest: dict) -> str:
+  path = os.path.join(directory, MANIFEST_NAME)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump({"schema_version": SCHEMA_VERSION, **manifest}, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+  return path
+
+
+def find_manifest(files: list[str]) -> dict | None:
+  """The manifest.json beside the shards (or one level up, for train/ and eval/ subdirs)."""
+  import tensorflow as tf
+  if not files:
+    return None
+  here = os.path.dirname(files[0])
+  for directory in (here, os.path.dirname(here)):
+    path = os.path.join(directory, MANIFEST_NAME)
+    if tf.io.gfile.exists(path):
+      with tf.io.gfile.GFile(path) as f:
+        manifest = json.load(f)
+      if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"{path}: schema_version {manifest.get('schema_version')} is not {SCHEMA_VERSION}")
+      return manifest
+  return None
+
+
+def check_manifest(manifest: dict, *, max_seq_length: int, max_predictions_per_seq: int,
+                   vocab_size: int | None = None, vocab_sha256: str | None = None, where: str = "data") -> None:
+  """Fails at start-up, naming both values, when the run's settings differ from the data's."""
+  problems = []
+  def compare(name, config_value, data_value):
+    if config_value is not None and data_value is not None and config_value != data_value:
+      problems.append(f"{name}: config has {config_value}, {where} manifest has {data_value}")
+  compare("max_seq_length", max_seq_length, manifest.get("max_seq_length"))
+  compare("max_predictions_per_seq", max_predictions_per_seq, manifest.get("max_predictions_per_seq"))
+  vocab = manifest.get("vocab", {})
+  compare("vocab size", vocab_size, vocab.get("size"))
+  compare("vocab sha256", vocab_sha256, vocab.get("sha256"))
+  if problems:
+    raise ValueError("training settings do not match the data:\n  " + "\n  ".join(problems) +
+                     "\nFix the config (e.g. --config.data.max_seq_length=...) or re-prepare the data.")
+
+
+def check_record_lengths(lengths: dict[str, int], *, max_seq_length: int, max_predictions_per_seq: int,
+                         source: str) -> None:
+  """Without a manifest: compare the first record's feature lengths with the config."""
+  expected = {"input_ids": max_seq_length, "input_mask": max_seq_length, "segment_ids": max_seq_length,
+              "masked_lm_positions": max_predictions_per_seq, "masked_lm_ids": max_predictions_per_seq,
+              "masked_lm_weights": max_predictions_per_seq, "next_sentence_labels": 1}
+  problems = [f"{k}: config needs length {n}, {source} has {lengths.get(k, 'no such feature')}"
+              for k, n in expected.items() if lengths.get(k) != n]
+  if problems:
+    raise ValueError("records do not match the config:\n  " + "\n  ".join(problems))
