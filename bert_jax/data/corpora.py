@@ -113,7 +113,7 @@ class TextFiles:
             yield doc
             doc = []
           elif blank_run > 1:
-            stats["empty_documents"] += 1
+            stats["empty_lines"] += 1  # blank or whitespace-only lines beyond the one separator
         if doc:
           stats["documents_read"] += 1
           yield doc

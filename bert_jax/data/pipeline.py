@@ -1,0 +1,207 @@
+"""tf.data input pipeline: per-process TFRecord shards -> numpy batch dicts.
+
+Batches are host-local numpy dicts (leading dim = per-process batch) with keys
+  input_ids, input_mask, segment_ids        int32[B, max_seq_length]
+  masked_lm_positions, masked_lm_ids        int32[B, max_predictions_per_seq]
+  masked_lm_weights                         float32[B, max_predictions_per_seq]
+  next_sentence_labels                      int32[B]
+
+The pipeline knows only its process index and count:
+  * files >= processes: each process reads files[index::count];
+  * otherwise every process reads all files in order and keeps every count-th example.
+Masking is static (as in the records) or dynamic: the original tokens are restored from
+masked_lm_ids and re-masked with stateless RNG keyed by (seed, example counter), so each epoch
+sees new masks and the stream stays deterministic. The iterator position (shuffle buffers
+included) saves and restores through tf.train.Checkpoint for exact resume.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+
+from bert_jax.data import corpora, schema
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _tf():
+  import tensorflow as tf
+  # tf.data runs on the host; keep TF away from accelerators JAX owns.
+  try:
+    tf.config.set_visible_devices([], "GPU")
+    tf.config.set_visible_devices([], "TPU")
+  except (RuntimeError, ValueError):
+    pass  # already initialised, or no such device type
+  return tf
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskingSpec:
+  """What dynamic masking needs to know about the vocabulary."""
+  vocab_size: int
+  mask_id: int
+  special_ids: tuple[int, ...]     # never masked, never drawn as random replacements
+  masked_lm_prob: float = 0.15
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  files: tuple[str, ...]
+  batch_size: int                  # per process
+  max_seq_length: int
+  max_predictions_per_seq: int
+  seed: int = 0
+  shuffle: bool = True
+  repeat: bool = True
+  shuffle_buffer: int = 10_000
+  cycle_length: int = 8
+  dynamic_masking: MaskingSpec | None = None
+  drop_remainder: bool = True
+
+
+def _parse(cfg: PipelineConfig):
+  tf = _tf()
+  spec = schema.feature_spec(cfg.max_seq_length, cfg.max_predictions_per_seq)
+
+  def parse(serialized):
+    ex = tf.io.parse_single_example(serialized, spec)
+    out = {k: tf.cast(v, tf.int32) if v.dtype == tf.int64 else v for k, v in ex.items()}
+    out["next_sentence_labels"] = tf.reshape(out["next_sentence_labels"], [])
+    return out
+  return parse
+
+
+def _dynamic_mask(cfg: PipelineConfig):
+  tf = _tf()
+  m = cfg.dynamic_masking
+  seq, pred = cfg.max_seq_length, cfg.max_predictions_per_seq
+  special = tf.constant(m.special_ids, tf.int32)
+  normal = tf.constant(np.setdiff1d(np.arange(m.vocab_size), m.special_ids).astype(np.int32))
+
+  def remask(counter, ex):
+    seed = tf.stack([tf.constant(cfg.seed, tf.int64), counter])
+    s1, s2, s3 = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    # Put the original tokens back where the record masked them.
+    real_pred = ex["masked_lm_weights"] > 0
+    pos = tf.boolean_mask(ex["masked_lm_positions"], real_pred)
+    ids = tf.tensor_scatter_nd_update(ex["input_ids"], pos[:, None], tf.boolean_mask(ex["masked_lm_ids"], real_pred))
+    maskable = tf.logical_and(ex["input_mask"] > 0, tf.reduce_all(ids[:, None] != special[None, :], axis=1))
+    n = tf.reduce_sum(tf.cast(maskable, tf.float32))
+    k = tf.minimum(pred, tf.maximum(1, tf.cast(tf.round(n * m.masked_lm_prob), tf.int32)))
+    k = tf.minimum(k, tf.cast(n, tf.int32))
+    scores = tf.where(maskable, tf.random.stateless_uniform([seq], s1), -1.0)
+    chosen = tf.sort(tf.math.top_k(scores, pred).indices[:k])
+    labels = tf.gather(ids, chosen)
+    u = tf.random.stateless_uniform([k], s2)
+    random_ids = tf.gather(normal, tf.random.stateless_uniform([k], s3, 0, tf.shape(normal)[0], tf.int32))
+    replacement = tf.where(u < 0.8, tf.fill([k], m.mask_id), tf.where(u < 0.9, random_ids, labels))
+    masked = tf.tensor_scatter_nd_update(ids, chosen[:, None], replacement)
+    pad = [[0, pred - k]]
+    return {**ex, "input_ids": masked,
+            "masked_lm_positions": tf.pad(chosen, pad), "masked_lm_ids": tf.pad(labels, pad),
+            "masked_lm_weights": tf.pad(tf.ones([k], tf.float32), pad)}
+  return remask
+
+
+def build_dataset(cfg: PipelineConfig, process_index: int = 0, process_count: int = 1):
+  """The per-process tf.data.Dataset of batches (tensors; see BatchIterator for numpy)."""
+  tf = _tf()
+  if not cfg.files:
+    raise ValueError("no input files given")
+  files = list(cfg.files)
+  options = tf.data.Options()
+  options.deterministic = True
+  options.experimental_optimization.map_parallelization = True
+  autotune = tf.data.AUTOTUNE
+  if len(files) >= process_count:
+    mine = files[process_index::process_count]
+    ds = tf.data.Dataset.from_tensor_slices(mine)
+    if cfg.shuffle:
+      ds = ds.shuffle(len(mine), seed=cfg.seed, reshuffle_each_iteration=True)
+    if cfg.repeat:
+      ds = ds.repeat()
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(cfg.cycle_length, len(mine)),
+                       num_parallel_calls=autotune, deterministic=True)
+  else:
+    ds = tf.data.TFRecordDataset(files).shard(process_count, process_index)
+    if cfg.repeat:
+      ds = ds.repeat()
+  if cfg.shuffle:
+    ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed + 1, reshuffle_each_iteration=True)
+  ds = ds.map(_parse(cfg), num_parallel_calls=autotune, deterministic=True)
+  if cfg.dynamic_masking is not None:
+    ds = ds.enumerate().map(_dynamic_mask(cfg), num_parallel_calls=autotune, deterministic=True)
+  ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder, num_parallel_calls=autotune, deterministic=True)
+  return ds.prefetch(autotune).with_options(options)
+
+
+def _corrupt_files(files) -> list[str]:
+  tf = _tf()
+  bad = []
+  for f in files:
+    try:
+      for _ in tf.data.TFRecordDataset(f):
+        pass
+    except tf.errors.DataLossError:
+      bad.append(f)
+  return bad
+
+
+class BatchIterator:
+  """Numpy batches from build_dataset, with save/restore of the exact position."""
+
+  def __init__(self, cfg: PipelineConfig, process_index: int = 0, process_count: int = 1):
+    tf = _tf()
+    self.cfg, self.process_index, self.process_count = cfg, process_index, process_count
+    self._iterator = iter(build_dataset(cfg, process_index, process_count))
+    self._checkpoint = tf.train.Checkpoint(iterator=self._iterator)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    tf = _tf()
+    try:
+      batch = next(self._iterator)
+    except tf.errors.DataLossError as e:
+      bad = _corrupt_files(self.cfg.files)
+      raise ValueError(f"corrupt TFRecord file(s): {bad or list(self.cfg.files)}; re-create or remove them "
+                       f"({e.message.splitlines()[0]})") from None
+    except tf.errors.InvalidArgumentError as e:
+      raise ValueError(f"records in {list(self.cfg.files)[:3]}... do not parse with max_seq_length="
+                       f"{self.cfg.max_seq_length}, max_predictions_per_seq={self.cfg.max_predictions_per_seq}: "
+                       f"{e.message.splitlines()[0]}") from None
+    return {k: v.numpy() for k, v in batch.items()}
+
+  def save(self, path_prefix: str) -> str:
+    """Writes the iterator state (shuffle buffers included); returns the checkpoint path."""
+    return self._checkpoint.write(path_prefix)
+
+  def restore(self, path: str) -> None:
+    self._checkpoint.read(path).assert_consumed()
+
+
+def resolve_files(patterns) -> tuple[str, ...]:
+  return tuple(corpora.expand_globs(patterns))
+
+
+def check_files_match(files, *, max_seq_length: int, max_predictions_per_seq: int, vocab_size: int | None = None,
+                      vocab_sha256: str | None = None) -> dict | None:
+  """Start-up check of the data against the config: the manifest if there is one, else the first record."""
+  tf = _tf()
+  manifest = schema.find_manifest(list(files))
+  if manifest is not None:
+    schema.check_manifest(manifest, max_seq_length=max_seq_length, max_predictions_per_seq=max_predictions_per_seq,
+                          vocab_size=vocab_size, vocab_sha256=vocab_sha256)
+    return manifest
+  for f in files:
+    try:
+      first = next(iter(tf.data.TFRecordDataset(f).take(1)), None)
+    except tf.errors.DataLossError:
+      raise ValueError(f"corrupt TFRecord file: {f}") from None
+    if first is not None:
+      schema.check_record_lengths(schema.record_lengths(first.numpy()), max_seq_length=max_seq_length,
+                                  max_predictions_per_seq=max_predictions_per_seq, source=f)
+      return None
+  raise ValueError(f"all input files are empty: {list(files)[:5]}")

@@ -1,0 +1,154 @@
+"""tf.data pipeline: independent-writer records, per-process sharding, determinism, resume, checks."""
+import json
+
+import numpy as np
+import pytest
+
+from bert_jax.data import pipeline, schema
+from data_helpers import write_google_style_records
+
+SEQ, PRED = 32, 5
+KEYS = {"input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids", "masked_lm_weights",
+        "next_sentence_labels"}
+
+
+@pytest.fixture(scope="module")
+def record_files(tmp_path_factory):
+  root = tmp_path_factory.mktemp("records")
+  files = []
+  for shard in range(8):
+    path = str(root / f"part-{shard}.tfrecord")
+    write_google_style_records(path, 25, SEQ, PRED, start=shard * 25, seed=shard)
+    files.append(path)
+  return files
+
+
+def _cfg(files, **kw):
+  base = dict(files=tuple(files), batch_size=4, max_seq_length=SEQ, max_predictions_per_seq=PRED, seed=7,
+              shuffle_buffer=50)
+  base.update(kw)
+  return pipeline.PipelineConfig(**base)
+
+
+def _example_ids(cfg, index, count):
+  ids = []
+  for batch in pipeline.BatchIterator(cfg, index, count):
+    ids.extend(batch["input_ids"][:, 1].tolist())
+  return ids
+
+
+def test_reads_independently_written_google_records(record_files):
+  batch = next(pipeline.BatchIterator(_cfg(record_files)))
+  assert set(batch) == KEYS
+  assert batch["input_ids"].shape == (4, SEQ) and batch["input_ids"].dtype == np.int32
+  assert batch["masked_lm_weights"].dtype == np.float32 and batch["next_sentence_labels"].shape == (4,)
+  assert np.all(batch["input_ids"][:, 0] == 2)
+
+
+@pytest.mark.parametrize("num_files", [8, 2])  # by file, and by example (fewer files than processes)
+def test_four_processes_are_disjoint_and_cover_an_epoch(record_files, num_files):
+  files = record_files[:num_files]
+  cfg = _cfg(files, repeat=False, drop_remainder=False)
+  streams = [_example_ids(cfg, i, 4) for i in range(4)]
+  seen = [x for s in streams for x in s]
+  assert len(seen) == len(set(seen)), "processes must not share examples"
+  assert sorted(seen) == list(range(1000, 1000 + 25 * num_files))
+  assert all(streams), "every process gets data"
+
+
+def _take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_same_seed_same_batches_and_exact_resume(record_files, tmp_path, dynamic):
+  masking = pipeline.MaskingSpec(vocab_size=2000, mask_id=4, special_ids=(0, 1, 2, 3, 4)) if dynamic else None
+  cfg = _cfg(record_files, dynamic_masking=masking)
+  a, b = pipeline.BatchIterator(cfg), pipeline.BatchIterator(cfg)
+  first_a, first_b = _take(a, 6), _take(b, 6)
+  for x, y in zip(first_a, first_b):
+    for k in KEYS:
+      np.testing.assert_array_equal(x[k], y[k])
+  other = next(pipeline.BatchIterator(_cfg(record_files, seed=8, dynamic_masking=masking)))
+  assert not np.array_equal(other["input_ids"], first_a[0]["input_ids"])
+
+  it = pipeline.BatchIterator(cfg)
+  _take(it, 3)
+  path = it.save(str(tmp_path / "pos"))
+  expected = _take(it, 60)  # past the end of the 200-example epoch: the reshuffle must match too
+  restored = pipeline.BatchIterator(cfg)
+  restored.restore(path)
+  for x, y in zip(expected, _take(restored, 60)):
+    for k in KEYS:
+      np.testing.assert_array_equal(x[k], y[k])
+
+
+def test_dynamic_masking_remasks_each_epoch_with_the_rules(record_files):
+  masking = pipeline.MaskingSpec(vocab_size=2000, mask_id=4, special_ids=(0, 1, 2, 3, 4))
+  cfg = _cfg(record_files[:1], shuffle=False, dynamic_masking=masking, batch_size=25)
+  it = pipeline.BatchIterator(cfg)
+  epoch1, epoch2 = next(it), next(it)
+  assert not np.array_equal(epoch1["masked_lm_positions"], epoch2["masked_lm_positions"])
+  for batch in (epoch1, epoch2):
+    original = batch["input_ids"].copy()
+    for r in range(25):
+      w = batch["masked_lm_weights"][r] > 0
+      original[r, batch["masked_lm_positions"][r][w]] = batch["masked_lm_ids"][r][w]
+    np.testing.assert_array_equal(original[:, 1], np.arange(1000, 1025))  # same examples, same order
+    n = batch["input_mask"].sum(1) - 2  # [CLS] and the final [SEP] are never masked
+    k = batch["masked_lm_weights"].sum(1)
+    np.testing.assert_array_equal(k, np.minimum(PRED, np.maximum(1, np.round(n * 0.15))))
+    labels = batch["masked_lm_ids"][batch["masked_lm_weights"] > 0]
+    assert not set(labels.tolist()) & {0, 2, 3}
+
+
+def test_dynamic_masking_replacement_split():
+  masking = pipeline.MaskingSpec(vocab_size=30000, mask_id=4, special_ids=(0, 1, 2, 3, 4))
+  import tempfile, os
+  with tempfile.TemporaryDirectory() as d:
+    path = os.path.join(d, "big.tfrecord")
+    write_google_style_records(path, 1000, 128, 20)
+    cfg = pipeline.PipelineConfig(files=(path,), batch_size=1000, max_seq_length=128, max_predictions_per_seq=20,
+                                  dynamic_masking=masking, shuffle=False)
+    batch = next(pipeline.BatchIterator(cfg))
+  w = batch["masked_lm_weights"] > 0
+  at = np.take_along_axis(batch["input_ids"], batch["masked_lm_positions"], 1)[w]
+  labels = batch["masked_lm_ids"][w]
+  assert w.sum() > 8000
+  assert abs(np.mean(at == 4) - 0.8) < 0.02 and abs(np.mean(at == labels) - 0.1) < 0.02
+
+
+def test_manifest_mismatch_names_both_values(tmp_path, record_files):
+  manifest = {"max_seq_length": 128, "max_predictions_per_seq": PRED, "vocab": {"size": 8000, "sha256": "abc"}}
+  (tmp_path / "part-0.tfrecord").write_bytes(open(record_files[0], "rb").read())
+  schema.write_manifest(str(tmp_path), manifest)
+  with pytest.raises(ValueError, match=r"max_seq_length: config has 32, data manifest has 128"):
+    pipeline.check_files_match([str(tmp_path / "part-0.tfrecord")], max_seq_length=SEQ, max_predictions_per_seq=PRED)
+  with pytest.raises(ValueError, match=r"vocab size: config has 30522, data manifest has 8000"):
+    pipeline.check_files_match([str(tmp_path / "part-0.tfrecord")], max_seq_length=128,
+                               max_predictions_per_seq=PRED, vocab_size=30522)
+  assert json.load(open(tmp_path / "manifest.json"))["schema_version"] == schema.SCHEMA_VERSION
+
+
+def test_without_manifest_first_record_shapes_are_checked(record_files):
+  assert pipeline.check_files_match(record_files, max_seq_length=SEQ, max_predictions_per_seq=PRED) is None
+  with pytest.raises(ValueError, match=r"masked_lm_ids: config needs length 20, .*part-0.tfrecord has 5"):
+    pipeline.check_files_match(record_files, max_seq_length=SEQ, max_predictions_per_seq=20)
+
+
+def test_corrupt_record_names_the_file(tmp_path, record_files):
+  good = tmp_path / "good.tfrecord"
+  bad = tmp_path / "bad.tfrecord"
+  good.write_bytes(open(record_files[0], "rb").read())
+  data = bytearray(open(record_files[1], "rb").read())
+  data[200:260] = b"\x00" * 60
+  bad.write_bytes(bytes(data))
+  it = pipeline.BatchIterator(_cfg([str(good), str(bad)], shuffle=False, repeat=False))
+  with pytest.raises(ValueError, match=r"corrupt TFRecord file\(s\): \[.*bad\.tfrecord'\]"):
+    for _ in it:
+      pass
+
+
+def test_glob_without_matches_fails():
+  with pytest.raises(FileNotFoundError, match="matched no files"):
+    pipeline.resolve_files("/nowhere/*.tfrecord")
