@@ -1,0 +1,97 @@
+"""Config -> training/eval input pipelines, preparing a named corpus once into WORKDIR/data."""
+
+import json
+import os
+
+import jax
+
+from bert_jax.data import corpora, instances, pipeline, prepare, schema
+from bert_jax.data import tokenizer as tokenizer_lib
+
+
+def _prepare_settings(d) -> dict:
+  return {"corpus": d.corpus, "vocab_file": d.vocab_file or None, "vocab_size": d.vocab_size,
+          "lower_case": d.lower_case, "max_seq_length": d.max_seq_length,
+          "max_predictions_per_seq": d.max_predictions_per_seq, "masked_lm_prob": d.masked_lm_prob,
+          "short_seq_prob": d.short_seq_prob, "dupe_factor": d.dupe_factor,
+          "whole_word_masking": d.whole_word_masking, "mode": d.mode, "eval_fraction": d.eval_fraction,
+          "seed": d.prepare_seed}
+
+
+def prepare_cached(d, workdir: str, log=print) -> str:
+  """Prepares config.data.corpus into WORKDIR/data/<hash of settings>, or reuses it. Returns that dir."""
+  import hashlib
+  settings = _prepare_settings(d)
+  key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+  out = os.path.join(workdir, "data", f"{d.corpus.replace('/', '_').replace(':', '_')[:40]}-{key}")
+  done = os.path.join(out, schema.MANIFEST_NAME)
+  if jax.process_index() == 0 and not os.path.exists(done):
+    log(f"preparing corpus {d.corpus!r} into {out} (once; later runs reuse it)")
+    corpus = corpora.from_spec(d.corpus, data_dir=d.tfds_data_dir or None, cache_dir=os.path.join(workdir, "data"))
+    opts = instances.InstanceOptions(
+        max_seq_length=d.max_seq_length, max_predictions_per_seq=d.max_predictions_per_seq,
+        masked_lm_prob=d.masked_lm_prob, short_seq_prob=d.short_seq_prob, dupe_factor=d.dupe_factor,
+        whole_word_masking=d.whole_word_masking, mode=d.mode)
+    manifest = prepare.prepare(corpus, out, opts, vocab_file=d.vocab_file or None, vocab_size=d.vocab_size,
+                               lower_case=d.lower_case, seed=d.prepare_seed, eval_fraction=d.eval_fraction,
+                               workers=d.prepare_workers or None, corpus_description=d.corpus)
+    log(prepare.format_stats(manifest))
+  elif os.path.exists(done):
+    log(f"reusing prepared data in {out}")
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("prepare_cached")
+  return out
+
+
+def resolve(config, workdir: str, log=print):
+  """(train files, eval files, manifest or None, vocab tokenizer or None) for the run."""
+  d = config.data
+  if d.train_files:
+    train_files = pipeline.resolve_files(d.train_files)
+    eval_files = pipeline.resolve_files(d.eval_files) if d.eval_files else ()
+  elif d.corpus:
+    out = prepare_cached(d, workdir, log)
+    train_files = pipeline.resolve_files(os.path.join(out, "train", "*.tfrecord"))
+    eval_files = pipeline.resolve_files(os.path.join(out, "eval", "*.tfrecord"))
+  else:
+    raise ValueError("no data: set data.train_files (a TFRecord glob) or data.corpus (e.g. 'pydocs')")
+  manifest = schema.find_manifest(list(train_files))
+  vocab_file = d.vocab_file or (manifest or {}).get("vocab", {}).get("file")
+  tok = tokenizer_lib.load(vocab_file, d.lower_case) if vocab_file and os.path.exists(vocab_file) else None
+  sha = tokenizer_lib.file_sha256(d.vocab_file) if d.vocab_file else None
+  for files in (train_files, eval_files):
+    if files:
+      pipeline.check_files_match(files, max_seq_length=d.max_seq_length,
+                                 max_predictions_per_seq=d.max_predictions_per_seq,
+                                 vocab_size=config.model.vocab_size, vocab_sha256=sha)
+  return train_files, eval_files, manifest, tok
+
+
+def _masking(config, tok):
+  if not config.data.dynamic_masking:
+    return None
+  if tok is None:
+    raise ValueError("data.dynamic_masking needs the vocabulary: set data.vocab_file")
+  return pipeline.MaskingSpec(vocab_size=tok.vocab_size, mask_id=tok.mask_id,
+                              special_ids=tuple(int(i) for i in tok.special_ids),
+                              masked_lm_prob=config.data.masked_lm_prob)
+
+
+def train_iterator(config, files, tok) -> pipeline.BatchIterator:
+  d = config.data
+  cfg = pipeline.PipelineConfig(
+      files=tuple(files), batch_size=config.train.batch_size // jax.process_count(),
+      max_seq_length=d.max_seq_length, max_predictions_per_seq=d.max_predictions_per_seq, seed=config.train.seed,
+      shuffle_buffer=d.shuffle_buffer, dynamic_masking=_masking(config, tok))
+  return pipeline.BatchIterator(cfg, jax.process_index(), jax.process_count())
+
+
+def eval_iterator(config, files) -> pipeline.BatchIterator:
+  """Same examples in the same order every time: no shuffle, repeats so N batches always exist."""
+  d = config.data
+  batch = config.train.eval_batch_size or config.train.batch_size
+  cfg = pipeline.PipelineConfig(
+      files=tuple(files), batch_size=batch // jax.process_count(), max_seq_length=d.max_seq_length,
+      max_predictions_per_seq=d.max_predictions_per_seq, shuffle=False, repeat=True)
+  return pipeline.BatchIterator(cfg, jax.process_index(), jax.process_count())

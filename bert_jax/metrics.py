@@ -1,0 +1,107 @@
+"""Training metrics: FLOPs/MFU accounting, and the log writers (console, metrics.jsonl, TensorBoard).
+
+FLOPs per training sequence (T tokens, P predicted positions, L layers, hidden H, FFN I, vocab V),
+counting a multiply-add as 2 FLOPs and backward as 2x forward (so training = 3x forward):
+  dense encoder weights   6 * T * L * (4*H*H + 2*H*I)        (QKV + output projection, FFN)
+  attention               12 * L * T*T * H                    (QK^T and probs x V)
+  MLM head                6 * P * (H*H + H*V)                 (transform + tied decoder, masked positions)
+  pooler + NSP            6 * (H*H + 2*H)
+Embedding lookups, layer norms, softmax and GELU are not counted (as in the usual 6N accounting).
+"""
+
+import json
+import os
+import time
+
+import jax
+
+# Dense bf16 peak FLOP/s per chip (per GPU), from the vendors' spec sheets.
+PEAK_BF16_FLOPS = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,   # v5e
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,   # v6e (Trillium)
+    "TPU v6e": 918e12,
+    "A100": 312e12,
+    "H100": 989e12,          # SXM
+    "H200": 989e12,
+}
+
+
+def peak_flops_per_device(device_kind: str, override: float = 0.0) -> float | None:
+  """Peak bf16 FLOP/s for a jax device_kind, or None where unknown (e.g. CPU) and not overridden."""
+  if override:
+    return float(override)
+  for name in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):
+    if name.lower() in device_kind.lower():
+      return PEAK_BF16_FLOPS[name]
+  return None
+
+
+def flops_per_sequence(config, seq_len: int, num_predictions: int) -> float:
+  H, I, L, V = config.hidden_size, config.intermediate_size, config.num_layers, config.vocab_size
+  dense = 6 * seq_len * L * (4 * H * H + 2 * H * I)
+  attention = 12 * L * seq_len * seq_len * H
+  mlm = 6 * num_predictions * (H * H + H * V)
+  nsp = 6 * (H * H + 2 * H)
+  return float(dense + attention + mlm + nsp)
+
+
+class MetricsWriter:
+  """Process 0 writes WORKDIR/metrics.jsonl and TensorBoard events; other processes write nothing."""
+
+  def __init__(self, workdir: str):
+    self.enabled = jax.process_index() == 0
+    self._jsonl = self._tb = None
+    if self.enabled:
+      os.makedirs(workdir, exist_ok=True)
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      import tensorflow as tf
+      self._tf = tf
+      self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+
+  def write(self, record: dict) -> None:
+    if not self.enabled:
+      return
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+    prefix = "eval/" if record.get("split") == "eval" else "train/"
+    with self._tb.as_default(step=int(record["step"])):
+      for k, v in record.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
+          self._tf.summary.scalar(prefix + k, v)
+    self._tb.flush()
+
+  def log(self, message: str) -> None:
+    if self.enabled:
+      print(message, flush=True)
+
+  def close(self):
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()
+
+
+def format_eta(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class Throughput:
+  """Sequences/tokens per second over the interval since the last call."""
+
+  def __init__(self):
+    self._t, self._step = time.perf_counter(), None
+
+  def update(self, step: int, seqs_per_step: int, tokens_per_seq: int):
+    now = time.perf_counter()
+    if self._step is None or step == self._step:
+      self._t, self._step = now, step
+      return None
+    steps = step - self._step
+    dt = now - self._t
+    self._t, self._step = now, step
+    seq_per_sec = steps * seqs_per_step / dt
+    return seq_per_sec, seq_per_sec * tokens_per_seq, dt / steps

@@ -1,0 +1,107 @@
+"""Mesh, logical-axis rules and shardings. The only module (besides configs) that names mesh axes.
+
+Logical axes used by the model: vocab, embed, mlp, heads, kv, layers, and activation_* names.
+Rules map each to a mesh axis, a tuple of mesh axes, or None (replicated).
+"""
+
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical name          mesh axes
+DEFAULT_RULES = (
+    ("activation_batch",  ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed",  None),
+    ("activation_mlp",    "tensor"),
+    ("vocab",             "tensor"),
+    ("embed",             "fsdp"),
+    ("mlp",               "tensor"),
+    ("heads",             "tensor"),
+    ("kv",                None),
+    ("layers",            None),
+)
+BATCH_AXES = ("data", "fsdp")
+
+
+def rules_from_config(rules) -> tuple:
+  """Config rules (lists from ConfigDict) -> tuple of (name, axes) with tuples, not lists."""
+  out = []
+  for name, axes in rules:
+    out.append((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes))
+  return tuple(out)
+
+
+def mesh_shape(sizes: dict, num_devices: int) -> tuple[int, ...]:
+  """Sizes for (data, fsdp, tensor); one -1 takes whatever the others leave."""
+  shape = [int(sizes[a]) for a in MESH_AXES]
+  if shape.count(-1) > 1:
+    raise ValueError(f"at most one mesh axis may be -1, got {dict(zip(MESH_AXES, shape))}")
+  known = int(np.prod([s for s in shape if s != -1]))
+  if -1 in shape:
+    if num_devices % known:
+      raise ValueError(f"{num_devices} devices do not divide by the fixed mesh axes {dict(zip(MESH_AXES, shape))}")
+    shape[shape.index(-1)] = num_devices // known
+  if int(np.prod(shape)) != num_devices:
+    raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} needs {int(np.prod(shape))} devices, have {num_devices}")
+  return tuple(shape)
+
+
+def create_mesh(sizes: dict, dcn_data: int = 1, devices=None) -> Mesh:
+  """A (data, fsdp, tensor) mesh; with dcn_data > 1 (multi-slice), data spans slices over DCN."""
+  devices = devices if devices is not None else jax.devices()
+  if dcn_data > 1:
+    per_slice = len(devices) // dcn_data
+    ici = mesh_shape(sizes, per_slice)
+    array = mesh_utils.create_hybrid_device_mesh(ici, (dcn_data, 1, 1), devices)
+  else:
+    shape = mesh_shape(sizes, len(devices))
+    try:
+      array = mesh_utils.create_device_mesh(shape, devices)
+    except (AssertionError, NotImplementedError, ValueError):
+      array = np.asarray(devices).reshape(shape)  # CPU / unusual topologies
+  return Mesh(array, MESH_AXES)
+
+
+def logical_to_sharding(logical_specs, mesh: Mesh, rules):
+  """Tree of logical PartitionSpecs -> tree of NamedShardings."""
+  import flax.linen as nn
+  return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dim over data x fsdp; other dims replicated."""
+  return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def global_batch(local_batch: dict, mesh: Mesh) -> dict:
+  """Host-local numpy batch -> global jax.Arrays sharded over the batch axes (multi-host safe)."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+def shardings_by_path(tree, param_shardings: dict, default):
+  """Shardings for a tree whose leaves mirror params somewhere below (e.g. optimizer mu/nu).
+
+  A leaf whose key path ends with a param's path gets that param's sharding; others (step counts,
+  scalars) get `default`.
+  """
+  def key_of(path):
+    return tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", None))) for k in path)
+  by_suffix = {key_of(p): s for p, s in param_shardings}
+  lengths = sorted({len(k) for k in by_suffix}, reverse=True)
+
+  def pick(path, leaf):
+    keys = key_of(path)
+    for n in lengths:
+      if len(keys) >= n and keys[-n:] in by_suffix and getattr(leaf, "ndim", 0) > 0:
+        return by_suffix[keys[-n:]]
+    return default
+  return jax.tree_util.tree_map_with_path(pick, tree)

@@ -1,0 +1,87 @@
+"""Every config field with its default; named configs in this folder change what they need."""
+
+import ml_collections
+
+from bert_jax import sharding
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+
+  c.model = m = ml_collections.ConfigDict()
+  m.size = "base"                     # tiny | mini | small | medium | base | large (layers/hidden/heads)
+  m.vocab_size = 30522                # must match the data's vocabulary
+  m.vocab_pad_multiple = 128          # pad the embedding rows for faster matmuls (cut on HF export)
+  m.max_position_embeddings = 512     # longest sequence the position table covers
+  m.hidden_dropout = 0.1              # dropout after embeddings, attention output and FFN
+  m.attention_dropout = 0.1           # dropout on attention probabilities (0 enables fused kernels)
+  m.dtype = "bfloat16"                # compute dtype
+  m.param_dtype = "float32"           # master weights
+  m.remat_policy = "none"             # none | full | dots | dots_no_batch
+  m.scan_layers = True                # nn.scan over layers (faster compiles for deep models)
+  m.attention_impl = "auto"           # auto | xla | cudnn
+
+  c.data = d = ml_collections.ConfigDict()
+  d.train_files = ""                  # TFRecord glob(s), comma-separated; empty: prepare data.corpus
+  d.eval_files = ""                   # TFRecord glob(s) for eval; empty with train_files: no eval
+  d.corpus = ""                       # 'pydocs', 'tfds:NAME[:SPLIT]' or text globs, prepared into WORKDIR/data
+  d.tfds_data_dir = ""                # TFDS data_dir for tfds: corpora
+  d.vocab_file = ""                   # SentencePiece .model or WordPiece vocab.txt; empty: train SentencePiece
+  d.vocab_size = 30522                # SentencePiece size when training a vocabulary
+  d.lower_case = False                # lower-case text before tokenizing
+  d.max_seq_length = 128              # tokens per sequence
+  d.max_predictions_per_seq = 20      # masked positions per sequence
+  d.masked_lm_prob = 0.15             # fraction of tokens masked
+  d.short_seq_prob = 0.1              # probability of a shorter instance when preparing
+  d.dupe_factor = 5                   # masked copies of the corpus when preparing
+  d.whole_word_masking = False        # mask whole words when preparing
+  d.mode = "nsp"                      # nsp | full_sentences (RoBERTa packing, no NSP)
+  d.dynamic_masking = False           # re-mask in tf.data every epoch (RoBERTa)
+  d.eval_fraction = 0.02              # documents held out for eval when preparing
+  d.prepare_seed = 12345              # seed for preparing instances
+  d.prepare_workers = 0               # processes for preparing (0: all cores)
+  d.shuffle_buffer = 10000            # examples in the tf.data shuffle buffer
+
+  c.train = t = ml_collections.ConfigDict()
+  t.steps = 100000                    # optimizer steps
+  t.batch_size = 256                  # global batch, sequences
+  t.microbatches = 1                  # gradient accumulation: microbatches per step (lax.scan)
+  t.nsp = True                        # add the NSP loss (False: MLM only)
+  t.seed = 0                          # init, dropout and shuffling seed
+  t.log_every = 100                   # steps between train metric lines
+  t.eval_every = 2000                 # steps between evals (and one at the end)
+  t.eval_batches = 20                 # batches per eval
+  t.eval_batch_size = 0               # global eval batch (0: train.batch_size)
+  t.peak_flops = 0.0                  # peak FLOP/s per device for MFU (0: look up the device kind)
+  t.profile_start_step = -1           # first step of a profiler trace (-1: none)
+  t.profile_steps = 5                 # steps in the profiler trace
+  t.deterministic = False             # turn dropout off (exactness tests)
+
+  c.optim = o = ml_collections.ConfigDict()
+  o.name = "adamw"                    # adamw | lamb
+  o.peak_learning_rate = 1e-4         # after warmup
+  o.warmup_steps = 10000              # linear warmup from 0
+  o.decay = "linear"                  # linear | polynomial, to end_learning_rate at train.steps
+  o.power = 1.0                       # polynomial decay power
+  o.end_learning_rate = 0.0           # learning rate at the last step
+  o.b1 = 0.9                          # Adam beta1
+  o.b2 = 0.999                        # Adam beta2
+  o.eps = 1e-6                        # Adam epsilon
+  o.weight_decay = 0.01               # decoupled weight decay (not on biases or LayerNorm)
+  o.clip_norm = 1.0                   # clip gradients by global norm (0: off)
+  o.state_dtype = ""                  # AdamW first-moment dtype, e.g. 'bfloat16' (empty: param dtype)
+
+  c.mesh = x = ml_collections.ConfigDict()
+  x.data = -1                         # data-parallel axis size (-1: the rest of the devices)
+  x.fsdp = 1                          # parameter-sharding axis size
+  x.tensor = 1                        # tensor-parallel axis size
+  x.dcn_data = 1                      # slices joined over DCN (multi-slice data parallelism)
+  x.logical_axis_rules = sharding.DEFAULT_RULES  # logical axis -> mesh axes
+
+  c.checkpoint = k = ml_collections.ConfigDict()
+  k.every_steps = 1000                # steps between checkpoints
+  k.keep = 3                          # most recent checkpoints kept
+  k.keep_period = 0                   # also keep every N-th step forever (0: off)
+  k.async_save = True                 # save in the background
+  k.init_checkpoint = ""              # params-only checkpoint to start from (fresh optimizer)
+  return c

@@ -1,0 +1,21 @@
+"""BERT-large phase 1 (the BERT paper recipe): seq 128, batch 256, AdamW 1e-4, 10k warmup.
+
+Phase 2 (seq 512) is configs/large_phase2.py, started from this run's checkpoint.
+"""
+
+from configs import common
+
+
+def get_config():
+  c = common.get_config()
+  c.model.size = "large"                # 24 layers, 1024 hidden, 16 heads
+  c.model.vocab_size = 30522
+  c.model.remat_policy = "dots_no_batch"  # fits batch 256 at seq 128 on 16 GB chips
+  c.data.max_seq_length = 128
+  c.data.max_predictions_per_seq = 20
+  c.train.steps = 900000                # 90% of 1M steps at seq 128
+  c.train.batch_size = 256              # global, sequences
+  c.optim.peak_learning_rate = 1e-4
+  c.optim.warmup_steps = 10000
+  c.lock()
+  return c

@@ -1,0 +1,152 @@
+"""Training: sharding invariance, accumulation, optimizer details, large on CPU, config typos."""
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from bert_jax import configlib, model as model_lib, optim, sharding, train
+from train_helpers import PRED, SEQ, SMALL, build, config, random_batch, run_steps
+
+
+def _mesh(shape):
+  devices = jax.devices()[:int(np.prod(shape))]
+  return sharding.create_mesh(dict(zip(sharding.MESH_AXES, shape)), devices=devices)
+
+
+def test_meshes_give_the_same_losses_as_one_device():
+  batches = [random_batch(16, seed=s) for s in range(3)]
+  _, reference = run_steps(config(), _mesh((1, 1, 1)), batches)
+  assert reference[0] > reference[-1] or reference[0] != reference[-1]
+  for shape in [(8, 1, 1), (2, 2, 2), (1, 8, 1), (1, 1, 8)]:
+    _, got = run_steps(config(), _mesh(shape), batches)
+    np.testing.assert_allclose(got, reference, rtol=1e-5, err_msg=str(shape))
+
+
+def test_params_and_optimizer_state_are_sharded_as_the_rules_say():
+  mesh = _mesh((1, 2, 4))
+  state, *_ = build(config(), mesh)
+  layer = state.params["encoder"]["layer_0"]
+  assert layer["attention"]["query"]["kernel"].sharding.spec == P("fsdp", "tensor", None)
+  assert layer["attention"]["output"]["kernel"].sharding.spec == P("tensor", None, "fsdp")
+  assert layer["intermediate"]["kernel"].sharding.spec == P("fsdp", "tensor")
+  assert state.params["embeddings"]["word_embeddings"]["embedding"].sharding.spec == P("tensor", "fsdp")
+  assert state.params["embeddings"]["position_embeddings"]["embedding"].sharding.spec == P(None, "fsdp")
+  shard = layer["intermediate"]["kernel"].addressable_shards[0]
+  assert shard.data.shape == (128 // 2, 512 // 4)
+  adam = state.opt_state[1][0]  # chain(clip, adamw) -> adamw's ScaleByAdamState
+  assert adam.mu["encoder"]["layer_0"]["intermediate"]["kernel"].sharding.spec == P("fsdp", "tensor")
+  assert state.step.sharding.spec == P()
+
+
+def test_four_microbatches_of_8_equal_one_batch_of_32():
+  batch = random_batch(32, seed=5)
+  mesh = _mesh((2, 2, 2))
+  whole, losses_whole = run_steps(config(), mesh, [batch])
+  micro, losses_micro = run_steps(config(**{"train.microbatches": 4}), mesh, [batch])
+  np.testing.assert_allclose(losses_micro, losses_whole, rtol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(whole.params), jax.tree_util.tree_leaves(micro.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6, rtol=1e-4)
+
+
+def test_dropout_rng_folds_in_the_step():
+  cfg = config(**{"train.deterministic": False})
+  batch = random_batch(8)
+  mesh = _mesh((1, 1, 1))
+  dropout_model = dataclass_replace(SMALL, hidden_dropout=0.1)
+  _, a = run_steps(cfg, mesh, [batch, batch], dropout_model)
+  _, b = run_steps(cfg, mesh, [batch, batch], dropout_model)
+  assert a == b, "same seed and step -> same dropout masks"
+
+
+def dataclass_replace(c, **kw):
+  import dataclasses
+  return dataclasses.replace(c, **kw)
+
+
+def test_schedule_values():
+  sched = optim.learning_rate_schedule(1e-4, 100, 1000, "linear")
+  assert float(sched(0)) == 0.0
+  assert float(sched(50)) == pytest.approx(5e-5)
+  assert float(sched(100)) == pytest.approx(1e-4)
+  assert float(sched(550)) == pytest.approx(5e-5)
+  assert float(sched(1000)) == pytest.approx(0.0, abs=1e-12)
+  poly = optim.learning_rate_schedule(1e-3, 10, 110, "polynomial", power=0.5)
+  assert float(poly(10)) == pytest.approx(1e-3) and float(poly(110)) == pytest.approx(0.0, abs=1e-9)
+  assert float(poly(60)) == pytest.approx(1e-3 * 0.5 ** 0.5, rel=1e-4)
+
+
+def test_weight_decay_mask_excludes_exactly_layer_norm_and_biases():
+  ids = np.zeros((1, 8), np.int32)
+  params = nn.unbox(model_lib.BertForPreTraining(SMALL).init(jax.random.key(0), ids, ids, ids)["params"])
+  mask = optim.weight_decay_mask(params)
+  excluded, included = set(), set()
+  for path, decays in jax.tree_util.tree_leaves_with_path(mask):
+    (included if decays else excluded).add("/".join(k.key for k in path))
+  for name in excluded:
+    assert name.endswith("bias") or "layer_norm" in name, name
+  for name in included:
+    assert not name.endswith("bias") and "layer_norm" not in name, name
+  assert "embeddings/layer_norm/scale" in excluded and "mlm_output_bias" in excluded
+  assert "encoder/layer_1/attention/query/bias" in excluded
+  assert "encoder/layer_1/attention/query/kernel" in included
+  assert "embeddings/word_embeddings/embedding" in included
+
+
+def test_large_builds_on_cpu_without_allocating():
+  cfg = configlib.load("large", {"mesh.data": 1, "mesh.fsdp": 8})
+  mesh = _mesh((1, 8, 1))
+  rules = sharding.rules_from_config(cfg.mesh.logical_axis_rules)
+  model = model_lib.BertForPreTraining(train.model_config(cfg))
+  tx, _ = optim.make_optimizer(cfg.optim, cfg.train.steps)
+  with nn.logical_axis_rules(rules):
+    _, abstract, shardings = train.abstract_train_state(model, tx, mesh, rules, 0, 128, 20)
+  leaves = jax.tree_util.tree_leaves(abstract.params)
+  assert all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)
+  n = sum(int(np.prod(x.shape)) for x in leaves)
+  padded_rows = model.config.padded_vocab_size - model.config.vocab_size
+  real = n - padded_rows * (1024 + 1)  # padded embedding rows and their output-bias entries
+  assert abs(real - 335e6) <= 2e6, real
+  stacked = shardings.params["encoder"]["layers"]["layer"]
+  assert stacked["attention"]["query"]["kernel"].spec == P(None, "fsdp", "tensor", None)
+  assert stacked["intermediate"]["kernel"].spec == P(None, "fsdp", "tensor")
+  assert abstract.params["encoder"]["layers"]["layer"]["intermediate"]["kernel"].shape == (24, 1024, 4096)
+  mu = shardings.opt_state[1][0].mu["encoder"]["layers"]["layer"]["intermediate"]["kernel"]
+  assert mu.spec == P(None, "fsdp", "tensor")
+
+
+def test_bad_batch_size_fails_with_the_reason():
+  with pytest.raises(ValueError, match=r"batch_size=12 must divide.*data x fsdp = 8"):
+    train.check_batch(config(**{"train.batch_size": 12}), _mesh((8, 1, 1)))
+
+
+def test_typo_in_override_lists_close_keys():
+  with pytest.raises(KeyError, match=r"unknown config key 'train.bach_size'; closest: train.batch_size"):
+    configlib.load("tiny", {"train.bach_size": 3})
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+  result = subprocess.run([sys.executable, "-m", "bert_jax.train", "--config=tiny", "--workdir=/tmp/unused",
+                           "--config.optim.peak_learnig_rate=1e-3"], capture_output=True, text=True, env=env,
+                          timeout=120)
+  assert result.returncode == 2
+  assert "unknown config key 'optim.peak_learnig_rate'; closest: optim.peak_learning_rate" in result.stderr
+
+
+def test_unknown_config_name_lists_available():
+  with pytest.raises(FileNotFoundError, match=r"not one of \[.*'large'.*'tiny'"):
+    configlib.resolve_path("larg")
+
+
+def test_every_config_loads_locked_and_documented():
+  for name in configlib.available():
+    cfg = configlib.load(name)
+    assert cfg.is_locked, name
+    train.model_config(cfg)  # valid model settings
+  source = open(os.path.join(configlib.CONFIGS_DIR, "common.py")).read()
+  for key in configlib.flat_keys(configlib.load("tiny")):
+    leaf = key.rsplit(".", 1)[-1]
+    lines = [l for l in source.splitlines() if f".{leaf} = " in l and "ConfigDict()" not in l]
+    assert any("#" in l for l in lines), f"config field {key} has no comment in configs/common.py"

@@ -1,0 +1,56 @@
+"""Small configs and batches for training tests."""
+import dataclasses
+
+import jax
+import numpy as np
+import optax
+
+from bert_jax import configlib, optim, sharding, train
+from bert_jax.model import BertConfig, BertForPreTraining
+
+# Every sharded dim divides by 8: heads 8, embed 128, mlp 512, vocab 1024.
+SMALL = BertConfig(vocab_size=1024, hidden_size=128, num_layers=2, num_heads=8, intermediate_size=512,
+                   max_position_embeddings=64, hidden_dropout=0.0, attention_dropout=0.0)
+SEQ, PRED = 32, 5
+
+
+def config(**overrides):
+  base = {"train.deterministic": True, "optim.warmup_steps": 2, "train.steps": 10, "mesh.data": -1}
+  base.update(overrides)
+  return configlib.load("tiny", base)
+
+
+def random_batch(batch, seed=0, vocab=1024):
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(SEQ // 2, SEQ + 1, batch)
+  mask = (np.arange(SEQ)[None] < lengths[:, None]).astype(np.int32)
+  ids = rng.integers(5, vocab, (batch, SEQ)).astype(np.int32) * mask
+  seg = ((np.arange(SEQ)[None] >= (lengths // 2)[:, None]) * mask).astype(np.int32)
+  pos = np.stack([np.sort(rng.choice(np.arange(1, SEQ // 2), PRED, replace=False)) for _ in range(batch)])
+  weights = (rng.random((batch, PRED)) < 0.8).astype(np.float32)
+  return dict(input_ids=ids, input_mask=mask, segment_ids=seg, masked_lm_positions=pos.astype(np.int32),
+              masked_lm_ids=rng.integers(5, vocab, (batch, PRED)).astype(np.int32), masked_lm_weights=weights,
+              next_sentence_labels=rng.integers(0, 2, batch).astype(np.int32))
+
+
+def build(cfg, mesh, model_config=SMALL):
+  """(state, train_step_fn, eval_step_fn, schedule) for a config and mesh, under the rules."""
+  import flax.linen as nn
+  rules = sharding.rules_from_config(cfg.mesh.logical_axis_rules)
+  model = BertForPreTraining(model_config)
+  tx, schedule = optim.make_optimizer(cfg.optim, cfg.train.steps)
+  with nn.logical_axis_rules(rules):
+    state, shardings = train.create_train_state(model, tx, mesh, rules, 0, SEQ, PRED)
+    step_fn, eval_fn = train.make_step_functions(cfg, model, tx, schedule, mesh, shardings)
+  return state, step_fn, eval_fn, rules
+
+
+def run_steps(cfg, mesh, batches, model_config=SMALL):
+  import flax.linen as nn
+  state, step_fn, _, rules = build(cfg, mesh, model_config)
+  losses = []
+  with nn.logical_axis_rules(rules):
+    for b in batches:
+      state, m = step_fn(state, sharding.global_batch(b, mesh))
+      losses.append(float(m["loss"]))
+  return state, losses
