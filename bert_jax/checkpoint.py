@@ -13,6 +13,7 @@ import os
 import shutil
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -59,8 +60,13 @@ class Checkpointer:
     self.manager.wait_until_finished()
 
   def restore(self, step: int, state, shardings):
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_abstract(state, shardings))))
+    return self.restore_from(self.manager, step, state, shardings)
+
+  @staticmethod
+  def restore_from(manager, step: int, like_state, shardings):
+    """The state at `step`, each array placed in `shardings` (any mesh, any device count)."""
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_abstract(like_state, shardings))))
     return restored["state"]
 
   def restore_or_init(self, state, shardings, train_iter=None):
@@ -93,22 +99,23 @@ def save_params(directory: str, params) -> None:
     ckptr.save(os.path.abspath(directory), params, force=True)
 
 
-def restore_params(directory: str, like_params, shardings=None):
-  """Params from a params-only checkpoint, or from the latest step of a training workdir."""
+def restore_params(directory: str, like_params, shardings):
+  """Params from a params-only checkpoint (bert_jax.convert from_hf/from_tf) or a training workdir's
+  latest checkpoint, placed in `shardings`; shapes must match `like_params`."""
   directory = os.path.abspath(directory)
-  if shardings is None:
-    shardings = jax.tree_util.tree_map(lambda x: getattr(x, "sharding", None), like_params)
-  abstract = _abstract(like_params, shardings)
-  ckpt_dir = os.path.join(directory, "checkpoints")
-  if os.path.isdir(ckpt_dir):  # a training workdir: take params out of the latest state
-    manager = ocp.CheckpointManager(ckpt_dir)
-    step = manager.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
-    meta = manager.item_metadata(step)
-    target = jax.tree_util.tree_map(lambda x: x, meta["state"]) if meta else None
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        restore_args=None, item=None) if target is None else ocp.args.StandardRestore()))
-    return restored["state"]["params"]
-  with ocp.StandardCheckpointer() as ckptr:
-    return ckptr.restore(directory, abstract)
+  if os.path.isdir(os.path.join(directory, "checkpoints")):
+    from bert_jax import export
+    params = export.load_workdir_params(directory)[0]
+  else:
+    with ocp.StandardCheckpointer() as ckptr:
+      params = ckptr.restore(directory)
+  expected = jax.tree_util.tree_structure(like_params)
+  if jax.tree_util.tree_structure(params) != expected:
+    raise ValueError(f"init_checkpoint {directory} has a different parameter tree than this model "
+                     f"(scan_layers or num_layers differ?)")
+  def place(path, x, like, s):
+    if x.shape != like.shape:
+      raise ValueError(f"init_checkpoint {directory}: {jax.tree_util.keystr(path)} has shape {x.shape}, "
+                       f"this model needs {like.shape}")
+    return jax.device_put(np.asarray(x, like.dtype), s)
+  return jax.tree_util.tree_map_with_path(place, params, like_params, shardings)

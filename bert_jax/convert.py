@@ -211,3 +211,8 @@ def bert_config_from_hf(hf: Mapping, **overrides) -> BertConfig:
       hidden_dropout=hf.get("hidden_dropout_prob", 0.1), attention_dropout=hf.get("attention_probs_dropout_prob", 0.1))
   fields.update(overrides)
   return BertConfig(**fields)
+
+
+if __name__ == "__main__":  # python -m bert_jax.convert {to_hf|from_hf|from_tf}
+  from bert_jax import export
+  export.cli()

@@ -15,7 +15,7 @@ def get_config():
   c.data.max_seq_length = 128
   c.data.max_predictions_per_seq = 20
   c.data.eval_fraction = 0.05
-  c.train.steps = 2000
+  c.train.steps = 1500
   c.train.batch_size = 32
   c.train.log_every = 100
   c.train.eval_every = 500

@@ -6,7 +6,7 @@ GOOGLE_SPEC_LENGTHS = dict(input_ids="seq", input_mask="seq", segment_ids="seq",
                            masked_lm_ids="pred", masked_lm_weights="pred", next_sentence_labels=1)
 
 
-def write_google_style_records(path, num, seq=32, pred=5, start=0, seed=0):
+def write_google_style_records(path, num, seq=32, pred=5, start=0, seed=0, weight=1.0):
   """Writes `num` records with tf.train.Example directly; input_ids[1] holds a unique example id."""
   rng = np.random.default_rng(seed)
   with tf.io.TFRecordWriter(path) as w:
@@ -24,7 +24,7 @@ def write_google_style_records(path, num, seq=32, pred=5, start=0, seed=0):
           "segment_ids": tf.train.Feature(int64_list=tf.train.Int64List(value=np.zeros(seq, np.int64))),
           "masked_lm_positions": tf.train.Feature(int64_list=tf.train.Int64List(value=positions)),
           "masked_lm_ids": tf.train.Feature(int64_list=tf.train.Int64List(value=[11, 12] + [0] * (pred - 2))),
-          "masked_lm_weights": tf.train.Feature(float_list=tf.train.FloatList(value=[1.0, 1.0] + [0.0] * (pred - 2))),
+          "masked_lm_weights": tf.train.Feature(float_list=tf.train.FloatList(value=[weight, weight] + [0.0] * (pred - 2))),
           "next_sentence_labels": tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 2])),
       }
       w.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())

@@ -1,0 +1,117 @@
+"""Data benchmarks: prepare throughput and peak memory, and tf.data pipeline throughput.
+
+  python bench/data_bench.py prepare  --multiples=1,4 --workers=2
+  python bench/data_bench.py pipeline --seq_lengths=128,512 --batch_size=256
+
+Each measurement prints one JSON line. `prepare` runs the real CLI in a subprocess on the pydocs
+corpus repeated k times and samples the RSS of the whole process tree (workers included) every
+50 ms; `pipeline` prepares pydocs at each sequence length once, then times batches after a warm-up.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+import psutil
+
+
+def _tree_rss(proc: psutil.Process) -> int:
+  total = 0
+  for p in [proc] + proc.children(recursive=True):
+    try:
+      total += p.memory_info().rss
+    except psutil.Error:
+      pass
+  return total
+
+
+def _machine() -> str:
+  return f"{platform.machine()} {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB"
+
+
+def bench_prepare(multiples, workers, vocab_size, workdir):
+  from bert_jax.data import corpora
+  source = corpora.pydocs_path(os.path.join(workdir, "cache"))
+  text = open(source, encoding="utf-8").read()
+  vocab_file = None
+  for k in multiples:
+    corpus = os.path.join(workdir, f"pydocs_x{k}.txt")
+    with open(corpus, "w", encoding="utf-8") as f:
+      for _ in range(k):
+        f.write(text)
+    out = os.path.join(workdir, f"out_x{k}")
+    cmd = [sys.executable, "-m", "bert_jax.data.prepare", f"--corpus={corpus}", f"--output_dir={out}",
+           f"--workers={workers}", "--dupe_factor=5", "--max_seq_length=128"]
+    cmd += [f"--vocab_file={vocab_file}"] if vocab_file else [f"--vocab_size={vocab_size}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    ps, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+      peak = max(peak, _tree_rss(ps))
+      time.sleep(0.05)
+    if proc.returncode:
+      raise RuntimeError(f"prepare failed: {proc.stdout.read()}")
+    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    vocab_file = vocab_file or manifest["vocab"]["file"]  # train the vocabulary once, then reuse it
+    s = manifest["stats"]
+    print(json.dumps({"bench": "prepare", "corpus_multiple": k, "corpus_bytes": os.path.getsize(corpus),
+                      "workers": workers, "instances": s["instances"], "seconds": s["seconds"],
+                      "instances_per_sec": round(s["instances_per_second"]),
+                      "tokens_per_sec": round(s["tokens_per_second"]), "peak_rss_mib": round(peak / 2**20),
+                      "machine": _machine()}), flush=True)
+
+
+def bench_pipeline(seq_lengths, batch_size, batches, workdir):
+  from bert_jax.data import corpora, instances, pipeline, prepare
+  from bert_jax.data import tokenizer as tokenizer_lib
+  corpus = corpora.TextFiles(corpora.pydocs_path(os.path.join(workdir, "cache")))
+  vocab = None
+  for seq in seq_lengths:
+    pred = max(20, round(seq * 0.15 + 0.5))
+    out = os.path.join(workdir, f"seq{seq}")
+    opts = instances.InstanceOptions(max_seq_length=seq, max_predictions_per_seq=pred, dupe_factor=5)
+    m = prepare.prepare(corpus, out, opts, vocab_file=vocab, vocab_size=8000, progress=False)
+    vocab = m["vocab"]["file"]
+    tok = tokenizer_lib.load(vocab)
+    files = pipeline.resolve_files(os.path.join(out, "train", "*.tfrecord"))
+    for dynamic in (False, True):
+      masking = pipeline.MaskingSpec(tok.vocab_size, tok.mask_id, tuple(int(i) for i in tok.special_ids)) \
+          if dynamic else None
+      cfg = pipeline.PipelineConfig(files=files, batch_size=batch_size, max_seq_length=seq,
+                                    max_predictions_per_seq=pred, dynamic_masking=masking)
+      it = pipeline.BatchIterator(cfg)
+      for _ in range(5):
+        next(it)
+      t = time.perf_counter()
+      for _ in range(batches):
+        next(it)
+      dt = time.perf_counter() - t
+      print(json.dumps({"bench": "pipeline", "seq_length": seq, "masking": "dynamic" if dynamic else "static",
+                        "batch_size": batch_size, "batches": batches,
+                        "seq_per_sec": round(batches * batch_size / dt), "machine": _machine()}), flush=True)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("what", choices=["prepare", "pipeline"])
+  p.add_argument("--multiples", default="1,4", help="corpus repeats for the prepare benchmark")
+  p.add_argument("--workers", type=int, default=os.cpu_count())
+  p.add_argument("--vocab_size", type=int, default=8000)
+  p.add_argument("--seq_lengths", default="128,512")
+  p.add_argument("--batch_size", type=int, default=256)
+  p.add_argument("--batches", type=int, default=100)
+  a = p.parse_args()
+  with tempfile.TemporaryDirectory() as workdir:
+    if a.what == "prepare":
+      bench_prepare([int(x) for x in a.multiples.split(",")], a.workers, a.vocab_size, workdir)
+    else:
+      bench_pipeline([int(x) for x in a.seq_lengths.split(",")], a.batch_size, a.batches, workdir)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,194 @@
+"""Checkpoints across meshes and after corruption; bert_jax.convert to/from HF and from TF1."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from bert_jax import checkpoint as checkpoint_lib
+from bert_jax import convert, export, sharding
+from bert_jax.model import BertForPreTraining
+from train_helpers import SMALL, build, config, random_batch
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def _mesh(shape):
+  return sharding.create_mesh(dict(zip(sharding.MESH_AXES, shape)), devices=jax.devices()[:int(np.prod(shape))])
+
+
+def _trained_state(mesh, cfg):
+  state, step_fn, _, rules = build(cfg, mesh)
+  with nn.logical_axis_rules(rules):
+    for s in range(2):
+      state, _ = step_fn(state, sharding.global_batch(random_batch(16, seed=s), mesh))
+  return state
+
+
+@pytest.mark.parametrize("saved_on,restored_on", [((8, 1, 1), (2, 1, 1)), ((2, 2, 2), (8, 1, 1))])
+def test_restore_onto_another_mesh(tmp_path, saved_on, restored_on):
+  cfg = config(**{"checkpoint.every_steps": 1, "checkpoint.async_save": False})
+  saved = _trained_state(_mesh(saved_on), cfg)
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path), cfg, log=lambda m: None)
+  ckpt.save(2, saved, force=True)
+  ckpt.wait()
+  target_mesh = _mesh(restored_on)
+  fresh, *_ = build(cfg, target_mesh)
+  from bert_jax import train
+  restored = checkpoint_lib.Checkpointer(str(tmp_path), cfg).restore_or_init(
+      fresh, jax.tree_util.tree_map(lambda x: x.sharding, fresh))
+  assert int(restored.step) == 2
+  for a, b in zip(jax.tree_util.tree_leaves(saved), jax.tree_util.tree_leaves(restored)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  kernel = restored.params["encoder"]["layer_0"]["intermediate"]["kernel"]
+  assert kernel.sharding.mesh.devices.size == int(np.prod(restored_on))
+
+
+def test_corrupt_latest_checkpoint_falls_back_with_warning(tmp_path):
+  cfg = config(**{"checkpoint.every_steps": 1, "checkpoint.async_save": False})
+  mesh = _mesh((2, 1, 1))
+  state = _trained_state(mesh, cfg)
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path), cfg, log=lambda m: None)
+  ckpt.save(5, state, force=True)
+  ckpt.save(10, state.replace(step=state.step + 8), force=True)
+  ckpt.wait()
+  for root, _, files in os.walk(tmp_path / "10" / "state"):  # truncate every data file of the newest step
+    for name in files:
+      if not name.endswith(".json"):
+        open(os.path.join(root, name), "wb").close()
+  messages = []
+  fresh, *_ = build(cfg, mesh)
+  restored = checkpoint_lib.Checkpointer(str(tmp_path), cfg, log=messages.append).restore_or_init(
+      fresh, jax.tree_util.tree_map(lambda x: x.sharding, fresh))
+  assert int(restored.step) == int(state.step)
+  assert any("WARNING: checkpoint at step 10" in m and "falling back" in m for m in messages), messages
+  assert any("resumed from checkpoint at step 5" in m for m in messages)
+
+
+@pytest.fixture(scope="module")
+def tiny_workdir(tmp_path_factory):
+  """A tiny model trained for a few steps on pydocs through the CLI."""
+  workdir = tmp_path_factory.mktemp("tiny_run")
+  args = [sys.executable, "-m", "bert_jax.train", "--config=tiny", f"--workdir={workdir}",
+          "--config.train.steps=4", "--config.optim.warmup_steps=1", "--config.train.eval_batches=1",
+          "--config.data.max_seq_length=64", "--config.data.max_predictions_per_seq=10",
+          "--config.data.dupe_factor=1", "--config.train.batch_size=16"]
+  result = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+def test_round_trip_to_hf_logits_and_tokenizer(tiny_workdir, tmp_path):
+  out = tmp_path / "hf"
+  result = subprocess.run([sys.executable, "-m", "bert_jax.convert", "to_hf", f"--workdir={tiny_workdir}",
+                           f"--output={out}"], capture_output=True, text=True, env=ENV, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "checked: max |logit difference| vs transformers" in result.stdout
+  assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(out))
+  assert json.load(open(out / "config.json"))["vocab_size"] == 8000  # padded 8064 cut back
+
+  params, model_config, cfg, step = export.load_workdir_params(str(tiny_workdir))
+  assert step == 4
+  hf = transformers.BertForPreTraining.from_pretrained(str(out)).eval()
+  rng = np.random.default_rng(1)
+  ids = rng.integers(5, 8000, (3, 40))
+  mask = np.ones_like(ids)
+  mask[2, 25:] = 0
+  seg = (np.arange(40)[None] > 17).astype(np.int64) * mask
+  with torch.no_grad():
+    theirs = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                token_type_ids=torch.from_numpy(seg))
+  ours = BertForPreTraining(model_config).apply({"params": params}, ids, mask, seg, None)
+  assert np.max(np.abs(np.asarray(ours["mlm_logits"]) - theirs.prediction_logits.numpy())) <= 1e-4
+  assert np.max(np.abs(np.asarray(ours["nsp_logits"]) - theirs.seq_relationship_logits.numpy())) <= 1e-4
+
+  from bert_jax.data import corpora, tokenizer as tokenizer_lib
+  manifest = json.load(open(next((tiny_workdir / "data").glob("*/manifest.json"))))
+  tok = tokenizer_lib.load(manifest["vocab"]["file"])
+  hf_tok = transformers.AutoTokenizer.from_pretrained(str(out))
+  corpus_file = next((tiny_workdir / "data").glob("pydocs-*.txt"))
+  sentences = [l for l in open(corpus_file, encoding="utf-8").read().splitlines() if l][::150][:100]
+  assert len(sentences) == 100
+  for s in sentences:
+    assert hf_tok(s, add_special_tokens=False)["input_ids"] == tok.encode(s), s
+  pair = hf_tok(sentences[0], sentences[1])
+  assert pair["input_ids"][0] == tok.cls_id and pair["input_ids"][-1] == tok.sep_id
+  assert pair["token_type_ids"][-1] == 1
+
+
+def test_from_hf_writes_an_init_checkpoint(tmp_path):
+  model_config = SMALL
+  hf = transformers.BertForPreTraining(transformers.BertConfig(**convert.hf_config_dict(model_config))).eval()
+  hf_dir = tmp_path / "hf"
+  hf.save_pretrained(str(hf_dir))
+  result = subprocess.run([sys.executable, "-m", "bert_jax.convert", "from_hf", f"--hf_dir={hf_dir}",
+                           f"--output={tmp_path / 'ckpt'}"], capture_output=True, text=True, env=ENV, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  expected = convert.hf_to_params({k: v.numpy() for k, v in hf.state_dict().items()}, model_config)
+  like = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), expected)
+  shardings = jax.tree_util.tree_map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), expected)
+  restored = checkpoint_lib.restore_params(str(tmp_path / "ckpt"), like, shardings)
+  for a, b in zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(restored)):
+    np.testing.assert_array_equal(a, np.asarray(b))
+  wrong = jax.tree_util.tree_map(lambda x: x, like)
+  wrong["pooler"]["kernel"] = jax.ShapeDtypeStruct((64, 64), np.float32)
+  with pytest.raises(ValueError, match=r"\['pooler'\]\['kernel'\] has shape \(128, 128\), this model needs \(64, 64\)"):
+    checkpoint_lib.restore_params(str(tmp_path / "ckpt"), wrong, shardings)
+
+
+def test_hf_dir_whose_config_disagrees_with_weights_fails_clearly(tmp_path):
+  hf = transformers.BertForPreTraining(transformers.BertConfig(**convert.hf_config_dict(SMALL)))
+  hf.save_pretrained(str(tmp_path))
+  cfg = json.load(open(tmp_path / "config.json"))
+  cfg["intermediate_size"] = 256
+  json.dump(cfg, open(tmp_path / "config.json", "w"))
+  with pytest.raises(ValueError, match=r"intermediate\.dense\.weight' has shape \(512, 128\) but this config needs \(256, 128\)"):
+    export.read_hf_dir(str(tmp_path))
+
+
+def test_tf1_checkpoint_import_matches_hf_conversion(tmp_path):
+  import tensorflow as tf
+  model_config = SMALL
+  hf = transformers.BertForPreTraining(transformers.BertConfig(**convert.hf_config_dict(model_config))).eval()
+  hf_state = {k: v.numpy() for k, v in hf.state_dict().items()}
+  rows = list(export.TF_EMBEDDING_AND_HEAD_MAP) + [
+      (t.format(i=i), h.format(i=i), tr) for i in range(model_config.num_layers) for t, h, tr in export.TF_LAYER_MAP]
+  graph = tf.Graph()
+  with graph.as_default():
+    variables = [tf.compat.v1.get_variable(name, initializer=(hf_state[hf_name].T if transpose else hf_state[hf_name]))
+                 for name, hf_name, transpose in rows]
+    variables.append(tf.compat.v1.get_variable("bert/pooler/dense/kernel/adam_m", initializer=np.ones((128, 128),
+                                                                                                    np.float32)))
+    variables.append(tf.compat.v1.get_variable("global_step", initializer=np.int64(7)))
+    saver = tf.compat.v1.train.Saver(variables)
+    with tf.compat.v1.Session(graph=graph) as sess:
+      sess.run(tf.compat.v1.global_variables_initializer())
+      prefix = saver.save(sess, str(tmp_path / "bert_model.ckpt"))
+  json.dump(convert.hf_config_dict(model_config), open(tmp_path / "bert_config.json", "w"))
+  result = subprocess.run([sys.executable, "-m", "bert_jax.convert", "from_tf", f"--tf_checkpoint={prefix}",
+                           f"--tf_config={tmp_path / 'bert_config.json'}", f"--output={tmp_path / 'ckpt'}"],
+                          capture_output=True, text=True, env=ENV, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  via_hf = convert.hf_to_params(hf_state, model_config)
+  like = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), via_hf)
+  shardings = jax.tree_util.tree_map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), via_hf)
+  imported = checkpoint_lib.restore_params(str(tmp_path / "ckpt"), like, shardings)
+  rng = np.random.default_rng(0)
+  ids = rng.integers(5, 1024, (2, 24))
+  mask = np.ones_like(ids)
+  seg = (np.arange(24)[None] > 10).astype(np.int64).repeat(2, 0)
+  model = BertForPreTraining(model_config)
+  a = model.apply({"params": imported}, ids, mask, seg, None)
+  b = model.apply({"params": via_hf}, ids, mask, seg, None)
+  np.testing.assert_array_equal(np.asarray(a["mlm_logits"]), np.asarray(b["mlm_logits"]))
+  with torch.no_grad():
+    theirs = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                token_type_ids=torch.from_numpy(seg)).prediction_logits.numpy()
+  assert np.max(np.abs(np.asarray(a["mlm_logits"]) - theirs)) <= 1e-4

@@ -1,0 +1,140 @@
+"""The train CLI end to end, in real subprocesses: metrics contract, NaN stop, exact resume, SIGTERM."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from data_helpers import write_google_style_records
+
+TRAIN_KEYS = {"step", "loss", "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy", "learning_rate", "grad_norm",
+              "seq_per_sec", "tokens_per_sec", "mfu"}
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+  root = tmp_path_factory.mktemp("loop_records")
+  for shard in range(4):
+    write_google_style_records(str(root / f"train-{shard}.tfrecord"), 40, start=shard * 40, seed=shard)
+  write_google_style_records(str(root / "eval-0.tfrecord"), 32, start=500, seed=9)
+  write_google_style_records(str(root / "nan-0.tfrecord"), 16, seed=3, weight=float("nan"))
+  return root
+
+
+def _args(workdir, records, steps, **extra):
+  overrides = {"data.train_files": f"{records}/train-*.tfrecord", "data.eval_files": f"{records}/eval-*.tfrecord",
+               "data.max_seq_length": 32, "data.max_predictions_per_seq": 5, "data.shuffle_buffer": 64,
+               "model.vocab_size": 2048, "train.steps": steps, "train.batch_size": 8, "train.log_every": 1,
+               "train.eval_every": 1000, "train.eval_batches": 2, "optim.warmup_steps": 2,
+               "checkpoint.every_steps": 5, "checkpoint.async_save": True}
+  overrides.update(extra)
+  return [sys.executable, "-m", "bert_jax.train", "--config=tiny", f"--workdir={workdir}"] + [
+      f"--config.{k}={v}" for k, v in overrides.items()]
+
+
+def _env():
+  return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+
+
+def _lines(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(l) for l in f]
+
+
+def test_run_writes_the_metrics_contract(records, tmp_path):
+  result = subprocess.run(_args(tmp_path, records, 6, **{"train.eval_every": 3}), capture_output=True, text=True,
+                          env=_env(), timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = _lines(tmp_path)
+  train_lines = [l for l in lines if l.get("split") != "eval"]
+  eval_lines = [l for l in lines if l.get("split") == "eval"]
+  assert [l["step"] for l in train_lines] == [1, 2, 3, 4, 5, 6]
+  for l in train_lines:
+    assert TRAIN_KEYS <= set(l), set(l) ^ TRAIN_KEYS
+    assert l["mfu"] is None  # CPU: no known peak
+  assert train_lines[-1]["seq_per_sec"] > 0 and train_lines[-1]["tokens_per_sec"] == pytest.approx(
+      train_lines[-1]["seq_per_sec"] * 32)
+  assert [l["step"] for l in eval_lines] == [0, 3, 6]
+  assert {"mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy"} <= set(eval_lines[0])
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
+  assert "train step 6/6: loss" in result.stdout and "eta" in result.stdout
+
+
+def test_nonfinite_loss_stops_naming_the_step(records, tmp_path):
+  result = subprocess.run(_args(tmp_path, records, 6, **{"data.train_files": f"{records}/nan-*.tfrecord"}),
+                          capture_output=True, text=True, env=_env(), timeout=300)
+  assert result.returncode != 0
+  assert "loss is nan at step 1" in result.stderr
+
+
+def test_config_and_data_mismatch_fails_at_start(records, tmp_path):
+  result = subprocess.run(_args(tmp_path, records, 6, **{"data.max_predictions_per_seq": 20}),
+                          capture_output=True, text=True, env=_env(), timeout=300)
+  assert result.returncode != 0
+  assert "masked_lm_ids: config needs length 20" in result.stderr and "has 5" in result.stderr
+
+
+def _losses_by_step(lines):
+  return {l["step"]: l["loss"] for l in lines if l.get("split") != "eval"}
+
+
+def _wait_for_checkpoint(workdir, proc, timeout=240):
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir)):
+      return
+    if proc.poll() is not None:
+      raise AssertionError(f"run ended before its first checkpoint: {proc.stderr.read()[-2000:]}")
+    time.sleep(0.02)
+  raise AssertionError("no checkpoint appeared")
+
+
+def test_resume_after_sigkill_matches_uninterrupted(records, tmp_path):
+  steps = 40
+  whole = subprocess.run(_args(tmp_path / "whole", records, steps), capture_output=True, text=True, env=_env(),
+                         timeout=600)
+  assert whole.returncode == 0, whole.stderr[-3000:]
+  reference = _losses_by_step(_lines(tmp_path / "whole"))
+
+  killed_dir = tmp_path / "killed"
+  proc = subprocess.Popen(_args(killed_dir, records, steps), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, env=_env())
+  _wait_for_checkpoint(killed_dir, proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  before = len(_lines(killed_dir))
+  resumed = subprocess.run(_args(killed_dir, records, steps), capture_output=True, text=True, env=_env(),
+                           timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resumed from checkpoint at step" in resumed.stdout
+  resumed_from = int(resumed.stdout.split("resumed from checkpoint at step ")[1].split()[0])
+  assert 0 < resumed_from < steps, "the kill must land mid-run"
+  after = _losses_by_step(_lines(killed_dir)[before:])
+  assert sorted(after) == list(range(resumed_from + 1, steps + 1))
+  for step, loss in after.items():
+    assert loss == reference[step], (step, loss, reference[step])
+
+
+def test_sigterm_saves_at_the_next_step_and_exits_zero(records, tmp_path):
+  steps = 400
+  proc = subprocess.Popen(_args(tmp_path, records, steps, **{"checkpoint.every_steps": 1000}),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+  deadline = time.time() + 240
+  while time.time() < deadline:
+    if os.path.exists(tmp_path / "metrics.jsonl") and any(l.get("step", 0) >= 3 for l in _lines(tmp_path)):
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=240)
+  assert proc.returncode == 0, err[-3000:]
+  saved = int(out.split("SIGTERM: saving a checkpoint at step ")[1].split()[0])
+  assert 3 <= saved < steps
+  assert str(saved) in os.listdir(tmp_path / "checkpoints")
+  resumed = subprocess.run(_args(tmp_path, records, saved + 2, **{"checkpoint.every_steps": 1000}),
+                           capture_output=True, text=True, env=_env(), timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"resumed from checkpoint at step {saved}" in resumed.stdout
