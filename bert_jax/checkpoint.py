@@ -33,7 +33,10 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def _data_prefix(self, step: int) -> str:
-    return os.path.join(self.directory, "data", str(step), f"process_{jax.process_index()}")
+    """Per-process iterator state; the process count is in the name because a position is only
+    meaningful for the same split of the data."""
+    return os.path.join(self.directory, "data", str(step),
+                        f"of{jax.process_count()}_process_{jax.process_index()}")
 
   def save(self, step: int, state, train_iter=None, force: bool = False) -> bool:
     if not force and step % self.config.checkpoint.every_steps:
@@ -69,16 +72,26 @@ class Checkpointer:
         state=ocp.args.StandardRestore(_abstract(like_state, shardings))))
     return restored["state"]
 
+  def _restore_data(self, step, train_iter):
+    prefix = self._data_prefix(step)
+    if os.path.exists(prefix + ".index"):
+      train_iter.restore(prefix)
+      return
+    saved = os.listdir(os.path.join(self.directory, "data", str(step))) \
+        if os.path.isdir(os.path.join(self.directory, "data", str(step))) else []
+    if any(name.endswith(".index") for name in saved):
+      self.log(f"WARNING: the data position at step {step} was saved by a different number of processes; "
+               f"the model state is restored, the input stream starts afresh")
+      return
+    raise FileNotFoundError(f"no data-pipeline state at {prefix}")
+
   def restore_or_init(self, state, shardings, train_iter=None):
     """The newest readable checkpoint (falling back past broken ones), else init_checkpoint, else state."""
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         restored = self.restore(step, state, shardings)
         if train_iter is not None:
-          prefix = self._data_prefix(step)
-          if not os.path.exists(prefix + ".index"):
-            raise FileNotFoundError(f"no data-pipeline state at {prefix}")
-          train_iter.restore(prefix)
+          self._restore_data(step, train_iter)
       except Exception as e:  # a torn or corrupt checkpoint: use an older one
         self.log(f"WARNING: checkpoint at step {step} in {self.directory} could not be restored "
                  f"({type(e).__name__}: {str(e)[:200]}); falling back to an older one")

@@ -83,7 +83,7 @@ def train_iterator(config, files, tok) -> pipeline.BatchIterator:
   cfg = pipeline.PipelineConfig(
       files=tuple(files), batch_size=config.train.batch_size // jax.process_count(),
       max_seq_length=d.max_seq_length, max_predictions_per_seq=d.max_predictions_per_seq, seed=config.train.seed,
-      shuffle_buffer=d.shuffle_buffer, dynamic_masking=_masking(config, tok))
+      shuffle_buffer=d.shuffle_buffer, shuffle=d.shuffle, dynamic_masking=_masking(config, tok))
   return pipeline.BatchIterator(cfg, jax.process_index(), jax.process_count())
 
 

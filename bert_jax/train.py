@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from bert_jax import checkpoint as checkpoint_lib
-from bert_jax import inputs, losses, metrics, optim, sharding
+from bert_jax import distributed, inputs, losses, metrics, optim, sharding
 from bert_jax.model import BertConfig, BertForPreTraining
 
 
@@ -216,7 +216,7 @@ class _Preemption:
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Runs (or resumes) pretraining as configured; returns the last train and eval metrics."""
-  os.makedirs(workdir, exist_ok=True)
+  distributed.preflight(config, workdir, log=print if jax.process_index() == 0 else lambda _: None)
   writer = metrics.MetricsWriter(workdir)
   log = writer.log
   mesh = sharding.create_mesh({a: config.mesh[a] for a in sharding.MESH_AXES}, config.mesh.dcn_data)
@@ -316,21 +316,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   return {"train": last_train, "eval": last_eval}
 
 
-def maybe_initialize_distributed() -> None:
-  """jax.distributed.initialize() on clusters (SLURM, TPU pods, or JAX_COORDINATOR_ADDRESS set)."""
-  env = os.environ
-  on_cluster = ("JAX_COORDINATOR_ADDRESS" in env or int(env.get("SLURM_NTASKS", "1")) > 1
-                or len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1)
-  if on_cluster:
-    jax.distributed.initialize()
-
-
 def main(argv):
   del argv
   from absl import flags, logging
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax is chatty at INFO
-  maybe_initialize_distributed()
+  distributed.initialize_from_env()
   config = flags.FLAGS.config
   train_and_evaluate(config, flags.FLAGS.workdir)
 

@@ -41,6 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
   d.prepare_seed = 12345              # seed for preparing instances
   d.prepare_workers = 0               # processes for preparing (0: all cores)
   d.shuffle_buffer = 10000            # examples in the tf.data shuffle buffer
+  d.shuffle = True                    # shuffle files and examples (False: file order, for exactness checks)
 
   c.train = t = ml_collections.ConfigDict()
   t.steps = 100000                    # optimizer steps

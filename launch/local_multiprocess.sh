@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Real multi-controller training on one machine: N processes joined by jax.distributed on 127.0.0.1,
+# CPU collectives (gloo), M simulated CPU devices each. The same code path as a TPU pod or GPU cluster.
+#
+#   launch/local_multiprocess.sh NUM_PROCESSES DEVICES_PER_PROCESS -- [train flags...]
+#   launch/local_multiprocess.sh 2 4 -- --config=tiny --workdir=runs/tiny-mp
+#
+# Process 0's output goes to the terminal; every process's also to $LOG_DIR/process_i.log (default
+# /tmp/bert_jax_mp.<pid>). Exits non-zero if any process fails.
+set -euo pipefail -o pipefail
+if [ $# -lt 3 ] || [ "$3" != "--" ]; then
+  echo "usage: $0 NUM_PROCESSES DEVICES_PER_PROCESS -- [train flags...]" >&2
+  exit 2
+fi
+num=$1; devices=$2; shift 3
+python=${PYTHON:-python}
+port=${PORT:-$("$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+log_dir=${LOG_DIR:-/tmp/bert_jax_mp.$$}
+mkdir -p "$log_dir"
+pids=()
+for ((i = 0; i < num; i++)); do
+  run=(env JAX_COORDINATOR_ADDRESS="127.0.0.1:$port" JAX_NUM_PROCESSES="$num" JAX_PROCESS_ID="$i"
+       JAX_PLATFORMS=cpu XLA_FLAGS="--xla_force_host_platform_device_count=$devices"
+       "$python" -m bert_jax.train "$@")
+  if [ "$i" -eq 0 ]; then
+    "${run[@]}" 2>&1 | tee "$log_dir/process_0.log" &
+  else
+    "${run[@]}" > "$log_dir/process_$i.log" 2>&1 &
+  fi
+  pids+=($!)
+done
+status=0
+for i in "${!pids[@]}"; do
+  if ! wait "${pids[$i]}"; then
+    echo "process $i failed (log: $log_dir/process_$i.log)" >&2
+    status=1
+  fi
+done
+exit $status

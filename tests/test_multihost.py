@@ -1,0 +1,153 @@
+"""Multi-process runs on one machine (real jax.distributed, gloo), pre-flight, and launcher dry runs."""
+import json
+import shlex
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from data_helpers import write_google_style_records
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCH = os.path.join(ROOT, "launch")
+
+
+def _env(**extra):
+  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") and k != "XLA_FLAGS"}
+  env.update(TF_CPP_MIN_LOG_LEVEL="3", PYTHON=sys.executable, PYTHONUNBUFFERED="1", **extra)
+  return env
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+  root = tmp_path_factory.mktemp("mp_records")
+  write_google_style_records(str(root / "train.tfrecord"), 200, seed=1)
+  write_google_style_records(str(root / "eval.tfrecord"), 32, start=500, seed=2)
+  return root
+
+
+def _flags(records, workdir, steps, **extra):
+  flags = {"data.train_files": f"{records}/train.tfrecord", "data.eval_files": f"{records}/eval.tfrecord",
+           "data.max_seq_length": 32, "data.max_predictions_per_seq": 5, "data.shuffle": False,
+           "model.vocab_size": 2048, "train.steps": steps, "train.batch_size": 16, "train.log_every": 1,
+           "train.deterministic": True, "train.eval_batches": 2, "optim.warmup_steps": 2,
+           "checkpoint.every_steps": 3, "checkpoint.async_save": False}
+  flags.update(extra)
+  return ["--config=tiny", f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in flags.items()]
+
+
+def _multi(num, devices, flags, timeout=600, **env):
+  return subprocess.run(["bash", os.path.join(LAUNCH, "local_multiprocess.sh"), str(num), str(devices), "--"]
+                        + flags, capture_output=True, text=True, env=_env(**env), timeout=timeout, cwd=ROOT)
+
+
+def _single(devices, flags, timeout=600):
+  env = _env(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return subprocess.run([sys.executable, "-m", "bert_jax.train"] + flags, capture_output=True, text=True,
+                        env=env, timeout=timeout, cwd=ROOT)
+
+
+def _losses(workdir):
+  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  return {l["step"]: l["loss"] for l in lines if l.get("split") != "eval"}
+
+
+def test_two_processes_match_one_process(records, tmp_path):
+  two = _multi(2, 4, _flags(records, tmp_path / "two", 5))
+  assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+  assert "pre-flight ok: 2 process(es), 4 local x cpu (8 devices)" in two.stdout
+  one = _single(8, _flags(records, tmp_path / "one", 5))
+  assert one.returncode == 0, one.stderr[-3000:]
+  a, b = _losses(tmp_path / "two"), _losses(tmp_path / "one")
+  assert sorted(a) == [1, 2, 3, 4, 5]
+  for step in a:
+    assert a[step] == pytest.approx(b[step], rel=1e-5), step
+  assert not os.path.exists(tmp_path / "two" / ".preflight-1")
+
+
+def test_checkpoints_cross_between_process_counts(records, tmp_path):
+  workdir = tmp_path / "run"
+  first = _multi(2, 4, _flags(records, workdir, 3))
+  assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+  second = _single(8, _flags(records, workdir, 6))
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "resumed from checkpoint at step 3" in second.stdout
+  assert "saved by a different number of processes" in second.stdout
+  third = _multi(2, 4, _flags(records, workdir, 9))
+  assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+  assert "resumed from checkpoint at step 6" in third.stdout
+
+
+def test_missing_process_fails_fast_naming_it(tmp_path):
+  env = _env(JAX_COORDINATOR_ADDRESS="127.0.0.1:29731", JAX_NUM_PROCESSES="3", JAX_PROCESS_ID="0",
+             JAX_PLATFORMS="cpu", BERT_JAX_INIT_TIMEOUT="8")
+  started = time.time()
+  result = subprocess.run([sys.executable, "-m", "bert_jax.train", "--config=tiny", f"--workdir={tmp_path}"],
+                          capture_output=True, text=True, env=env, timeout=120)
+  assert result.returncode != 0
+  assert time.time() - started < 60
+  assert "processes [1, 2] of 3 did not join within 8s" in result.stderr
+  lone = subprocess.run([sys.executable, "-m", "bert_jax.train", "--config=tiny", f"--workdir={tmp_path}"],
+                        capture_output=True, text=True, timeout=120,
+                        env={**env, "JAX_PROCESS_ID": "2", "BERT_JAX_INIT_TIMEOUT": "3"})
+  assert lone.returncode != 0 and "process 2 could not complete start-up with process 0" in lone.stderr
+
+
+def test_preflight_rejects_unwritable_workdir(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  result = _single(1, ["--config=tiny", f"--workdir={blocker}/run"], timeout=120)
+  assert result.returncode != 0
+  assert f"workdir {blocker}/run is not writable from process 0" in result.stderr
+
+
+def test_preflight_rejects_different_config_across_processes(records, tmp_path):
+  base = _flags(records, tmp_path, 2)
+  port = "29745"
+  procs = []
+  for pid, lr in ((0, "1e-3"), (1, "2e-3")):
+    env = _env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid),
+               JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2", BERT_JAX_INIT_TIMEOUT="60")
+    procs.append(subprocess.Popen([sys.executable, "-m", "bert_jax.train"] + base +
+                                  [f"--config.optim.peak_learning_rate={lr}"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT))
+  outs = [p.communicate(timeout=300) for p in procs]
+  assert all(p.returncode != 0 for p in procs)
+  assert any("processes [1] run a different config than process 0" in err for _, err in outs), outs[0][1][-2000:]
+
+
+def test_tpu_pod_dry_run_prints_the_gcloud_commands():
+  result = subprocess.run(["bash", os.path.join(LAUNCH, "tpu_pod.sh"), "--name=bert", "--zone=us-central2-b",
+                           "--accelerator-type=v4-32", "--spot", "--dry-run", "--",
+                           "--config=large", "--workdir=gs://bucket/run"], capture_output=True, text=True, cwd=ROOT)
+  assert result.returncode == 0, result.stderr
+  lines = ["+ " + " ".join(shlex.split(l[2:])) for l in result.stdout.splitlines()]  # as the shell reads them
+  assert any(l.startswith("+ gcloud compute tpus tpu-vm create bert --zone=us-central2-b --accelerator-type=v4-32")
+             and "--spot" in l for l in lines)
+  train = [l for l in lines if "bert_jax.train" in l]
+  assert len(train) == 1 and "--worker=all" in train[0] and "--config=large" in train[0]
+  assert any("pip install" in l and "--worker=all" in l for l in lines)
+  assert lines[-1].startswith("+ gcloud compute tpus tpu-vm delete bert")
+  multi = subprocess.run(["bash", os.path.join(LAUNCH, "tpu_pod.sh"), "--name=bert", "--zone=z",
+                          "--accelerator-type=v5p-128", "--num-slices=2", "--dry-run", "--", "--config=large",
+                          "--workdir=gs://b/r"], capture_output=True, text=True, cwd=ROOT)
+  assert "queued-resources create bert" in multi.stdout and "--node-count=2" in multi.stdout
+  assert multi.stdout.count("bert_jax.train") == 2 and "--config.mesh.dcn_data=2" in multi.stdout
+
+
+def test_gpu_slurm_dry_run_prints_sbatch_and_srun():
+  result = subprocess.run(["bash", os.path.join(LAUNCH, "gpu_slurm.sh"), "--nodes=4", "--gpus-per-node=8",
+                           "--partition=a3", "--dry-run", "--", "--config=large", "--workdir=/shared/run"],
+                          capture_output=True, text=True, cwd=ROOT, env={k: v for k, v in os.environ.items()
+                                                                         if not k.startswith("SLURM_")})
+  assert result.returncode == 0, result.stderr
+  out = result.stdout
+  assert "+ sbatch --nodes=4 --gpus-per-node=8 --time=48:00:00 --partition=a3" in out
+  assert "srun --ntasks-per-node=1 --gpus-per-node=8" in out and "NCCL_" in out
+  assert "-m bert_jax.train --config=large --workdir=/shared/run" in out
+  inside = subprocess.run(["bash", os.path.join(LAUNCH, "gpu_slurm.sh"), "--dry-run", "--", "--config=large",
+                           "--workdir=/w"], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "SLURM_JOB_ID": "123"})
+  assert inside.stdout.startswith("+ srun") and "sbatch" not in inside.stdout
