@@ -58,11 +58,8 @@ def create_mesh(sizes: dict, dcn_data: int = 1, devices=None) -> Mesh:
     ici = mesh_shape(sizes, per_slice)
     array = mesh_utils.create_hybrid_device_mesh(ici, (dcn_data, 1, 1), devices)
   else:
-    shape = mesh_shape(sizes, len(devices))
-    try:
-      array = mesh_utils.create_device_mesh(shape, devices)
-    except (AssertionError, NotImplementedError, ValueError):
-      array = np.asarray(devices).reshape(shape)  # CPU / unusual topologies
+    # Splitting physical axes lets any factorisation of a TPU slice map onto the mesh.
+    array = mesh_utils.create_device_mesh(mesh_shape(sizes, len(devices)), devices, allow_split_physical_axes=True)
   return Mesh(array, MESH_AXES)
 
 
