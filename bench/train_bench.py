@@ -26,6 +26,8 @@ flags.DEFINE_integer("seq", 128, "sequence length")
 flags.DEFINE_integer("predictions", 0, "masked positions per sequence (0: 15% of seq, at least 20)")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype (params stay fp32)")
 flags.DEFINE_enum("attention", "auto", ["auto", "xla", "cudnn"], "attention implementation")
+flags.DEFINE_bool("dropout", True, "False turns all dropout off (train.deterministic)")
+flags.DEFINE_float("attention_dropout", 0.1, "attention-probability dropout (0 lets the fused/XLA kernel run)")
 flags.DEFINE_integer("steps", 20, "timed steps")
 flags.DEFINE_integer("warmup", 3, "untimed steps (compilation included)")
 flags.DEFINE_bool("compare_torch", False, "also time HF PyTorch BertForPreTraining in this run")
@@ -139,7 +141,8 @@ def main(argv):
   import jax
   from bert_jax import configlib
   overrides = {"model.dtype": FLAGS.dtype, "model.attention_impl": FLAGS.attention,
-               "train.batch_size": FLAGS.batch, "model.max_position_embeddings": max(512, FLAGS.seq)}
+               "train.batch_size": FLAGS.batch, "model.max_position_embeddings": max(512, FLAGS.seq),
+               "train.deterministic": not FLAGS.dropout, "model.attention_dropout": FLAGS.attention_dropout}
   config = configlib.load(FLAGS.config, overrides)
   predictions = FLAGS.predictions or max(20, round(FLAGS.seq * 0.15))
   result = {"bench": "train_step", "config": FLAGS.config, "batch": FLAGS.batch, "seq": FLAGS.seq,
