@@ -9,6 +9,7 @@ The name mapping itself lives in convert.py; this module only reads and writes f
 """
 
 import dataclasses
+import glob
 import json
 import os
 
@@ -193,13 +194,20 @@ def read_hf_dir(hf_dir: str, **config_overrides):
   return convert.hf_to_params(state, model_config), model_config
 
 
-def _vocab_of(config) -> tuple[str | None, bool]:
+def find_vocab(config, workdir: str) -> tuple[str | None, bool]:
+  """(vocab file, lower_case) of a run: the config's vocab_file, else the manifest beside its train files,
+  else the manifest of the data it prepared into WORKDIR/data."""
+  from bert_jax.data import corpora, schema
   if config.data.vocab_file:
     return config.data.vocab_file, config.data.lower_case
-  from bert_jax.data import schema
-  import glob
-  for pattern in (config.data.train_files or "").split(","):
-    files = sorted(glob.glob(pattern)) if pattern else []
+  candidates = []
+  if config.data.train_files:
+    try:
+      candidates.append(corpora.expand_globs(config.data.train_files))
+    except FileNotFoundError:
+      pass  # the data moved since training; the workdir cache may still know the vocabulary
+  candidates += [[m] for m in sorted(glob.glob(os.path.join(workdir, "data", "*", "train", "*")))[-1:]]
+  for files in candidates:
     manifest = schema.find_manifest(files)
     if manifest:
       return manifest["vocab"]["file"], manifest.get("lower_case", False)
@@ -212,13 +220,7 @@ def main(argv):
   command = argv[1] if len(argv) > 1 else None
   if command == "to_hf":
     params, model_config, config, step = load_workdir_params(f.workdir, f.step)
-    vocab_file, lower_case = (f.vocab_file, f.lower_case) if f.vocab_file else _vocab_of(config)
-    if vocab_file is None:
-      import glob
-      cached = sorted(glob.glob(os.path.join(f.workdir, "data", "*", "manifest.json")))
-      if cached:
-        manifest = json.load(open(cached[-1]))
-        vocab_file, lower_case = manifest["vocab"]["file"], manifest.get("lower_case", False)
+    vocab_file, lower_case = (f.vocab_file, f.lower_case) if f.vocab_file else find_vocab(config, f.workdir)
     write_hf_dir(params, model_config, f.output, f.dtype, vocab_file, lower_case)
     print(f"wrote {f.output} from {f.workdir} step {step}" + ("" if vocab_file else " (no vocabulary found: "
                                                               "pass --vocab_file for tokenizer files)"))
