@@ -28,6 +28,12 @@ flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype (p
 flags.DEFINE_enum("attention", "auto", ["auto", "xla", "cudnn"], "attention implementation")
 flags.DEFINE_bool("dropout", True, "False turns all dropout off (train.deterministic)")
 flags.DEFINE_float("attention_dropout", 0.1, "attention-probability dropout (0 lets the fused/XLA kernel run)")
+flags.DEFINE_bool("mlm_all_positions", False, "MLM logits at every position, then gather (HF's way)")
+flags.DEFINE_enum("scan_layers", "config", ["config", "true", "false"], "nn.scan over layers")
+flags.DEFINE_enum("remat", "config", ["config", "none", "full", "dots", "dots_no_batch"], "remat policy")
+flags.DEFINE_string("opt_state_dtype", "", "AdamW first-moment dtype, e.g. bfloat16 (empty: the config's)")
+flags.DEFINE_enum("prng_impl", "threefry2x32", ["threefry2x32", "rbg", "unsafe_rbg"], "dropout PRNG")
+flags.DEFINE_string("profile_dir", "", "after timing, trace 3 more steps here (perfetto JSON included)")
 flags.DEFINE_integer("steps", 20, "timed steps")
 flags.DEFINE_integer("warmup", 3, "untimed steps (compilation included)")
 flags.DEFINE_bool("compare_torch", False, "also time HF PyTorch BertForPreTraining in this run")
@@ -70,6 +76,9 @@ def bench_jax(config, predictions):
     step_fn, _ = train.make_step_functions(config, model, tx, schedule, mesh, shardings)
     batch = sharding.global_batch(_batch(FLAGS.batch, FLAGS.seq, predictions, model_config.vocab_size), mesh)
     t0 = time.perf_counter()
+    step_fn = step_fn.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
     for _ in range(FLAGS.warmup):
       state, m = step_fn(state, batch)
     jax.block_until_ready(m)
@@ -79,13 +88,18 @@ def bench_jax(config, predictions):
       state, m = step_fn(state, batch)
     jax.block_until_ready(m)
     dt = (time.perf_counter() - t0) / FLAGS.steps
+    if FLAGS.profile_dir:
+      with jax.profiler.trace(FLAGS.profile_dir, create_perfetto_trace=True):
+        for _ in range(3):
+          state, m = step_fn(state, batch)
+        jax.block_until_ready(m)
   seq_s = FLAGS.batch / dt
   flops = metrics.flops_per_sequence(model_config, FLAGS.seq, predictions)
   peak = metrics.peak_flops_per_device(jax.devices()[0].device_kind, FLAGS.peak_flops)
   mem, mem_kind = _peak_memory_bytes()
   return {"step_ms": dt * 1e3, "seq_per_sec": seq_s, "tokens_per_sec": seq_s * FLAGS.seq,
           "mfu": flops * seq_s / (peak * jax.device_count()) if peak else None,
-          "model_tflops_per_sec": flops * seq_s / 1e12, "warmup_s": warmup_s,
+          "model_tflops_per_sec": flops * seq_s / 1e12, "compile_s": compile_s, "warmup_s": warmup_s,
           "peak_memory_gib": mem / 2**30, "memory_kind": mem_kind, "loss": float(m["loss"])}
 
 
@@ -133,7 +147,7 @@ def bench_torch(config, predictions):
     torch.cuda.synchronize()
   dt = (time.perf_counter() - t0) / FLAGS.steps
   return {"step_ms": dt * 1e3, "seq_per_sec": FLAGS.batch / dt, "tokens_per_sec": FLAGS.batch * FLAGS.seq / dt,
-          "threads": torch.get_num_threads(), "loss": float(loss)}
+          "threads": torch.get_num_threads(), "loss": float(loss.detach())}
 
 
 def main(argv):
@@ -142,18 +156,35 @@ def main(argv):
   from bert_jax import configlib
   overrides = {"model.dtype": FLAGS.dtype, "model.attention_impl": FLAGS.attention,
                "train.batch_size": FLAGS.batch, "model.max_position_embeddings": max(512, FLAGS.seq),
-               "train.deterministic": not FLAGS.dropout, "model.attention_dropout": FLAGS.attention_dropout}
+               "train.deterministic": not FLAGS.dropout, "model.attention_dropout": FLAGS.attention_dropout,
+               "model.mlm_all_positions": FLAGS.mlm_all_positions}
+  if FLAGS.scan_layers != "config":
+    overrides["model.scan_layers"] = FLAGS.scan_layers == "true"
+  if FLAGS.remat != "config":
+    overrides["model.remat_policy"] = FLAGS.remat
+  from bert_jax import train
+  train.use_prng_impl(FLAGS.prng_impl)
+  if FLAGS.opt_state_dtype:
+    overrides["optim.state_dtype"] = FLAGS.opt_state_dtype
   config = configlib.load(FLAGS.config, overrides)
   predictions = FLAGS.predictions or max(20, round(FLAGS.seq * 0.15))
   result = {"bench": "train_step", "config": FLAGS.config, "batch": FLAGS.batch, "seq": FLAGS.seq,
             "predictions": predictions, "dtype": FLAGS.dtype, "attention": FLAGS.attention,
+            "attention_dropout": config.model.attention_dropout, "dropout": FLAGS.dropout,
+            "mlm_all_positions": FLAGS.mlm_all_positions, "scan_layers": config.model.scan_layers,
+            "remat": config.model.remat_policy, "prng_impl": FLAGS.prng_impl, "opt_state_dtype": config.optim.state_dtype or "param",
             "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
             "host": f"{platform.machine()} {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
-  result["jax"] = bench_jax(config, predictions)
   if FLAGS.compare_torch:
+    # Torch runs first and hands its cached GPU memory back; JAX's allocator keeps what it takes.
     import torch
     torch.set_num_threads(os.cpu_count())  # XLA's CPU backend uses every core too
     result["torch"] = bench_torch(config, predictions)
+    if torch.cuda.is_available():
+      result["torch"]["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+      torch.cuda.empty_cache()
+  result["jax"] = bench_jax(config, predictions)
+  if FLAGS.compare_torch:
     result["speedup_vs_torch"] = result["jax"]["tokens_per_sec"] / result["torch"]["tokens_per_sec"]
   print(json.dumps(result), flush=True)
 

@@ -12,6 +12,7 @@ attention dropout > 0 an explicit einsum/softmax/dropout path is used instead
 
 import functools
 import logging
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,17 @@ IMPLEMENTATIONS = ("auto", "xla", "cudnn")
 @functools.cache
 def _log_once(message: str) -> None:
   logging.warning(message)
+
+
+class AttentionMask(NamedTuple):
+  """What a query may attend to.
+
+  mask: boolean, broadcasts to [B, N, T, S].
+  key_lengths_B: real keys per row when padding is a right suffix (the google schema), else None
+    (packed rows). The fused cuDNN kernel takes lengths instead of a dense mask, which is its fast path.
+  """
+  mask: jax.Array
+  key_lengths_B: Optional[jax.Array]
 
 
 def padding_mask_Bx1x1xS(input_mask_BxS: jax.Array) -> jax.Array:
@@ -67,11 +79,20 @@ def _resolve(implementation: str, q_BxTxNxD) -> str:
 
 def dot_product_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, mask, *, implementation="xla",
                           dropout_rate=0.0, dropout_rng=None, deterministic=True):
-  """Attention over [batch, length, heads, head_dim] inputs; mask broadcasts to [B, N, T, S]."""
+  """Attention over [batch, length, heads, head_dim] inputs.
+
+  mask: an AttentionMask, or a boolean array that broadcasts to [B, N, T, S].
+  """
+  key_lengths_B = None
+  if isinstance(mask, AttentionMask):
+    mask, key_lengths_B = mask
   if not deterministic and dropout_rate > 0.0:
     if implementation not in ("xla", "auto") or jax.default_backend() == "gpu":
       _log_once("attention: attention dropout > 0 while training; using the explicit XLA path "
                 "(set model.attention_dropout=0 to use fused kernels)")
     return _explicit_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, mask, dropout_rate, dropout_rng)
   impl = _resolve(implementation, q_BxTxNxD)
+  if impl == "cudnn" and key_lengths_B is not None:
+    return jax.nn.dot_product_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, key_value_seq_lengths=key_lengths_B,
+                                        implementation=impl)
   return jax.nn.dot_product_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, mask=mask, implementation=impl)

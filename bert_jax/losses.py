@@ -25,13 +25,18 @@ def mlm_sums(logits_BxPxV, labels_BxP, weights_BxP):
           "weight_sum": jnp.sum(weights)}
 
 
-def nsp_sums(logits_Bx2, labels_B):
-  """Sums over the batch: dict(loss_sum, correct_sum, count)."""
+def nsp_sums(logits_Bx2, labels_B, weights_B=None):
+  """Sums over the batch: dict(loss_sum, correct_sum, count).
+
+  Packed rows pass logits [B, K, 2], labels [B, K] and weights [B, K] (0 for an empty slot).
+  """
   labels = labels_B.reshape(-1)
-  xent = _cross_entropy(logits_Bx2, labels)
-  correct = (jnp.argmax(logits_Bx2, axis=-1) == labels).astype(jnp.float32)
-  return {"loss_sum": jnp.sum(xent), "correct_sum": jnp.sum(correct),
-          "count": jnp.asarray(labels.shape[0], jnp.float32)}
+  logits = logits_Bx2.reshape(-1, 2)
+  weights = jnp.ones(labels.shape, jnp.float32) if weights_B is None else weights_B.reshape(-1).astype(jnp.float32)
+  xent = _cross_entropy(logits, labels)
+  correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+  return {"loss_sum": jnp.sum(xent * weights), "correct_sum": jnp.sum(correct * weights),
+          "count": jnp.sum(weights)}
 
 
 def mlm_loss(logits_BxPxV, labels_BxP, weights_BxP):

@@ -53,6 +53,7 @@ class BertConfig:
   scan_layers: bool = False
   vocab_pad_multiple: int = 1     # e.g. 128 pads 30522 -> 30592 for faster matmuls
   attention_impl: str = "xla"     # see attention.IMPLEMENTATIONS
+  mlm_all_positions: bool = False  # MLM logits at all T positions, then gather (HF's way; a benchmark baseline)
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
@@ -120,6 +121,30 @@ def gelu(x):
   return nn.gelu(x, approximate=False)
 
 
+class _GatherEmbed(nn.Embed):
+  """nn.Embed that gathers rows from the param-dtype table and casts after.
+
+  nn.Embed casts the whole table to the compute dtype first, so its gradient is a bf16 scatter-add,
+  which GPUs run as compare-and-swap loops: 19% of a BERT-large step on an H100 (bench/RESULTS.md).
+  Gathering in fp32 makes the backward an fp32 scatter-add with native atomics.
+  """
+
+  def __call__(self, ids):
+    return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+
+class _OneHotEmbed(nn.Embed):
+  """Lookup as a one-hot matmul, for small tables (positions, token types).
+
+  Every token hits one of a few rows, so a scatter-add gradient serialises on those rows; the
+  matmul's gradient is a dense [rows, hidden] product instead.
+  """
+
+  def __call__(self, ids):
+    one_hot = jax.nn.one_hot(ids, self.num_embeddings, dtype=self.dtype)
+    return jnp.einsum("...v,vh->...h", one_hot, jnp.asarray(self.embedding, self.dtype))
+
+
 class Embeddings(nn.Module):
   config: BertConfig
   deterministic: bool = True
@@ -127,12 +152,12 @@ class Embeddings(nn.Module):
   @nn.compact
   def __call__(self, input_ids_BxT, segment_ids_BxT, position_ids_BxT):
     c = self.config
-    embed = lambda n, size, axes: nn.Embed(size, c.hidden_size, dtype=c.dtype, param_dtype=c.param_dtype,
+    embed = lambda cls, n, size, axes: cls(size, c.hidden_size, dtype=c.dtype, param_dtype=c.param_dtype,
                                            embedding_init=_init(c, axes), name=n)
-    word = embed("word_embeddings", c.padded_vocab_size, ("vocab", "embed"))
+    word = embed(_GatherEmbed, "word_embeddings", c.padded_vocab_size, ("vocab", "embed"))
     x = word(input_ids_BxT)
-    x += embed("position_embeddings", c.max_position_embeddings, (None, "embed"))(position_ids_BxT)
-    x += embed("token_type_embeddings", c.type_vocab_size, (None, "embed"))(segment_ids_BxT)
+    x += embed(_OneHotEmbed, "position_embeddings", c.max_position_embeddings, (None, "embed"))(position_ids_BxT)
+    x += embed(_OneHotEmbed, "token_type_embeddings", c.type_vocab_size, (None, "embed"))(segment_ids_BxT)
     x = _layer_norm(c, "layer_norm")(x)
     x = nn.Dropout(c.hidden_dropout, deterministic=self.deterministic)(x)
     return _constrain_BxTxH(x), word
@@ -222,12 +247,13 @@ class BertForPreTraining(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids_BxT, input_mask_BxT, segment_ids_BxT, masked_lm_positions_BxP=None,
-               *, position_ids_BxT=None, attention_segments_BxT=None, deterministic=True):
-    """Returns dict(mlm_logits [B, P or T, vocab], nsp_logits [B, 2], sequence_output [B, T, H]).
+               *, position_ids_BxT=None, attention_segments_BxT=None, nsp_positions_BxK=None, deterministic=True):
+    """Returns dict(mlm_logits [B, P or T, vocab], nsp_logits [B, 2] or [B, K, 2], sequence_output [B, T, H]).
 
     masked_lm_positions_BxP=None computes the MLM logits at all T positions; otherwise the
     hidden states are gathered at those positions first. attention_segments_BxT (packed rows)
-    restricts attention to tokens with the same id; position_ids_BxT defaults to 0..T-1.
+    restricts attention to tokens with the same id; position_ids_BxT defaults to 0..T-1;
+    nsp_positions_BxK reads the NSP head at each packed instance's [CLS] instead of at row offset 0.
     """
     c = self.config
     seq_len = input_ids_BxT.shape[1]
@@ -237,27 +263,35 @@ class BertForPreTraining(nn.Module):
     if position_ids_BxT is None:
       position_ids_BxT = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), input_ids_BxT.shape)
     if attention_segments_BxT is None:
-      mask = attention_lib.padding_mask_Bx1x1xS(input_mask_BxT)
+      mask = attention_lib.AttentionMask(attention_lib.padding_mask_Bx1x1xS(input_mask_BxT),
+                                         jnp.sum(input_mask_BxT, axis=-1, dtype=jnp.int32))
     else:
-      mask = attention_lib.segment_mask_Bx1xTxS(attention_segments_BxT, input_mask_BxT)
+      mask = attention_lib.AttentionMask(
+          attention_lib.segment_mask_Bx1xTxS(attention_segments_BxT, input_mask_BxT), None)
 
     x, word_embed = Embeddings(c, deterministic, name="embeddings")(input_ids_BxT, segment_ids_BxT, position_ids_BxT)
     x = Encoder(c, deterministic, name="encoder")(x, mask)
 
-    cls_BxH = x[:, 0]
-    pooled = jnp.tanh(_dense(c, c.hidden_size, ("embed", "mlp"), "pooler")(cls_BxH))
+    if nsp_positions_BxK is None:
+      cls = x[:, 0]
+    else:
+      cls = jnp.take_along_axis(x, nsp_positions_BxK[..., None].astype(jnp.int32), axis=1)
+    pooled = jnp.tanh(_dense(c, c.hidden_size, ("embed", "mlp"), "pooler")(cls))
     nsp_logits_Bx2 = _dense(c, 2, ("mlp", None), "nsp_classifier")(pooled)
 
-    if masked_lm_positions_BxP is None:
-      h = x
-    else:
+    gather_first = masked_lm_positions_BxP is not None and not c.mlm_all_positions
+    if gather_first:
       h = jnp.take_along_axis(x, masked_lm_positions_BxP[..., None].astype(jnp.int32), axis=1)
+    else:
+      h = x
     h = gelu(_dense(c, c.hidden_size, ("embed", "mlp"), "mlm_transform")(h))
     h = _layer_norm(c, "mlm_layer_norm")(h)
     logits = word_embed.attend(h)
     bias = self.param("mlm_output_bias", _zeros(("vocab",)), (c.padded_vocab_size,), c.param_dtype)
     logits = logits + jnp.asarray(bias, logits.dtype)
     logits = logits[..., :c.vocab_size]  # padded rows never win the softmax
+    if masked_lm_positions_BxP is not None and not gather_first:
+      logits = jnp.take_along_axis(logits, masked_lm_positions_BxP[..., None].astype(jnp.int32), axis=1)
     return {"mlm_logits": logits, "nsp_logits": nsp_logits_Bx2, "sequence_output": x}
 
 

@@ -39,7 +39,8 @@ def model_config(config) -> BertConfig:
       max_position_embeddings=m.max_position_embeddings,
       hidden_dropout=0.0 if dropout_off else m.hidden_dropout,
       attention_dropout=0.0 if dropout_off else m.attention_dropout, dtype=m.dtype, param_dtype=m.param_dtype,
-      remat_policy=m.remat_policy, scan_layers=m.scan_layers, attention_impl=m.attention_impl)
+      remat_policy=m.remat_policy, scan_layers=m.scan_layers, attention_impl=m.attention_impl,
+      mlm_all_positions=m.mlm_all_positions)
 
 
 def _dummy_batch(seq_len: int, predictions: int):
@@ -82,9 +83,11 @@ def create_train_state(model: BertForPreTraining, tx, mesh, rules, seed: int, se
 
 def _loss_sums(params, batch, model, rng, deterministic):
   out = model.apply({"params": params}, batch["input_ids"], batch["input_mask"], batch["segment_ids"],
-                    batch["masked_lm_positions"], deterministic=deterministic, rngs={"dropout": rng})
+                    batch["masked_lm_positions"], position_ids_BxT=batch.get("position_ids"),
+                    attention_segments_BxT=batch.get("attention_segments"),
+                    nsp_positions_BxK=batch.get("nsp_positions"), deterministic=deterministic, rngs={"dropout": rng})
   mlm = losses.mlm_sums(out["mlm_logits"], batch["masked_lm_ids"], batch["masked_lm_weights"])
-  nsp = losses.nsp_sums(out["nsp_logits"], batch["next_sentence_labels"])
+  nsp = losses.nsp_sums(out["nsp_logits"], batch["next_sentence_labels"], batch.get("nsp_weights"))
   return mlm, nsp
 
 
@@ -103,7 +106,9 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, mesh, microbatc
   """One optimizer step on a global batch; returns (new state, metrics of this step)."""
   rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   total_weight = jnp.maximum(jnp.sum(batch["masked_lm_weights"].astype(jnp.float32)), 1e-5)
-  total_seqs = batch["input_ids"].shape[0]
+  # NSP averages over instances: rows, or the real instance slots of packed rows.
+  total_seqs = (jnp.maximum(jnp.sum(batch["nsp_weights"]), 1.0) if "nsp_weights" in batch
+                else batch["input_ids"].shape[0])
 
   def loss_fn(params, mb, mb_rng):
     mlm, nsp = _loss_sums(params, mb, model, mb_rng, deterministic)
@@ -214,9 +219,18 @@ class _Preemption:
     self.requested = True
 
 
+def use_prng_impl(name: str) -> None:
+  """Sets the PRNG behind init and dropout keys; threefry's bit generation is slow on accelerators."""
+  choices = ("threefry2x32", "rbg", "unsafe_rbg")
+  if name not in choices:
+    raise ValueError(f"train.prng_impl={name!r} is not one of {choices}")
+  jax.config.update("jax_default_prng_impl", name)
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Runs (or resumes) pretraining as configured; returns the last train and eval metrics."""
   distributed.preflight(config, workdir, log=print if jax.process_index() == 0 else lambda _: None)
+  use_prng_impl(config.train.prng_impl)
   writer = metrics.MetricsWriter(workdir)
   log = writer.log
   mesh = sharding.create_mesh({a: config.mesh[a] for a in sharding.MESH_AXES}, config.mesh.dcn_data)

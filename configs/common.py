@@ -20,6 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.remat_policy = "none"             # none | full | dots | dots_no_batch
   m.scan_layers = True                # nn.scan over layers (faster compiles for deep models)
   m.attention_impl = "auto"           # auto | xla | cudnn
+  m.mlm_all_positions = False         # MLM logits at every position, then gather (slower; benchmark baseline)
 
   c.data = d = ml_collections.ConfigDict()
   d.train_files = ""                  # TFRecord glob(s), comma-separated; empty: prepare data.corpus
@@ -41,6 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
   d.prepare_seed = 12345              # seed for preparing instances
   d.prepare_workers = 0               # processes for preparing (0: all cores)
   d.shuffle_buffer = 10000            # examples in the tf.data shuffle buffer
+  d.pack_instances = 0                # >0: pack up to this many instances per train row (0: no packing)
   d.shuffle = True                    # shuffle files and examples (False: file order, for exactness checks)
 
   c.train = t = ml_collections.ConfigDict()
@@ -57,6 +59,7 @@ def get_config() -> ml_collections.ConfigDict:
   t.profile_start_step = -1           # first step of a profiler trace (-1: none)
   t.profile_steps = 5                 # steps in the profiler trace
   t.deterministic = False             # turn dropout off (exactness tests)
+  t.prng_impl = "threefry2x32"        # dropout PRNG: threefry2x32 | rbg | unsafe_rbg (faster bits on GPU/TPU)
 
   c.optim = o = ml_collections.ConfigDict()
   o.name = "adamw"                    # adamw | lamb

@@ -106,3 +106,48 @@ def test_remat_keeps_outputs(policy):
   rematted = BertForPreTraining(BertConfig(**{**base.__dict__, "remat_policy": policy})).apply(
       variables, ids, mask, seg, pos)["mlm_logits"]
   np.testing.assert_allclose(plain, rematted, atol=1e-6)
+
+
+def test_mlm_all_positions_option_gives_the_gathered_logits():
+  ids, mask, seg, pos = _batch()
+  base = BertConfig.from_size("tiny", vocab_size=100)
+  variables = BertForPreTraining(base).init(jax.random.key(1), ids, mask, seg, pos)
+  gathered = BertForPreTraining(base).apply(variables, ids, mask, seg, pos)["mlm_logits"]
+  everywhere = BertForPreTraining(BertConfig(**{**base.__dict__, "mlm_all_positions": True})).apply(
+      variables, ids, mask, seg, pos)["mlm_logits"]
+  assert everywhere.shape == gathered.shape == (2, 4, 100)
+  np.testing.assert_allclose(everywhere, gathered, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_embedding_lookups_match_a_plain_take_in_value_and_gradient(dtype):
+  """The fp32-gather and one-hot lookups are speed changes only (bench/RESULTS.md, H100 profile)."""
+  ids, mask, seg, pos = _batch()
+  config = BertConfig.from_size("tiny", vocab_size=100, dtype=dtype)
+  model = BertForPreTraining(config)
+  params = model.init(jax.random.key(1), ids, mask, seg, pos)["params"]
+  emb = nn.meta.unbox(params["embeddings"])
+
+  def reference(e):
+    x = (jnp.take(e["word_embeddings"]["embedding"], ids, axis=0) +
+         jnp.take(e["position_embeddings"]["embedding"], jnp.broadcast_to(jnp.arange(16), ids.shape), axis=0) +
+         jnp.take(e["token_type_embeddings"]["embedding"], seg, axis=0))
+    return jnp.sum(jnp.sin(x.astype(jnp.float32)))
+
+  def ours(e):
+    from bert_jax import model as model_lib
+    c, positions = config, jnp.broadcast_to(jnp.arange(16), ids.shape)
+    x = 0
+    for cls, name, size, x_ids in ((model_lib._GatherEmbed, "word_embeddings", c.padded_vocab_size, ids),
+                                   (model_lib._OneHotEmbed, "position_embeddings", c.max_position_embeddings,
+                                    positions),
+                                   (model_lib._OneHotEmbed, "token_type_embeddings", c.type_vocab_size, seg)):
+      x = x + cls(size, c.hidden_size, dtype=c.dtype, param_dtype=c.param_dtype).apply({"params": e[name]}, x_ids)
+    return jnp.sum(jnp.sin(x.astype(jnp.float32)))
+
+  tol = 1e-5 if dtype == "float32" else 5e-2
+  np.testing.assert_allclose(ours(emb), reference(emb), rtol=tol, atol=tol)
+  g_ours, g_ref = jax.grad(ours)(emb), jax.grad(reference)(emb)
+  for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+    np.testing.assert_allclose(g_ours[name]["embedding"], g_ref[name]["embedding"], rtol=tol, atol=tol)
+

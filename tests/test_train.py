@@ -150,3 +150,9 @@ def test_every_config_loads_locked_and_documented():
     leaf = key.rsplit(".", 1)[-1]
     lines = [l for l in source.splitlines() if f".{leaf} = " in l and "ConfigDict()" not in l]
     assert any("#" in l for l in lines), f"config field {key} has no comment in configs/common.py"
+
+
+def test_unknown_prng_impl_is_named():
+  from bert_jax import train
+  with pytest.raises(ValueError, match="train.prng_impl='philox' is not one of"):
+    train.use_prng_impl("philox")
