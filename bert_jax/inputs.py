@@ -5,7 +5,7 @@ import os
 
 import jax
 
-from bert_jax.data import corpora, instances, pipeline, prepare, schema
+from bert_jax.data import corpora, instances, packing, pipeline, prepare, schema
 from bert_jax.data import tokenizer as tokenizer_lib
 
 
@@ -52,11 +52,14 @@ def resolve(config, workdir: str, log=print):
     eval_files = pipeline.resolve_files(d.eval_files) if d.eval_files else ()
   elif d.corpus:
     out = prepare_cached(d, workdir, log)
-    train_files = pipeline.resolve_files(os.path.join(out, "train", "*.tfrecord"))
     eval_files = pipeline.resolve_files(os.path.join(out, "eval", "*.tfrecord"))
+    if d.pack_instances:
+      out = pack_cached(out, d.pack_instances, log)
+    train_files = pipeline.resolve_files(os.path.join(out, "train", "*.tfrecord"))
   else:
     raise ValueError("no data: set data.train_files (a TFRecord glob) or data.corpus (e.g. 'pydocs')")
   manifest = schema.find_manifest(list(train_files))
+  check_packing(d.pack_instances, manifest, train_files)
   vocab_file = d.vocab_file or (manifest or {}).get("vocab", {}).get("file")
   tok = tokenizer_lib.load(vocab_file, d.lower_case) if vocab_file and os.path.exists(vocab_file) else None
   sha = tokenizer_lib.file_sha256(d.vocab_file) if d.vocab_file else None
@@ -66,6 +69,33 @@ def resolve(config, workdir: str, log=print):
                                  max_predictions_per_seq=d.max_predictions_per_seq,
                                  vocab_size=config.model.vocab_size, vocab_sha256=sha)
   return train_files, eval_files, manifest, tok
+
+
+def pack_cached(prepared_dir: str, max_instances: int, log=print) -> str:
+  """Packs the prepared train split into PREPARED/packed-K once (process 0); returns that dir."""
+  out = os.path.join(prepared_dir, f"packed-{max_instances}")
+  if jax.process_index() == 0 and not os.path.exists(os.path.join(out, schema.MANIFEST_NAME)):
+    log(f"packing up to {max_instances} instances per row into {out} (once; later runs reuse it)")
+    packing.pack_prepared(prepared_dir, out, max_instances, log=log)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("pack_cached")
+  return out
+
+
+def check_packing(pack_instances: int, manifest: dict | None, files) -> None:
+  """The config's data.pack_instances must say what the train records are."""
+  packed = (manifest or {}).get("packed")
+  data_k = packed["max_instances"] if packed else 0
+  if pack_instances == data_k:
+    return
+  if not packed:
+    where = "they have no manifest" if manifest is None else "their manifest says unpacked"
+    raise ValueError(f"data.pack_instances={pack_instances} but the train records {list(files)[:2]} are not "
+                     f"packed ({where}); pack them with `python -m bert_jax.data.packing --input_dir=... "
+                     f"--max_instances={pack_instances}`, or set data.pack_instances=0")
+  raise ValueError(f"the train records are packed with up to {data_k} instances per row but data.pack_instances="
+                   f"{pack_instances}; set --config.data.pack_instances={data_k}")
 
 
 def _masking(config, tok):
@@ -83,8 +113,16 @@ def train_iterator(config, files, tok) -> pipeline.BatchIterator:
   cfg = pipeline.PipelineConfig(
       files=tuple(files), batch_size=config.train.batch_size // jax.process_count(),
       max_seq_length=d.max_seq_length, max_predictions_per_seq=d.max_predictions_per_seq, seed=config.train.seed,
-      shuffle_buffer=d.shuffle_buffer, shuffle=d.shuffle, dynamic_masking=_masking(config, tok))
+      shuffle_buffer=d.shuffle_buffer, shuffle=d.shuffle, dynamic_masking=_masking(config, tok),
+      **_packed_fields(files))
   return pipeline.BatchIterator(cfg, jax.process_index(), jax.process_count())
+
+
+def _packed_fields(files) -> dict:
+  packed = (schema.find_manifest(list(files)) or {}).get("packed")
+  if not packed:
+    return {}
+  return {"packed_instances": packed["max_instances"], "packed_predictions": packed["predictions_per_row"]}
 
 
 def eval_iterator(config, files) -> pipeline.BatchIterator:

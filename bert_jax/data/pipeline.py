@@ -58,16 +58,27 @@ class PipelineConfig:
   cycle_length: int = 8
   dynamic_masking: MaskingSpec | None = None
   drop_remainder: bool = True
+  packed_instances: int = 0        # K of packed records (packing.py); 0: the google schema
+  packed_predictions: int = 0      # P of packed records
+
+  def __post_init__(self):
+    if self.packed_instances and self.dynamic_masking is not None:
+      raise ValueError("dynamic masking of packed rows is not supported: pack statically masked data, "
+                       "or train unpacked with data.dynamic_masking")
 
 
 def _parse(cfg: PipelineConfig):
   tf = _tf()
-  spec = schema.feature_spec(cfg.max_seq_length, cfg.max_predictions_per_seq)
+  if cfg.packed_instances:
+    spec = schema.packed_feature_spec(cfg.max_seq_length, cfg.packed_predictions, cfg.packed_instances)
+  else:
+    spec = schema.feature_spec(cfg.max_seq_length, cfg.max_predictions_per_seq)
 
   def parse(serialized):
     ex = tf.io.parse_single_example(serialized, spec)
     out = {k: tf.cast(v, tf.int32) if v.dtype == tf.int64 else v for k, v in ex.items()}
-    out["next_sentence_labels"] = tf.reshape(out["next_sentence_labels"], [])
+    if not cfg.packed_instances:
+      out["next_sentence_labels"] = tf.reshape(out["next_sentence_labels"], [])
     return out
   return parse
 
@@ -170,7 +181,8 @@ class BatchIterator:
                        f"({e.message.splitlines()[0]})") from None
     except tf.errors.InvalidArgumentError as e:
       raise ValueError(f"records in {list(self.cfg.files)[:3]}... do not parse with max_seq_length="
-                       f"{self.cfg.max_seq_length}, max_predictions_per_seq={self.cfg.max_predictions_per_seq}: "
+                       f"{self.cfg.max_seq_length}, max_predictions_per_seq={self.cfg.max_predictions_per_seq}, "
+                       f"packed_instances={self.cfg.packed_instances}: "
                        f"{e.message.splitlines()[0]}") from None
     return {k: v.numpy() for k, v in batch.items()}
 

@@ -29,6 +29,20 @@ def feature_spec(max_seq_length: int, max_predictions_per_seq: int):
   }
 
 
+def packed_feature_spec(max_seq_length: int, predictions_per_row: int, max_instances: int):
+  """The spec of packed rows (bert_jax/data/packing.py documents the extra keys)."""
+  import tensorflow as tf
+  spec = feature_spec(max_seq_length, predictions_per_row)
+  spec.update(position_ids=spec["input_ids"], attention_segments=spec["input_ids"],
+              next_sentence_labels=tf.io.FixedLenFeature([max_instances], tf.int64),
+              nsp_positions=tf.io.FixedLenFeature([max_instances], tf.int64),
+              nsp_weights=tf.io.FixedLenFeature([max_instances], tf.float32))
+  return spec
+
+
+FLOAT_KEYS = ("masked_lm_weights", "nsp_weights")
+
+
 def serialize(features: dict, row: int) -> bytes:
   """Row `row` of stacked instance features -> serialized tf.train.Example."""
   import tensorflow as tf
@@ -36,7 +50,7 @@ def serialize(features: dict, row: int) -> bytes:
     return tf.train.Feature(int64_list=tf.train.Int64List(value=v.tolist()))
   def floats(v):
     return tf.train.Feature(float_list=tf.train.FloatList(value=v.tolist()))
-  feature = {k: (floats if k == "masked_lm_weights" else ints)(v[row]) for k, v in features.items()}
+  feature = {k: (floats if k in FLOAT_KEYS else ints)(v[row]) for k, v in features.items()}
   return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
