@@ -73,9 +73,23 @@ def tf1_to_hf_state(checkpoint_path: str, num_layers: int) -> dict[str, np.ndarr
           for name, hf, transpose in rows}
 
 
+def _with_current_defaults(saved: dict):
+  """A saved run config on top of today's defaults, so fields added since it was written have values."""
+  from bert_jax import configlib
+  config = configlib.load("common")
+  def merge(node, values):
+    for k, v in values.items():
+      if isinstance(v, dict) and k in node and hasattr(node[k], "items"):
+        merge(node[k], v)
+      else:
+        node[k] = v
+  with config.unlocked():
+    merge(config, saved)
+  return config
+
+
 def load_workdir_params(workdir: str, step: int | None = None):
   """(params as numpy, BertConfig, ConfigDict) from a training workdir's checkpoint, on one device."""
-  import ml_collections
   import orbax.checkpoint as ocp
   from bert_jax import optim, sharding, train
   from bert_jax.model import BertForPreTraining
@@ -84,8 +98,8 @@ def load_workdir_params(workdir: str, step: int | None = None):
   if step is None or step not in manager.all_steps():
     raise FileNotFoundError(f"no checkpoint{'' if step is None else f' at step {step}'} in {workdir}/checkpoints "
                             f"(have {list(manager.all_steps())})")
-  config = ml_collections.ConfigDict(
-      manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+  saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+  config = _with_current_defaults(saved)
   mesh = sharding.create_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
   model_config = train.model_config(config)
   tx, _ = optim.make_optimizer(config.optim, config.train.steps)

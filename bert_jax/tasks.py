@@ -1,0 +1,358 @@
+"""Fine-tuning tasks: what they are, where their examples come from, and how examples become features.
+
+Task kinds and their example dicts:
+  classification / regression: {"text_a": str, "text_b": str | None, "label": int | float}
+  tagging:                     {"words": [str], "labels": [int]}                   one label per word
+  qa:                          {"id": str, "question": str, "context": str, "answers": [str],
+                                "answer_start": int (-1: none given)}
+
+Sources: TFDS by name (the GLUE tasks, squad, conll2003) read from a data_dir, or local TSV (header row)
+and JSONL files. Features are numpy dicts with input_ids/input_mask/segment_ids [N, T] plus
+  classification: label [N] (int32; float32 for regression)
+  tagging:        labels [N, T] (label of each word's first sub-token), label_weights [N, T]
+  qa:             start_positions, end_positions [N] (0 = [CLS] when the answer is not in the window),
+                  and, for decoding, example_index [N] and token_word [N, T] (-1 outside the context)
+"""
+
+import csv
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+KINDS = ("classification", "regression", "tagging", "qa")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+  name: str
+  kind: str
+  text_keys: tuple[str, ...] = ("text_a", "text_b")  # source field names, in order
+  label_key: str = "label"
+  label_names: tuple[str, ...] = ()                  # classification/tagging; empty for regression/qa
+  metric: str = "accuracy_f1"                        # accuracy_f1 | mcc | pearson_spearman | tagging | squad
+  train_split: str = "train"
+  eval_split: str = "validation"
+
+  @property
+  def num_labels(self) -> int:
+    return {"regression": 1, "qa": 2}.get(self.kind, len(self.label_names))
+
+
+def _glue(name, keys, labels, metric="accuracy_f1", eval_split="validation", kind="classification"):
+  return TaskSpec(f"glue/{name}", kind, keys, "label", labels, metric, "train", eval_split)
+
+
+TFDS_TASKS = {t.name: t for t in (
+    _glue("cola", ("sentence",), ("unacceptable", "acceptable"), "mcc"),
+    _glue("sst2", ("sentence",), ("negative", "positive")),
+    _glue("mrpc", ("sentence1", "sentence2"), ("not_equivalent", "equivalent")),
+    _glue("qqp", ("question1", "question2"), ("not_duplicate", "duplicate")),
+    _glue("stsb", ("sentence1", "sentence2"), (), "pearson_spearman", kind="regression"),
+    _glue("mnli", ("premise", "hypothesis"), ("entailment", "neutral", "contradiction"),
+          eval_split="validation_matched"),
+    _glue("qnli", ("question", "sentence"), ("entailment", "not_entailment")),
+    _glue("rte", ("sentence1", "sentence2"), ("entailment", "not_entailment")),
+    _glue("wnli", ("sentence1", "sentence2"), ("not_entailment", "entailment")),
+    TaskSpec("squad", "qa", ("question", "context"), "answers", (), "squad"),
+    TaskSpec("conll2003", "tagging", ("tokens",), "ner",
+             ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"), "tagging",
+             "train", "dev"),
+)}
+
+
+def _text(x):
+  return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+
+
+def _label_index(spec: TaskSpec, value, where: str):
+  """A label as the model sees it; a value outside the label set fails naming the example."""
+  if spec.kind == "regression":
+    try:
+      return float(value)
+    except (TypeError, ValueError):
+      raise ValueError(f"{where}: label {value!r} is not a number (regression task {spec.name})") from None
+  if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+    if 0 <= int(value) < len(spec.label_names):
+      return int(value)
+  elif _text(value) in spec.label_names:
+    return spec.label_names.index(_text(value))
+  raise ValueError(f"{where}: label {value!r} is not in the label set {list(spec.label_names)} of task "
+                   f"{spec.name}; fix the example or set task.label_names")
+
+
+def _to_example(spec: TaskSpec, record: dict, where: str) -> dict:
+  get = lambda k: record.get(k) if k in record else record.get(k.encode() if isinstance(k, str) else k)
+  if spec.kind in ("classification", "regression"):
+    a = get(spec.text_keys[0])
+    if a is None:
+      raise ValueError(f"{where}: no {spec.text_keys[0]!r} field (have {sorted(map(str, record))})")
+    b = get(spec.text_keys[1]) if len(spec.text_keys) > 1 else None
+    return {"text_a": _text(a), "text_b": None if b in (None, "") else _text(b),
+            "label": _label_index(spec, get(spec.label_key), where)}
+  if spec.kind == "tagging":
+    words = [_text(w) for w in get(spec.text_keys[0])]
+    labels = [_label_index(spec, t, f"{where} word {i}") for i, t in enumerate(get(spec.label_key))]
+    if len(words) != len(labels):
+      raise ValueError(f"{where}: {len(words)} words but {len(labels)} labels")
+    return {"words": words, "labels": labels}
+  answers = get(spec.label_key) or {}
+  texts = answers.get("text", []) if isinstance(answers, dict) else answers
+  starts = answers.get("answer_start", []) if isinstance(answers, dict) else record.get("answer_start", [])
+  starts = list(np.atleast_1d(starts)) if starts is not None else []
+  return {"id": _text(record.get("id", where)), "question": _text(get(spec.text_keys[0])),
+          "context": _text(get(spec.text_keys[1])), "answers": [_text(t) for t in np.atleast_1d(texts)],
+          "answer_start": int(starts[0]) if len(starts) else -1}
+
+
+def read_tfds(spec: TaskSpec, split: str, data_dir: str | None) -> list[dict]:
+  import tensorflow_datasets as tfds
+  ds = tfds.load(spec.name, split=split, data_dir=data_dir, download=False)
+  return [_to_example(spec, r, f"{spec.name}[{split}] example {i}") for i, r in enumerate(tfds.as_numpy(ds))]
+
+
+def read_file(spec: TaskSpec, path: str) -> list[dict]:
+  """Examples from a .jsonl (one object per line) or .tsv (header row) file."""
+  import tensorflow as tf
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f"task file {path} does not exist")
+  with tf.io.gfile.GFile(path) as f:
+    if path.endswith(".jsonl"):
+      records = []
+      for n, line in enumerate(f, 1):
+        if line.strip():
+          try:
+            records.append(json.loads(line))
+          except json.JSONDecodeError as e:
+            raise ValueError(f"{path} line {n}: not JSON ({e.msg})") from None
+    elif path.endswith(".tsv"):
+      records = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    else:
+      raise ValueError(f"task file {path}: use a .jsonl or .tsv file")
+  return [_to_example(spec, r, f"{path} example {i}") for i, r in enumerate(records)]
+
+
+def file_spec(name: str, kind: str, text_keys: str, label_key: str, label_names: str, metric: str,
+              train_file: str) -> TaskSpec:
+  """A TaskSpec for local files; empty label_names are collected (sorted) from the train file."""
+  if kind not in KINDS:
+    raise ValueError(f"task.kind {kind!r} is not one of {KINDS}")
+  keys = tuple(k for k in text_keys.split(",") if k)
+  names = tuple(n for n in label_names.split(",") if n)
+  if not names and kind in ("classification", "tagging"):
+    with open(train_file) as f:
+      rows = ([json.loads(l) for l in f if l.strip()] if train_file.endswith(".jsonl")
+              else list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)))
+    values = ({str(v) for r in rows for v in r[label_key]} if kind == "tagging" else {str(r[label_key]) for r in rows})
+    names = tuple(sorted(values))
+  default_metric = {"classification": "accuracy_f1", "regression": "pearson_spearman", "tagging": "tagging",
+                    "qa": "squad"}[kind]
+  return TaskSpec(name, kind, keys, label_key, names, metric or default_metric)
+
+
+# ---- features -------------------------------------------------------------------------------------------
+
+
+def _pad(ids, length, value=0):
+  return ids + [value] * (length - len(ids))
+
+
+def _truncate_pair(a, b, max_tokens):
+  a, b = list(a), list(b or [])
+  while len(a) + len(b) > max_tokens:
+    (a if len(a) >= len(b) else b).pop()
+  return a, b
+
+
+def classification_features(examples, tok, max_seq_length: int, regression: bool) -> dict:
+  rows = {"input_ids": [], "input_mask": [], "segment_ids": [], "label": []}
+  for ex in examples:
+    b = tok.encode(ex["text_b"]) if ex["text_b"] is not None else None
+    a, b = _truncate_pair(tok.encode(ex["text_a"]), b, max_seq_length - (3 if b is not None else 2))
+    ids = [tok.cls_id] + a + [tok.sep_id] + (b + [tok.sep_id] if ex["text_b"] is not None else [])
+    seg = [0] * (len(a) + 2) + [1] * (len(ids) - len(a) - 2)
+    rows["input_ids"].append(_pad(ids, max_seq_length))
+    rows["input_mask"].append(_pad([1] * len(ids), max_seq_length))
+    rows["segment_ids"].append(_pad(seg, max_seq_length))
+    rows["label"].append(ex["label"])
+  out = {k: np.asarray(v, np.int32) for k, v in rows.items() if k != "label"}
+  out["label"] = np.asarray(rows["label"], np.float32 if regression else np.int32)
+  return out
+
+
+def tagging_features(examples, tok, max_seq_length: int) -> dict:
+  """Label on each word's first sub-token; a sentence too long for one row continues in the next row."""
+  rows = {"input_ids": [], "input_mask": [], "segment_ids": [], "labels": [], "label_weights": []}
+
+  def emit(ids, labels, weights):
+    ids, labels, weights = [tok.cls_id] + ids + [tok.sep_id], [0] + labels + [0], [0] + weights + [0]
+    rows["input_ids"].append(_pad(ids, max_seq_length))
+    rows["input_mask"].append(_pad([1] * len(ids), max_seq_length))
+    rows["segment_ids"].append([0] * max_seq_length)
+    rows["labels"].append(_pad(labels, max_seq_length))
+    rows["label_weights"].append(_pad(weights, max_seq_length))
+
+  room = max_seq_length - 2
+  for ex in examples:
+    ids, labels, weights = [], [], []
+    for word, label in zip(ex["words"], ex["labels"]):
+      pieces = tok.encode(word) or [tok.unk_id]
+      if len(pieces) > room:
+        pieces = pieces[:room]  # one word longer than a row keeps its first sub-tokens (its label is kept)
+      if len(ids) + len(pieces) > room:
+        emit(ids, labels, weights)
+        ids, labels, weights = [], [], []
+      ids += pieces
+      labels += [label] + [0] * (len(pieces) - 1)
+      weights += [1] + [0] * (len(pieces) - 1)
+    emit(ids, labels, weights)
+  return {k: np.asarray(v, np.float32 if k == "label_weights" else np.int32) for k, v in rows.items()}
+
+
+def _context_words(context: str):
+  """Whitespace words of the context with their character spans (as google-research/bert's run_squad)."""
+  words, spans, start = [], [], None
+  for i, ch in enumerate(context + " "):
+    if ch.isspace():
+      if start is not None:
+        words.append(context[start:i])
+        spans.append((start, i))
+        start = None
+    elif start is None:
+      start = i
+  return words, spans
+
+
+def qa_features(examples, tok, max_seq_length: int, doc_stride: int, max_query_length: int) -> dict:
+  """Windows of the context `doc_stride` tokens apart; each window is [CLS] question [SEP] window [SEP]."""
+  rows = {k: [] for k in ("input_ids", "input_mask", "segment_ids", "start_positions", "end_positions",
+                          "example_index", "token_word")}
+  for index, ex in enumerate(examples):
+    question = tok.encode(ex["question"])[:max_query_length]
+    words, spans = _context_words(ex["context"])
+    token_ids, token_word = [], []
+    for w, word in enumerate(words):
+      pieces = tok.encode(word) or [tok.unk_id]
+      token_ids += pieces
+      token_word += [w] * len(pieces)
+    answer_tokens = None
+    if ex["answer_start"] >= 0 and ex["answers"]:
+      a0, a1 = ex["answer_start"], ex["answer_start"] + len(ex["answers"][0]) - 1
+      hit = [w for w, (s, e) in enumerate(spans) if s <= a1 and e > a0]
+      if hit:
+        first = token_word.index(hit[0])
+        last = len(token_word) - 1 - token_word[::-1].index(hit[-1])
+        answer_tokens = (first, last)
+    window = max_seq_length - len(question) - 3
+    if window < 1:
+      raise ValueError(f"max_seq_length {max_seq_length} leaves no room for the context after a "
+                       f"{len(question)}-token question; raise it or lower max_query_length")
+    start = 0
+    while True:
+      chunk = slice(start, min(start + window, len(token_ids)))
+      ids = [tok.cls_id] + question + [tok.sep_id] + token_ids[chunk] + [tok.sep_id]
+      offset = len(question) + 2
+      seg = [0] * offset + [1] * (len(ids) - offset)
+      words_here = [-1] * offset + token_word[chunk] + [-1]
+      s = e = 0
+      if answer_tokens and chunk.start <= answer_tokens[0] and answer_tokens[1] < chunk.stop:
+        s, e = answer_tokens[0] - chunk.start + offset, answer_tokens[1] - chunk.start + offset
+      for key, value in (("input_ids", _pad(ids, max_seq_length)), ("input_mask", _pad([1] * len(ids), max_seq_length)),
+                         ("segment_ids", _pad(seg, max_seq_length)), ("start_positions", s), ("end_positions", e),
+                         ("example_index", index), ("token_word", _pad(words_here, max_seq_length, -1))):
+        rows[key].append(value)
+      if chunk.stop >= len(token_ids):
+        break
+      start += doc_stride
+  return {k: np.asarray(v, np.int32) for k, v in rows.items()}
+
+
+def qa_decode(examples, features, start_logits, end_logits, max_answer_tokens: int = 30) -> dict:
+  """Best span over all windows of each example -> {id: answer text from the original context}."""
+  best = {}
+  for f in range(len(start_logits)):
+    words = features["token_word"][f]
+    valid = np.flatnonzero(words >= 0)
+    if not len(valid):
+      continue
+    s_top = valid[np.argsort(start_logits[f][valid])[::-1][:20]]
+    e_top = valid[np.argsort(end_logits[f][valid])[::-1][:20]]
+    ex = int(features["example_index"][f])
+    for s in s_top:
+      for e in e_top:
+        if s <= e < s + max_answer_tokens:
+          score = float(start_logits[f][s] + end_logits[f][e])
+          if ex not in best or score > best[ex][0]:
+            best[ex] = (score, int(words[s]), int(words[e]))
+  out = {}
+  for i, ex in enumerate(examples):
+    if i in best:
+      _, spans = _context_words(ex["context"])
+      out[ex["id"]] = ex["context"][spans[best[i][1]][0]:spans[best[i][2]][1]]
+    else:
+      out[ex["id"]] = ""
+  return out
+
+
+def featurize(spec: TaskSpec, examples, tok, max_seq_length: int, doc_stride: int = 128,
+              max_query_length: int = 64) -> dict:
+  if spec.kind in ("classification", "regression"):
+    return classification_features(examples, tok, max_seq_length, spec.kind == "regression")
+  if spec.kind == "tagging":
+    return tagging_features(examples, tok, max_seq_length)
+  return qa_features(examples, tok, max_seq_length, doc_stride, max_query_length)
+
+
+# ---- the offline demo task ------------------------------------------------------------------------------
+
+DEMO_FAMILIES = ("asyncio", "email", "multiprocessing", "unittest", "xml", "importlib", "concurrent", "http",
+                 "urllib", "json", "logging", "sqlite3", "ctypes", "tkinter", "curses", "encodings")
+
+
+def make_pydocs_family_task(output_dir: str, eval_fraction: float = 0.2, seed: int = 0,
+                            min_examples: int = 40) -> dict:
+  """Writes train.jsonl / eval.jsonl: a stdlib docstring paragraph -> the package it comes from.
+
+  Real text, offline: prose paragraphs of the docstrings in the standard library's packages (the same
+  prose filter as the pydocs corpus). Whole modules go to eval by a hash of their path, so no module
+  has paragraphs on both sides. Packages with fewer than min_examples paragraphs are left out.
+  """
+  import ast
+  import hashlib
+  import sysconfig
+  from pathlib import Path
+
+  from bert_jax.data import corpora
+  root = Path(sysconfig.get_paths()["stdlib"])
+  by_family = {}
+  for family in DEMO_FAMILIES:
+    for path in sorted((root / family).rglob("*.py")) if (root / family).is_dir() else []:
+      if "test" in path.relative_to(root).parts[1:-1] or "tests" in path.relative_to(root).parts:
+        continue
+      try:
+        tree = ast.parse(path.read_bytes())
+      except (SyntaxError, ValueError):
+        continue
+      nodes = [n for n in ast.walk(tree) if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                                            ast.AsyncFunctionDef))]
+      module = str(path.relative_to(root))
+      for n in nodes:
+        doc = ast.get_docstring(n, clean=False)
+        for para in corpora._prose_paragraphs(doc or ""):
+          by_family.setdefault(family, []).append((module, para))
+  families = sorted(f for f, rows in by_family.items() if len(rows) >= min_examples)
+  os.makedirs(output_dir, exist_ok=True)
+  counts = {"train": 0, "eval": 0}
+  with open(os.path.join(output_dir, "train.jsonl"), "w") as train, open(os.path.join(output_dir, "eval.jsonl"),
+                                                                         "w") as evals:
+    for family in families:
+      for module, para in by_family[family]:
+        h = int.from_bytes(hashlib.blake2b(f"{seed}:{module}".encode(), digest_size=8).digest(), "little") / 2**64
+        split = "eval" if h < eval_fraction else "train"
+        (evals if split == "eval" else train).write(json.dumps({"text": para, "label": family}) + "\n")
+        counts[split] += 1
+  info = {"families": families, **counts}
+  with open(os.path.join(output_dir, "task.json"), "w") as f:
+    json.dump(info, f, indent=2)
+  return info

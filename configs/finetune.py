@@ -1,0 +1,61 @@
+"""Fine-tuning defaults (python -m bert_jax.finetune --config=finetune): the offline pydocs demo task.
+
+Other tasks: --config.task.name=glue/sst2 (TFDS, from task.data_dir), squad, conll2003, or
+--config.task.name=files --config.task.kind=classification --config.task.train_file=train.jsonl ...
+"""
+
+import ml_collections
+
+from bert_jax import sharding
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.init_checkpoint = ""              # pretraining workdir (or --init_checkpoint); empty: train from scratch
+
+  c.task = t = ml_collections.ConfigDict()
+  t.name = "pydocs_family"            # pydocs_family (offline demo) | a TFDS task (glue/sst2, squad, ...) | files
+  t.data_dir = ""                     # TFDS data_dir for TFDS tasks
+  t.train_file = ""                   # files: .jsonl or .tsv train examples
+  t.eval_file = ""                    # files: .jsonl or .tsv eval examples
+  t.kind = "classification"           # files: classification | regression | tagging | qa
+  t.text_keys = "text"                # files: text field(s), comma-separated (a,b for pairs; question,context)
+  t.label_key = "label"               # files: label field (tags list for tagging, answers for qa)
+  t.label_names = ""                  # files: comma-separated label set (empty: collected from train_file)
+  t.metric = ""                       # files: accuracy_f1 | mcc | pearson_spearman | tagging | squad (empty: by kind)
+
+  c.data = d = ml_collections.ConfigDict()
+  d.max_seq_length = 128              # tokens per row
+  d.doc_stride = 128                  # qa: tokens between the starts of context windows
+  d.max_query_length = 64             # qa: question tokens kept
+  d.vocab_file = ""                   # must be the checkpoint's vocabulary (empty: found from the checkpoint)
+  d.lower_case = False                # lower-case text (empty vocab_file: the checkpoint's setting)
+
+  c.model = m = ml_collections.ConfigDict()
+  m.size = "tiny"                     # from scratch only; a checkpoint brings its own sizes
+  m.hidden_dropout = 0.1              # dropout in encoder and head
+  m.attention_dropout = 0.1           # dropout on attention probabilities
+  m.dtype = "float32"                 # compute dtype
+  m.attention_impl = "auto"           # auto | xla | cudnn
+
+  c.train = r = ml_collections.ConfigDict()
+  r.epochs = 3                        # passes over the train set
+  r.max_steps = 0                     # >0: stop after this many steps instead
+  r.batch_size = 32                   # global batch
+  r.eval_batch_size = 64              # global eval batch
+  r.learning_rate = 5e-5              # peak, after warmup
+  r.warmup_fraction = 0.1             # of all steps, linear from 0
+  r.weight_decay = 0.01               # decoupled, not on biases or LayerNorm
+  r.clip_norm = 1.0                   # global-norm clipping (0: off)
+  r.freeze_encoder = False            # feature extraction: train the head only
+  r.seed = 0                          # head init, dropout and shuffling
+  r.log_every = 50                    # steps between train metric lines
+  r.export_hf = True                  # write hf/ (transformers model + tokenizer) and check its logits
+
+  c.mesh = x = ml_collections.ConfigDict()
+  x.data = -1                         # data-parallel axis size (-1: the rest of the devices)
+  x.fsdp = 1                          # parameter-sharding axis size
+  x.tensor = 1                        # tensor-parallel axis size
+  x.logical_axis_rules = sharding.DEFAULT_RULES  # logical axis -> mesh axes
+  c.lock()
+  return c
