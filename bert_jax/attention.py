@@ -3,6 +3,8 @@
 Implementations:
   "xla":   jax.nn.dot_product_attention(implementation="xla"), any backend.
   "cudnn": jax.nn.dot_product_attention(implementation="cudnn"), fused flash attention on GPU.
+  "splash": Pallas splash attention on TPU (segment ids carry padding and packing); elsewhere it runs the
+           same kernel in Pallas interpret mode, which is slow and meant for tests.
   "auto":  cudnn on GPU when the shapes allow it, xla elsewhere.
 
 The fused kernels have no attention-probability dropout, so while training with
@@ -17,7 +19,8 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
+SPLASH_BLOCK = 128  # the kernel's lane width: its blocks, so the sequence length, are multiples of this
 
 
 @functools.cache
@@ -34,6 +37,7 @@ class AttentionMask(NamedTuple):
   """
   mask: jax.Array
   key_lengths_B: Optional[jax.Array]
+  segment_ids_BxS: Optional[jax.Array] = None  # 0 = padding; same id = may attend (splash's form)
 
 
 def padding_mask_Bx1x1xS(input_mask_BxS: jax.Array) -> jax.Array:
@@ -60,6 +64,45 @@ def _explicit_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, mask, dropout_rate, dro
   return jnp.einsum("bnts,bsnd->btnd", probs, v_BxSxNxD)
 
 
+def _splash_block_sizes(seq_len: int):
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+  b = min(512, seq_len)
+  return splash.BlockSizes(block_q=b, block_kv=b, block_kv_compute=b, block_q_dkv=b, block_kv_dkv=b,
+                           block_kv_dkv_compute=b, block_q_dq=b, block_kv_dq=b)
+
+
+def _splash_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS):
+  """Splash attention per example (vmap), full mask restricted by segment ids.
+
+  Under a mesh context (jax.sharding.use_mesh) the kernel runs inside shard_map over the batch axes, since
+  XLA cannot partition a Pallas call; without one it is called on whole arrays (one device).
+  """
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
+  _, seq_len, heads, depth = q_BxTxNxD.shape
+  on_tpu = jax.default_backend() == "tpu"
+  if not on_tpu:
+    _log_once(f"attention: splash runs in Pallas interpret mode on backend {jax.default_backend()!r} (slow)")
+  mask = splash_mask.MultiHeadMask([splash_mask.FullMask((seq_len, seq_len)) for _ in range(heads)])
+  kernel = splash.make_splash_mha(mask, head_shards=1, q_seq_shards=1, interpret=not on_tpu,
+                                  block_sizes=_splash_block_sizes(seq_len))
+  to_heads_first = lambda x: jnp.swapaxes(x, 1, 2)  # [B, T, N, D] -> [B, N, T, D]
+  scale = jnp.asarray(depth ** -0.5, q_BxTxNxD.dtype)
+
+  def attend(q, k, v, seg):
+    out = jax.vmap(kernel)(to_heads_first(q * scale), to_heads_first(k), to_heads_first(v),
+                           segment_ids=splash.SegmentIds(q=seg, kv=seg))
+    return to_heads_first(out)
+
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return attend(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS.astype(jnp.int32))
+  from bert_jax import sharding
+  spec = jax.sharding.PartitionSpec(sharding.BATCH_AXES)
+  return jax.shard_map(attend, mesh=mesh, in_specs=(spec, spec, spec, spec), out_specs=spec)(
+      q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS.astype(jnp.int32))
+
+
 def _resolve(implementation: str, q_BxTxNxD) -> str:
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"attention implementation {implementation!r} is not one of {IMPLEMENTATIONS}")
@@ -83,9 +126,17 @@ def dot_product_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, mask, *, implementati
 
   mask: an AttentionMask, or a boolean array that broadcasts to [B, N, T, S].
   """
-  key_lengths_B = None
+  key_lengths_B = segment_ids = None
   if isinstance(mask, AttentionMask):
-    mask, key_lengths_B = mask
+    mask, key_lengths_B, segment_ids = mask
+  if implementation == "splash" and (deterministic or dropout_rate == 0.0):
+    if segment_ids is None:
+      raise ValueError("splash attention needs an AttentionMask with segment_ids_BxS")
+    if q_BxTxNxD.shape[1] % SPLASH_BLOCK == 0:
+      return _splash_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids)
+    _log_once(f"attention: splash needs a sequence length divisible by {SPLASH_BLOCK}, got "
+              f"{q_BxTxNxD.shape[1]}; falling back to XLA attention")
+    implementation = "xla"
   if not deterministic and dropout_rate > 0.0:
     if implementation not in ("xla", "auto") or jax.default_backend() == "gpu":
       _log_once("attention: attention dropout > 0 while training; using the explicit XLA path "

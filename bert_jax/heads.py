@@ -26,7 +26,7 @@ class _Trunk(nn.Module):
     c = self.config
     positions = jnp.broadcast_to(jnp.arange(input_ids_BxT.shape[1], dtype=jnp.int32), input_ids_BxT.shape)
     mask = attention_lib.AttentionMask(attention_lib.padding_mask_Bx1x1xS(input_mask_BxT),
-                                       jnp.sum(input_mask_BxT, axis=-1, dtype=jnp.int32))
+                                       jnp.sum(input_mask_BxT, axis=-1, dtype=jnp.int32), input_mask_BxT)
     x, _ = Embeddings(c, deterministic, name="embeddings")(input_ids_BxT, segment_ids_BxT, positions)
     x = Encoder(c, deterministic, name="encoder")(x, mask)
     pooled = jnp.tanh(_dense(c, c.hidden_size, ("embed", "mlp"), "pooler")(x[:, 0]))

@@ -264,10 +264,11 @@ class BertForPreTraining(nn.Module):
       position_ids_BxT = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), input_ids_BxT.shape)
     if attention_segments_BxT is None:
       mask = attention_lib.AttentionMask(attention_lib.padding_mask_Bx1x1xS(input_mask_BxT),
-                                         jnp.sum(input_mask_BxT, axis=-1, dtype=jnp.int32))
+                                         jnp.sum(input_mask_BxT, axis=-1, dtype=jnp.int32), input_mask_BxT)
     else:
       mask = attention_lib.AttentionMask(
-          attention_lib.segment_mask_Bx1xTxS(attention_segments_BxT, input_mask_BxT), None)
+          attention_lib.segment_mask_Bx1xTxS(attention_segments_BxT, input_mask_BxT), None,
+          attention_segments_BxT * input_mask_BxT)
 
     x, word_embed = Embeddings(c, deterministic, name="embeddings")(input_ids_BxT, segment_ids_BxT, position_ids_BxT)
     x = Encoder(c, deterministic, name="encoder")(x, mask)

@@ -19,7 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.param_dtype = "float32"           # master weights
   m.remat_policy = "none"             # none | full | dots | dots_no_batch
   m.scan_layers = True                # nn.scan over layers (faster compiles for deep models)
-  m.attention_impl = "auto"           # auto | xla | cudnn
+  m.attention_impl = "auto"           # auto | xla | cudnn | splash (TPU Pallas kernel)
   m.mlm_all_positions = False         # MLM logits at every position, then gather (slower; benchmark baseline)
 
   c.data = d = ml_collections.ConfigDict()
