@@ -141,15 +141,20 @@ def test_unknown_config_name_lists_available():
 
 
 def test_every_config_loads_locked_and_documented():
+  from bert_jax import finetune
   for name in configlib.available():
     cfg = configlib.load(name)
     assert cfg.is_locked, name
-    train.model_config(cfg)  # valid model settings
-  source = open(os.path.join(configlib.CONFIGS_DIR, "common.py")).read()
-  for key in configlib.flat_keys(configlib.load("tiny")):
-    leaf = key.rsplit(".", 1)[-1]
-    lines = [l for l in source.splitlines() if f".{leaf} = " in l and "ConfigDict()" not in l]
-    assert any("#" in l for l in lines), f"config field {key} has no comment in configs/common.py"
+    if "task" in cfg:  # a fine-tuning config
+      finetune._model_config(cfg, None, 8000, cfg.data.max_seq_length)
+    else:
+      train.model_config(cfg)  # valid model settings
+  for base, example in (("common.py", "tiny"), ("finetune.py", "finetune")):
+    source = open(os.path.join(configlib.CONFIGS_DIR, base)).read()
+    for key in configlib.flat_keys(configlib.load(example)):
+      leaf = key.rsplit(".", 1)[-1]
+      lines = [l for l in source.splitlines() if f".{leaf} = " in l and "ConfigDict()" not in l]
+      assert any("#" in l for l in lines), f"config field {key} has no comment in configs/{base}"
 
 
 def test_unknown_prng_impl_is_named():
