@@ -71,6 +71,16 @@ def _splash_block_sizes(seq_len: int):
                            block_kv_dkv_compute=b, block_q_dq=b, block_kv_dq=b)
 
 
+@functools.cache
+def _splash_kernel(seq_len: int, heads: int, interpret: bool):
+  """Built once per shape: the kernel precomputes its mask block tables in numpy (every layer would redo it)."""
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
+  mask = splash_mask.MultiHeadMask([splash_mask.FullMask((seq_len, seq_len)) for _ in range(heads)])
+  return splash.make_splash_mha(mask, head_shards=1, q_seq_shards=1, interpret=interpret,
+                                block_sizes=_splash_block_sizes(seq_len))
+
+
 def _splash_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS):
   """Splash attention per example (vmap), full mask restricted by segment ids.
 
@@ -78,14 +88,11 @@ def _splash_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS):
   XLA cannot partition a Pallas call; without one it is called on whole arrays (one device).
   """
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
-  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
   _, seq_len, heads, depth = q_BxTxNxD.shape
   on_tpu = jax.default_backend() == "tpu"
   if not on_tpu:
     _log_once(f"attention: splash runs in Pallas interpret mode on backend {jax.default_backend()!r} (slow)")
-  mask = splash_mask.MultiHeadMask([splash_mask.FullMask((seq_len, seq_len)) for _ in range(heads)])
-  kernel = splash.make_splash_mha(mask, head_shards=1, q_seq_shards=1, interpret=not on_tpu,
-                                  block_sizes=_splash_block_sizes(seq_len))
+  kernel = _splash_kernel(seq_len, heads, not on_tpu)
   to_heads_first = lambda x: jnp.swapaxes(x, 1, 2)  # [B, T, N, D] -> [B, N, T, D]
   scale = jnp.asarray(depth ** -0.5, q_BxTxNxD.dtype)
 

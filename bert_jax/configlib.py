@@ -81,3 +81,26 @@ def rewrite_argv(argv: list[str]) -> list[str]:
     if keys:
       check_keys(load(config_arg), keys)
   return out
+
+
+def run_cli(main, define_flags, config_help: str) -> None:
+  """The shared entry point: --config=NAME resolved in configs/ (typos in overrides fail, naming the closest
+  key), then main(config, flags.FLAGS) with absl logging at WARNING unless --verbosity is given."""
+  import sys
+  from absl import app, flags, logging
+  from ml_collections import config_flags
+  try:
+    argv = rewrite_argv(list(sys.argv))
+  except (KeyError, FileNotFoundError) as e:
+    print(f"error: {e.args[0]}", file=sys.stderr)
+    sys.exit(2)
+  config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
+  define_flags()
+  flags.mark_flag_as_required("config")
+
+  def run(argv):
+    del argv
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)  # Orbax is chatty at INFO
+    main(flags.FLAGS.config, flags.FLAGS)
+  app.run(run, argv=argv)

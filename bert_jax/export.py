@@ -162,17 +162,23 @@ def write_hf_dir(params, model_config, output_dir: str, dtype: str = "float32", 
     export_tokenizer(vocab_file, lower_case, output_dir)
 
 
-def check_hf_dir(params, model_config, output_dir: str, tolerance: float = 1e-4) -> float:
-  """Loads the written directory in transformers and compares logits on a fixed batch; returns max diff."""
-  import torch
-  from transformers import BertForPreTraining as HFBert
-  from bert_jax.model import BertForPreTraining
+def probe_batch(model_config):
+  """(ids, mask, segments) int64 [2, 32]: a fixed batch with a padded row, for logits checks after export."""
   rng = np.random.default_rng(0)
   seq = min(32, model_config.max_position_embeddings)
   ids = rng.integers(5, model_config.vocab_size, (2, seq))
   mask = np.ones((2, seq), np.int64)
   mask[1, seq // 2:] = 0
   segments = (np.arange(seq)[None] >= seq // 3).astype(np.int64) * mask
+  return ids, mask, segments
+
+
+def check_hf_dir(params, model_config, output_dir: str, tolerance: float = 1e-4) -> float:
+  """Loads the written directory in transformers and compares logits on a fixed batch; returns max diff."""
+  import torch
+  from transformers import BertForPreTraining as HFBert
+  from bert_jax.model import BertForPreTraining
+  ids, mask, segments = probe_batch(model_config)
   hf = HFBert.from_pretrained(output_dir, torch_dtype=torch.float32).eval()
   with torch.no_grad():
     out = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),

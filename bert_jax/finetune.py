@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import json
 import os
-import sys
 import time
 
 import flax.linen as nn
@@ -23,10 +22,10 @@ import numpy as np
 import optax
 
 from bert_jax import checkpoint as checkpoint_lib
+from bert_jax import train
 from bert_jax import heads, metrics, optim, sharding, task_export, task_metrics, tasks
 from bert_jax.data import tokenizer as tokenizer_lib
 from bert_jax.model import BertConfig
-from bert_jax.train import TrainState
 
 
 def task_spec(config) -> tasks.TaskSpec:
@@ -103,7 +102,7 @@ def _apply(model, params, batch, deterministic, rng=None):
                      deterministic=deterministic, rngs=None if rng is None else {"dropout": rng})
 
 
-def train_step(state: TrainState, batch, *, model, tx, spec):
+def train_step(state: train.TrainState, batch, *, model, tx, spec):
   """One optimizer step; returns (new state, {loss, learning-rate-free metrics})."""
   rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
@@ -291,24 +290,10 @@ def finetune(config, workdir: str, init_checkpoint: str = "") -> dict:
 def _create_state(model, tx, mesh, rules, seed, seq_len, pretrained_params):
   """State under derived shardings; pretrained encoder params replace the fresh ones in their shards."""
   ids = jnp.zeros((1, seq_len), jnp.int32)
-
-  def init_params(rng):
-    return model.init(rng, ids, ids, ids)["params"]
-
-  def init_state(rng, params=None):
-    params = nn.meta.unbox(init_params(rng)) if params is None else params
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      rng=jax.random.key_data(jax.random.fold_in(rng, 1)))
-
+  init_params = lambda rng: model.init(rng, ids, ids, ids)["params"]
+  init_state, _, shardings = train.state_functions(init_params, tx, mesh, rules, seed)
   rng = jax.random.key(seed)
-  specs = nn.get_partition_spec(jax.eval_shape(init_params, rng))
-  param_shardings = sharding.logical_to_sharding(specs, mesh, rules)
-  abstract = jax.eval_shape(init_state, rng)
-  replicated = sharding.replicated(mesh)
-  shardings = TrainState(step=replicated, params=param_shardings, rng=replicated,
-                         opt_state=sharding.shardings_by_path(
-                             abstract.opt_state, jax.tree_util.tree_leaves_with_path(param_shardings), replicated))
-  params = jax.jit(lambda r: nn.meta.unbox(init_params(r)), out_shardings=param_shardings)(rng)
+  params = jax.jit(lambda r: nn.meta.unbox(init_params(r)), out_shardings=shardings.params)(rng)
   if pretrained_params is not None:
     for k, tree in pretrained_params.items():
       expected = jax.tree_util.tree_map(lambda x: x.shape, params[k])
@@ -316,34 +301,23 @@ def _create_state(model, tx, mesh, rules, seed, seq_len, pretrained_params):
       if expected != got:
         raise ValueError(f"checkpoint {k!r} shapes do not fit the model: {got} vs {expected}")
       params[k] = jax.device_put(jax.tree_util.tree_map(lambda x, p: np.asarray(x, p.dtype), tree, params[k]),
-                                 param_shardings[k])
+                                 shardings.params[k])
   state = jax.jit(init_state, out_shardings=shardings)(rng, params)
   return state, shardings
 
 
-def main(argv):
-  del argv
-  from absl import flags, logging
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  finetune(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.init_checkpoint)
+def main(config, flag_values):
+  finetune(config, flag_values.workdir, flag_values.init_checkpoint)
 
 
 def cli():
-  from absl import app, flags
-  from ml_collections import config_flags
+  from absl import flags
   from bert_jax import configlib
-  try:
-    argv = configlib.rewrite_argv(list(sys.argv))
-  except (KeyError, FileNotFoundError) as e:
-    print(f"error: {e.args[0]}", file=sys.stderr)
-    sys.exit(2)
-  config_flags.DEFINE_config_file("config", None, "config name in configs/ (e.g. finetune) or a path",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, "where params, metrics.jsonl, result.json and hf/ go", required=True)
-  flags.DEFINE_string("init_checkpoint", "", "pretraining workdir (overrides config.init_checkpoint)")
-  flags.mark_flag_as_required("config")
-  app.run(main, argv=argv)
+
+  def define_flags():
+    flags.DEFINE_string("workdir", None, "where params, metrics.jsonl, result.json and hf/ go", required=True)
+    flags.DEFINE_string("init_checkpoint", "", "pretraining workdir (overrides config.init_checkpoint)")
+  configlib.run_cli(main, define_flags, "config name in configs/ (e.g. finetune) or a path")
 
 
 if __name__ == "__main__":

@@ -68,13 +68,8 @@ def check_hf_dir(model, params, spec, output_dir: str, tolerance: float = 1e-4) 
   import transformers
   cls = getattr(transformers, HF_CLASSES[spec.kind])
   hf = cls.from_pretrained(output_dir, torch_dtype=torch.float32).eval()
-  c = model.config
-  rng = np.random.default_rng(0)
-  seq = min(32, c.max_position_embeddings)
-  ids = rng.integers(5, c.vocab_size, (2, seq))
-  mask = np.ones((2, seq), np.int64)
-  mask[1, seq // 2:] = 0
-  segments = (np.arange(seq)[None] >= seq // 3).astype(np.int64) * mask
+  from bert_jax import export
+  ids, mask, segments = export.probe_batch(model.config)
   with torch.no_grad():
     out = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
              token_type_ids=torch.from_numpy(segments))

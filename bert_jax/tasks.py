@@ -114,6 +114,11 @@ def read_tfds(spec: TaskSpec, split: str, data_dir: str | None) -> list[dict]:
 
 def read_file(spec: TaskSpec, path: str) -> list[dict]:
   """Examples from a .jsonl (one object per line) or .tsv (header row) file."""
+  return [_to_example(spec, r, f"{path} example {i}") for i, r in enumerate(_read_records(path))]
+
+
+def _read_records(path: str) -> list[dict]:
+  """The raw records of a .jsonl (one object per line) or .tsv (header row) file."""
   import tensorflow as tf
   if not tf.io.gfile.exists(path):
     raise FileNotFoundError(f"task file {path} does not exist")
@@ -126,11 +131,10 @@ def read_file(spec: TaskSpec, path: str) -> list[dict]:
             records.append(json.loads(line))
           except json.JSONDecodeError as e:
             raise ValueError(f"{path} line {n}: not JSON ({e.msg})") from None
-    elif path.endswith(".tsv"):
-      records = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    else:
-      raise ValueError(f"task file {path}: use a .jsonl or .tsv file")
-  return [_to_example(spec, r, f"{path} example {i}") for i, r in enumerate(records)]
+      return records
+    if path.endswith(".tsv"):
+      return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+  raise ValueError(f"task file {path}: use a .jsonl or .tsv file")
 
 
 def file_spec(name: str, kind: str, text_keys: str, label_key: str, label_names: str, metric: str,
@@ -141,9 +145,7 @@ def file_spec(name: str, kind: str, text_keys: str, label_key: str, label_names:
   keys = tuple(k for k in text_keys.split(",") if k)
   names = tuple(n for n in label_names.split(",") if n)
   if not names and kind in ("classification", "tagging"):
-    with open(train_file) as f:
-      rows = ([json.loads(l) for l in f if l.strip()] if train_file.endswith(".jsonl")
-              else list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)))
+    rows = _read_records(train_file)
     values = ({str(v) for r in rows for v in r[label_key]} if kind == "tagging" else {str(r[label_key]) for r in rows})
     names = tuple(sorted(values))
   default_metric = {"classification": "accuracy_f1", "regression": "pearson_spearman", "tagging": "tagging",

@@ -7,7 +7,6 @@ import dataclasses
 import functools
 import os
 import signal
-import sys
 import time
 
 import flax.linen as nn
@@ -50,11 +49,15 @@ def _dummy_batch(seq_len: int, predictions: int):
 
 def abstract_train_state(model: BertForPreTraining, tx, mesh, rules, seed: int, seq_len: int, predictions: int):
   """(init function, abstract state, state shardings) by eval_shape: nothing is allocated."""
-  def init_params(rng):
-    return model.init(rng, *_dummy_batch(seq_len, predictions))["params"]
+  return state_functions(lambda rng: model.init(rng, *_dummy_batch(seq_len, predictions))["params"], tx, mesh,
+                         rules, seed)
 
-  def init_state(rng):
-    params = nn.unbox(init_params(rng))
+
+def state_functions(init_params, tx, mesh, rules, seed: int):
+  """For any init_params(rng) -> logically boxed params: (init_state(rng, params=None), abstract state,
+  state shardings). init_state builds fresh params unless given some (e.g. pretrained, already sharded)."""
+  def init_state(rng, params=None):
+    params = nn.unbox(init_params(rng)) if params is None else params
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       rng=jax.random.key_data(jax.random.fold_in(rng, 1)))
 
@@ -330,29 +333,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
   return {"train": last_train, "eval": last_eval}
 
 
-def main(argv):
-  del argv
-  from absl import flags, logging
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax is chatty at INFO
+def main(config, flag_values):
   distributed.initialize_from_env()
-  config = flags.FLAGS.config
-  train_and_evaluate(config, flags.FLAGS.workdir)
+  train_and_evaluate(config, flag_values.workdir)
 
 
 def cli():
-  from absl import app, flags
-  from ml_collections import config_flags
+  from absl import flags
   from bert_jax import configlib
-  try:
-    argv = configlib.rewrite_argv(list(sys.argv))
-  except (KeyError, FileNotFoundError) as e:
-    print(f"error: {e.args[0]}", file=sys.stderr)
-    sys.exit(2)
-  config_flags.DEFINE_config_file("config", None, "config name in configs/ or a path", lock_config=True)
-  flags.DEFINE_string("workdir", None, "where checkpoints, metrics.jsonl and TensorBoard files go", required=True)
-  flags.mark_flag_as_required("config")
-  app.run(main, argv=argv)
+
+  def define_flags():
+    flags.DEFINE_string("workdir", None, "where checkpoints, metrics.jsonl and TensorBoard files go", required=True)
+  configlib.run_cli(main, define_flags, "config name in configs/ or a path")
 
 
 if __name__ == "__main__":

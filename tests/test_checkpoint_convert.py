@@ -15,7 +15,7 @@ import transformers
 from bert_jax import checkpoint as checkpoint_lib
 from bert_jax import convert, export, sharding
 from bert_jax.model import BertForPreTraining
-from train_helpers import SMALL, build, config, random_batch
+from train_helpers import SMALL, build, config, pretrain_tiny, random_batch
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
@@ -75,14 +75,7 @@ def test_corrupt_latest_checkpoint_falls_back_with_warning(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_workdir(tmp_path_factory):
   """A tiny model trained for a few steps on pydocs through the CLI."""
-  workdir = tmp_path_factory.mktemp("tiny_run")
-  args = [sys.executable, "-m", "bert_jax.train", "--config=tiny", f"--workdir={workdir}",
-          "--config.train.steps=4", "--config.optim.warmup_steps=1", "--config.train.eval_batches=1",
-          "--config.data.max_seq_length=64", "--config.data.max_predictions_per_seq=10",
-          "--config.data.dupe_factor=1", "--config.train.batch_size=16"]
-  result = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return workdir
+  return pretrain_tiny(tmp_path_factory.mktemp("tiny_run"), steps=4)
 
 
 def test_round_trip_to_hf_logits_and_tokenizer(tiny_workdir, tmp_path):

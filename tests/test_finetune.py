@@ -3,8 +3,6 @@ import collections
 import json
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,8 +12,8 @@ from bert_jax import configlib, finetune, task_metrics, tasks
 from bert_jax.data import corpora
 from bert_jax.data import tokenizer as tokenizer_lib
 from bert_jax.model import BertConfig
+from train_helpers import pretrain_tiny
 
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 # ---- metrics against hand computations -------------------------------------------------------------------
@@ -55,14 +53,7 @@ def test_tagging_and_squad_metrics_by_hand():
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
   """A tiny model pretrained for a few steps on pydocs through the CLI (vocabulary 8000)."""
-  workdir = tmp_path_factory.mktemp("pretrain")
-  args = [sys.executable, "-m", "bert_jax.train", "--config=tiny", f"--workdir={workdir}",
-          "--config.train.steps=3", "--config.optim.warmup_steps=1", "--config.train.eval_batches=1",
-          "--config.data.max_seq_length=64", "--config.data.max_predictions_per_seq=10",
-          "--config.data.dupe_factor=1", "--config.train.batch_size=16"]
-  result = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return workdir
+  return pretrain_tiny(tmp_path_factory.mktemp("pretrain"), steps=3)
 
 
 @pytest.fixture(scope="module")

@@ -54,3 +54,18 @@ def run_steps(cfg, mesh, batches, model_config=SMALL):
       state, m = step_fn(state, sharding.global_batch(b, mesh))
       losses.append(float(m["loss"]))
   return state, losses
+
+
+def pretrain_tiny(workdir, steps):
+  """Pretrains `tiny` for a few steps on pydocs through the CLI (seq 64, vocabulary 8000); returns workdir."""
+  import os
+  import subprocess
+  import sys
+  args = [sys.executable, "-m", "bert_jax.train", "--config=tiny", f"--workdir={workdir}",
+          f"--config.train.steps={steps}", "--config.optim.warmup_steps=1", "--config.train.eval_batches=1",
+          "--config.data.max_seq_length=64", "--config.data.max_predictions_per_seq=10",
+          "--config.data.dupe_factor=1", "--config.train.batch_size=16"]
+  result = subprocess.run(args, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
