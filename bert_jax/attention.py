@@ -19,6 +19,8 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from bert_jax import dropout as dropout_lib
+
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
 SPLASH_BLOCK = 128  # the kernel's lane width: its blocks, so the sequence length, are multiples of this
 
@@ -59,8 +61,7 @@ def _explicit_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, mask, dropout_rate, dro
   scores_BxNxTxS = jnp.where(mask, scores_BxNxTxS, big_neg)
   probs = jax.nn.softmax(scores_BxNxTxS.astype(jnp.float32), axis=-1).astype(q_BxTxNxD.dtype)
   if dropout_rate > 0.0:
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
-    probs = jnp.where(keep, probs / (1.0 - dropout_rate), jnp.zeros_like(probs))
+    probs = dropout_lib.dropout(probs, dropout_rate, dropout_rng)
   return jnp.einsum("bnts,bsnd->btnd", probs, v_BxSxNxD)
 
 

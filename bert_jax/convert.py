@@ -2,6 +2,8 @@
 
 The mapping is data: a table of (our path, HF name, transform) rows. A transform is a
 pair of small functions (ours -> HF, HF -> ours) that know only shapes from BertConfig.
+A row whose HF side is a tuple of names maps one of our arrays to several HF arrays (the fused
+QKV kernel to query/key/value); its transform returns, and takes, a tuple in that order.
 Scanned params are unstacked to per-layer trees first, so one table serves both layouts.
 Arrays are numpy on the way out (HF layout, in the params' dtype) and keep their dtype on the
 way in unless `param_dtype` is given.
@@ -36,6 +38,11 @@ qkv_bias = Transform(lambda x, c: x.reshape(-1), lambda x, c: x.reshape(c.num_he
 # Attention output kernel [heads, head_dim, H] <-> weight [H, heads*head_dim].
 attn_out_kernel = Transform(lambda x, c: x.reshape(-1, c.hidden_size).T,
                             lambda x, c: x.T.reshape(c.num_heads, c.head_dim, c.hidden_size))
+# Fused kernel [H, 3, heads, head_dim] <-> (query, key, value) weights; bias [3, heads, head_dim] likewise.
+fused_qkv_kernel = Transform(lambda x, c: tuple(qkv_kernel.to_hf(x[:, j], c) for j in range(3)),
+                             lambda xs, c: np.stack([qkv_kernel.from_hf(x, c) for x in xs], axis=1))
+fused_qkv_bias = Transform(lambda x, c: tuple(qkv_bias.to_hf(x[j], c) for j in range(3)),
+                           lambda xs, c: np.stack([qkv_bias.from_hf(x, c) for x in xs]))
 # Padded vocabulary rows are cut on export and zero-filled on import.
 vocab_rows = Transform(lambda x, c: x[:c.vocab_size], lambda x, c: _pad_rows(x, c.padded_vocab_size))
 
@@ -57,13 +64,20 @@ EMBEDDING_AND_HEAD_MAP = [
     ("nsp_classifier/bias",                        "cls.seq_relationship.bias",                             identity),
 ]
 _L = "bert.encoder.layer.{i}"
-LAYER_MAP = [
+QKV_MAP = [
     ("encoder/layer_{i}/attention/query/kernel",   _L + ".attention.self.query.weight",                    qkv_kernel),
     ("encoder/layer_{i}/attention/query/bias",     _L + ".attention.self.query.bias",                      qkv_bias),
     ("encoder/layer_{i}/attention/key/kernel",     _L + ".attention.self.key.weight",                      qkv_kernel),
     ("encoder/layer_{i}/attention/key/bias",       _L + ".attention.self.key.bias",                        qkv_bias),
     ("encoder/layer_{i}/attention/value/kernel",   _L + ".attention.self.value.weight",                    qkv_kernel),
     ("encoder/layer_{i}/attention/value/bias",     _L + ".attention.self.value.bias",                      qkv_bias),
+]
+_QKV = tuple(_L + f".attention.self.{name}" for name in ("query", "key", "value"))
+FUSED_QKV_MAP = [  # used instead of QKV_MAP when config.fused_qkv
+    ("encoder/layer_{i}/attention/qkv/kernel",     tuple(n + ".weight" for n in _QKV),                     fused_qkv_kernel),
+    ("encoder/layer_{i}/attention/qkv/bias",       tuple(n + ".bias" for n in _QKV),                       fused_qkv_bias),
+]
+LAYER_MAP = [
     ("encoder/layer_{i}/attention/output/kernel",  _L + ".attention.output.dense.weight",                  attn_out_kernel),
     ("encoder/layer_{i}/attention/output/bias",    _L + ".attention.output.dense.bias",                    identity),
     ("encoder/layer_{i}/attention_layer_norm/scale", _L + ".attention.output.LayerNorm.weight",            identity),
@@ -81,12 +95,32 @@ TIED_HF_KEYS = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddin
 IGNORED_HF_KEYS = {"bert.embeddings.position_ids"}
 
 
+def hf_names(hf) -> tuple[str, ...]:
+  """A row's HF side as a tuple of names."""
+  return (hf,) if isinstance(hf, str) else tuple(hf)
+
+
 def name_table(config: BertConfig):
-  """All (our path, HF name, transform) rows for this config, layers expanded."""
+  """All (our path, HF name or names, transform) rows for this config, layers expanded."""
   rows = list(EMBEDDING_AND_HEAD_MAP)
+  layer_rows = (FUSED_QKV_MAP if config.fused_qkv else QKV_MAP) + LAYER_MAP
   for i in range(config.num_layers):
-    rows += [(ours.format(i=i), hf.format(i=i), t) for ours, hf, t in LAYER_MAP]
+    for ours, hf, t in layer_rows:
+      names = tuple(n.format(i=i) for n in hf_names(hf))
+      rows.append((ours.format(i=i), names[0] if isinstance(hf, str) else names, t))
   return rows
+
+
+def table_to_hf(flat_params, table, config: BertConfig, dtype=None, what: str = "") -> dict[str, np.ndarray]:
+  """Applies each row's to_hf to flat params (path -> array); `what` completes the missing-key error."""
+  state = {}
+  for ours, hf, t in table:
+    if ours not in flat_params:
+      raise KeyError(f"params have no {ours!r} (needed for {hf!r}); {what or 'is the config right for these params?'}")
+    converted = t.to_hf(np.asarray(flat_params[ours], dtype), config)
+    for name, value in zip(hf_names(hf), (converted,) if isinstance(hf, str) else converted):
+      state[name] = np.ascontiguousarray(value)
+  return state
 
 
 def _flatten(tree, prefix=""):
@@ -130,13 +164,7 @@ def scan_params(params, config: BertConfig):
 
 def params_to_hf(params, config: BertConfig) -> dict[str, np.ndarray]:
   """Flax params (scanned or not, any float dtype) -> HF BertForPreTraining state dict (numpy)."""
-  flat = _flatten(unscan_params(params, config))
-  state = {}
-  for ours, hf, t in name_table(config):
-    if ours not in flat:
-      raise KeyError(f"params have no {ours!r} (needed for {hf!r}); is the config right for these params?")
-    state[hf] = np.ascontiguousarray(t.to_hf(np.asarray(flat[ours]), config))
-  return state
+  return table_to_hf(_flatten(unscan_params(params, config)), name_table(config), config)
 
 
 def _expected_our_shapes(config: BertConfig):
@@ -157,7 +185,7 @@ def hf_to_params(state_dict: Mapping[str, np.ndarray], config: BertConfig, param
   """
   state = {k: np.asarray(v) for k, v in state_dict.items()}
   table = name_table(config)
-  known = {hf for _, hf, _ in table}
+  known = {name for _, hf, _ in table for name in hf_names(hf)}
   unexpected = sorted(set(state) - known - set(TIED_HF_KEYS) - IGNORED_HF_KEYS)
   if unexpected:
     raise KeyError(f"unexpected keys in state dict: {unexpected[:10]} (is num_layers={config.num_layers} right?)")
@@ -171,18 +199,20 @@ def hf_to_params(state_dict: Mapping[str, np.ndarray], config: BertConfig, param
   expected = _expected_our_shapes(config)
   flat = {}
   for ours, hf, t in table:
-    value = t.from_hf(_checked_hf_shape(state[hf], hf, ours, expected[ours], t, config), config)
+    _check_hf_shapes(state, hf, ours, expected[ours], t, config)
+    value = t.from_hf(state[hf] if isinstance(hf, str) else tuple(state[n] for n in hf), config)
     flat[ours] = value.astype(param_dtype) if param_dtype is not None else value
   params = _unflatten(flat)
   return scan_params(params, config) if config.scan_layers else params
 
 
-def _checked_hf_shape(value, hf_name, our_path, our_shape, transform, config):
-  expected_hf_shape = transform.to_hf(np.zeros(our_shape, np.float32), config).shape
-  if tuple(value.shape) != tuple(expected_hf_shape):
-    raise ValueError(f"{hf_name!r} has shape {tuple(value.shape)} but this config needs {tuple(expected_hf_shape)} "
-                     f"(for {our_path!r} {tuple(our_shape)}); check vocab_size/hidden_size/num_heads")
-  return value
+def _check_hf_shapes(state, hf, our_path, our_shape, transform, config):
+  expected = transform.to_hf(np.zeros(our_shape, np.float32), config)
+  for hf_name, expected_hf in zip(hf_names(hf), (expected,) if isinstance(hf, str) else expected):
+    if tuple(state[hf_name].shape) != tuple(expected_hf.shape):
+      raise ValueError(f"{hf_name!r} has shape {tuple(state[hf_name].shape)} but this config needs "
+                       f"{tuple(expected_hf.shape)} (for {our_path!r} {tuple(our_shape)}); "
+                       "check vocab_size/hidden_size/num_heads")
 
 
 def hf_config_dict(config: BertConfig) -> dict:

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bert_jax import attention as attention_lib
+from bert_jax import dropout as dropout_lib
 from bert_jax.model import BertConfig, Embeddings, Encoder, _dense
 
 HEAD_PARAMS = ("classifier", "qa_outputs")  # everything else comes from pretraining
@@ -39,7 +40,7 @@ class BertForSequenceClassification(_Trunk):
   @nn.compact
   def __call__(self, input_ids_BxT, input_mask_BxT, segment_ids_BxT, *, deterministic=True):
     _, pooled = self.encode(input_ids_BxT, input_mask_BxT, segment_ids_BxT, deterministic)
-    pooled = nn.Dropout(self.config.hidden_dropout, deterministic=deterministic)(pooled)
+    pooled = dropout_lib.Dropout(self.config.hidden_dropout, deterministic=deterministic)(pooled)
     logits = _dense(self.config, self.num_labels, ("mlp", None), "classifier")(pooled)
     return {"logits": logits.astype(jnp.float32)}
 
@@ -50,7 +51,7 @@ class BertForTokenClassification(_Trunk):
   @nn.compact
   def __call__(self, input_ids_BxT, input_mask_BxT, segment_ids_BxT, *, deterministic=True):
     x, _ = self.encode(input_ids_BxT, input_mask_BxT, segment_ids_BxT, deterministic)
-    x = nn.Dropout(self.config.hidden_dropout, deterministic=deterministic)(x)
+    x = dropout_lib.Dropout(self.config.hidden_dropout, deterministic=deterministic)(x)
     logits = _dense(self.config, self.num_labels, ("embed", None), "classifier")(x)
     return {"logits": logits.astype(jnp.float32)}
 

@@ -5,7 +5,7 @@ Every weight is created with logical axis names (vocab, embed, mlp, heads, kv; p
 
 Parameter tree (unscanned):
   embeddings/{word_embeddings,position_embeddings,token_type_embeddings}/embedding, embeddings/layer_norm
-  encoder/layer_{i}/attention/{query,key,value,output}, attention_layer_norm,
+  encoder/layer_{i}/attention/{query,key,value,output} (fused_qkv: {qkv,output}), attention_layer_norm,
                     intermediate, output, output_layer_norm
   pooler, mlm_transform, mlm_layer_norm, mlm_output_bias, nsp_classifier
 With scan_layers=True, encoder/layers/... holds the same leaves stacked on a leading axis.
@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from bert_jax import attention as attention_lib
+from bert_jax import dropout as dropout_lib
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
@@ -54,6 +55,7 @@ class BertConfig:
   vocab_pad_multiple: int = 1     # e.g. 128 pads 30522 -> 30592 for faster matmuls
   attention_impl: str = "xla"     # see attention.IMPLEMENTATIONS
   mlm_all_positions: bool = False  # MLM logits at all T positions, then gather (HF's way; a benchmark baseline)
+  fused_qkv: bool = False         # one [H, 3, heads, head_dim] projection instead of query/key/value
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
@@ -145,6 +147,16 @@ class _OneHotEmbed(nn.Embed):
     return jnp.einsum("...v,vh->...h", one_hot, jnp.asarray(self.embedding, self.dtype))
 
 
+def _gather_rows(x_BxTxH, positions_BxP):
+  """x at the given positions, [B, P, H], gathered in fp32 and cast back.
+
+  Same reason as _GatherEmbed: the gradient of a bf16 gather is a bf16 scatter-add, which GPUs run as
+  compare-and-swap loops; in fp32 it uses native atomics.
+  """
+  wide = x_BxTxH.astype(jnp.promote_types(x_BxTxH.dtype, jnp.float32))
+  return jnp.take_along_axis(wide, positions_BxP[..., None].astype(jnp.int32), axis=1).astype(x_BxTxH.dtype)
+
+
 class Embeddings(nn.Module):
   config: BertConfig
   deterministic: bool = True
@@ -159,7 +171,7 @@ class Embeddings(nn.Module):
     x += embed(_OneHotEmbed, "position_embeddings", c.max_position_embeddings, (None, "embed"))(position_ids_BxT)
     x += embed(_OneHotEmbed, "token_type_embeddings", c.type_vocab_size, (None, "embed"))(segment_ids_BxT)
     x = _layer_norm(c, "layer_norm")(x)
-    x = nn.Dropout(c.hidden_dropout, deterministic=self.deterministic)(x)
+    x = dropout_lib.Dropout(c.hidden_dropout, deterministic=self.deterministic)(x)
     return _constrain_BxTxH(x), word
 
 
@@ -170,8 +182,12 @@ class SelfAttention(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxH, mask):
     c = self.config
-    qkv = lambda name: _dense(c, (c.num_heads, c.head_dim), ("embed", "heads", "kv"), name)(x_BxTxH)
-    q, k, v = qkv("query"), qkv("key"), qkv("value")
+    if c.fused_qkv:
+      qkv_BxTx3xNxD = _dense(c, (3, c.num_heads, c.head_dim), ("embed", None, "heads", "kv"), "qkv")(x_BxTxH)
+      q, k, v = (qkv_BxTx3xNxD[:, :, j] for j in range(3))
+    else:
+      project = lambda name: _dense(c, (c.num_heads, c.head_dim), ("embed", "heads", "kv"), name)(x_BxTxH)
+      q, k, v = project("query"), project("key"), project("value")
     dropout_rng = None
     if not self.deterministic and c.attention_dropout > 0:
       dropout_rng = self.make_rng("dropout")
@@ -189,7 +205,7 @@ class TransformerLayer(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxH, mask):
     c = self.config
-    dropout = lambda y: nn.Dropout(c.hidden_dropout, deterministic=self.deterministic)(y)
+    dropout = lambda y: dropout_lib.Dropout(c.hidden_dropout, deterministic=self.deterministic)(y)
     attn = SelfAttention(c, self.deterministic, name="attention")(x_BxTxH, mask)
     x = _layer_norm(c, "attention_layer_norm")(x_BxTxH + dropout(attn))
     x = _constrain_BxTxH(x)
@@ -276,13 +292,13 @@ class BertForPreTraining(nn.Module):
     if nsp_positions_BxK is None:
       cls = x[:, 0]
     else:
-      cls = jnp.take_along_axis(x, nsp_positions_BxK[..., None].astype(jnp.int32), axis=1)
+      cls = _gather_rows(x, nsp_positions_BxK)
     pooled = jnp.tanh(_dense(c, c.hidden_size, ("embed", "mlp"), "pooler")(cls))
     nsp_logits_Bx2 = _dense(c, 2, ("mlp", None), "nsp_classifier")(pooled)
 
     gather_first = masked_lm_positions_BxP is not None and not c.mlm_all_positions
     if gather_first:
-      h = jnp.take_along_axis(x, masked_lm_positions_BxP[..., None].astype(jnp.int32), axis=1)
+      h = _gather_rows(x, masked_lm_positions_BxP)
     else:
       h = x
     h = gelu(_dense(c, c.hidden_size, ("embed", "mlp"), "mlm_transform")(h))

@@ -31,12 +31,8 @@ def name_table(model_config, kind: str):
 
 def params_to_hf(params, model_config, kind: str) -> dict:
   flat = convert._flatten(convert.unscan_params(params, model_config))
-  state = {}
-  for ours, hf, t in name_table(model_config, kind):
-    if ours not in flat:
-      raise KeyError(f"params have no {ours!r} (needed for {hf!r}); is this a {kind} model?")
-    state[hf] = np.ascontiguousarray(t.to_hf(np.asarray(flat[ours], np.float32), model_config))
-  return state
+  return convert.table_to_hf(flat, name_table(model_config, kind), model_config, dtype=np.float32,
+                             what=f"is this a {kind} model?")
 
 
 def write_hf_dir(params, model_config, spec, output_dir: str, vocab_file: str | None = None,

@@ -39,7 +39,7 @@ def model_config(config) -> BertConfig:
       hidden_dropout=0.0 if dropout_off else m.hidden_dropout,
       attention_dropout=0.0 if dropout_off else m.attention_dropout, dtype=m.dtype, param_dtype=m.param_dtype,
       remat_policy=m.remat_policy, scan_layers=m.scan_layers, attention_impl=m.attention_impl,
-      mlm_all_positions=m.mlm_all_positions)
+      mlm_all_positions=m.mlm_all_positions, fused_qkv=m.fused_qkv)
 
 
 def _dummy_batch(seq_len: int, predictions: int):

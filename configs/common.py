@@ -21,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.scan_layers = True                # nn.scan over layers (faster compiles for deep models)
   m.attention_impl = "auto"           # auto | xla | cudnn | splash (TPU Pallas kernel)
   m.mlm_all_positions = False         # MLM logits at every position, then gather (slower; benchmark baseline)
+  m.fused_qkv = False                 # one fused query/key/value projection (HF export splits it again)
 
   c.data = d = ml_collections.ConfigDict()
   d.train_files = ""                  # TFRecord glob(s), comma-separated; empty: prepare data.corpus

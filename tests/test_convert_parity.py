@@ -65,9 +65,10 @@ def _init(config, seed=0):
   return nn.unbox(BertForPreTraining(config).init(jax.random.key(seed), ids, ids, ids)["params"])
 
 
-@pytest.mark.parametrize("size,scan", [("tiny", False), ("tiny", True), ("base", False)])
-def test_ours_to_hf_logits_match(size, scan):
-  config = _config(size, scan_layers=scan)
+@pytest.mark.parametrize("size,scan,fused", [("tiny", False, False), ("tiny", True, False), ("base", False, False),
+                                             ("tiny", True, True)])
+def test_ours_to_hf_logits_match(size, scan, fused):
+  config = _config(size, scan_layers=scan, fused_qkv=fused)
   params = _init(config)
   b = _batch()
   hf = _hf_model(config, convert.params_to_hf(params, config))
@@ -77,9 +78,10 @@ def test_ours_to_hf_logits_match(size, scan):
   assert np.max(np.abs(nsp - hf_nsp)) <= 1e-4
 
 
-@pytest.mark.parametrize("size,scan", [("tiny", False), ("tiny", True), ("base", True)])
-def test_hf_to_ours_logits_match(size, scan):
-  config = _config(size, scan_layers=scan)
+@pytest.mark.parametrize("size,scan,fused", [("tiny", False, False), ("tiny", True, False), ("base", True, False),
+                                             ("tiny", False, True)])
+def test_hf_to_ours_logits_match(size, scan, fused):
+  config = _config(size, scan_layers=scan, fused_qkv=fused)
   hf = _hf_model(config)  # HF's own random init
   state = {k: v.numpy() for k, v in hf.state_dict().items()}
   params = convert.hf_to_params(state, config)
@@ -102,6 +104,22 @@ def test_round_trip_is_exact_with_padded_vocab_and_scan():
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(convert.unscan_params(params, config)),
                           jax.tree_util.tree_leaves(convert.unscan_params(back, config))):
     assert a.shape == b.shape, jax.tree_util.keystr(path)
+
+
+def test_fused_and_separate_qkv_convert_into_each_other_exactly():
+  separate = _config("tiny", scan_layers=True)
+  fused = dataclasses.replace(separate, fused_qkv=True)
+  params = _init(separate)
+  via_hf = convert.hf_to_params(convert.params_to_hf(params, separate), fused)
+  qkv = via_hf["encoder"]["layers"]["layer"]["attention"]["qkv"]
+  attention = params["encoder"]["layers"]["layer"]["attention"]
+  for j, name in enumerate(("query", "key", "value")):  # [layers, H, 3, heads, head_dim]: slot j is `name`
+    np.testing.assert_array_equal(qkv["kernel"][:, :, j], attention[name]["kernel"])
+    np.testing.assert_array_equal(qkv["bias"][:, j], attention[name]["bias"])
+  b = _batch()
+  np.testing.assert_allclose(_our_logits(fused, via_hf, b)[0], _our_logits(separate, params, b)[0], atol=1e-5)
+  back = convert.params_to_hf(via_hf, fused)
+  assert back.keys() == convert.params_to_hf(params, separate).keys()
 
 
 def test_bf16_params_convert_and_match():

@@ -151,3 +151,20 @@ def test_embedding_lookups_match_a_plain_take_in_value_and_gradient(dtype):
   for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
     np.testing.assert_allclose(g_ours[name]["embedding"], g_ref[name]["embedding"], rtol=tol, atol=tol)
 
+
+
+def test_row_gather_keeps_dtype_and_matches_take_with_repeated_positions():
+  """The fp32 MLM/NSP gather is a speed change only; padded positions repeat (0), so gradients must add."""
+  from bert_jax import model as model_lib
+  x = jax.random.normal(jax.random.key(0), (2, 8, 4)).astype(jnp.bfloat16)
+  positions = jnp.array([[3, 0, 0], [7, 7, 1]])
+  got = model_lib._gather_rows(x, positions)
+  assert got.dtype == jnp.bfloat16 and got.shape == (2, 3, 4)
+  np.testing.assert_array_equal(np.asarray(got, np.float32),
+                                np.asarray(x, np.float32)[np.arange(2)[:, None], np.asarray(positions)])
+  weights = jnp.arange(24.0).reshape(2, 3, 4)
+  grad = jax.grad(lambda v: jnp.sum(model_lib._gather_rows(v, positions).astype(jnp.float32) * weights))(x)
+  assert grad.dtype == jnp.bfloat16
+  expected = np.zeros((2, 8, 4), np.float32)
+  np.add.at(expected, (np.arange(2)[:, None], np.asarray(positions)), np.asarray(weights))
+  np.testing.assert_array_equal(np.asarray(grad, np.float32), expected)

@@ -97,6 +97,18 @@ def test_weight_decay_mask_excludes_exactly_layer_norm_and_biases():
   assert "embeddings/word_embeddings/embedding" in included
 
 
+def test_fused_qkv_kernel_is_sharded_and_decayed_like_the_separate_ones():
+  import dataclasses
+  state, *_ = build(config(), _mesh((1, 2, 4)), model_config=dataclasses.replace(SMALL, fused_qkv=True))
+  attention = state.params["encoder"]["layer_0"]["attention"]
+  assert set(attention) == {"qkv", "output"}
+  assert attention["qkv"]["kernel"].shape == (128, 3, 8, 16)
+  assert attention["qkv"]["kernel"].sharding.spec == P("fsdp", None, "tensor", None)
+  assert attention["qkv"]["bias"].sharding.spec == P(None, "tensor", None)
+  decays = optim.weight_decay_mask(state.params)["encoder"]["layer_0"]["attention"]["qkv"]
+  assert decays == {"kernel": True, "bias": False}
+
+
 def test_large_builds_on_cpu_without_allocating():
   cfg = configlib.load("large", {"mesh.data": 1, "mesh.fsdp": 8})
   mesh = _mesh((1, 8, 1))

@@ -1,0 +1,61 @@
+"""16-bit dropout: rate, unbiasedness, determinism, odd shapes, and the same mask on any mesh."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from bert_jax import dropout as dropout_lib
+
+
+def test_drops_the_configured_fraction_and_keeps_the_mean():
+  x = jnp.ones((64, 128, 130), jnp.float32)  # 1.06M elements; binomial std of the drop fraction is 3e-4
+  y = np.asarray(dropout_lib.dropout(x, 0.1, jax.random.key(0)))
+  dropped = np.mean(y == 0)
+  assert abs(dropped - 0.1) < 0.002, dropped
+  kept_values = np.unique(y[y != 0])
+  np.testing.assert_allclose(kept_values, [65536 / (65536 - 6554)], rtol=1e-6)
+  assert abs(y.mean() - 1.0) < 0.005, y.mean()
+
+
+def test_same_key_same_mask_other_key_other_mask():
+  x = jnp.ones((4, 7, 33), jnp.float32)  # odd last axis: one 16-bit half of the last word is unused
+  a = dropout_lib.dropout(x, 0.3, jax.random.key(1))
+  b = dropout_lib.dropout(x, 0.3, jax.random.key(1))
+  c = dropout_lib.dropout(x, 0.3, jax.random.key(2))
+  assert a.shape == x.shape
+  np.testing.assert_array_equal(a, b)
+  assert np.any(np.asarray(a) != np.asarray(c))
+
+
+def test_module_is_identity_when_deterministic_or_rate_zero():
+  x = jnp.arange(12.0).reshape(3, 4)
+  assert dropout_lib.Dropout(0.5, deterministic=True).apply({}, x) is x
+  out = dropout_lib.Dropout(0.0, deterministic=False).apply({}, x, rngs={"dropout": jax.random.key(0)})
+  np.testing.assert_array_equal(out, x)
+  trained = dropout_lib.Dropout(0.5, deterministic=False).apply({}, x, rngs={"dropout": jax.random.key(0)})
+  assert np.any(np.asarray(trained) == 0) and np.any(np.asarray(trained) == 2 * np.asarray(x))
+
+
+def test_gradient_is_the_mask_times_the_scale():
+  x = jnp.linspace(1.0, 2.0, 4 * 64).reshape(4, 64)
+  key = jax.random.key(3)
+  grad = jax.grad(lambda v: jnp.sum(dropout_lib.dropout(v, 0.25, key)))(x)
+  kept = np.asarray(dropout_lib.dropout(x, 0.25, key)) != 0
+  np.testing.assert_allclose(np.asarray(grad), kept * (65536 / (65536 - 16384)), rtol=1e-6)
+
+
+def test_mask_does_not_depend_on_the_mesh():
+  x = jnp.ones((16, 32, 64), jnp.float32)
+  key = jax.random.key(4)
+  reference = np.asarray(jax.jit(dropout_lib.dropout, static_argnums=1)(x, 0.1, key))
+  mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "model"))
+  sharded_x = jax.device_put(x, NamedSharding(mesh, P("data", "model", None)))
+  sharded = jax.jit(dropout_lib.dropout, static_argnums=1)(sharded_x, 0.1, key)
+  np.testing.assert_array_equal(np.asarray(sharded), reference)
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.0])
+def test_bad_rate_is_refused(rate):
+  with pytest.raises(ValueError, match="dropout rate"):
+    dropout_lib.dropout(jnp.ones(4), rate, jax.random.key(0))
