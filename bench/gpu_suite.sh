@@ -55,6 +55,22 @@ case "${1:-core}" in
     run 100 $L512 --batch=64 $U --compare_torch
     run 150 $L128 --batch=256 $U --scan_layers=false --compare_torch
     ;;
+  rest_a)  # rest_a, rest_b: what the first H100 session ran out of time for
+    U="--attention=cudnn --attention_dropout=0 --prng_impl=unsafe_rbg"
+    run 60 $L128 --batch=128 $U
+    run 60 $L128 --batch=128 $U --fused_qkv
+    run 60 $L128 --batch=128 $U --mlm_all_positions
+    run 60 $L128 --batch=128 $U --nodropout
+    run 60 $L128 --batch=64 $U
+    run 60 $L128 --batch=64 $U --dtype=float32
+    ;;
+  rest_b)
+    U="--attention=cudnn --attention_dropout=0 --prng_impl=unsafe_rbg"
+    run 90 $L512 --batch=64 $U
+    run 90 $L512 --batch=64 $U --remat=full
+    XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 run 90 $L512 --batch=64 $U
+    run 150 $L128 --batch=256 $U --scan_layers=false --compare_torch
+    ;;
   memory)
     run 90 $L512 --batch=64 --attention=cudnn --attention_dropout=0 --prng_impl=unsafe_rbg --remat=full
     run 90 $L512 --batch=64 --attention=cudnn --attention_dropout=0 --prng_impl=unsafe_rbg --remat=dots_no_batch
