@@ -8,6 +8,7 @@ one mesh or device count restores onto another. If the newest checkpoint cannot 
 skipped with a warning and the one before it is used.
 """
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -100,7 +101,8 @@ class Checkpointer:
       return restored
     init = self.config.checkpoint.init_checkpoint
     if init:
-      params = restore_params(init, state.params, shardings.params)
+      from bert_jax import train  # train imports this module
+      params = restore_params(init, state.params, shardings.params, train.model_config(self.config))
       self.log(f"initialised params from {init} (fresh optimizer state)")
       return state.replace(params=params)
     return state
@@ -112,9 +114,28 @@ def save_params(directory: str, params) -> None:
     ckptr.save(os.path.abspath(directory), params, force=True)
 
 
-def restore_params(directory: str, like_params, shardings):
+def _in_layout_of(params, model_config, directory: str):
+  """params in whatever encoder layout they were saved -> model_config's layout, through the HF name table."""
+  from bert_jax import convert
+  encoder = params.get("encoder", {})
+  scanned = "layers" in encoder
+  attention = (encoder["layers"]["layer"] if scanned else encoder.get("layer_0", {})).get("attention", {})
+  saved_as = dataclasses.replace(model_config, scan_layers=scanned, fused_qkv="qkv" in attention)
+  if saved_as == model_config:
+    return params
+  try:
+    return convert.hf_to_params(convert.params_to_hf(params, saved_as), model_config)
+  except (KeyError, ValueError) as e:
+    raise ValueError(f"init_checkpoint {directory} does not fit this model: {e}") from e
+
+
+def restore_params(directory: str, like_params, shardings, model_config=None):
   """Params from a params-only checkpoint (bert_jax.convert from_hf/from_tf) or a training workdir's
-  latest checkpoint, placed in `shardings`; shapes must match `like_params`."""
+  latest checkpoint, placed in `shardings`; shapes must match `like_params`.
+
+  With model_config, a checkpoint in another encoder layout (scanned or per-layer, fused or separate
+  QKV) is converted to this model's layout first, e.g. `from_hf` output (per-layer) into a scanned run.
+  """
   directory = os.path.abspath(directory)
   if os.path.isdir(os.path.join(directory, "checkpoints")):
     from bert_jax import export
@@ -123,6 +144,8 @@ def restore_params(directory: str, like_params, shardings):
     with ocp.StandardCheckpointer() as ckptr:
       params = ckptr.restore(directory)
   expected = jax.tree_util.tree_structure(like_params)
+  if jax.tree_util.tree_structure(params) != expected and model_config is not None:
+    params = _in_layout_of(params, model_config, directory)
   if jax.tree_util.tree_structure(params) != expected:
     raise ValueError(f"init_checkpoint {directory} has a different parameter tree than this model "
                      f"(scan_layers or num_layers differ?)")

@@ -1,4 +1,5 @@
 """Checkpoints across meshes and after corruption; bert_jax.convert to/from HF and from TF1."""
+import dataclasses
 import json
 import os
 import shutil
@@ -130,6 +131,19 @@ def test_from_hf_writes_an_init_checkpoint(tmp_path):
   restored = checkpoint_lib.restore_params(str(tmp_path / "ckpt"), like, shardings)
   for a, b in zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(restored)):
     np.testing.assert_array_equal(a, np.asarray(b))
+  # A scanned, fused-QKV run starts from the same (per-layer, separate-QKV) checkpoint: layout converted.
+  scanned_fused = dataclasses.replace(model_config, scan_layers=True, fused_qkv=True)
+  target = convert.hf_to_params({k: v.numpy() for k, v in hf.state_dict().items()}, scanned_fused)
+  target_like = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), target)
+  target_shardings = jax.tree_util.tree_map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), target)
+  with pytest.raises(ValueError, match="different parameter tree"):
+    checkpoint_lib.restore_params(str(tmp_path / "ckpt"), target_like, target_shardings)
+  converted = checkpoint_lib.restore_params(str(tmp_path / "ckpt"), target_like, target_shardings, scanned_fused)
+  for a, b in zip(jax.tree_util.tree_leaves(target), jax.tree_util.tree_leaves(converted)):
+    np.testing.assert_array_equal(a, np.asarray(b))
+  deeper = dataclasses.replace(scanned_fused, num_layers=model_config.num_layers + 1)
+  with pytest.raises(ValueError, match="does not fit this model"):
+    checkpoint_lib.restore_params(str(tmp_path / "ckpt"), target_like, target_shardings, deeper)
   wrong = jax.tree_util.tree_map(lambda x: x, like)
   wrong["pooler"]["kernel"] = jax.ShapeDtypeStruct((64, 64), np.float32)
   with pytest.raises(ValueError, match=r"\['pooler'\]\['kernel'\] has shape \(128, 128\), this model needs \(64, 64\)"):
