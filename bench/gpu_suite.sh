@@ -18,6 +18,7 @@ run() {
 }
 L128="bench/train_bench.py --config=large --seq=128 --dtype=bfloat16 --remat=none --steps=10 --warmup=2"
 L512="bench/train_bench.py --config=large --seq=512 --dtype=bfloat16 --remat=none --steps=10 --warmup=2"
+U="--attention=cudnn --attention_dropout=0 --prng_impl=unsafe_rbg"  # the fused-attention settings of the HF runs
 case "${1:-core}" in
   core)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$log"
@@ -47,7 +48,6 @@ case "${1:-core}" in
     python3 bench/trace_summary.py "${OUT:-.}/profile" --top=30 | tee "${OUT:-.}/profile_top.txt"
     ;;
   final)
-    U="--attention=cudnn --attention_dropout=0 --prng_impl=unsafe_rbg"
     run 100 $L128 --batch=128 $U --steps=5 --profile_dir="${OUT:-.}/profile"
     python3 bench/trace_summary.py "${OUT:-.}/profile" --top=15 | tee "${OUT:-.}/profile_top.txt"
     rm -rf "${OUT:-.}/profile"
@@ -56,7 +56,6 @@ case "${1:-core}" in
     run 150 $L128 --batch=256 $U --scan_layers=false --compare_torch
     ;;
   rest_a)  # rest_a, rest_b: what the first H100 session ran out of time for
-    U="--attention=cudnn --attention_dropout=0 --prng_impl=unsafe_rbg"
     run 60 $L128 --batch=128 $U
     run 60 $L128 --batch=128 $U --fused_qkv
     run 60 $L128 --batch=128 $U --mlm_all_positions
@@ -65,7 +64,6 @@ case "${1:-core}" in
     run 60 $L128 --batch=64 $U --dtype=float32
     ;;
   rest_b)
-    U="--attention=cudnn --attention_dropout=0 --prng_impl=unsafe_rbg"
     run 90 $L512 --batch=64 $U
     run 90 $L512 --batch=64 $U --remat=full
     XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 run 90 $L512 --batch=64 $U

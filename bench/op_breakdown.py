@@ -13,11 +13,11 @@ divided by --steps (bench/train_bench.py traces 3 steps).
 
 import collections
 import glob
-import gzip
-import json
 import os
 import re
 import sys
+
+import trace_summary  # bench/, beside this script
 
 # (marker in op_name metadata, component), first match wins: dropout before the layer it sits in.
 COMPONENTS = [
@@ -57,13 +57,7 @@ def component_of_op(hlo: str):
 
 def breakdown(profile_dir: str, hlo_dir: str, steps: int) -> list[tuple[str, str, float]]:
   """[(matmul|other, component, ms per step)], largest first."""
-  paths = sorted(glob.glob(os.path.join(profile_dir, "**", "perfetto_trace.json.gz"), recursive=True))
-  if not paths:
-    sys.exit(f"no perfetto_trace.json.gz under {profile_dir}")
-  with gzip.open(paths[-1]) as f:
-    events = json.load(f)["traceEvents"]
-  thread_names = {(e["pid"], e.get("tid")): e.get("args", {}).get("name", "")
-                  for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"}
+  events, _, thread_names = trace_summary.load_trace(trace_summary.find_trace(profile_dir))
   component = component_of_op(_hlo_text(hlo_dir))
   totals = collections.Counter()
   for e in events:

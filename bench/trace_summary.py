@@ -14,14 +14,27 @@ import os
 import sys
 
 
-def summarize(trace_path: str, top: int = 25) -> dict:
-  """Per device thread (a stream, or a derived line such as 'XLA Ops'): summed time and its top ops."""
+def find_trace(profile_dir: str) -> str:
+  """The newest perfetto_trace.json.gz under a jax.profiler.trace directory."""
+  paths = sorted(glob.glob(os.path.join(profile_dir, "**", "perfetto_trace.json.gz"), recursive=True))
+  if not paths:
+    sys.exit(f"no perfetto_trace.json.gz under {profile_dir}: was the trace taken with create_perfetto_trace=True?")
+  return paths[-1]
+
+
+def load_trace(trace_path: str):
+  """(events, {pid: process name}, {(pid, tid): thread name}) of a perfetto JSON trace."""
   with gzip.open(trace_path) as f:
     trace = json.load(f)
   events = trace["traceEvents"] if isinstance(trace, dict) else trace
   meta = lambda kind: {(e["pid"], e.get("tid")) if kind == "thread_name" else e["pid"]: e.get("args", {}).get("name", "")
                        for e in events if e.get("ph") == "M" and e.get("name") == kind}
-  process_names, thread_names = meta("process_name"), meta("thread_name")
+  return events, meta("process_name"), meta("thread_name")
+
+
+def summarize(trace_path: str, top: int = 25) -> dict:
+  """Per device thread (a stream, or a derived line such as 'XLA Ops'): summed time and its top ops."""
+  events, process_names, thread_names = load_trace(trace_path)
   device_pids = {pid for pid, name in process_names.items() if "/device:" in name and "CPU" not in name.upper()}
   if not device_pids:  # the CPU backend: its ops run on host threads
     device_pids = set(process_names)
@@ -45,10 +58,7 @@ def main(argv):
   if len(argv) < 2:
     sys.exit("usage: python bench/trace_summary.py PROFILE_DIR [--top=N]")
   top = int(argv[2].split("=")[1]) if len(argv) > 2 else 25
-  paths = sorted(glob.glob(os.path.join(argv[1], "**", "perfetto_trace.json.gz"), recursive=True))
-  if not paths:
-    sys.exit(f"no perfetto_trace.json.gz under {argv[1]}: was the trace taken with create_perfetto_trace=True?")
-  summary = summarize(paths[-1], top)
+  summary = summarize(find_trace(argv[1]), top)
   print(f"{summary['trace']}\nprocesses: {summary['processes']}")
   for thread in summary["threads"][:4]:
     print(f"== {thread['thread']}: {thread['ms']:.1f} ms")

@@ -100,14 +100,19 @@ def hf_names(hf) -> tuple[str, ...]:
   return (hf,) if isinstance(hf, str) else tuple(hf)
 
 
+def _by_hf_name(hf, values):
+  """(name, array) pairs of a row: `values` is one array for a single name, a tuple for several."""
+  return zip(hf_names(hf), (values,) if isinstance(hf, str) else values)
+
+
 def name_table(config: BertConfig):
   """All (our path, HF name or names, transform) rows for this config, layers expanded."""
   rows = list(EMBEDDING_AND_HEAD_MAP)
   layer_rows = (FUSED_QKV_MAP if config.fused_qkv else QKV_MAP) + LAYER_MAP
   for i in range(config.num_layers):
     for ours, hf, t in layer_rows:
-      names = tuple(n.format(i=i) for n in hf_names(hf))
-      rows.append((ours.format(i=i), names[0] if isinstance(hf, str) else names, t))
+      hf_i = hf.format(i=i) if isinstance(hf, str) else tuple(n.format(i=i) for n in hf)
+      rows.append((ours.format(i=i), hf_i, t))
   return rows
 
 
@@ -117,8 +122,7 @@ def table_to_hf(flat_params, table, config: BertConfig, dtype=None, what: str = 
   for ours, hf, t in table:
     if ours not in flat_params:
       raise KeyError(f"params have no {ours!r} (needed for {hf!r}); {what or 'is the config right for these params?'}")
-    converted = t.to_hf(np.asarray(flat_params[ours], dtype), config)
-    for name, value in zip(hf_names(hf), (converted,) if isinstance(hf, str) else converted):
+    for name, value in _by_hf_name(hf, t.to_hf(np.asarray(flat_params[ours], dtype), config)):
       state[name] = np.ascontiguousarray(value)
   return state
 
@@ -207,8 +211,7 @@ def hf_to_params(state_dict: Mapping[str, np.ndarray], config: BertConfig, param
 
 
 def _check_hf_shapes(state, hf, our_path, our_shape, transform, config):
-  expected = transform.to_hf(np.zeros(our_shape, np.float32), config)
-  for hf_name, expected_hf in zip(hf_names(hf), (expected,) if isinstance(hf, str) else expected):
+  for hf_name, expected_hf in _by_hf_name(hf, transform.to_hf(np.zeros(our_shape, np.float32), config)):
     if tuple(state[hf_name].shape) != tuple(expected_hf.shape):
       raise ValueError(f"{hf_name!r} has shape {tuple(state[hf_name].shape)} but this config needs "
                        f"{tuple(expected_hf.shape)} (for {our_path!r} {tuple(our_shape)}); "
