@@ -26,10 +26,12 @@ def main(argv):
   import jax.numpy as jnp
   import numpy as np
   import optax
-  from bert_jax import configlib, train
-  from bert_jax.model import BertForPreTraining
+  from bert_jax.core import configlib
+  from bert_jax.models.pretraining import EncoderWithHeads
+  from bert_jax.trainers import pretrain
   config = configlib.load(FLAGS.config, {"model.dtype": FLAGS.dtype, "train.deterministic": True})
-  base = train.model_config(config)
+  base, objective = pretrain.build(config)
+  heads = objective.model.heads
   rng = np.random.default_rng(0)
   b, t = FLAGS.batch, FLAGS.seq
   lengths = rng.integers(t // 4, t + 1, b)
@@ -38,7 +40,7 @@ def main(argv):
   seg = (np.arange(t)[None] >= (lengths[:, None] // 2)).astype(np.int32) * mask
   packed = (np.arange(t)[None] >= t // 2).astype(np.int32) + 1  # two instances per row
   positions = np.sort(rng.integers(1, t // 4, (b, 20)), 1).astype(np.int32)
-  models = {impl: BertForPreTraining(dataclasses.replace(base, attention_impl=impl)) for impl in ("xla", "cudnn")}
+  models = {impl: EncoderWithHeads(dataclasses.replace(base, attention_impl=impl), heads) for impl in ("xla", "cudnn")}
   params = jax.jit(models["xla"].init)(jax.random.key(0), ids, mask, seg, positions)["params"]
 
   def loss_and_grad(impl, segments):

@@ -65,16 +65,18 @@ def _peak_memory_bytes():
 def bench_jax(config, predictions):
   import flax.linen as nn
   import jax
-  from bert_jax import metrics, optim, sharding, train
-  from bert_jax.model import BertForPreTraining
-  model_config = train.model_config(config)
-  model = BertForPreTraining(model_config)
+  from bert_jax.core import metrics, optim, sharding
+  from bert_jax.core.train_state import create_train_state
+  from bert_jax.objectives import registry as objectives
+  from bert_jax.trainers import pretrain
+  model_config, _ = pretrain.build(config)
+  objective = objectives.make_objective(config.train.objective, model_config, FLAGS.seq, predictions)
   mesh = sharding.create_mesh({"data": -1, "fsdp": 1, "tensor": 1})
   rules = sharding.rules_from_config(config.mesh.logical_axis_rules)
   tx, schedule = optim.make_optimizer(config.optim, config.train.steps)
   with nn.logical_axis_rules(rules):
-    state, shardings = train.create_train_state(model, tx, mesh, rules, 0, FLAGS.seq, predictions)
-    step_fn, _ = train.make_step_functions(config, model, tx, schedule, mesh, shardings)
+    state, shardings = create_train_state(objective.init_params, tx, mesh, rules, 0)
+    step_fn, _ = pretrain.make_step_functions(config, objective, tx, schedule, mesh, shardings)
     batch = sharding.global_batch(_batch(FLAGS.batch, FLAGS.seq, predictions, model_config.vocab_size), mesh)
     t0 = time.perf_counter()
     step_fn = step_fn.lower(state, batch).compile()
@@ -95,7 +97,7 @@ def bench_jax(config, predictions):
           state, m = step_fn(state, batch)
         jax.block_until_ready(m)
   seq_s = FLAGS.batch / dt
-  flops = metrics.flops_per_sequence(model_config, FLAGS.seq, predictions)
+  flops = objective.flops_per_sequence()
   peak = metrics.peak_flops_per_device(jax.devices()[0].device_kind, FLAGS.peak_flops)
   mem, mem_kind = _peak_memory_bytes()
   return {"step_ms": dt * 1e3, "seq_per_sec": seq_s, "tokens_per_sec": seq_s * FLAGS.seq,
@@ -108,11 +110,13 @@ def bench_torch(config, predictions):
   import numpy as np
   import torch
   import transformers
-  from bert_jax import convert, train
-  model_config = train.model_config(config)
+  from bert_jax.convert import hf_dir
+  from bert_jax.trainers import pretrain
+  model_config, _ = pretrain.build(config)
   on_gpu = torch.cuda.is_available()
   device = "cuda" if on_gpu else "cpu"
-  hf_cfg = transformers.BertConfig(**convert.hf_config_dict(model_config), attn_implementation="sdpa")
+  hf_cfg = transformers.BertConfig(**hf_dir.hf_config_dict(model_config, ("encoder", "pooler", "mlm", "nsp")),
+                                   attn_implementation="sdpa")
   model = transformers.BertForPreTraining(hf_cfg).to(device).train()
   o = config.optim
   opt = torch.optim.AdamW(model.parameters(), lr=o.peak_learning_rate, betas=(o.b1, o.b2), eps=o.eps,
@@ -154,7 +158,7 @@ def bench_torch(config, predictions):
 def main(argv):
   del argv
   import jax
-  from bert_jax import configlib
+  from bert_jax.core import configlib
   overrides = {"model.dtype": FLAGS.dtype, "model.attention_impl": FLAGS.attention,
                "train.batch_size": FLAGS.batch, "model.max_position_embeddings": max(512, FLAGS.seq),
                "train.deterministic": not FLAGS.dropout, "model.attention_dropout": FLAGS.attention_dropout,
@@ -163,8 +167,8 @@ def main(argv):
     overrides["model.scan_layers"] = FLAGS.scan_layers == "true"
   if FLAGS.remat != "config":
     overrides["model.remat_policy"] = FLAGS.remat
-  from bert_jax import train
-  train.use_prng_impl(FLAGS.prng_impl)
+  from bert_jax.trainers import pretrain
+  pretrain.use_prng_impl(FLAGS.prng_impl)
   if FLAGS.opt_state_dtype:
     overrides["optim.state_dtype"] = FLAGS.opt_state_dtype
   config = configlib.load(FLAGS.config, overrides)

@@ -1,4 +1,4 @@
 """`python -m bert_jax` is `python -m bert_jax.train`."""
-from bert_jax.train import cli
+from bert_jax.cli.train import cli
 
 cli()

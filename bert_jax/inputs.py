@@ -10,12 +10,19 @@ from bert_jax.data import tokenizer as tokenizer_lib
 
 
 def _prepare_settings(d) -> dict:
-  return {"corpus": d.corpus, "vocab_file": d.vocab_file or None, "vocab_size": d.vocab_size,
-          "lower_case": d.lower_case, "max_seq_length": d.max_seq_length,
-          "max_predictions_per_seq": d.max_predictions_per_seq, "masked_lm_prob": d.masked_lm_prob,
-          "short_seq_prob": d.short_seq_prob, "dupe_factor": d.dupe_factor,
-          "whole_word_masking": d.whole_word_masking, "mode": d.mode, "eval_fraction": d.eval_fraction,
-          "seed": d.prepare_seed}
+  settings = {"corpus": d.corpus, "vocab_file": d.vocab_file or None, "vocab_size": d.vocab_size,
+              "lower_case": d.lower_case, "max_seq_length": d.max_seq_length,
+              "max_predictions_per_seq": d.max_predictions_per_seq, "masked_lm_prob": d.masked_lm_prob,
+              "short_seq_prob": d.short_seq_prob, "dupe_factor": d.dupe_factor,
+              "whole_word_masking": d.whole_word_masking, "mode": d.mode, "eval_fraction": d.eval_fraction,
+              "seed": d.prepare_seed}
+  # Settings added later join the key only when they differ from their defaults, so data prepared before
+  # they existed keeps its key and is reused. vocab_type only matters when a vocabulary is trained.
+  if d.vocab_type != "sentencepiece" and not d.vocab_file:
+    settings["vocab_type"] = d.vocab_type
+  if d.max_ngram != 1:
+    settings["max_ngram"] = d.max_ngram
+  return settings
 
 
 def prepare_cached(d, workdir: str, log=print) -> str:
@@ -31,8 +38,9 @@ def prepare_cached(d, workdir: str, log=print) -> str:
     opts = instances.InstanceOptions(
         max_seq_length=d.max_seq_length, max_predictions_per_seq=d.max_predictions_per_seq,
         masked_lm_prob=d.masked_lm_prob, short_seq_prob=d.short_seq_prob, dupe_factor=d.dupe_factor,
-        whole_word_masking=d.whole_word_masking, mode=d.mode)
+        whole_word_masking=d.whole_word_masking, mode=d.mode, max_ngram=d.max_ngram)
     manifest = prepare.prepare(corpus, out, opts, vocab_file=d.vocab_file or None, vocab_size=d.vocab_size,
+                               vocab_type=d.vocab_type,
                                lower_case=d.lower_case, seed=d.prepare_seed, eval_fraction=d.eval_fraction,
                                workers=d.prepare_workers or None, corpus_description=d.corpus)
     log(prepare.format_stats(manifest))
@@ -105,7 +113,7 @@ def _masking(config, tok):
     raise ValueError("data.dynamic_masking needs the vocabulary: set data.vocab_file")
   return pipeline.MaskingSpec(vocab_size=tok.vocab_size, mask_id=tok.mask_id,
                               special_ids=tuple(int(i) for i in tok.special_ids),
-                              masked_lm_prob=config.data.masked_lm_prob)
+                              masked_lm_prob=config.data.masked_lm_prob, max_ngram=config.data.max_ngram)
 
 
 def train_iterator(config, files, tok) -> pipeline.BatchIterator:

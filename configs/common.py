@@ -2,14 +2,19 @@
 
 import ml_collections
 
-from bert_jax import sharding
+from bert_jax.core import sharding
 
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
   c.model = m = ml_collections.ConfigDict()
-  m.size = "base"                     # tiny | mini | small | medium | base | large (layers/hidden/heads)
+  m.family = "bert"                   # bert | albert | roberta (models/<family>/): trunk differences, HF names
+  m.size = "base"                     # tiny | mini | small | medium | base | large | xlarge | xxlarge (layers/hidden/heads)
+  m.intermediate_size = 0             # FFN width (0: 4 x hidden; ALBERT-xxlarge: 16384)
+  m.embedding_size = 0                # factorized embedding width E (0: hidden size; ALBERT: 128)
+  m.layer_sharing = "none"            # none | all | attention | ffn: cross-layer parameter sharing (ALBERT: all)
+  m.hidden_act = "gelu"               # gelu (erf, BERT/RoBERTa) | gelu_new (tanh, ALBERT)
   m.vocab_size = 30522                # must match the data's vocabulary
   m.vocab_pad_multiple = 128          # pad the embedding rows for faster matmuls (cut on HF export)
   m.max_position_embeddings = 512     # longest sequence the position table covers
@@ -28,8 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
   d.eval_files = ""                   # TFRecord glob(s) for eval; empty with train_files: no eval
   d.corpus = ""                       # 'pydocs', 'tfds:NAME[:SPLIT]' or text globs, prepared into WORKDIR/data
   d.tfds_data_dir = ""                # TFDS data_dir for tfds: corpora
-  d.vocab_file = ""                   # SentencePiece .model or WordPiece vocab.txt; empty: train SentencePiece
-  d.vocab_size = 30522                # SentencePiece size when training a vocabulary
+  d.vocab_file = ""                   # SentencePiece .model, BPE tokenizer.json or WordPiece vocab.txt; empty: train
+  d.vocab_type = "sentencepiece"      # sentencepiece | bpe (byte-level, RoBERTa): what to train if vocab_file is empty
+  d.vocab_size = 30522                # size when training a vocabulary
   d.lower_case = False                # lower-case text before tokenizing
   d.max_seq_length = 128              # tokens per sequence
   d.max_predictions_per_seq = 20      # masked positions per sequence
@@ -37,7 +43,8 @@ def get_config() -> ml_collections.ConfigDict:
   d.short_seq_prob = 0.1              # probability of a shorter instance when preparing
   d.dupe_factor = 5                   # masked copies of the corpus when preparing
   d.whole_word_masking = False        # mask whole words when preparing
-  d.mode = "nsp"                      # nsp | full_sentences (RoBERTa packing, no NSP)
+  d.max_ngram = 1                     # mask n-grams of up to this many words/tokens, p(k) ~ 1/k (ALBERT: 3)
+  d.mode = "nsp"                      # nsp | sop (ALBERT sentence order) | full_sentences (RoBERTa packing, no NSP)
   d.dynamic_masking = False           # re-mask in tf.data every epoch (RoBERTa)
   d.eval_fraction = 0.02              # documents held out for eval when preparing
   d.prepare_seed = 12345              # seed for preparing instances
@@ -50,7 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
   t.steps = 100000                    # optimizer steps
   t.batch_size = 256                  # global batch, sequences
   t.microbatches = 1                  # gradient accumulation: microbatches per step (lax.scan)
-  t.nsp = True                        # add the NSP loss (False: MLM only)
+  t.objective = "mlm_nsp"             # mlm | mlm_nsp | mlm_sop (objectives/): heads, loss, metrics, FLOPs
   t.seed = 0                          # init, dropout and shuffling seed
   t.log_every = 100                   # steps between train metric lines
   t.eval_every = 2000                 # steps between evals (and one at the end)
@@ -89,4 +96,27 @@ def get_config() -> ml_collections.ConfigDict:
   k.keep_period = 0                   # also keep every N-th step forever (0: off)
   k.async_save = True                 # save in the background
   k.init_checkpoint = ""              # params-only checkpoint to start from (fresh optimizer)
+  return c
+
+
+def cpu_demo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The <family>_tiny settings: a 2-layer model on the offline pydocs corpus, a few minutes on 2 CPU cores."""
+  c.model.size = "tiny"                 # 2 layers, 128 hidden, 2 heads
+  c.model.vocab_size = 8000             # the vocabulary trained on pydocs
+  c.model.dtype = "float32"             # CPUs have no fast bf16 matmul
+  c.model.scan_layers = False           # 2 layers compile fast unrolled
+  c.model.attention_impl = "xla"
+  c.data.corpus = "pydocs"              # offline: Python's own documentation
+  c.data.vocab_size = 8000
+  c.data.max_seq_length = 128
+  c.data.max_predictions_per_seq = 20
+  c.data.eval_fraction = 0.05
+  c.train.steps = 1500
+  c.train.batch_size = 32
+  c.train.log_every = 100
+  c.train.eval_every = 500
+  c.train.eval_batches = 10
+  c.optim.peak_learning_rate = 1e-3
+  c.optim.warmup_steps = 200
+  c.checkpoint.every_steps = 500
   return c

@@ -6,7 +6,7 @@ Other tasks: --config.task.name=glue/sst2 (TFDS, from task.data_dir), squad, con
 
 import ml_collections
 
-from bert_jax import sharding
+from bert_jax.core import sharding
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -32,6 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   d.lower_case = False                # lower-case text (empty vocab_file: the checkpoint's setting)
 
   c.model = m = ml_collections.ConfigDict()
+  m.family = "bert"                   # from scratch only: bert | albert | roberta (a checkpoint brings its own)
   m.size = "tiny"                     # from scratch only; a checkpoint brings its own sizes
   m.hidden_dropout = 0.1              # dropout in encoder and head
   m.attention_dropout = 0.1           # dropout on attention probabilities

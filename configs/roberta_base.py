@@ -1,18 +1,23 @@
-"""RoBERTa-style base: no NSP, full-sentence packing, dynamic masking, larger batch and LR."""
+"""RoBERTa-base (Liu et al. 2019): MLM only, FULL-SENTENCES packing, dynamic masking, byte-level BPE,
+batch 8k in the paper (2k here with the same peak LR scaled as the paper's base table), Adam b2 0.98."""
 
 from configs import common
 
 
 def get_config():
   c = common.get_config()
-  c.model.size = "base"
-  c.model.vocab_size = 30522
-  c.data.mode = "full_sentences"        # RoBERTa FULL-SENTENCES packing
+  c.model.family = "roberta"            # positions offset by 2, one token type, no pooler, LN eps 1e-5
+  c.model.size = "base"                 # 12 layers, 768 hidden, 12 heads (~125M params)
+  c.model.vocab_size = 50265            # GPT-2's byte-level BPE size as in RoBERTa
+  c.model.max_position_embeddings = 514  # 512 tokens + padding_idx + 1
+  c.data.vocab_type = "bpe"             # byte-level BPE trained with HF tokenizers when no vocab_file
+  c.data.vocab_size = 50265
+  c.data.mode = "full_sentences"        # RoBERTa FULL-SENTENCES packing, no NSP
   c.data.dupe_factor = 1                # masks come from dynamic masking instead
   c.data.dynamic_masking = True         # re-mask every epoch
   c.data.max_seq_length = 512
   c.data.max_predictions_per_seq = 80
-  c.train.nsp = False
+  c.train.objective = "mlm"             # no NSP
   c.train.batch_size = 2048
   c.train.steps = 125000
   c.optim.peak_learning_rate = 6e-4

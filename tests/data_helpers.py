@@ -1,4 +1,7 @@
-"""Shared helpers for data tests: an independent writer of google-research/bert records."""
+"""Shared helpers for data tests: an independent writer of google-research/bert records, the pydocs corpus
+in memory, and readers of instance features."""
+import functools
+
 import numpy as np
 import tensorflow as tf
 
@@ -28,3 +31,45 @@ def write_google_style_records(path, num, seq=32, pred=5, start=0, seed=0, weigh
           "next_sentence_labels": tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 2])),
       }
       w.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+
+
+@functools.lru_cache(maxsize=1)
+def pydocs_docs() -> tuple:
+  """The offline pydocs corpus (real prose from Python's docs), built once per test process (~3 s)."""
+  from bert_jax.data import corpora
+  return tuple(tuple(doc) for doc in corpora.pydocs_documents())
+
+
+class ListCorpus:
+  """A corpus over documents already in memory (what train_* and prepare read)."""
+
+  def __init__(self, docs):
+    self.docs = [list(d) for d in docs]
+    self.progress_unit, self.progress_key = "doc", "documents_read"
+
+  def progress_total(self):
+    return len(self.docs)
+
+  def iter_documents(self, stats):
+    for doc in self.docs:
+      stats["documents_read"] += 1
+      yield doc
+
+
+def restore_originals(features: dict, row: int) -> np.ndarray:
+  """Row `row`'s real tokens with the masked positions put back from masked_lm_ids."""
+  ids = features["input_ids"][row].copy()
+  real = features["masked_lm_weights"][row] > 0
+  ids[features["masked_lm_positions"][row][real]] = features["masked_lm_ids"][row][real]
+  return ids[:int(features["input_mask"][row].sum())]
+
+
+def masked_run_lengths(features: dict) -> np.ndarray:
+  """Lengths of the maximal runs of consecutive masked positions, over all rows (touching spans merge)."""
+  out = []
+  for row in range(len(features["input_ids"])):
+    pos = np.sort(features["masked_lm_positions"][row][features["masked_lm_weights"][row] > 0])
+    if len(pos):
+      breaks = np.flatnonzero(np.diff(pos) != 1)
+      out.append(np.diff(np.concatenate([[-1], breaks, [len(pos) - 1]])))
+  return np.concatenate(out)

@@ -7,8 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bert_jax import attention
-from bert_jax.model import BertConfig, BertForPreTraining
+from bert_jax.layers import attention
+from bert_jax.models.bert import BertConfig
+from bert_jax.models.pretraining import EncoderWithHeads
+
+
+def BertForPreTraining(config):
+  """BERT's pretraining model: the encoder with MLM and NSP heads."""
+  return EncoderWithHeads(config, heads=("mlm", "nsp"))
 
 T = attention.SPLASH_BLOCK
 

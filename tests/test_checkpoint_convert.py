@@ -13,12 +13,24 @@ import pytest
 import torch
 import transformers
 
-from bert_jax import checkpoint as checkpoint_lib
-from bert_jax import convert, export, sharding
-from bert_jax.model import BertForPreTraining
+from bert_jax.convert import hf_dir, hf_params, tf1, workdir
+from bert_jax.core import checkpoint as checkpoint_lib
+from bert_jax.core import sharding
+from bert_jax.models.pretraining import EncoderWithHeads
 from train_helpers import SMALL, build, config, pretrain_tiny, random_batch
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+PRETRAINING_SECTIONS = ("encoder", "pooler", "mlm", "nsp")
+
+
+def BertForPreTraining(model_config):
+  """BERT's pretraining model: the encoder with MLM and NSP heads."""
+  return EncoderWithHeads(model_config, heads=("mlm", "nsp"))
+
+
+def _hf_config_dict(model_config):
+  """config.json fields of HF BertForPreTraining for this config."""
+  return hf_dir.hf_config_dict(model_config, PRETRAINING_SECTIONS)
 
 
 def _mesh(shape):
@@ -42,7 +54,6 @@ def test_restore_onto_another_mesh(tmp_path, saved_on, restored_on):
   ckpt.wait()
   target_mesh = _mesh(restored_on)
   fresh, *_ = build(cfg, target_mesh)
-  from bert_jax import train
   restored = checkpoint_lib.Checkpointer(str(tmp_path), cfg).restore_or_init(
       fresh, jax.tree_util.tree_map(lambda x: x.sharding, fresh))
   assert int(restored.step) == 2
@@ -88,7 +99,7 @@ def test_round_trip_to_hf_logits_and_tokenizer(tiny_workdir, tmp_path):
   assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(out))
   assert json.load(open(out / "config.json"))["vocab_size"] == 8000  # padded 8064 cut back
 
-  params, model_config, cfg, step = export.load_workdir_params(str(tiny_workdir))
+  params, model_config, cfg, step = workdir.load_workdir_params(str(tiny_workdir))
   assert step == 4
   hf = transformers.BertForPreTraining.from_pretrained(str(out)).eval()
   rng = np.random.default_rng(1)
@@ -119,54 +130,55 @@ def test_round_trip_to_hf_logits_and_tokenizer(tiny_workdir, tmp_path):
 
 def test_from_hf_writes_an_init_checkpoint(tmp_path):
   model_config = SMALL
-  hf = transformers.BertForPreTraining(transformers.BertConfig(**convert.hf_config_dict(model_config))).eval()
-  hf_dir = tmp_path / "hf"
-  hf.save_pretrained(str(hf_dir))
-  result = subprocess.run([sys.executable, "-m", "bert_jax.convert", "from_hf", f"--hf_dir={hf_dir}",
+  hf = transformers.BertForPreTraining(transformers.BertConfig(**_hf_config_dict(model_config))).eval()
+  hf_path = tmp_path / "hf"
+  hf.save_pretrained(str(hf_path))
+  result = subprocess.run([sys.executable, "-m", "bert_jax.convert", "from_hf", f"--hf_dir={hf_path}",
                            f"--output={tmp_path / 'ckpt'}"], capture_output=True, text=True, env=ENV, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  expected = convert.hf_to_params({k: v.numpy() for k, v in hf.state_dict().items()}, model_config)
+  assert json.load(open(tmp_path / "ckpt" / workdir.PARAMS_CONFIG_FILE))["family"] == "bert"
+  expected = hf_params.hf_to_params({k: v.numpy() for k, v in hf.state_dict().items()}, model_config)
   like = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), expected)
   shardings = jax.tree_util.tree_map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), expected)
-  restored = checkpoint_lib.restore_params(str(tmp_path / "ckpt"), like, shardings)
+  restored = workdir.restore_params(str(tmp_path / "ckpt"), like, shardings, model_config)
   for a, b in zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(restored)):
     np.testing.assert_array_equal(a, np.asarray(b))
   # A scanned, fused-QKV run starts from the same (per-layer, separate-QKV) checkpoint: layout converted.
   scanned_fused = dataclasses.replace(model_config, scan_layers=True, fused_qkv=True)
-  target = convert.hf_to_params({k: v.numpy() for k, v in hf.state_dict().items()}, scanned_fused)
+  target = hf_params.hf_to_params({k: v.numpy() for k, v in hf.state_dict().items()}, scanned_fused)
   target_like = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), target)
   target_shardings = jax.tree_util.tree_map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), target)
-  with pytest.raises(ValueError, match="different parameter tree"):
-    checkpoint_lib.restore_params(str(tmp_path / "ckpt"), target_like, target_shardings)
-  converted = checkpoint_lib.restore_params(str(tmp_path / "ckpt"), target_like, target_shardings, scanned_fused)
+  with pytest.raises(ValueError, match="different parameter tree"):  # not converted: the saved layout's config
+    workdir.restore_params(str(tmp_path / "ckpt"), target_like, target_shardings, model_config)
+  converted = workdir.restore_params(str(tmp_path / "ckpt"), target_like, target_shardings, scanned_fused)
   for a, b in zip(jax.tree_util.tree_leaves(target), jax.tree_util.tree_leaves(converted)):
     np.testing.assert_array_equal(a, np.asarray(b))
   deeper = dataclasses.replace(scanned_fused, num_layers=model_config.num_layers + 1)
   with pytest.raises(ValueError, match="does not fit this model"):
-    checkpoint_lib.restore_params(str(tmp_path / "ckpt"), target_like, target_shardings, deeper)
+    workdir.restore_params(str(tmp_path / "ckpt"), target_like, target_shardings, deeper)
   wrong = jax.tree_util.tree_map(lambda x: x, like)
-  wrong["pooler"]["kernel"] = jax.ShapeDtypeStruct((64, 64), np.float32)
-  with pytest.raises(ValueError, match=r"\['pooler'\]\['kernel'\] has shape \(128, 128\), this model needs \(64, 64\)"):
-    checkpoint_lib.restore_params(str(tmp_path / "ckpt"), wrong, shardings)
+  wrong["encoder"]["pooler"]["kernel"] = jax.ShapeDtypeStruct((64, 64), np.float32)
+  with pytest.raises(ValueError, match=r"encoder\['pooler'\]\['kernel'\] has shape \(128, 128\), this model needs \(64, 64\)"):
+    workdir.restore_params(str(tmp_path / "ckpt"), wrong, shardings, model_config)
 
 
 def test_hf_dir_whose_config_disagrees_with_weights_fails_clearly(tmp_path):
-  hf = transformers.BertForPreTraining(transformers.BertConfig(**convert.hf_config_dict(SMALL)))
+  hf = transformers.BertForPreTraining(transformers.BertConfig(**_hf_config_dict(SMALL)))
   hf.save_pretrained(str(tmp_path))
   cfg = json.load(open(tmp_path / "config.json"))
   cfg["intermediate_size"] = 256
   json.dump(cfg, open(tmp_path / "config.json", "w"))
   with pytest.raises(ValueError, match=r"intermediate\.dense\.weight' has shape \(512, 128\) but this config needs \(256, 128\)"):
-    export.read_hf_dir(str(tmp_path))
+    hf_dir.read_hf_dir(str(tmp_path))
 
 
 def test_tf1_checkpoint_import_matches_hf_conversion(tmp_path):
   import tensorflow as tf
   model_config = SMALL
-  hf = transformers.BertForPreTraining(transformers.BertConfig(**convert.hf_config_dict(model_config))).eval()
+  hf = transformers.BertForPreTraining(transformers.BertConfig(**_hf_config_dict(model_config))).eval()
   hf_state = {k: v.numpy() for k, v in hf.state_dict().items()}
-  rows = list(export.TF_EMBEDDING_AND_HEAD_MAP) + [
-      (t.format(i=i), h.format(i=i), tr) for i in range(model_config.num_layers) for t, h, tr in export.TF_LAYER_MAP]
+  rows = list(tf1.TF_EMBEDDING_AND_HEAD_MAP) + [
+      (t.format(i=i), h.format(i=i), tr) for i in range(model_config.num_layers) for t, h, tr in tf1.TF_LAYER_MAP]
   graph = tf.Graph()
   with graph.as_default():
     variables = [tf.compat.v1.get_variable(name, initializer=(hf_state[hf_name].T if transpose else hf_state[hf_name]))
@@ -178,15 +190,15 @@ def test_tf1_checkpoint_import_matches_hf_conversion(tmp_path):
     with tf.compat.v1.Session(graph=graph) as sess:
       sess.run(tf.compat.v1.global_variables_initializer())
       prefix = saver.save(sess, str(tmp_path / "bert_model.ckpt"))
-  json.dump(convert.hf_config_dict(model_config), open(tmp_path / "bert_config.json", "w"))
+  json.dump(_hf_config_dict(model_config), open(tmp_path / "bert_config.json", "w"))
   result = subprocess.run([sys.executable, "-m", "bert_jax.convert", "from_tf", f"--tf_checkpoint={prefix}",
                            f"--tf_config={tmp_path / 'bert_config.json'}", f"--output={tmp_path / 'ckpt'}"],
                           capture_output=True, text=True, env=ENV, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  via_hf = convert.hf_to_params(hf_state, model_config)
+  via_hf = hf_params.hf_to_params(hf_state, model_config)
   like = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), via_hf)
   shardings = jax.tree_util.tree_map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), via_hf)
-  imported = checkpoint_lib.restore_params(str(tmp_path / "ckpt"), like, shardings)
+  imported = workdir.restore_params(str(tmp_path / "ckpt"), like, shardings, model_config)
   rng = np.random.default_rng(0)
   ids = rng.integers(5, 1024, (2, 24))
   mask = np.ones_like(ids)

@@ -10,10 +10,24 @@ import pytest
 import torch  # the [torch] extra; scripts/test.sh installs it, so a missing torch fails rather than skips
 import transformers
 
-from bert_jax import convert, losses  # noqa: E402
-from bert_jax.model import BertConfig, BertForPreTraining  # noqa: E402
+from bert_jax.convert import hf_dir, hf_params  # noqa: E402
+from bert_jax.models import name_tables as nt  # noqa: E402
+from bert_jax.models.bert import BertConfig  # noqa: E402
+from bert_jax.models.bert import hf_names  # noqa: E402
+from bert_jax.models.pretraining import EncoderWithHeads  # noqa: E402
+from bert_jax.objectives import masked_lm  # noqa: E402
 
 torch.manual_seed(0)
+
+
+def BertForPreTraining(config):
+  """BERT's pretraining model: the encoder with MLM and NSP heads."""
+  return EncoderWithHeads(config, heads=("mlm", "nsp"))
+
+
+def _hf_config_dict(config):
+  """config.json fields of HF BertForPreTraining for this config."""
+  return hf_dir.hf_config_dict(config, ("encoder", "pooler", "mlm", "nsp"))
 
 
 def _config(size, **kw):
@@ -37,12 +51,12 @@ def _batch(batch=3, seq=24, vocab=1000, predictions=5, seed=0):
 
 
 def _hf_model(config, state_dict=None):
-  hf = transformers.BertForPreTraining(transformers.BertConfig(**convert.hf_config_dict(config)))
+  hf = transformers.BertForPreTraining(transformers.BertConfig(**_hf_config_dict(config)))
   if state_dict is not None:
     result = hf.load_state_dict({k: torch.from_numpy(np.array(v, np.float32)) for k, v in state_dict.items()},
                                 strict=False)
     assert not result.unexpected_keys, result.unexpected_keys
-    assert set(result.missing_keys) <= set(convert.TIED_HF_KEYS), result.missing_keys
+    assert set(result.missing_keys) <= set(hf_names.TIED_HF_KEYS), result.missing_keys
     hf.tie_weights()
   return hf.eval()
 
@@ -71,7 +85,7 @@ def test_ours_to_hf_logits_match(size, scan, fused):
   config = _config(size, scan_layers=scan, fused_qkv=fused)
   params = _init(config)
   b = _batch()
-  hf = _hf_model(config, convert.params_to_hf(params, config))
+  hf = _hf_model(config, hf_params.params_to_hf(params, config))
   hf_mlm, hf_nsp = _hf_logits(hf, b)
   mlm, nsp = _our_logits(config, params, b)
   assert np.max(np.abs(mlm - hf_mlm)) <= 1e-4
@@ -84,7 +98,7 @@ def test_hf_to_ours_logits_match(size, scan, fused):
   config = _config(size, scan_layers=scan, fused_qkv=fused)
   hf = _hf_model(config)  # HF's own random init
   state = {k: v.numpy() for k, v in hf.state_dict().items()}
-  params = convert.hf_to_params(state, config)
+  params = hf_params.hf_to_params(state, config)
   b = _batch(seed=1)
   hf_mlm, hf_nsp = _hf_logits(hf, b)
   mlm, nsp = _our_logits(config, params, b)
@@ -95,14 +109,14 @@ def test_hf_to_ours_logits_match(size, scan, fused):
 def test_round_trip_is_exact_with_padded_vocab_and_scan():
   config = _config("tiny", scan_layers=True, vocab_pad_multiple=128)
   params = _init(config)
-  state = convert.params_to_hf(params, config)
+  state = hf_params.params_to_hf(params, config)
   assert state["bert.embeddings.word_embeddings.weight"].shape == (1000, 128)
   assert state["cls.predictions.bias"].shape == (1000,)
-  back = convert.hf_to_params(state, config)
-  real = lambda p: p["embeddings"]["word_embeddings"]["embedding"][:1000]
+  back = hf_params.hf_to_params(state, config)
+  real = lambda p: p["encoder"]["embeddings"]["word_embeddings"]["embedding"][:1000]
   np.testing.assert_array_equal(real(back), real(params))
-  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(convert.unscan_params(params, config)),
-                          jax.tree_util.tree_leaves(convert.unscan_params(back, config))):
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(nt.unscan_params(params, config.num_layers)),
+                          jax.tree_util.tree_leaves(nt.unscan_params(back, config.num_layers))):
     assert a.shape == b.shape, jax.tree_util.keystr(path)
 
 
@@ -110,7 +124,7 @@ def test_fused_and_separate_qkv_convert_into_each_other_exactly():
   separate = _config("tiny", scan_layers=True)
   fused = dataclasses.replace(separate, fused_qkv=True)
   params = _init(separate)
-  via_hf = convert.hf_to_params(convert.params_to_hf(params, separate), fused)
+  via_hf = hf_params.hf_to_params(hf_params.params_to_hf(params, separate), fused)
   qkv = via_hf["encoder"]["layers"]["layer"]["attention"]["qkv"]
   attention = params["encoder"]["layers"]["layer"]["attention"]
   for j, name in enumerate(("query", "key", "value")):  # [layers, H, 3, heads, head_dim]: slot j is `name`
@@ -118,15 +132,15 @@ def test_fused_and_separate_qkv_convert_into_each_other_exactly():
     np.testing.assert_array_equal(qkv["bias"][:, j], attention[name]["bias"])
   b = _batch()
   np.testing.assert_allclose(_our_logits(fused, via_hf, b)[0], _our_logits(separate, params, b)[0], atol=1e-5)
-  back = convert.params_to_hf(via_hf, fused)
-  assert back.keys() == convert.params_to_hf(params, separate).keys()
+  back = hf_params.params_to_hf(via_hf, fused)
+  assert back.keys() == hf_params.params_to_hf(params, separate).keys()
 
 
 def test_bf16_params_convert_and_match():
   config = _config("tiny", param_dtype="bfloat16", dtype="float32")
   params = _init(config)
-  assert params["pooler"]["kernel"].dtype == jnp.bfloat16
-  state = convert.params_to_hf(params, config)
+  assert params["encoder"]["pooler"]["kernel"].dtype == jnp.bfloat16
+  state = hf_params.params_to_hf(params, config)
   assert state["bert.pooler.dense.weight"].dtype == jnp.bfloat16
   hf = _hf_model(config, state)  # loaded as fp32: bf16 values are exactly representable
   b = _batch()
@@ -134,22 +148,22 @@ def test_bf16_params_convert_and_match():
   mlm, _ = _our_logits(dataclasses.replace(config, param_dtype="float32"),
                        jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), params), b)
   assert np.max(np.abs(mlm - hf_mlm)) <= 1e-4
-  back = convert.hf_to_params(state, config, param_dtype=jnp.bfloat16)
-  assert back["pooler"]["kernel"].dtype == jnp.bfloat16
+  back = hf_params.hf_to_params(state, config, param_dtype=jnp.bfloat16)
+  assert back["encoder"]["pooler"]["kernel"].dtype == jnp.bfloat16
 
 
 def test_query_kernel_gradient_matches_torch():
   config = _config("tiny")
   params = _init(config, seed=3)
   b = _batch(seed=2)
-  hf = _hf_model(config, convert.params_to_hf(params, config))
+  hf = _hf_model(config, hf_params.params_to_hf(params, config))
 
   def loss_fn(p):
     out = BertForPreTraining(config).apply({"params": p}, b["input_ids"], b["input_mask"], b["segment_ids"],
                                            b["masked_lm_positions"])
-    mlm, _ = losses.mlm_loss(out["mlm_logits"], b["masked_lm_ids"], b["masked_lm_weights"])
-    nsp, _ = losses.nsp_loss(out["nsp_logits"], b["next_sentence_labels"])
-    return mlm + nsp
+    m = masked_lm.mlm_sums(out["mlm_logits"], b["masked_lm_ids"], b["masked_lm_weights"])
+    n = masked_lm.sentence_sums(out["nsp_logits"], b["next_sentence_labels"])
+    return m["loss_sum"] / jnp.maximum(m["weight_sum"], 1e-5) + n["loss_sum"] / n["count"]
 
   ours = np.asarray(jax.grad(loss_fn)(params)["encoder"]["layer_1"]["attention"]["query"]["kernel"])
 
@@ -164,27 +178,27 @@ def test_query_kernel_gradient_matches_torch():
   nsp = torch.nn.functional.cross_entropy(out.seq_relationship_logits, torch.from_numpy(b["next_sentence_labels"]))
   (mlm + nsp).backward()
   theirs_weight = hf.bert.encoder.layer[1].attention.self.query.weight.grad.numpy()
-  theirs = convert.qkv_kernel.from_hf(theirs_weight, config)
+  theirs = nt.qkv_kernel.from_hf(theirs_weight, config)
   rel = np.linalg.norm(ours - theirs) / np.linalg.norm(theirs)
   assert rel <= 1e-4, rel
 
 
 def test_state_dict_problems_name_the_key():
   config = _config("tiny")
-  state = convert.params_to_hf(_init(config), config)
+  state = hf_params.params_to_hf(_init(config), config)
   missing = dict(state)
   del missing["bert.encoder.layer.1.output.dense.bias"]
   with pytest.raises(KeyError, match=r"bert\.encoder\.layer\.1\.output\.dense\.bias"):
-    convert.hf_to_params(missing, config)
+    hf_params.hf_to_params(missing, config)
   extra = {**state, "bert.encoder.layer.2.output.dense.bias": np.zeros(128)}
   with pytest.raises(KeyError, match=r"bert\.encoder\.layer\.2\.output\.dense\.bias"):
-    convert.hf_to_params(extra, config)
+    hf_params.hf_to_params(extra, config)
   wrong = {**state, "bert.pooler.dense.weight": np.zeros((128, 64), np.float32)}
   with pytest.raises(ValueError, match=r"bert\.pooler\.dense\.weight.*\(128, 64\)"):
-    convert.hf_to_params(wrong, config)
+    hf_params.hf_to_params(wrong, config)
   smaller_vocab = {**state, "cls.predictions.bias": np.zeros(900, np.float32)}
   with pytest.raises(ValueError, match=r"cls\.predictions\.bias"):
-    convert.hf_to_params(smaller_vocab, config)
+    hf_params.hf_to_params(smaller_vocab, config)
   untied = {**state, "cls.predictions.decoder.weight": state["bert.embeddings.word_embeddings.weight"] + 1}
   with pytest.raises(ValueError, match="ties the decoder"):
-    convert.hf_to_params(untied, config)
+    hf_params.hf_to_params(untied, config)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from bert_jax import dropout as dropout_lib
+from bert_jax.layers import dropout as dropout_lib
 
 
 def test_drops_the_configured_fraction_and_keeps_the_mean():

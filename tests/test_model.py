@@ -5,7 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bert_jax.model import BertConfig, BertForPreTraining, count_params
+from bert_jax.layers import common, embeddings
+from bert_jax.layers.common import count_params
+from bert_jax.models.bert import BertConfig
+from bert_jax.models.pretraining import EncoderWithHeads
+
+
+def BertForPreTraining(config):
+  """BERT's pretraining model: the encoder with MLM and NSP heads."""
+  return EncoderWithHeads(config, heads=("mlm", "nsp"))
 
 
 def _batch(batch=2, seq=16, vocab=100, predictions=4, seed=0):
@@ -34,7 +42,7 @@ def test_hidden_not_divisible_by_heads_fails_at_creation():
 def test_sequence_longer_than_positions_fails_clearly():
   config = BertConfig.from_size("tiny", vocab_size=50, max_position_embeddings=16)
   ids = jnp.zeros((1, 17), jnp.int32)
-  with pytest.raises(ValueError, match="exceeds max_position_embeddings"):
+  with pytest.raises(ValueError, match=r"sequence length 17 exceeds the position table \(16 positions"):
     BertForPreTraining(config).init(jax.random.key(0), ids, ids, ids)
 
 
@@ -48,7 +56,7 @@ def test_vocab_padding_rounds_up_and_logits_keep_real_size():
   config = BertConfig.from_size("tiny", vocab_size=1000, vocab_pad_multiple=128)
   assert config.padded_vocab_size == 1024
   params = _abstract_params(config)
-  assert nn.unbox(params)["embeddings"]["word_embeddings"]["embedding"].shape == (1024, 128)
+  assert nn.unbox(params)["encoder"]["embeddings"]["word_embeddings"]["embedding"].shape == (1024, 128)
   ids, mask, seg, pos = _batch(vocab=1000)
   variables = BertForPreTraining(config).init(jax.random.key(0), ids, mask, seg, pos)
   out = BertForPreTraining(config).apply(variables, ids, mask, seg, pos)
@@ -65,8 +73,8 @@ def test_every_param_has_logical_axis_names(scan):
     name = jax.tree_util.keystr(path)
     assert isinstance(leaf, nn.Partitioned), f"{name} has no logical axis names"
     assert len(leaf.names) == leaf.value.ndim, f"{name}: names {leaf.names} vs shape {leaf.value.shape}"
-    if scan and "encoder" in name:
-      assert leaf.names[0] == "layers", name
+    if scan and name.startswith("['encoder']") and not any(s in name for s in ("['embeddings']", "['pooler']")):
+      assert "['encoder']['layers']" in name and leaf.names[0] == "layers", name
   named = {n for _, leaf in leaves for n in leaf.names if n}
   assert {"vocab", "embed", "mlp", "heads", "kv"} <= named
 
@@ -126,7 +134,7 @@ def test_embedding_lookups_match_a_plain_take_in_value_and_gradient(dtype):
   config = BertConfig.from_size("tiny", vocab_size=100, dtype=dtype)
   model = BertForPreTraining(config)
   params = model.init(jax.random.key(1), ids, mask, seg, pos)["params"]
-  emb = nn.meta.unbox(params["embeddings"])
+  emb = nn.meta.unbox(params["encoder"]["embeddings"])
 
   def reference(e):
     x = (jnp.take(e["word_embeddings"]["embedding"], ids, axis=0) +
@@ -135,13 +143,12 @@ def test_embedding_lookups_match_a_plain_take_in_value_and_gradient(dtype):
     return jnp.sum(jnp.sin(x.astype(jnp.float32)))
 
   def ours(e):
-    from bert_jax import model as model_lib
     c, positions = config, jnp.broadcast_to(jnp.arange(16), ids.shape)
     x = 0
-    for cls, name, size, x_ids in ((model_lib._GatherEmbed, "word_embeddings", c.padded_vocab_size, ids),
-                                   (model_lib._OneHotEmbed, "position_embeddings", c.max_position_embeddings,
+    for cls, name, size, x_ids in ((embeddings.GatherEmbed, "word_embeddings", c.padded_vocab_size, ids),
+                                   (embeddings.OneHotEmbed, "position_embeddings", c.max_position_embeddings,
                                     positions),
-                                   (model_lib._OneHotEmbed, "token_type_embeddings", c.type_vocab_size, seg)):
+                                   (embeddings.OneHotEmbed, "token_type_embeddings", c.type_vocab_size, seg)):
       x = x + cls(size, c.hidden_size, dtype=c.dtype, param_dtype=c.param_dtype).apply({"params": e[name]}, x_ids)
     return jnp.sum(jnp.sin(x.astype(jnp.float32)))
 
@@ -155,15 +162,14 @@ def test_embedding_lookups_match_a_plain_take_in_value_and_gradient(dtype):
 
 def test_row_gather_keeps_dtype_and_matches_take_with_repeated_positions():
   """The fp32 MLM/NSP gather is a speed change only; padded positions repeat (0), so gradients must add."""
-  from bert_jax import model as model_lib
   x = jax.random.normal(jax.random.key(0), (2, 8, 4)).astype(jnp.bfloat16)
   positions = jnp.array([[3, 0, 0], [7, 7, 1]])
-  got = model_lib._gather_rows(x, positions)
+  got = common.gather_rows(x, positions)
   assert got.dtype == jnp.bfloat16 and got.shape == (2, 3, 4)
   np.testing.assert_array_equal(np.asarray(got, np.float32),
                                 np.asarray(x, np.float32)[np.arange(2)[:, None], np.asarray(positions)])
   weights = jnp.arange(24.0).reshape(2, 3, 4)
-  grad = jax.grad(lambda v: jnp.sum(model_lib._gather_rows(v, positions).astype(jnp.float32) * weights))(x)
+  grad = jax.grad(lambda v: jnp.sum(common.gather_rows(v, positions).astype(jnp.float32) * weights))(x)
   assert grad.dtype == jnp.bfloat16
   expected = np.zeros((2, 8, 4), np.float32)
   np.add.at(expected, (np.arange(2)[:, None], np.asarray(positions)), np.asarray(weights))

@@ -10,7 +10,8 @@ import pytest
 
 from bert_jax import inputs
 from bert_jax.data import packing, pipeline, schema
-from bert_jax.model import BertConfig, BertForPreTraining
+from bert_jax.models.bert import BertConfig
+from bert_jax.models.pretraining import EncoderWithHeads
 from data_helpers import write_google_style_records
 
 SEQ, PRED = 32, 5
@@ -81,7 +82,7 @@ def test_instance_too_long_for_a_row_is_refused():
 def test_packed_rows_give_the_unpacked_logits():
   config = BertConfig.from_size("tiny", vocab_size=100, max_position_embeddings=SEQ, hidden_dropout=0.0,
                                 attention_dropout=0.0)
-  model = BertForPreTraining(config)
+  model = EncoderWithHeads(config, heads=("mlm", "nsp"))
   feats = _instances(12, seed=1)
   i32 = lambda x: np.asarray(x, np.int32)
   params = model.init(jax.random.key(0), i32(feats["input_ids"]), i32(feats["input_mask"]),
@@ -94,7 +95,7 @@ def test_packed_rows_give_the_unpacked_logits():
   p = packing.pack_features(feats, rows, spec)
   out = model.apply(params, i32(p["input_ids"]), i32(p["input_mask"]), i32(p["segment_ids"]),
                     i32(p["masked_lm_positions"]), position_ids_BxT=i32(p["position_ids"]),
-                    attention_segments_BxT=i32(p["attention_segments"]), nsp_positions_BxK=i32(p["nsp_positions"]))
+                    attention_segments_BxT=i32(p["attention_segments"]), cls_positions_BxK=i32(p["nsp_positions"]))
   for r, members in enumerate(rows):
     pred = 0
     for k, i in enumerate(members):
@@ -137,7 +138,7 @@ def test_pipeline_reads_packed_rows(packed_dir):
 
 
 def _cfg(files, k):
-  from bert_jax import configlib
+  from bert_jax.core import configlib
   return configlib.load("tiny", {"data.train_files": ",".join(files), "data.max_seq_length": SEQ,
                                  "data.max_predictions_per_seq": PRED, "data.pack_instances": k,
                                  "train.batch_size": 4, "data.shuffle": False})

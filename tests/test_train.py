@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from bert_jax import configlib, model as model_lib, optim, sharding, train
-from train_helpers import PRED, SEQ, SMALL, build, config, random_batch, run_steps
+from bert_jax.core import configlib, optim, sharding
+from bert_jax.core.train_state import state_functions
+from bert_jax.objectives import registry as objectives
+from bert_jax.trainers import pretrain
+from train_helpers import PRED, SEQ, SMALL, build, config, objective_for, random_batch, run_steps
 
 
 def _mesh(shape):
@@ -34,8 +37,8 @@ def test_params_and_optimizer_state_are_sharded_as_the_rules_say():
   assert layer["attention"]["query"]["kernel"].sharding.spec == P("fsdp", "tensor", None)
   assert layer["attention"]["output"]["kernel"].sharding.spec == P("tensor", None, "fsdp")
   assert layer["intermediate"]["kernel"].sharding.spec == P("fsdp", "tensor")
-  assert state.params["embeddings"]["word_embeddings"]["embedding"].sharding.spec == P("tensor", "fsdp")
-  assert state.params["embeddings"]["position_embeddings"]["embedding"].sharding.spec == P(None, "fsdp")
+  assert state.params["encoder"]["embeddings"]["word_embeddings"]["embedding"].sharding.spec == P("tensor", "fsdp")
+  assert state.params["encoder"]["embeddings"]["position_embeddings"]["embedding"].sharding.spec == P(None, "fsdp")
   shard = layer["intermediate"]["kernel"].addressable_shards[0]
   assert shard.data.shape == (128 // 2, 512 // 4)
   adam = state.opt_state[1][0]  # chain(clip, adamw) -> adamw's ScaleByAdamState
@@ -81,8 +84,7 @@ def test_schedule_values():
 
 
 def test_weight_decay_mask_excludes_exactly_layer_norm_and_biases():
-  ids = np.zeros((1, 8), np.int32)
-  params = nn.unbox(model_lib.BertForPreTraining(SMALL).init(jax.random.key(0), ids, ids, ids)["params"])
+  params = nn.unbox(objective_for(config(), SMALL).init_params(jax.random.key(0)))
   mask = optim.weight_decay_mask(params)
   excluded, included = set(), set()
   for path, decays in jax.tree_util.tree_leaves_with_path(mask):
@@ -91,10 +93,10 @@ def test_weight_decay_mask_excludes_exactly_layer_norm_and_biases():
     assert name.endswith("bias") or "layer_norm" in name, name
   for name in included:
     assert not name.endswith("bias") and "layer_norm" not in name, name
-  assert "embeddings/layer_norm/scale" in excluded and "mlm_output_bias" in excluded
+  assert "encoder/embeddings/layer_norm/scale" in excluded and "mlm/output_bias" in excluded
   assert "encoder/layer_1/attention/query/bias" in excluded
   assert "encoder/layer_1/attention/query/kernel" in included
-  assert "embeddings/word_embeddings/embedding" in included
+  assert "encoder/embeddings/word_embeddings/embedding" in included
 
 
 def test_fused_qkv_kernel_is_sharded_and_decayed_like_the_separate_ones():
@@ -113,14 +115,15 @@ def test_large_builds_on_cpu_without_allocating():
   cfg = configlib.load("large", {"mesh.data": 1, "mesh.fsdp": 8})
   mesh = _mesh((1, 8, 1))
   rules = sharding.rules_from_config(cfg.mesh.logical_axis_rules)
-  model = model_lib.BertForPreTraining(train.model_config(cfg))
+  model_config, _ = pretrain.build(cfg)
+  objective = objectives.make_objective(cfg.train.objective, model_config, 128, 20)
   tx, _ = optim.make_optimizer(cfg.optim, cfg.train.steps)
   with nn.logical_axis_rules(rules):
-    _, abstract, shardings = train.abstract_train_state(model, tx, mesh, rules, 0, 128, 20)
+    _, abstract, shardings = state_functions(objective.init_params, tx, mesh, rules, 0)
   leaves = jax.tree_util.tree_leaves(abstract.params)
   assert all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)
   n = sum(int(np.prod(x.shape)) for x in leaves)
-  padded_rows = model.config.padded_vocab_size - model.config.vocab_size
+  padded_rows = model_config.padded_vocab_size - model_config.vocab_size
   real = n - padded_rows * (1024 + 1)  # padded embedding rows and their output-bias entries
   assert abs(real - 335e6) <= 2e6, real
   stacked = shardings.params["encoder"]["layers"]["layer"]
@@ -133,7 +136,7 @@ def test_large_builds_on_cpu_without_allocating():
 
 def test_bad_batch_size_fails_with_the_reason():
   with pytest.raises(ValueError, match=r"batch_size=12 must divide.*data x fsdp = 8"):
-    train.check_batch(config(**{"train.batch_size": 12}), _mesh((8, 1, 1)))
+    pretrain.check_batch(config(**{"train.batch_size": 12}), _mesh((8, 1, 1)))
 
 
 def test_typo_in_override_lists_close_keys():
@@ -153,14 +156,14 @@ def test_unknown_config_name_lists_available():
 
 
 def test_every_config_loads_locked_and_documented():
-  from bert_jax import finetune
+  from bert_jax.trainers import finetune
   for name in configlib.available():
     cfg = configlib.load(name)
     assert cfg.is_locked, name
     if "task" in cfg:  # a fine-tuning config
       finetune._model_config(cfg, None, 8000, cfg.data.max_seq_length)
     else:
-      train.model_config(cfg)  # valid model settings
+      pretrain.build(cfg)  # valid model settings and objective
   for base, example in (("common.py", "tiny"), ("finetune.py", "finetune")):
     source = open(os.path.join(configlib.CONFIGS_DIR, base)).read()
     for key in configlib.flat_keys(configlib.load(example)):
@@ -170,6 +173,5 @@ def test_every_config_loads_locked_and_documented():
 
 
 def test_unknown_prng_impl_is_named():
-  from bert_jax import train
   with pytest.raises(ValueError, match="train.prng_impl='philox' is not one of"):
-    train.use_prng_impl("philox")
+    pretrain.use_prng_impl("philox")

@@ -5,8 +5,11 @@ import jax
 import numpy as np
 import optax
 
-from bert_jax import configlib, optim, sharding, train
-from bert_jax.model import BertConfig, BertForPreTraining
+from bert_jax.core import configlib, optim, sharding
+from bert_jax.core.train_state import create_train_state
+from bert_jax.models.bert import BertConfig
+from bert_jax.objectives import registry as objectives
+from bert_jax.trainers import pretrain
 
 # Every sharded dim divides by 8: heads 8, embed 128, mlp 512, vocab 1024.
 SMALL = BertConfig(vocab_size=1024, hidden_size=128, num_layers=2, num_heads=8, intermediate_size=512,
@@ -33,15 +36,20 @@ def random_batch(batch, seed=0, vocab=1024):
               next_sentence_labels=rng.integers(0, 2, batch).astype(np.int32))
 
 
+def objective_for(cfg, model_config=SMALL):
+  """The run config's objective (train.objective) on model_config, for SEQ/PRED batches."""
+  return objectives.make_objective(cfg.train.objective, model_config, SEQ, PRED)
+
+
 def build(cfg, mesh, model_config=SMALL):
-  """(state, train_step_fn, eval_step_fn, schedule) for a config and mesh, under the rules."""
+  """(state, train_step_fn, eval_step_fn, rules) for a config and mesh, under the rules."""
   import flax.linen as nn
   rules = sharding.rules_from_config(cfg.mesh.logical_axis_rules)
-  model = BertForPreTraining(model_config)
+  objective = objective_for(cfg, model_config)
   tx, schedule = optim.make_optimizer(cfg.optim, cfg.train.steps)
   with nn.logical_axis_rules(rules):
-    state, shardings = train.create_train_state(model, tx, mesh, rules, 0, SEQ, PRED)
-    step_fn, eval_fn = train.make_step_functions(cfg, model, tx, schedule, mesh, shardings)
+    state, shardings = create_train_state(objective.init_params, tx, mesh, rules, 0)
+    step_fn, eval_fn = pretrain.make_step_functions(cfg, objective, tx, schedule, mesh, shardings)
   return state, step_fn, eval_fn, rules
 
 

@@ -15,16 +15,26 @@ Follows google-research/bert's create_pretraining_data.py, written anew with num
     a random non-special token 10%, itself 10%. Whole-word masking picks whole words.
   * mode "full_sentences" (RoBERTa): no NSP; sentences are packed up to max_seq_length - 2,
     crossing document boundaries with an extra [SEP].
+  * mode "sop" (ALBERT sentence-order prediction): segments accumulate as for NSP and A is a random prefix of
+    them, but B is always the rest of the same chunk, i.e. the real continuation; with probability 0.5 A and B
+    are swapped. next_sentence_labels: 0 = original order, 1 = swapped (HF AlbertForPreTraining's
+    sentence_order_label). A chunk of a single segment (a one-sentence document, or a document's lone last
+    sentence) is split inside that segment at a random token, A before it and B after; a one-token segment
+    gives no instance. (google-research/albert instead gives such chunks a B from a random document,
+    labelled 1 like a swap, which mixes topic prediction back into SOP.) Truncation cuts A from the front and
+    B from the back, so that A+B stays one contiguous run of the document.
+  * n-gram masking (ALBERT; max_ngram > 1): see ngram_spans.
 The random-next document comes from the bounded buffer of documents the caller passes in.
 """
 
 import dataclasses
+from typing import ClassVar
 
 import numpy as np
 
 FEATURES = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
             "masked_lm_weights", "next_sentence_labels")
-MODES = ("nsp", "full_sentences")
+MODES = ("nsp", "sop", "full_sentences")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,10 +46,14 @@ class InstanceOptions:
   dupe_factor: int = 5
   whole_word_masking: bool = False
   mode: str = "nsp"
+  max_ngram: int = 1            # mask spans of up to this many units (words or tokens), p(k) ~ 1/k
+  MODES: ClassVar[tuple[str, ...]] = MODES
 
   def __post_init__(self):
     if self.mode not in MODES:
       raise ValueError(f"mode {self.mode!r} is not one of {MODES}")
+    if self.max_ngram < 1:
+      raise ValueError(f"max_ngram must be >= 1 (1: no n-gram masking; ALBERT uses 3), got {self.max_ngram}")
     if self.max_seq_length < 8:
       raise ValueError(f"max_seq_length must be >= 8, got {self.max_seq_length}")
     if not 0 < self.masked_lm_prob < 1:
@@ -127,6 +141,42 @@ def _nsp_pairs(doc_index: int, docs: list[list[list[int]]], opts: InstanceOption
     i += 1
 
 
+def _truncate_outer(tokens_a: list, tokens_b: list, max_num_tokens: int):
+  """Trims the longer side at its outer end (A's front, B's back), keeping A+B contiguous."""
+  while len(tokens_a) + len(tokens_b) > max_num_tokens:
+    if len(tokens_a) > len(tokens_b):
+      del tokens_a[0]
+    else:
+      tokens_b.pop()
+
+
+def _sop_pairs(document: list[list[int]], opts: InstanceOptions, rng):
+  """Yields (tokens_a, tokens_b, swapped) for one document: B is always A's real continuation."""
+  max_num_tokens = opts.max_seq_length - 3
+  target = max_num_tokens
+  if rng.random() < opts.short_seq_prob:
+    target = int(rng.integers(2, max_num_tokens + 1))
+  chunk, length = [], 0
+  for i, segment in enumerate(document):
+    chunk.append(segment)
+    length += len(segment)
+    if i == len(document) - 1 or (length >= target and len(chunk) >= 2):
+      if len(chunk) >= 2:
+        a_end = int(rng.integers(1, len(chunk)))
+        tokens_a = [t for seg in chunk[:a_end] for t in seg]
+        tokens_b = [t for seg in chunk[a_end:] for t in seg]
+      elif len(chunk[0]) >= 2:  # one segment: split it inside
+        split = int(rng.integers(1, len(chunk[0])))
+        tokens_a, tokens_b = list(chunk[0][:split]), list(chunk[0][split:])
+      else:
+        chunk, length = [], 0
+        continue
+      _truncate_outer(tokens_a, tokens_b, max_num_tokens)
+      swapped = bool(rng.random() < 0.5)
+      yield (tokens_b, tokens_a, True) if swapped else (tokens_a, tokens_b, False)
+      chunk, length = [], 0
+
+
 def _full_sentence_rows(docs: list[list[list[int]]], opts: InstanceOptions, sep_id: int):
   max_tokens = opts.max_seq_length - 2
   row: list[int] = []
@@ -158,18 +208,85 @@ def _candidate_groups(tokens: np.ndarray, vocab: VocabIds, whole_word: bool) -> 
   return [np.array(g) for g in groups]
 
 
+def num_to_predict(num_maskable: int, opts: InstanceOptions) -> int:
+  return min(opts.max_predictions_per_seq, max(1, int(round(num_maskable * opts.masked_lm_prob))))
+
+
+def ngram_probs(max_ngram: int) -> np.ndarray:
+  """p(k) for k = 1..max_ngram, proportional to 1/k (ALBERT's default, favouring short n-grams)."""
+  p = 1.0 / np.arange(1, max_ngram + 1)
+  return p / p.sum()
+
+
+def draw_ngram_lengths(rng: np.random.Generator, max_ngram: int, size: int) -> np.ndarray:
+  """int64[size] n-gram lengths drawn from ngram_probs(max_ngram)."""
+  return rng.choice(np.arange(1, max_ngram + 1), size=size, p=ngram_probs(max_ngram))
+
+
+def ngram_tiling(units: list[np.ndarray], max_ngram: int, rng: np.random.Generator) -> list[list[np.ndarray]]:
+  """Cuts runs of adjacent candidate units into n-grams of k units, k drawn from ngram_probs(max_ngram).
+
+  Units are adjacent when no [CLS]/[SEP] lies between them; a run's last n-gram is cut short at its end,
+  so no n-gram crosses [CLS]/[SEP]. Returns the n-grams (lists of units) in position order.
+  """
+  lengths = draw_ngram_lengths(rng, max_ngram, len(units))
+  grams: list[list[np.ndarray]] = []
+  start = 0
+  while start < len(units):
+    gram = [units[start]]
+    while (len(gram) < lengths[len(grams)] and start + len(gram) < len(units)
+           and units[start + len(gram)][0] == gram[-1][-1] + 1):
+      gram.append(units[start + len(gram)])
+    grams.append(gram)
+    start += len(gram)
+  return grams
+
+
+def ngram_spans(tokens: np.ndarray, opts: InstanceOptions, vocab: VocabIds, rng: np.random.Generator
+                ) -> list[np.ndarray]:
+  """The spans n-gram masking predicts, in the order chosen: each an array of token positions.
+
+  The candidate units (words under whole-word masking, else tokens) are cut into n-grams (ngram_tiling),
+  which are taken in random order until num_to_predict tokens are chosen; the n-gram that would pass that
+  count keeps only its leading units that fit (ALBERT falls back to a shorter n-gram the same way), and
+  under whole-word masking a word that does not fit is left out and later n-grams may still fill the
+  count. Every n-gram is equally likely to be taken, so the spans follow p(k) ~ 1/k, except where a run
+  ends ([CLS]/[SEP]) and the budget-cut span (in words, spans lean shorter: an n-gram of many tokens is
+  the one most often cut to fit). Spans never overlap, but two may touch.
+  """
+  units = _candidate_groups(tokens, vocab, opts.whole_word_masking)
+  budget = num_to_predict(sum(len(u) for u in units), opts)
+  grams = ngram_tiling(units, opts.max_ngram, rng)
+  spans, count = [], 0
+  for g in rng.permutation(len(grams)):
+    taken = []
+    for unit in grams[g]:
+      if count + len(unit) > budget:
+        break
+      taken.append(unit)
+      count += len(unit)
+    if taken:
+      spans.append(np.concatenate(taken))
+    if count >= budget:
+      break
+  return spans
+
+
 def mask_tokens(tokens: np.ndarray, opts: InstanceOptions, vocab: VocabIds, rng: np.random.Generator):
   """Returns (masked input ids, sorted positions, original ids at those positions)."""
-  groups = _candidate_groups(tokens, vocab, opts.whole_word_masking)
-  num_maskable = sum(len(g) for g in groups)
-  num_to_predict = min(opts.max_predictions_per_seq, max(1, int(round(num_maskable * opts.masked_lm_prob))))
-  chosen: list[int] = []
-  for g in rng.permutation(len(groups)):
-    if len(chosen) >= num_to_predict:
-      break
-    if len(chosen) + len(groups[g]) > num_to_predict:
-      continue
-    chosen.extend(groups[g].tolist())
+  if opts.max_ngram > 1:
+    spans = ngram_spans(tokens, opts, vocab, rng)
+    chosen = np.concatenate(spans).tolist() if spans else []
+  else:
+    groups = _candidate_groups(tokens, vocab, opts.whole_word_masking)
+    budget = num_to_predict(sum(len(g) for g in groups), opts)
+    chosen: list[int] = []
+    for g in rng.permutation(len(groups)):
+      if len(chosen) >= budget:
+        break
+      if len(chosen) + len(groups[g]) > budget:
+        continue
+      chosen.extend(groups[g].tolist())
   positions = np.sort(np.array(chosen, np.int64))
   labels = tokens[positions]
   u = rng.random(len(positions))
@@ -214,7 +331,8 @@ def create_instances(docs: list[list[list[int]]], opts: InstanceOptions, vocab: 
         rows.append(_features([vocab.cls_id] + row + [vocab.sep_id], 0, False, opts, vocab, rng))
       continue
     for d in range(len(docs)):
-      for a, b, is_random_next in _nsp_pairs(d, docs, opts, rng, balance):
+      pairs = _sop_pairs(docs[d], opts, rng) if opts.mode == "sop" else _nsp_pairs(d, docs, opts, rng, balance)
+      for a, b, is_random_next in pairs:
         tokens = [vocab.cls_id] + a + [vocab.sep_id] + b + [vocab.sep_id]
         segment_ids = np.array([0] * (len(a) + 2) + [1] * (len(b) + 1))
         rows.append(_features(tokens, segment_ids, is_random_next, opts, vocab, rng))

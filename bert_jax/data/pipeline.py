@@ -11,16 +11,19 @@ The pipeline knows only its process index and count:
   * otherwise every process reads all files in order and keeps every count-th example.
 Masking is static (as in the records) or dynamic: the original tokens are restored from
 masked_lm_ids and re-masked with stateless RNG keyed by (seed, example counter), so each epoch
-sees new masks and the stream stays deterministic. The iterator position (shuffle buffers
-included) saves and restores through tf.train.Checkpoint for exact resume.
+sees new masks and the stream stays deterministic. Dynamic masking picks tokens (not whole words);
+with max_ngram > 1 it picks n-grams of tokens as instances.ngram_spans does (_ngram_order).
+The iterator position (shuffle buffers included) saves and restores through tf.train.Checkpoint
+for exact resume.
 """
 
 import dataclasses
+import math
 import os
 
 import numpy as np
 
-from bert_jax.data import corpora, schema
+from bert_jax.data import corpora, instances, schema
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -43,6 +46,11 @@ class MaskingSpec:
   mask_id: int
   special_ids: tuple[int, ...]     # never masked, never drawn as random replacements
   masked_lm_prob: float = 0.15
+  max_ngram: int = 1               # >1: mask n-grams of up to this many tokens, p(k) ~ 1/k (ALBERT)
+
+  def __post_init__(self):
+    if self.max_ngram < 1:
+      raise ValueError(f"max_ngram must be >= 1 (1: single tokens), got {self.max_ngram}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +91,41 @@ def _parse(cfg: PipelineConfig):
   return parse
 
 
+def _ngram_order(maskable, max_ngram: int, seeds):
+  """int32[seq]: positions in the order n-gram masking takes them (maskable ones first).
+
+  The same n-grams as instances.ngram_tiling, vectorised: every position draws a length k ~ 1/k; from the
+  start of each maskable run an n-gram covers min(k, rest of the run) tokens and the next one starts
+  after it. The starts reachable that way are found by pointer doubling (log2(seq) gathers). N-grams are
+  then ranked at random and their tokens listed n-gram by n-gram, so taking the first num_to_predict
+  positions takes whole n-grams in random order and cuts the last one, as instances.ngram_spans does.
+  """
+  tf = _tf()
+  seq = int(maskable.shape[0])
+  s_len, s_rank = seeds
+  at = tf.range(seq, dtype=tf.int32)
+  runs = tf.cast(maskable, tf.int32)
+  # avail[q]: maskable positions from q on without a break, capped at max_ngram.
+  avail, window = runs, runs
+  for d in range(1, max_ngram):
+    window = window * tf.concat([runs[d:], tf.zeros([min(d, seq)], tf.int32)], 0)
+    avail += window
+  logits = tf.constant(np.log(instances.ngram_probs(max_ngram))[None], tf.float32)
+  lengths = tf.cast(tf.random.stateless_categorical(logits, seq, s_len)[0], tf.int32) + 1
+  # nxt[q]: where the n-gram starting at q ends; unmaskable positions (and the sink at seq) point to themselves.
+  nxt = tf.concat([tf.where(maskable, at + tf.minimum(lengths, avail), at), [seq]], 0)
+  previous = tf.concat([[False], maskable[:-1]], 0)
+  starts = tf.cast(tf.concat([maskable & ~previous, [False]], 0), tf.int32)
+  for _ in range(math.ceil(math.log2(seq + 1))):  # after round t: starts reachable in < 2^(t+1) steps
+    starts = tf.tensor_scatter_nd_max(starts, nxt[:, None], starts)
+    nxt = tf.gather(nxt, nxt)
+  is_start = tf.logical_and(tf.cast(starts[:seq], tf.bool), maskable)
+  gram = tf.cumsum(tf.cast(is_start, tf.int32)) - 1               # n-gram index of each maskable position
+  rank = tf.argsort(tf.argsort(tf.random.stateless_uniform([seq], s_rank)))  # random rank per n-gram index
+  key = tf.where(maskable, tf.gather(rank, tf.maximum(gram, 0)) * seq + at, seq * seq + at)
+  return tf.argsort(key)
+
+
 def _dynamic_mask(cfg: PipelineConfig):
   tf = _tf()
   m = cfg.dynamic_masking
@@ -92,7 +135,10 @@ def _dynamic_mask(cfg: PipelineConfig):
 
   def remask(counter, ex):
     seed = tf.stack([tf.constant(cfg.seed, tf.int64), counter])
-    s1, s2, s3 = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    if m.max_ngram > 1:
+      s1, s2, s3, s4 = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
+    else:  # the single-token stream as before n-grams existed
+      s1, s2, s3 = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     # Put the original tokens back where the record masked them.
     real_pred = ex["masked_lm_weights"] > 0
     pos = tf.boolean_mask(ex["masked_lm_positions"], real_pred)
@@ -101,8 +147,11 @@ def _dynamic_mask(cfg: PipelineConfig):
     n = tf.reduce_sum(tf.cast(maskable, tf.float32))
     k = tf.minimum(pred, tf.maximum(1, tf.cast(tf.round(n * m.masked_lm_prob), tf.int32)))
     k = tf.minimum(k, tf.cast(n, tf.int32))
-    scores = tf.where(maskable, tf.random.stateless_uniform([seq], s1), -1.0)
-    chosen = tf.sort(tf.math.top_k(scores, pred).indices[:k])
+    if m.max_ngram > 1:
+      chosen = tf.sort(_ngram_order(maskable, m.max_ngram, (s1, s4))[:k])
+    else:
+      scores = tf.where(maskable, tf.random.stateless_uniform([seq], s1), -1.0)
+      chosen = tf.sort(tf.math.top_k(scores, pred).indices[:k])
     labels = tf.gather(ids, chosen)
     u = tf.random.stateless_uniform([k], s2)
     random_ids = tf.gather(normal, tf.random.stateless_uniform([k], s3, 0, tf.shape(normal)[0], tf.int32))

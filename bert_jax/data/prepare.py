@@ -1,6 +1,7 @@
 """Corpus -> vocabulary -> NSP/MLM instances -> TFRecord shards + manifest.json.
 
   python -m bert_jax.data.prepare --corpus=pydocs --output_dir=data/pydocs-128 --vocab_size=8000
+  (ALBERT-style: --mode=sop --max_ngram=3; RoBERTa-style: --mode=full_sentences --vocab_type=bpe)
 
 How it scales:
   * Streaming: documents are read one at a time and grouped into chunks of `docs_per_chunk`; at most
@@ -104,17 +105,37 @@ class _Shards:
     return {os.path.basename(self.path(s)): self.counts[s] for s in range(self.num_shards) if self.owns(s)}
 
 
+SENTENCE_LABELS = {  # what next_sentence_labels mean, per mode (recorded in the manifest)
+    "nsp": "0 = B follows A, 1 = B is from a random document",
+    "sop": "0 = A and B in document order, 1 = swapped",
+    "full_sentences": "always 0 (no sentence task)",
+}
+
+
+def masking_settings(opts: instances.InstanceOptions) -> dict:
+  """The manifest's description of how the records were masked."""
+  return {"masked_lm_prob": opts.masked_lm_prob, "whole_word_masking": opts.whole_word_masking,
+          "max_ngram": opts.max_ngram,
+          "ngram_probs": [round(float(p), 6) for p in instances.ngram_probs(opts.max_ngram)],
+          "replacement": {"mask": 0.8, "random": 0.1, "keep": 0.1}}
+
+
 def prepare(corpus, output_dir: str, opts: instances.InstanceOptions, *, vocab_file: str | None = None,
-            vocab_size: int = 8000, lower_case: bool = False, seed: int = 12345, num_train_shards: int = 8,
+            vocab_size: int = 8000, vocab_type: str = "sentencepiece", lower_case: bool = False,
+            seed: int = 12345, num_train_shards: int = 8,
             num_eval_shards: int = 1, eval_fraction: float = 0.02, docs_per_chunk: int = 256, workers: int | None = None,
             task_index: int = 0, num_tasks: int = 1, corpus_description: str = "", progress: bool = True) -> dict:
-  """Writes OUTPUT_DIR/{train,eval}/part-*.tfrecord and the manifest; returns the manifest dict."""
+  """Writes OUTPUT_DIR/{train,eval}/part-*.tfrecord and the manifest; returns the manifest dict.
+
+  Without vocab_file, trains a vocabulary of vocab_type ('sentencepiece' or 'bpe') into OUTPUT_DIR/vocab.
+  """
   if not 0 <= task_index < num_tasks:
     raise ValueError(f"task_index {task_index} must be in [0, num_tasks={num_tasks})")
+  tokenizer_lib.check_vocab_type(vocab_type)
   os.makedirs(output_dir, exist_ok=True)
   if vocab_file is None:
-    vocab_file = tokenizer_lib.train_sentencepiece(corpus, os.path.join(output_dir, "vocab", "spm"), vocab_size,
-                                                   lower_case=lower_case)
+    prefix = os.path.join(output_dir, "vocab", "spm" if vocab_type == "sentencepiece" else "bpe")
+    vocab_file = tokenizer_lib.train_vocab(corpus, vocab_type, prefix, vocab_size, lower_case=lower_case)
   tok = tokenizer_lib.load(vocab_file, lower_case)
   workers = workers or os.cpu_count() or 1
   splits = {"train": _Shards(os.path.join(output_dir, "train"), num_train_shards, task_index, num_tasks),
@@ -181,7 +202,7 @@ def prepare(corpus, output_dir: str, opts: instances.InstanceOptions, *, vocab_f
       "invalid_utf8_lines": corpus_stats["invalid_utf8_lines"], **dict(totals),
       "avg_real_tokens_per_instance": totals["real_tokens"] / max(totals["instances"], 1),
       "masked_fraction": totals["masked_tokens"] / max(totals["maskable_tokens"], 1),
-      "random_next_fraction": totals["random_next"] / max(totals["instances"], 1),
+      "random_next_fraction": totals["random_next"] / max(totals["instances"], 1),  # label-1 fraction
       "seconds": round(seconds, 2), "workers": workers,
       "instances_per_second": totals["instances"] / max(seconds, 1e-9),
       "tokens_per_second": totals["real_tokens"] / max(seconds, 1e-9),
@@ -189,9 +210,9 @@ def prepare(corpus, output_dir: str, opts: instances.InstanceOptions, *, vocab_f
   manifest = {
       "format": "google-research/bert pretraining tf.train.Example",
       "max_seq_length": opts.max_seq_length, "max_predictions_per_seq": opts.max_predictions_per_seq,
-      "masking": {"masked_lm_prob": opts.masked_lm_prob, "whole_word_masking": opts.whole_word_masking,
-                  "replacement": {"mask": 0.8, "random": 0.1, "keep": 0.1}},
-      "instances": dataclasses.asdict(opts), "seed": seed, "vocab": tok.describe(), "lower_case": lower_case,
+      "masking": masking_settings(opts), "mode": opts.mode, "next_sentence_labels": SENTENCE_LABELS[opts.mode],
+      "instances": dataclasses.asdict(opts), "seed": seed, "vocab": tok.describe(), "vocab_type": tok.kind,
+      "lower_case": tok.lower_case,
       "corpus": corpus_description, "python": sys.version.split()[0],
       "splits": {name: {"shards": shard_counts[name], "instances": split_totals[name]["instances"]}
                  for name in splits},
@@ -228,11 +249,12 @@ def merge_manifests(output_dir: str) -> dict:
 
 def format_stats(manifest: dict) -> str:
   s = manifest["stats"]
+  label_one = {"sop": "swapped", "full_sentences": "label 1"}.get(manifest.get("mode"), "random-next")
   lines = [f"documents {s.get('documents', 0):,}  sentences {s.get('sentences', 0):,}  "
            f"instances {s.get('instances', 0):,} (train {manifest['splits']['train']['instances']:,}, "
            f"eval {manifest['splits']['eval']['instances']:,})",
            f"avg real tokens/instance {s.get('avg_real_tokens_per_instance', 0):.1f}  "
-           f"masked fraction {s.get('masked_fraction', 0):.4f}  random-next {s.get('random_next_fraction', 0):.3f}",
+           f"masked fraction {s.get('masked_fraction', 0):.4f}  {label_one} {s.get('random_next_fraction', 0):.3f}",
            f"skipped: empty lines {s.get('skipped_empty_lines', 0)}, empty documents "
            f"{s.get('skipped_empty_documents', 0)}, invalid UTF-8 lines {s.get('invalid_utf8_lines', 0)} (replaced)"]
   if "seconds" in s:
@@ -253,8 +275,9 @@ def main(argv):
   opts = instances.InstanceOptions(
       max_seq_length=f.max_seq_length, max_predictions_per_seq=f.max_predictions_per_seq,
       masked_lm_prob=f.masked_lm_prob, short_seq_prob=f.short_seq_prob, dupe_factor=f.dupe_factor,
-      whole_word_masking=f.whole_word_masking, mode=f.mode)
+      whole_word_masking=f.whole_word_masking, mode=f.mode, max_ngram=f.max_ngram)
   manifest = prepare(corpus, f.output_dir, opts, vocab_file=f.vocab_file, vocab_size=f.vocab_size,
+                     vocab_type=f.vocab_type,
                      lower_case=f.lower_case, seed=f.seed, num_train_shards=f.num_train_shards,
                      num_eval_shards=f.num_eval_shards, eval_fraction=f.eval_fraction, docs_per_chunk=f.docs_per_chunk,
                      workers=f.workers, task_index=f.task_index, num_tasks=f.num_tasks, corpus_description=f.corpus)
@@ -266,8 +289,11 @@ def cli():
   from absl import app, flags
   flags.DEFINE_string("corpus", "pydocs", "'pydocs' (offline default), 'tfds:NAME[:SPLIT]', or text-file globs")
   flags.DEFINE_string("output_dir", None, "where train/, eval/ and manifest.json go", required=True)
-  flags.DEFINE_string("vocab_file", None, "SentencePiece .model or WordPiece vocab.txt; default: train one")
-  flags.DEFINE_integer("vocab_size", 8000, "SentencePiece size when training a vocabulary")
+  flags.DEFINE_string("vocab_file", None, "SentencePiece .model, byte-level BPE tokenizer.json or WordPiece "
+                      "vocab.txt; default: train one of --vocab_type")
+  flags.DEFINE_enum("vocab_type", "sentencepiece", list(tokenizer_lib.VOCAB_TYPES),
+                    "vocabulary to train without --vocab_file: sentencepiece (BERT tokens) or bpe (RoBERTa)")
+  flags.DEFINE_integer("vocab_size", 8000, "vocabulary size when training one")
   flags.DEFINE_bool("lower_case", False, "lower-case text")
   flags.DEFINE_integer("max_seq_length", 128, "tokens per instance, [CLS]/[SEP] included")
   flags.DEFINE_integer("max_predictions_per_seq", 20, "cap on masked positions")
@@ -275,7 +301,9 @@ def cli():
   flags.DEFINE_float("short_seq_prob", 0.1, "probability of a shorter target length")
   flags.DEFINE_integer("dupe_factor", 5, "passes over the corpus with different masks")
   flags.DEFINE_bool("whole_word_masking", False, "mask whole words")
-  flags.DEFINE_enum("mode", "nsp", list(instances.MODES), "nsp pairs, or RoBERTa full-sentence packing")
+  flags.DEFINE_integer("max_ngram", 1, "mask n-grams of up to this many words/tokens, p(k) ~ 1/k (ALBERT: 3)")
+  flags.DEFINE_enum("mode", "nsp", list(instances.MODES),
+                    "nsp pairs, sop (ALBERT sentence order) pairs, or RoBERTa full-sentence packing")
   flags.DEFINE_integer("seed", 12345, "random seed")
   flags.DEFINE_integer("num_train_shards", 8, "train TFRecord files")
   flags.DEFINE_integer("num_eval_shards", 1, "eval TFRecord files")

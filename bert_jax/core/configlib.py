@@ -11,7 +11,7 @@ import re
 
 import ml_collections
 
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 
 
 def available() -> list[str]:
@@ -104,3 +104,18 @@ def run_cli(main, define_flags, config_help: str) -> None:
       logging.set_verbosity(logging.WARNING)  # Orbax is chatty at INFO
     main(flags.FLAGS.config, flags.FLAGS)
   app.run(run, argv=argv)
+
+
+def with_current_defaults(saved: dict) -> ml_collections.ConfigDict:
+  """A saved run config on top of today's defaults, so fields added since it was written have values."""
+  config = load("common")
+
+  def merge(node, values):
+    for k, v in values.items():
+      if isinstance(v, dict) and k in node and hasattr(node[k], "items"):
+        merge(node[k], v)
+      else:
+        node[k] = v
+  with config.unlocked():
+    merge(config, saved)
+  return config

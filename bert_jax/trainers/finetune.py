@@ -21,11 +21,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bert_jax import checkpoint as checkpoint_lib
-from bert_jax import train
-from bert_jax import heads, metrics, optim, sharding, task_export, task_metrics, tasks
+from bert_jax.convert import workdir as workdir_lib
+from bert_jax.core import checkpoint as checkpoint_lib
+from bert_jax.core import metrics, optim, sharding
+from bert_jax.core.train_state import TrainState, state_functions
 from bert_jax.data import tokenizer as tokenizer_lib
-from bert_jax.model import BertConfig
+from bert_jax.finetune import heads, task_export, task_metrics, tasks
+from bert_jax.models import name_tables as nt
+from bert_jax.models import registry
+from bert_jax.models.config import EncoderConfig
 
 
 def task_spec(config) -> tasks.TaskSpec:
@@ -51,14 +55,13 @@ def load_examples(config, spec: tasks.TaskSpec, workdir: str):
 
 
 def load_encoder(init_checkpoint: str):
-  """(encoder params {embeddings, encoder, pooler}, BertConfig, vocab file, lower_case) of a pretraining run."""
-  from bert_jax import export
+  """(encoder params {encoder}, encoder config, vocab file, lower_case) of a pretraining run."""
   if not os.path.isdir(os.path.join(init_checkpoint, "checkpoints")):
     raise FileNotFoundError(f"init_checkpoint {init_checkpoint!r} is not a pretraining workdir "
                             f"(no checkpoints/ in it)")
-  params, model_config, pretrain_config, step = export.load_workdir_params(init_checkpoint)
+  params, model_config, pretrain_config, step = workdir_lib.load_workdir_params(init_checkpoint)
   check_encoder(params, f"checkpoint {init_checkpoint} (step {step})")
-  vocab_file, lower_case = export.find_vocab(pretrain_config, init_checkpoint)
+  vocab_file, lower_case = workdir_lib.find_vocab(pretrain_config, init_checkpoint)
   return {k: params[k] for k in heads.ENCODER_PARAMS}, model_config, vocab_file, lower_case
 
 
@@ -66,10 +69,10 @@ def check_encoder(params, where: str) -> None:
   missing = [k for k in heads.ENCODER_PARAMS if k not in params]
   if missing:
     raise ValueError(f"{where} has no encoder: it lacks {missing} (has {sorted(params)}); fine-tuning needs "
-                     f"a BERT pretraining checkpoint")
+                     f"a pretraining checkpoint")
 
 
-def check_vocab(tok, model_config: BertConfig, vocab_file: str, checkpoint_vocab: str | None) -> None:
+def check_vocab(tok, model_config: EncoderConfig, vocab_file: str, checkpoint_vocab: str | None) -> None:
   if tok.vocab_size != model_config.vocab_size:
     raise ValueError(f"vocabulary {vocab_file} has {tok.vocab_size} entries but the checkpoint's model has "
                      f"vocab_size {model_config.vocab_size}; use the vocabulary the checkpoint was trained with"
@@ -102,7 +105,7 @@ def _apply(model, params, batch, deterministic, rng=None):
                      deterministic=deterministic, rngs=None if rng is None else {"dropout": rng})
 
 
-def train_step(state: train.TrainState, batch, *, model, tx, spec):
+def train_step(state: TrainState, batch, *, model, tx, spec):
   """One optimizer step; returns (new state, {loss, learning-rate-free metrics})."""
   rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
@@ -128,7 +131,7 @@ def make_optimizer(config, total_steps: int, freeze_encoder: bool):
   if r.clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(r.clip_norm), tx)
   if freeze_encoder:
-    label = lambda params: {k: ("head" if k in heads.HEAD_PARAMS else "frozen") for k in params}
+    label = lambda params: {k: ("frozen" if k in heads.ENCODER_PARAMS else "head") for k in params}
     tx = optax.multi_transform({"head": tx, "frozen": optax.set_to_zero()}, label)
   return tx, schedule
 
@@ -184,16 +187,19 @@ def evaluate(predict_fn, params, spec, examples, features, batch_size, mesh) -> 
   return out, answers
 
 
-def _model_config(config, pretrained: BertConfig | None, vocab_size: int, max_len: int) -> BertConfig:
+def _model_config(config, pretrained: EncoderConfig | None, vocab_size: int, max_len: int) -> EncoderConfig:
   m = config.model
   common = dict(hidden_dropout=m.hidden_dropout, attention_dropout=m.attention_dropout, dtype=m.dtype,
                 attention_impl=m.attention_impl)
   if pretrained is not None:
-    if max_len > pretrained.max_position_embeddings:
-      raise ValueError(f"data.max_seq_length={max_len} exceeds the checkpoint's max_position_embeddings "
-                       f"({pretrained.max_position_embeddings})")
+    if max_len > pretrained.max_sequence_length:
+      raise ValueError(f"data.max_seq_length={max_len} exceeds the checkpoint's position table "
+                       f"({pretrained.max_sequence_length} tokens)")
     return dataclasses.replace(pretrained, **common)
-  return BertConfig.from_size(m.size, vocab_size=vocab_size, max_position_embeddings=max(512, max_len), **common)
+  family = registry.get_family(m.family)
+  return family.config_cls.from_size(m.size, vocab_size=vocab_size,
+                                     max_position_embeddings=max(512, max_len) + family.config_cls.position_offset,
+                                     **common)
 
 
 def finetune(config, workdir: str, init_checkpoint: str = "") -> dict:
@@ -275,7 +281,7 @@ def finetune(config, workdir: str, init_checkpoint: str = "") -> dict:
     task_export.write_hf_dir(params, model_config, spec, hf_dir, vocab_file, tok.lower_case)
     fp32 = heads.MODELS[spec.kind](dataclasses.replace(model_config, dtype="float32"), num_labels=spec.num_labels)
     result["hf_max_logit_diff"] = task_export.check_hf_dir(fp32, params, spec, hf_dir)
-    log(f"wrote {hf_dir} ({task_export.HF_CLASSES[spec.kind]}); logits match ours to "
+    log(f"wrote {hf_dir} ({task_export.hf_class(model_config, spec.kind)}); logits match ours to "
         f"{result['hf_max_logit_diff']:.2g}")
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "eval_predictions.json"), "w") as f:
@@ -291,34 +297,28 @@ def _create_state(model, tx, mesh, rules, seed, seq_len, pretrained_params):
   """State under derived shardings; pretrained encoder params replace the fresh ones in their shards."""
   ids = jnp.zeros((1, seq_len), jnp.int32)
   init_params = lambda rng: model.init(rng, ids, ids, ids)["params"]
-  init_state, _, shardings = train.state_functions(init_params, tx, mesh, rules, seed)
+  init_state, _, shardings = state_functions(init_params, tx, mesh, rules, seed)
   rng = jax.random.key(seed)
   params = jax.jit(lambda r: nn.meta.unbox(init_params(r)), out_shardings=shardings.params)(rng)
   if pretrained_params is not None:
-    for k, tree in pretrained_params.items():
-      expected = jax.tree_util.tree_map(lambda x: x.shape, params[k])
-      got = jax.tree_util.tree_map(lambda x: x.shape, tree)
-      if expected != got:
-        raise ValueError(f"checkpoint {k!r} shapes do not fit the model: {got} vs {expected}")
-      params[k] = jax.device_put(jax.tree_util.tree_map(lambda x, p: np.asarray(x, p.dtype), tree, params[k]),
-                                 shardings.params[k])
+    params = _merge_pretrained(params, pretrained_params, shardings.params)
   state = jax.jit(init_state, out_shardings=shardings)(rng, params)
   return state, shardings
 
 
-def main(config, flag_values):
-  finetune(config, flag_values.workdir, flag_values.init_checkpoint)
-
-
-def cli():
-  from absl import flags
-  from bert_jax import configlib
-
-  def define_flags():
-    flags.DEFINE_string("workdir", None, "where params, metrics.jsonl, result.json and hf/ go", required=True)
-    flags.DEFINE_string("init_checkpoint", "", "pretraining workdir (overrides config.init_checkpoint)")
-  configlib.run_cli(main, define_flags, "config name in configs/ (e.g. finetune) or a path")
-
-
-if __name__ == "__main__":
-  cli()
+def _merge_pretrained(params, pretrained, shardings):
+  """Fresh params with the pretrained encoder's values put in. A pooler the pretraining objective never
+  made (MLM-only runs) stays fresh; any other gap or shape difference fails naming the parameter."""
+  fresh, saved = nt.flatten(params["encoder"]), nt.flatten(pretrained["encoder"])
+  fresh_shardings = nt.flatten(shardings["encoder"])
+  merged = {}
+  for path, value in fresh.items():
+    if path not in saved:
+      if not path.startswith("pooler/"):
+        raise ValueError(f"the checkpoint's encoder has no {path!r}; it does not fit this model")
+      merged[path] = value
+      continue
+    if saved[path].shape != value.shape:
+      raise ValueError(f"checkpoint encoder/{path} has shape {saved[path].shape}, the model needs {value.shape}")
+    merged[path] = jax.device_put(np.asarray(saved[path], value.dtype), fresh_shardings[path])
+  return {**params, "encoder": nt.unflatten(merged)}

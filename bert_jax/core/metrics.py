@@ -1,12 +1,6 @@
-"""Training metrics: FLOPs/MFU accounting, and the log writers (console, metrics.jsonl, TensorBoard).
+"""Training metrics: peak FLOP/s for MFU, and the log writers (console, metrics.jsonl, TensorBoard).
 
-FLOPs per training sequence (T tokens, P predicted positions, L layers, hidden H, FFN I, vocab V),
-counting a multiply-add as 2 FLOPs and backward as 2x forward (so training = 3x forward):
-  dense encoder weights   6 * T * L * (4*H*H + 2*H*I)        (QKV + output projection, FFN)
-  attention               12 * L * T*T * H                    (QK^T and probs x V)
-  MLM head                6 * P * (H*H + H*V)                 (transform + tied decoder, masked positions)
-  pooler + NSP            6 * (H*H + 2*H)
-Embedding lookups, layer norms, softmax and GELU are not counted (as in the usual 6N accounting).
+FLOPs per sequence come from the objective (objectives/*.py), which knows every model its step runs.
 """
 
 import json
@@ -38,15 +32,6 @@ def peak_flops_per_device(device_kind: str, override: float = 0.0) -> float | No
     if name.lower() in device_kind.lower():
       return PEAK_BF16_FLOPS[name]
   return None
-
-
-def flops_per_sequence(config, seq_len: int, num_predictions: int) -> float:
-  H, I, L, V = config.hidden_size, config.intermediate_size, config.num_layers, config.vocab_size
-  dense = 6 * seq_len * L * (4 * H * H + 2 * H * I)
-  attention = 12 * L * seq_len * seq_len * H
-  mlm = 6 * num_predictions * (H * H + H * V)
-  nsp = 6 * (H * H + 2 * H)
-  return float(dense + attention + mlm + nsp)
 
 
 class MetricsWriter:

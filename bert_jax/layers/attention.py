@@ -19,7 +19,8 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from bert_jax import dropout as dropout_lib
+from bert_jax.core import sharding
+from bert_jax.layers import dropout as dropout_lib
 
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
 SPLASH_BLOCK = 128  # the kernel's lane width: its blocks, so the sequence length, are multiples of this
@@ -105,7 +106,6 @@ def _splash_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS):
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
     return attend(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS.astype(jnp.int32))
-  from bert_jax import sharding
   spec = jax.sharding.PartitionSpec(sharding.BATCH_AXES)
   return jax.shard_map(attend, mesh=mesh, in_specs=(spec, spec, spec, spec), out_specs=spec)(
       q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS.astype(jnp.int32))

@@ -8,7 +8,6 @@ one mesh or device count restores onto another. If the newest checkpoint cannot 
 skipped with a warning and the one before it is used.
 """
 
-import dataclasses
 import logging
 import os
 import shutil
@@ -86,8 +85,11 @@ class Checkpointer:
       return
     raise FileNotFoundError(f"no data-pipeline state at {prefix}")
 
-  def restore_or_init(self, state, shardings, train_iter=None):
-    """The newest readable checkpoint (falling back past broken ones), else init_checkpoint, else state."""
+  def restore_or_init(self, state, shardings, train_iter=None, init=None):
+    """The newest readable checkpoint (falling back past broken ones), else init(state), else state.
+
+    `init` is the caller's start from elsewhere (e.g. pretrained params); this module knows no model.
+    """
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         restored = self.restore(step, state, shardings)
@@ -99,13 +101,7 @@ class Checkpointer:
         continue
       self.log(f"resumed from checkpoint at step {step}")
       return restored
-    init = self.config.checkpoint.init_checkpoint
-    if init:
-      from bert_jax import train  # train imports this module
-      params = restore_params(init, state.params, shardings.params, train.model_config(self.config))
-      self.log(f"initialised params from {init} (fresh optimizer state)")
-      return state.replace(params=params)
-    return state
+    return init(state) if init is not None else state
 
 
 def save_params(directory: str, params) -> None:
@@ -114,44 +110,38 @@ def save_params(directory: str, params) -> None:
     ckptr.save(os.path.abspath(directory), params, force=True)
 
 
-def _in_layout_of(params, model_config, directory: str):
-  """params in whatever encoder layout they were saved -> model_config's layout, through the HF name table."""
-  from bert_jax import convert
-  encoder = params.get("encoder", {})
-  scanned = "layers" in encoder
-  attention = (encoder["layers"]["layer"] if scanned else encoder.get("layer_0", {})).get("attention", {})
-  saved_as = dataclasses.replace(model_config, scan_layers=scanned, fused_qkv="qkv" in attention)
-  if saved_as == model_config:
-    return params
-  try:
-    return convert.hf_to_params(convert.params_to_hf(params, saved_as), model_config)
-  except (KeyError, ValueError) as e:
-    raise ValueError(f"init_checkpoint {directory} does not fit this model: {e}") from e
+def load_params(directory: str):
+  """A params-only checkpoint as numpy arrays on the host."""
+  with ocp.StandardCheckpointer() as ckptr:
+    metadata = ckptr.metadata(os.path.abspath(directory))
+    tree = getattr(metadata, "item_metadata", metadata)
+    return ckptr.restore(os.path.abspath(directory), _numpy_like(getattr(tree, "tree", tree)))
 
 
-def restore_params(directory: str, like_params, shardings, model_config=None):
-  """Params from a params-only checkpoint (bert_jax.convert from_hf/from_tf) or a training workdir's
-  latest checkpoint, placed in `shardings`; shapes must match `like_params`.
+def latest_step(directory: str):
+  """(manager, newest step) of a workdir's checkpoints/ directory; fails naming the steps it has."""
+  manager = ocp.CheckpointManager(os.path.abspath(directory))
+  return manager, manager.latest_step()
 
-  With model_config, a checkpoint in another encoder layout (scanned or per-layer, fused or separate
-  QKV) is converted to this model's layout first, e.g. `from_hf` output (per-layer) into a scanned run.
-  """
-  directory = os.path.abspath(directory)
-  if os.path.isdir(os.path.join(directory, "checkpoints")):
-    from bert_jax import export
-    params = export.load_workdir_params(directory)[0]
-  else:
-    with ocp.StandardCheckpointer() as ckptr:
-      params = ckptr.restore(directory)
-  expected = jax.tree_util.tree_structure(like_params)
-  if jax.tree_util.tree_structure(params) != expected and model_config is not None:
-    params = _in_layout_of(params, model_config, directory)
-  if jax.tree_util.tree_structure(params) != expected:
-    raise ValueError(f"init_checkpoint {directory} has a different parameter tree than this model "
-                     f"(scan_layers or num_layers differ?)")
-  def place(path, x, like, s):
-    if x.shape != like.shape:
-      raise ValueError(f"init_checkpoint {directory}: {jax.tree_util.keystr(path)} has shape {x.shape}, "
-                       f"this model needs {like.shape}")
-    return jax.device_put(np.asarray(x, like.dtype), s)
-  return jax.tree_util.tree_map_with_path(place, params, like_params, shardings)
+
+def load_saved_config(manager, step: int) -> dict:
+  return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+
+def _numpy_like(metadata_tree):
+  return jax.tree_util.tree_map(lambda m: np.zeros(m.shape, m.dtype), metadata_tree,
+                                is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
+
+
+def load_saved_params(manager, step: int):
+  """Only the params of a saved train state, as host numpy arrays: no optimizer, model or objective needed."""
+  path = os.path.join(str(manager.directory), str(step), "state")
+  with ocp.PyTreeCheckpointer() as ckptr:
+    metadata = ckptr.metadata(path)
+    tree = getattr(metadata, "item_metadata", metadata)
+    tree = getattr(tree, "tree", tree)
+    target = {"params": _numpy_like(tree["params"])}
+    restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+    restored = ckptr.restore(path, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
+                                                               partial_restore=True))
+  return restored["params"]

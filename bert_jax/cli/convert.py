@@ -1,0 +1,67 @@
+"""python -m bert_jax.convert {to_hf|from_hf|from_tf}: checkpoints <-> HF/PyTorch directories.
+
+  python -m bert_jax.convert to_hf   --workdir=runs/tiny --output=hf/tiny [--step=N] [--dtype=bfloat16]
+  python -m bert_jax.convert from_hf --hf_dir=hf/bert-base --output=ckpt/bert-base
+  python -m bert_jax.convert from_tf --tf_checkpoint=uncased_L-12_H-768_A-12/bert_model.ckpt \\
+                                     --tf_config=uncased_L-12_H-768_A-12/bert_config.json --output=ckpt/base
+to_hf writes the family's HF class for the heads the run trained (BertForPreTraining, RobertaForMaskedLM,
+AlbertForPreTraining, ...) with tokenizer files, then reloads it in transformers and checks the logits.
+"""
+
+import json
+
+from absl import app, flags, logging
+
+from bert_jax.convert import hf_dir, hf_params, tf1, workdir
+from bert_jax.models import bert
+
+
+def main(argv):
+  f = flags.FLAGS
+  if not f["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax is chatty at INFO
+  command = argv[1] if len(argv) > 1 else None
+  if command == "to_hf":
+    to_hf(f)
+  elif command in ("from_hf", "from_tf"):
+    if command == "from_hf":
+      params, model_config = hf_dir.read_hf_dir(f.hf_dir)
+    else:
+      with open(f.tf_config) as fh:
+        model_config = bert.config_from_hf(json.load(fh))
+      params = hf_params.hf_to_params(tf1.tf1_to_hf_state(f.tf_checkpoint, model_config.num_layers), model_config)
+    workdir.write_params_checkpoint(f.output, params, model_config)
+    print(f"wrote {type(model_config).family} params checkpoint {f.output} ({', '.join(hf_params.param_sections(params))}); "
+          f"train from it with --config.checkpoint.init_checkpoint={f.output}")
+  else:
+    raise SystemExit("usage: python -m bert_jax.convert {to_hf|from_hf|from_tf} [flags]; see --help")
+
+
+def to_hf(f):
+  params, model_config, config, step = workdir.load_workdir_params(f.workdir, f.step)
+  vocab_file, lower_case = (f.vocab_file, f.lower_case) if f.vocab_file else workdir.find_vocab(config, f.workdir)
+  architecture = hf_dir.write_hf_dir(params, model_config, f.output, f.dtype, vocab_file, lower_case)
+  print(f"wrote {f.output} ({architecture}) from {f.workdir} step {step}" + (
+      "" if vocab_file else " (no vocabulary found: pass --vocab_file for tokenizer files)"))
+  try:
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+  except ImportError:
+    print("transformers/torch not installed: skipped the logits check")
+    return
+  diff = hf_dir.check_hf_dir(params, model_config, f.output, tolerance=f.tolerance if f.dtype == "float32" else 5e-2)
+  print(f"checked: max |logit difference| vs transformers = {diff:.3g}")
+
+
+def cli():
+  flags.DEFINE_string("workdir", None, "to_hf: training workdir to read")
+  flags.DEFINE_integer("step", None, "to_hf: checkpoint step (default: latest)")
+  flags.DEFINE_string("output", None, "output directory", required=True)
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "to_hf: safetensors dtype")
+  flags.DEFINE_string("vocab_file", None, "to_hf: vocabulary for the tokenizer files (default: the run's)")
+  flags.DEFINE_bool("lower_case", False, "to_hf: with --vocab_file, whether it lower-cases")
+  flags.DEFINE_float("tolerance", 1e-4, "to_hf: max logit difference accepted by the check")
+  flags.DEFINE_string("hf_dir", None, "from_hf: directory with config.json and weights")
+  flags.DEFINE_string("tf_checkpoint", None, "from_tf: checkpoint prefix, e.g. .../bert_model.ckpt")
+  flags.DEFINE_string("tf_config", None, "from_tf: bert_config.json")
+  app.run(main)

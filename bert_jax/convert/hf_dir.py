@@ -1,0 +1,136 @@
+"""HF directories: write (config.json, model.safetensors, tokenizer files), read, and check logits.
+
+The class written is the family's HF class holding exactly the params' sections (e.g. BERT with MLM and
+NSP heads -> BertForPreTraining, RoBERTa with MLM -> RobertaForMaskedLM, ALBERT with MLM and SOP ->
+AlbertForPreTraining); the check reloads the directory in transformers and compares logits with ours.
+"""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from bert_jax.convert import hf_params
+from bert_jax.data import hf_tokenizer
+from bert_jax.models import pretraining, registry
+
+
+def hf_config_dict(config, sections) -> dict:
+  family = registry.family_of(config)
+  return {"architectures": [family.architecture(sections)], **family.hf_config(config)}
+
+
+def write_hf_dir(params, model_config, output_dir: str, dtype: str = "float32", vocab_file: str | None = None,
+                 lower_case: bool = False) -> str:
+  """Writes the directory; returns the HF architecture name."""
+  import torch
+  from safetensors.torch import save_file
+  os.makedirs(output_dir, exist_ok=True)
+  sections = _exportable_sections(params, model_config)
+  state = hf_params.params_to_hf(params, model_config, sections)
+  torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+  tensors = {k: torch.from_numpy(np.asarray(v, np.float32)).to(torch_dtype).contiguous() for k, v in state.items()}
+  save_file(tensors, os.path.join(output_dir, "model.safetensors"), metadata={"format": "pt"})
+  hf = hf_config_dict(model_config, sections)
+  with open(os.path.join(output_dir, "config.json"), "w") as f:
+    json.dump({**hf, "torch_dtype": dtype}, f, indent=2)
+  if vocab_file:
+    hf_tokenizer.save_hf_tokenizer(vocab_file, lower_case, output_dir, model_max_length=model_config.max_sequence_length)
+  return hf["architectures"][0]
+
+
+def _exportable_sections(params, model_config):
+  """The params' sections, less a pooler that the family's MLM-only class has no place for."""
+  sections = hf_params.param_sections(params)
+  family = registry.family_of(model_config)
+  try:
+    family.architecture(sections)
+  except ValueError:
+    sections = [s for s in sections if s != "pooler"]
+  return sections
+
+
+def probe_batch(model_config):
+  """(ids, mask, segments) int64 [2, 32]: a fixed batch with a padded row, for logits checks after export.
+  Ids avoid the special range so that RoBERTa's HF position ids (counted from non-pad ids) equal ours."""
+  rng = np.random.default_rng(0)
+  seq = min(32, model_config.max_sequence_length)
+  ids = rng.integers(5, model_config.vocab_size, (2, seq))
+  mask = np.ones((2, seq), np.int64)
+  mask[1, seq // 2:] = 0
+  segments = (np.arange(seq)[None] >= seq // 3).astype(np.int64) * mask
+  if model_config.type_vocab_size == 1:
+    segments = np.zeros_like(segments)
+  return ids, mask, segments
+
+
+# HF output attribute per our output, by the kind of HF class.
+_HF_OUTPUTS = {"ForPreTraining": {"mlm_logits": "prediction_logits", "nsp_logits": "seq_relationship_logits",
+                                  "sop_logits": "sop_logits"},
+               "ForMaskedLM": {"mlm_logits": "logits"},
+               "Model": {"sequence_output": "last_hidden_state"}}
+
+
+def check_hf_dir(params, model_config, output_dir: str, tolerance: float = 1e-4) -> float:
+  """Loads the written directory in transformers and compares outputs on a fixed batch; returns max diff."""
+  import jax
+  import torch
+  import transformers
+  with open(os.path.join(output_dir, "config.json")) as f:
+    architecture = json.load(f)["architectures"][0]
+  hf = getattr(transformers, architecture).from_pretrained(output_dir, dtype=torch.float32).eval()
+  ids, mask, segments = probe_batch(model_config)
+  with torch.no_grad():
+    out = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+             token_type_ids=torch.from_numpy(segments))
+  fp32 = dataclasses.replace(model_config, dtype="float32", param_dtype="float32")
+  sections = _exportable_sections(params, model_config)
+  heads = tuple(s for s in sections if s in pretraining.HEADS)
+  ours = pretraining.EncoderWithHeads(fp32, heads).apply(
+      {"params": jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)}, ids, mask, segments, None)
+  kind = next(k for k in _HF_OUTPUTS if architecture.endswith(k))
+  diff = 0.0
+  for our_key, hf_key in _HF_OUTPUTS[kind].items():
+    if our_key in ours:
+      a, b = np.asarray(ours[our_key]), getattr(out, hf_key).numpy()
+      if our_key == "sequence_output":
+        a, b = a[mask.astype(bool)], b[mask.astype(bool)]
+      diff = max(diff, float(np.max(np.abs(a - b))))
+  if diff > tolerance:
+    raise ValueError(f"HF {architecture} outputs differ from ours by {diff:.3g} > {tolerance:g} after conversion")
+  return diff
+
+
+def load_state_dict(hf_dir: str) -> dict:
+  st = os.path.join(hf_dir, "model.safetensors")
+  if os.path.exists(st):
+    from safetensors.numpy import load_file
+    try:
+      return load_file(st)
+    except (TypeError, ValueError):  # bf16 tensors need torch to read
+      from safetensors.torch import load_file as load_torch
+      return {k: v.float().numpy() for k, v in load_torch(st).items()}
+  if os.path.exists(os.path.join(hf_dir, "pytorch_model.bin")):
+    import torch
+    return {k: v.float().numpy() for k, v in
+            torch.load(os.path.join(hf_dir, "pytorch_model.bin"), map_location="cpu", weights_only=True).items()}
+  raise FileNotFoundError(f"{hf_dir} has neither model.safetensors nor pytorch_model.bin")
+
+
+def config_from_hf_json(hf: dict, **overrides):
+  """Our encoder config from an HF config.json dict; its model_type picks the family."""
+  model_type = hf.get("model_type", "bert")
+  matches = [f for f in registry.FAMILIES.values() if f.hf_model_type == model_type]
+  if not matches:
+    raise ValueError(f"HF model_type {model_type!r} is not a family bert_jax has "
+                     f"({sorted(f.hf_model_type for f in registry.FAMILIES.values())})")
+  return matches[0].config_from_hf(hf, **overrides)
+
+
+def read_hf_dir(hf_dir: str, **config_overrides):
+  """(params, encoder config) from an HF directory with model.safetensors or pytorch_model.bin and config.json.
+  HF task-model prefixes (e.g. a classifier) are not pretraining sections and fail as unexpected keys."""
+  with open(os.path.join(hf_dir, "config.json")) as f:
+    model_config = config_from_hf_json(json.load(f), **config_overrides)
+  return hf_params.hf_to_params(load_state_dict(hf_dir), model_config), model_config

@@ -1,0 +1,140 @@
+"""Params <-> HF/PyTorch state dicts through the family's name table, and layout changes through it.
+
+Arrays are numpy on the way out (HF layout, in the params' dtype) and keep their dtype on the way in
+unless `param_dtype` is given. Which sections (encoder, pooler, heads) are converted follows what is
+there: the params' subtrees on export, the state dict's keys on import.
+"""
+
+import dataclasses
+from typing import Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bert_jax.models import name_tables as nt
+from bert_jax.models import pretraining, registry
+from bert_jax.models.config import EncoderConfig
+
+
+def param_sections(params) -> list[str]:
+  """Sections a params tree holds: encoder, pooler (if created) and each head subtree."""
+  sections = ["encoder"] + (["pooler"] if "pooler" in params.get("encoder", {}) else [])
+  return sections + sorted(k for k in params if k != "encoder")
+
+
+def _table(config: EncoderConfig, sections) -> list:
+  tables = registry.family_of(config).name_table(config)
+  unknown = [s for s in sections if s not in tables]
+  if unknown:
+    raise ValueError(f"{type(config).family} has no HF names for {unknown}; it knows {sorted(tables)}")
+  return [row for s in sections for row in tables[s]]
+
+
+def table_to_hf(flat_params, table, config, dtype=None, what: str = "") -> dict[str, np.ndarray]:
+  """Applies each row's to_hf to flat params (path -> array); `what` completes the missing-key error."""
+  state = {}
+  for ours, hf, t in table:
+    if ours not in flat_params:
+      raise KeyError(f"params have no {ours!r} (needed for {hf!r}); {what or 'is the config right for these params?'}")
+    for name, value in nt.by_hf_name(hf, t.to_hf(np.asarray(flat_params[ours], dtype), config)):
+      state[name] = np.ascontiguousarray(value)
+  return state
+
+
+def params_to_hf(params, config: EncoderConfig, sections=None, extra_rows=()) -> dict[str, np.ndarray]:
+  """Flax params (scanned or not, any float dtype) -> HF state dict (numpy) of the given sections
+  (default: all the params have), plus `extra_rows` (e.g. a fine-tuning head's)."""
+  sections = param_sections(params) if sections is None else sections
+  flat = nt.flatten(nt.unscan_params(params, config.num_layers))
+  return table_to_hf(flat, _table(config, sections) + list(extra_rows), config)
+
+
+def expected_shapes(config: EncoderConfig, sections) -> dict:
+  """Our unscanned param shapes for these sections, by eval_shape."""
+  unscanned = dataclasses.replace(config, scan_layers=False)
+  heads = tuple(s for s in sections if s in pretraining.HEADS)
+  if "pooler" in sections and not set(heads) & set(pretraining.SENTENCE_HEADS):
+    heads += ("nsp",)  # something must read the pooler for it to exist; its rows are not used
+  model = pretraining.EncoderWithHeads(unscanned, heads)
+  ids = jnp.zeros((1, 1), jnp.int32)
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), ids, ids, ids))
+  return {k: v.shape for k, v in nt.flatten(nn.unbox(abstract["params"])).items()}
+
+
+def hf_sections(state: Mapping, config: EncoderConfig) -> list[str]:
+  """Sections whose HF keys are all in the state dict; a section present in part fails naming the gap."""
+  tables = registry.family_of(config).name_table(config)
+  present = []
+  for section, rows in tables.items():
+    names = [n for _, hf, _ in rows for n in nt.hf_names(hf)]
+    have = [n for n in names if n in state]
+    if len(have) == len(names):
+      present.append(section)
+    elif have or section == "encoder":
+      missing = sorted(set(names) - set(have))
+      raise KeyError(f"state dict has part of the {section!r} weights; missing keys: {missing[:10]} "
+                     f"(is num_layers={config.num_layers} right, and is it a {type(config).family} model?)")
+  return present
+
+
+def hf_to_params(state_dict: Mapping[str, np.ndarray], config: EncoderConfig, param_dtype=None, extra_rows=()):
+  """HF state dict -> Flax params (layout as config.scan_layers asks) of every section the dict holds.
+
+  Fails naming the key on a missing or unexpected key, a wrong shape, or untied decoder weights.
+  """
+  family = registry.family_of(config)
+  state = {k: np.asarray(v) for k, v in state_dict.items()}
+  sections = hf_sections(state, config)
+  table = _table(config, sections) + list(extra_rows)
+  known = {name for _, hf, _ in table for name in nt.hf_names(hf)}
+  unexpected = sorted(set(state) - known - set(family.tied_hf_keys) - family.ignored_hf_keys)
+  if unexpected:
+    raise KeyError(f"unexpected keys in state dict: {unexpected[:10]} (is num_layers={config.num_layers} right, "
+                   f"and is it a {family.name} model?)")
+  for tied, source in family.tied_hf_keys.items():
+    if tied in state and source in state and not np.array_equal(state[tied], state[source]):
+      raise ValueError(f"{tied!r} differs from {source!r}: bert_jax ties the decoder to the word embeddings")
+  expected = expected_shapes(config, sections)
+  flat = {}
+  for ours, hf, t in table:
+    if ours in expected:
+      _check_hf_shapes(state, hf, ours, expected[ours], t, config)
+    value = t.from_hf(state[hf] if isinstance(hf, str) else tuple(state[n] for n in hf), config)
+    flat[ours] = value.astype(param_dtype) if param_dtype is not None else value
+  params = nt.unflatten(flat)
+  return nt.scan_params(params, config.num_layers) if config.scan_layers else params
+
+
+def _check_hf_shapes(state, hf, our_path, our_shape, transform, config):
+  for hf_name, expected_hf in nt.by_hf_name(hf, transform.to_hf(np.zeros(our_shape, np.float32), config)):
+    if tuple(state[hf_name].shape) != tuple(expected_hf.shape):
+      raise ValueError(f"{hf_name!r} has shape {tuple(state[hf_name].shape)} but this config needs "
+                       f"{tuple(expected_hf.shape)} (for {our_path!r} {tuple(our_shape)}); "
+                       "check vocab_size/hidden_size/num_heads/embedding_size")
+
+
+def saved_layout(params, config: EncoderConfig) -> EncoderConfig:
+  """`config` with scan_layers, fused_qkv and the vocabulary padding as the params were saved."""
+  encoder = params.get("encoder", {})
+  scanned = "layers" in encoder
+  layer = encoder["layers"]["layer"] if scanned else encoder.get("layer_0", encoder.get("shared_layer", {}).get(
+      "layer", {}))
+  rows = encoder.get("embeddings", {}).get("word_embeddings", {}).get("embedding")
+  # A padded table of `rows` rows is what vocab_pad_multiple=rows gives (rows >= vocab_size).
+  pad = config.vocab_pad_multiple if rows is None or rows.shape[0] < config.vocab_size else rows.shape[0]
+  return dataclasses.replace(config, scan_layers=scanned or (config.scan_layers and "shared_layer" in encoder),
+                             fused_qkv="qkv" in layer.get("attention", {}), vocab_pad_multiple=pad)
+
+
+def to_layout(params, config: EncoderConfig, where: str = "checkpoint"):
+  """params in whatever encoder layout they were saved (scanned or per-layer, fused or separate QKV, vocabulary
+  padded or not) -> config's layout, through the family's HF name table."""
+  saved_as = saved_layout(params, config)
+  if saved_as == config:
+    return params
+  try:
+    return hf_to_params(params_to_hf(params, saved_as), config)
+  except (KeyError, ValueError) as e:
+    raise ValueError(f"{where} does not fit this model: {e}") from e

@@ -1,0 +1,67 @@
+"""Fine-tuning models: the shared encoder trunk (models/encoder.py, same `encoder/` params as pretraining)
+plus a task head, for every family.
+
+  SequenceClassifier  [CLS] pooled -> dropout -> classifier [B, num_labels] (1 label: regression).
+                      Families without a pooler (RoBERTa) use a head-owned dense+tanh on <s> instead,
+                      as HF's RobertaClassificationHead does.
+  TokenClassifier     sequence_output -> dropout -> classifier [B, T, num_labels]
+  QuestionAnswering   sequence_output -> qa_outputs [B, T, 2] -> start/end logits [B, T]
+"""
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from bert_jax.layers import common
+from bert_jax.layers import dropout as dropout_lib
+from bert_jax.models.config import EncoderConfig
+from bert_jax.models.encoder import Encoder
+
+ENCODER_PARAMS = ("encoder",)  # everything else is the head's, new at fine-tuning
+
+
+class SequenceClassifier(nn.Module):
+  config: EncoderConfig
+  num_labels: int = 2
+
+  @nn.compact
+  def __call__(self, input_ids_BxT, input_mask_BxT, segment_ids_BxT, *, deterministic=True):
+    c = self.config
+    dropout = lambda x: dropout_lib.Dropout(c.hidden_dropout, deterministic=deterministic)(x)
+    encoder = Encoder(c, deterministic, name="encoder")
+    x = encoder(input_ids_BxT, input_mask_BxT, segment_ids_BxT)
+    if c.use_pooler:
+      pooled = encoder.pool(x)
+    else:
+      pooled = jnp.tanh(common.dense(c, c.hidden_size, ("embed", "mlp"), "classifier_dense")(dropout(x[:, 0])))
+    logits = common.dense(c, self.num_labels, ("mlp", None), "classifier")(dropout(pooled))
+    return {"logits": logits.astype(jnp.float32)}
+
+
+class TokenClassifier(nn.Module):
+  config: EncoderConfig
+  num_labels: int = 2
+
+  @nn.compact
+  def __call__(self, input_ids_BxT, input_mask_BxT, segment_ids_BxT, *, deterministic=True):
+    c = self.config
+    x = Encoder(c, deterministic, name="encoder")(input_ids_BxT, input_mask_BxT, segment_ids_BxT)
+    x = dropout_lib.Dropout(c.hidden_dropout, deterministic=deterministic)(x)
+    logits = common.dense(c, self.num_labels, ("embed", None), "classifier")(x)
+    return {"logits": logits.astype(jnp.float32)}
+
+
+class QuestionAnswering(nn.Module):
+  config: EncoderConfig
+  num_labels: int = 2  # start and end; kept for a uniform constructor
+
+  @nn.compact
+  def __call__(self, input_ids_BxT, input_mask_BxT, segment_ids_BxT, *, deterministic=True):
+    x = Encoder(self.config, deterministic, name="encoder")(input_ids_BxT, input_mask_BxT, segment_ids_BxT)
+    logits = common.dense(self.config, 2, ("embed", None), "qa_outputs")(x).astype(jnp.float32)
+    # Padding can never be an answer boundary.
+    logits = jnp.where(input_mask_BxT[..., None] > 0, logits, -1e9)
+    return {"start_logits": logits[..., 0], "end_logits": logits[..., 1]}
+
+
+MODELS = {"classification": SequenceClassifier, "regression": SequenceClassifier,
+          "tagging": TokenClassifier, "qa": QuestionAnswering}

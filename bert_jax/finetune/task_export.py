@@ -1,0 +1,97 @@
+"""Fine-tuned models to HF <Family>ForSequenceClassification / ForTokenClassification / ForQuestionAnswering.
+
+The encoder rows are the family's pretraining name table (models/<family>/hf_names.py); each head adds
+its rows. The pooler's rows go only where the HF class has one (sequence classification of a family
+with a pooler).
+"""
+
+import json
+import os
+
+import numpy as np
+
+from bert_jax.convert import hf_dir, hf_params
+from bert_jax.data import hf_tokenizer
+from bert_jax.models import name_tables as nt
+from bert_jax.models import registry
+
+HF_TASKS = {"classification": "ForSequenceClassification", "regression": "ForSequenceClassification",
+            "tagging": "ForTokenClassification", "qa": "ForQuestionAnswering"}
+_CLASSIFIER = [("classifier/kernel", "classifier.weight", nt.dense_kernel),
+               ("classifier/bias", "classifier.bias", nt.identity)]
+HEAD_ROWS = {
+    "classification": _CLASSIFIER, "regression": _CLASSIFIER, "tagging": _CLASSIFIER,
+    "qa": [("qa_outputs/kernel", "qa_outputs.weight", nt.dense_kernel),
+           ("qa_outputs/bias", "qa_outputs.bias", nt.identity)],
+}
+# RoBERTa's classification head: dense + tanh on <s>, then out_proj (no pooler).
+NO_POOLER_CLASSIFIER = [("classifier_dense/kernel", "classifier.dense.weight", nt.dense_kernel),
+                        ("classifier_dense/bias", "classifier.dense.bias", nt.identity),
+                        ("classifier/kernel", "classifier.out_proj.weight", nt.dense_kernel),
+                        ("classifier/bias", "classifier.out_proj.bias", nt.identity)]
+
+
+def hf_class(model_config, kind: str) -> str:
+  masked_lm = registry.family_of(model_config).hf_architectures[("mlm",)]
+  return masked_lm.replace("ForMaskedLM", "") + HF_TASKS[kind]
+
+
+def _layout(model_config, kind: str):
+  """(sections, head rows) of the HF task class."""
+  sequence = HF_TASKS[kind] == "ForSequenceClassification"
+  if sequence and not model_config.use_pooler:
+    return ["encoder"], NO_POOLER_CLASSIFIER
+  return ["encoder"] + (["pooler"] if sequence else []), HEAD_ROWS[kind]
+
+
+def params_to_hf(params, model_config, kind: str) -> dict:
+  sections, rows = _layout(model_config, kind)
+  return {k: np.asarray(v, np.float32) for k, v in
+          hf_params.params_to_hf(params, model_config, sections, extra_rows=rows).items()}
+
+
+def write_hf_dir(params, model_config, spec, output_dir: str, vocab_file: str | None = None,
+                 lower_case: bool = False) -> None:
+  import torch
+  from safetensors.torch import save_file
+  os.makedirs(output_dir, exist_ok=True)
+  state = params_to_hf(params, model_config, spec.kind)
+  save_file({k: torch.from_numpy(np.array(v)).contiguous() for k, v in state.items()},
+            os.path.join(output_dir, "model.safetensors"), metadata={"format": "pt"})
+  hf = hf_dir.hf_config_dict(model_config, ["encoder"])
+  hf["architectures"] = [hf_class(model_config, spec.kind)]
+  hf["num_labels"] = spec.num_labels
+  if spec.label_names:
+    hf["id2label"] = dict(enumerate(spec.label_names))
+    hf["label2id"] = {n: i for i, n in enumerate(spec.label_names)}
+  if spec.kind == "regression":
+    hf["problem_type"] = "regression"
+  with open(os.path.join(output_dir, "config.json"), "w") as f:
+    json.dump(hf, f, indent=2)
+  if vocab_file:
+    hf_tokenizer.save_hf_tokenizer(vocab_file, lower_case, output_dir, model_max_length=model_config.max_sequence_length)
+
+
+def check_hf_dir(model, params, spec, output_dir: str, tolerance: float = 1e-4) -> float:
+  """Reloads output_dir in transformers and compares its logits with ours on a fixed padded batch."""
+  import torch
+  import transformers
+  name = hf_class(model.config, spec.kind)
+  hf = getattr(transformers, name).from_pretrained(output_dir, dtype=torch.float32).eval()
+  ids, mask, segments = hf_dir.probe_batch(model.config)
+  with torch.no_grad():
+    out = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+             token_type_ids=torch.from_numpy(segments))
+  ours = model.apply({"params": params}, ids, mask, segments)
+  real = mask.astype(bool)
+  if spec.kind == "qa":
+    pairs = [(np.asarray(ours["start_logits"])[real], out.start_logits.numpy()[real]),
+             (np.asarray(ours["end_logits"])[real], out.end_logits.numpy()[real])]
+  elif spec.kind == "tagging":
+    pairs = [(np.asarray(ours["logits"])[real], out.logits.numpy()[real])]
+  else:
+    pairs = [(np.asarray(ours["logits"]), out.logits.numpy())]
+  diff = max(float(np.max(np.abs(a - b))) for a, b in pairs)
+  if diff > tolerance:
+    raise ValueError(f"HF {name} logits differ from ours by {diff:.3g} > {tolerance:g}")
+  return diff

@@ -1,0 +1,111 @@
+"""EncoderConfig: the trunk's hyper-parameters, one frozen dataclass every family specialises.
+
+A family (models/<family>/) subclasses it to set its defaults and checks; the model sees only this,
+never the ConfigDict.
+"""
+
+import dataclasses
+from typing import Any, ClassVar
+
+import jax.numpy as jnp
+
+from bert_jax.layers import attention as attention_lib
+from bert_jax.layers import common
+from bert_jax.layers import transformer
+
+# name: (num_layers, hidden_size, num_heads); intermediate is 4 * hidden.
+SIZES = {
+    "tiny": (2, 128, 2),
+    "mini": (4, 256, 4),
+    "small": (4, 512, 8),
+    "medium": (8, 512, 8),
+    "base": (12, 768, 12),
+    "large": (24, 1024, 16),
+    "xlarge": (24, 2048, 16),    # ALBERT-xlarge
+    "xxlarge": (12, 4096, 64),   # ALBERT-xxlarge (one shared layer, 16384 FFN; set intermediate_size)
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+  """Trunk hyper-parameters shared by every family."""
+  family: ClassVar[str] = "bert"
+  vocab_size: int = 30522
+  hidden_size: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  intermediate_size: int = 3072
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  layer_norm_eps: float = 1e-12
+  hidden_dropout: float = 0.1
+  attention_dropout: float = 0.1
+  initializer_range: float = 0.02
+  hidden_act: str = "gelu"        # gelu (erf) | gelu_new (tanh approximation)
+  embedding_size: int = 0         # 0: the hidden size; ALBERT factorizes to E and projects E -> H
+  layer_sharing: str = "none"     # none | all | attention | ffn (ALBERT cross-layer sharing)
+  position_offset: int = 0        # added to position ids (RoBERTa: padding_idx + 1 = 2)
+  use_pooler: bool = True         # the [CLS] dense+tanh pooler (RoBERTa has none)
+  dtype: str = "float32"          # compute dtype
+  param_dtype: str = "float32"
+  remat_policy: str = "none"      # one of transformer.REMAT_POLICIES
+  scan_layers: bool = False
+  vocab_pad_multiple: int = 1     # e.g. 128 pads 30522 -> 30592 for faster matmuls
+  attention_impl: str = "xla"     # see attention.IMPLEMENTATIONS
+  mlm_all_positions: bool = False  # MLM logits at all T positions, then gather (HF's way; a benchmark baseline)
+  fused_qkv: bool = False         # one [H, 3, heads, head_dim] projection instead of query/key/value
+
+  def __post_init__(self):
+    if self.hidden_size % self.num_heads:
+      raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+    transformer.check_stack_config(self)
+    if self.attention_impl not in attention_lib.IMPLEMENTATIONS:
+      raise ValueError(f"attention_impl {self.attention_impl!r} is not one of {attention_lib.IMPLEMENTATIONS}")
+    if self.hidden_act not in common.ACTIVATIONS:
+      raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {common.ACTIVATIONS}")
+    for name in ("vocab_size", "num_layers", "intermediate_size", "max_position_embeddings",
+                 "type_vocab_size", "vocab_pad_multiple"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+    if self.embedding_size < 0 or self.position_offset < 0:
+      raise ValueError("embedding_size and position_offset must be >= 0")
+    jnp.dtype(self.dtype), jnp.dtype(self.param_dtype)  # fail early on a bad dtype name
+
+  @classmethod
+  def from_size(cls, size: str, **overrides: Any) -> "EncoderConfig":
+    if size not in SIZES:
+      raise ValueError(f"unknown model size {size!r}; choose one of {sorted(SIZES)}")
+    layers, hidden, heads = SIZES[size]
+    fields = dict(num_layers=layers, hidden_size=hidden, num_heads=heads, intermediate_size=4 * hidden)
+    fields.update(overrides)
+    return cls(**fields)
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @property
+  def embedding_width(self) -> int:
+    """Width of the embedding tables and of the MLM decoder's input."""
+    return self.embedding_size or self.hidden_size
+
+  @property
+  def padded_vocab_size(self) -> int:
+    m = self.vocab_pad_multiple
+    return -(-self.vocab_size // m) * m
+
+  @property
+  def max_sequence_length(self) -> int:
+    return self.max_position_embeddings - self.position_offset
+
+
+def trunk_flops_per_sequence(config: EncoderConfig, seq_len: int) -> float:
+  """Training FLOPs (3x forward, multiply-add = 2) of the trunk for one sequence of seq_len tokens:
+  dense layer weights 6*T*L*(4*H*H + 2*H*I), attention 12*L*T*T*H, ALBERT's E->H projection 6*T*E*H.
+  Sharing changes parameters, not compute. Lookups, norms, softmax and GELU are not counted; the pooler
+  is counted by the objective that reads it."""
+  H, I, L, T = config.hidden_size, config.intermediate_size, config.num_layers, seq_len
+  flops = 6 * T * L * (4 * H * H + 2 * H * I) + 12 * L * T * T * H
+  if config.embedding_size:
+    flops += 6 * T * config.embedding_size * H
+  return float(flops)

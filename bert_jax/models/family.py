@@ -1,0 +1,72 @@
+"""What a model family is: its config class, its HF name table by section, and its HF classes.
+
+Sections are the parts of a parameter tree that may or may not be present: `encoder` (always),
+`pooler` (when a head reads it), and one per pretraining head (`mlm`, `nsp`, `sop`). Export writes the
+sections the params have, under the HF class that holds exactly those; import reads the sections
+the HF state dict has.
+"""
+
+import dataclasses
+from typing import Callable, Mapping
+
+from bert_jax.models.config import EncoderConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  name: str
+  config_cls: type
+  hf_model_type: str
+  # (config) -> {section: [(our path, HF name(s), transform), ...]}; our paths are unscanned.
+  name_table: Callable[[EncoderConfig], dict]
+  # Sections present (sorted tuple, without "encoder") -> HF architecture that holds exactly them.
+  hf_architectures: Mapping[tuple, str]
+  # Our config -> config.json fields, and back.
+  hf_config: Callable[[EncoderConfig], dict]
+  config_from_hf: Callable[..., EncoderConfig]
+  vocab_kinds: tuple[str, ...]                          # tokenizer kinds this family's vocabulary may be
+  tied_hf_keys: Mapping[str, str] = dataclasses.field(default_factory=dict)  # HF copy -> canonical HF key
+  ignored_hf_keys: frozenset = frozenset()              # buffers HF may save (position_ids, ...)
+
+  def architecture(self, sections) -> str:
+    heads = tuple(sorted(set(sections) - {"encoder"}))
+    for candidate in (heads, tuple(h for h in heads if h != "pooler")):
+      if candidate in self.hf_architectures:
+        return self.hf_architectures[candidate]
+    raise ValueError(f"{self.name}: no HF class holds the heads {list(heads)}; "
+                     f"known: {dict(self.hf_architectures)}")
+
+  def check_vocab_kind(self, kind: str, vocab_file: str) -> None:
+    if kind not in self.vocab_kinds:
+      raise ValueError(f"model family {self.name!r} needs a {' or '.join(self.vocab_kinds)} vocabulary, but "
+                       f"{vocab_file} is {kind}; train one with data.vocab_type={self.vocab_kinds[0]!r} and an empty "
+                       f"data.vocab_file, or pass a vocabulary of that kind")
+
+
+def hf_common_config(config: EncoderConfig) -> dict:
+  """config.json fields every BERT-like HF config shares (real, unpadded vocab)."""
+  return {
+      "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
+      "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
+      "intermediate_size": config.intermediate_size, "hidden_act": config.hidden_act,
+      "max_position_embeddings": config.max_position_embeddings, "type_vocab_size": config.type_vocab_size,
+      "layer_norm_eps": config.layer_norm_eps, "initializer_range": config.initializer_range,
+      "hidden_dropout_prob": config.hidden_dropout, "attention_probs_dropout_prob": config.attention_dropout,
+      "tie_word_embeddings": True,
+  }
+
+
+def common_fields_from_hf(hf: Mapping, defaults: EncoderConfig) -> dict:
+  """EncoderConfig fields from an HF config.json dict, falling back to the family's defaults."""
+  act = hf.get("hidden_act", defaults.hidden_act)
+  if act not in ("gelu", "gelu_new"):
+    raise ValueError(f"hidden_act {act!r} is not supported; bert_jax has 'gelu' (erf) and 'gelu_new' (tanh)")
+  return dict(
+      vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
+      num_heads=hf["num_attention_heads"], intermediate_size=hf["intermediate_size"], hidden_act=act,
+      max_position_embeddings=hf.get("max_position_embeddings", defaults.max_position_embeddings),
+      type_vocab_size=hf.get("type_vocab_size", defaults.type_vocab_size),
+      layer_norm_eps=hf.get("layer_norm_eps", defaults.layer_norm_eps),
+      initializer_range=hf.get("initializer_range", defaults.initializer_range),
+      hidden_dropout=hf.get("hidden_dropout_prob", defaults.hidden_dropout),
+      attention_dropout=hf.get("attention_probs_dropout_prob", defaults.attention_dropout))

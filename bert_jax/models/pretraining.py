@@ -1,0 +1,46 @@
+"""The trunk with a chosen set of pretraining heads: what MLM-family objectives train and HF export checks.
+
+  heads ⊆ {"mlm", "nsp", "sop"}; "nsp" and "sop" read the pooler (so they create encoder/pooler).
+Output: {"sequence_output": [B, T, H], "mlm_logits": [B, P or T, V], "<nsp|sop>_logits": [B, 2] or [B, K, 2]}.
+"""
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from bert_jax.layers import common
+from bert_jax.models import heads as heads_lib
+from bert_jax.models.config import EncoderConfig
+from bert_jax.models.encoder import Encoder
+
+HEADS = ("mlm", "nsp", "sop")
+SENTENCE_HEADS = ("nsp", "sop")
+
+
+class EncoderWithHeads(nn.Module):
+  config: EncoderConfig
+  heads: tuple[str, ...] = ("mlm",)
+
+  @nn.compact
+  def __call__(self, input_ids_BxT, input_mask_BxT, segment_ids_BxT, masked_lm_positions_BxP=None, *,
+               position_ids_BxT=None, attention_segments_BxT=None, cls_positions_BxK=None, deterministic=True):
+    """masked_lm_positions_BxP=None gives MLM logits at all T positions; cls_positions_BxK reads the
+    sentence head at each packed instance's [CLS] instead of at row offset 0."""
+    unknown = set(self.heads) - set(HEADS)
+    if unknown:
+      raise ValueError(f"unknown heads {sorted(unknown)}; choose from {HEADS}")
+    c = self.config
+    encoder = Encoder(c, deterministic, name="encoder")
+    x = encoder(input_ids_BxT, input_mask_BxT, segment_ids_BxT, position_ids_BxT=position_ids_BxT,
+                attention_segments_BxT=attention_segments_BxT)
+    out = {"sequence_output": x}
+    if "mlm" in self.heads:
+      gather_first = masked_lm_positions_BxP is not None and not c.mlm_all_positions
+      h = common.gather_rows(x, masked_lm_positions_BxP) if gather_first else x
+      logits = heads_lib.MlmHead(c, name="mlm")(h, encoder.word_table())
+      if masked_lm_positions_BxP is not None and not gather_first:
+        logits = jnp.take_along_axis(logits, masked_lm_positions_BxP[..., None].astype(jnp.int32), axis=1)
+      out["mlm_logits"] = logits
+    for name in SENTENCE_HEADS:
+      if name in self.heads:
+        out[f"{name}_logits"] = heads_lib.SentencePairHead(c, name=name)(encoder.pool(x, cls_positions_BxK))
+    return out

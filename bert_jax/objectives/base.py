@@ -1,0 +1,51 @@
+"""What a pretraining objective is, to the trainer.
+
+The trainer (trainers/pretrain.py), eval, metrics.jsonl, checkpointing and export call only this
+interface; they never name a loss or a head. An objective owns:
+  - its model (the trunk plus its heads, or two models for ELECTRA-style objectives) and its init,
+  - the batch keys it reads,
+  - its loss as sums (numerators and denominators), so gradient accumulation over microbatches divides
+    by the whole batch's weights and four microbatches of 8 equal one batch of 32,
+  - its summaries (the metrics.jsonl fields it adds, `loss` included) and its console fields,
+  - its FLOPs per sequence, for MFU.
+"""
+
+import abc
+
+import jax
+
+
+class Objective(abc.ABC):
+  name: str = ""
+  batch_keys: tuple[str, ...] = ()
+  log_fields: tuple[str, ...] = ()   # summaries shown on the console's train/eval lines
+
+  @abc.abstractmethod
+  def init_params(self, rng: jax.Array):
+    """Fresh, logically boxed params (nn.Partitioned leaves), from shapes only."""
+
+  @abc.abstractmethod
+  def loss_sums(self, params, batch: dict, rng: jax.Array, deterministic: bool) -> dict:
+    """A pytree of sums over this (micro)batch, additive across microbatches and eval batches."""
+
+  @abc.abstractmethod
+  def denominators(self, batch: dict) -> dict:
+    """Normalisers computed on the whole global batch (e.g. masked-token weight, sequence count)."""
+
+  @abc.abstractmethod
+  def loss(self, sums: dict, denominators: dict) -> jax.Array:
+    """The scalar training loss from sums and whole-batch denominators."""
+
+  @abc.abstractmethod
+  def summaries(self, sums: dict) -> dict:
+    """Metrics from (accumulated) sums: `loss` plus the objective's own fields."""
+
+  @abc.abstractmethod
+  def flops_per_sequence(self) -> float:
+    """Training FLOPs per sequence of every model the step runs (for MFU)."""
+
+  def check_batch_keys(self, batch: dict) -> None:
+    missing = [k for k in self.batch_keys if k not in batch]
+    if missing:
+      raise KeyError(f"objective {self.name!r} needs batch keys {missing}; the data has {sorted(batch)} "
+                     f"(was it prepared for another objective?)")

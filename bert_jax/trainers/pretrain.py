@@ -1,0 +1,271 @@
+"""Pretraining: the jitted train/eval steps and the loop, for any objective and model family.
+
+The objective (objectives/) is passed in; nothing here names a loss, a head or a batch key beyond the
+encoder inputs. Start order: resume from the workdir > init_checkpoint > scratch.
+"""
+
+import functools
+import os
+import signal
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from bert_jax import inputs
+from bert_jax.convert import workdir as workdir_lib
+from bert_jax.core import checkpoint as checkpoint_lib
+from bert_jax.core import distributed, metrics, optim, sharding
+from bert_jax.core.train_state import TrainState, create_train_state
+from bert_jax.models import registry
+from bert_jax.objectives import registry as objectives
+
+
+def build(config):
+  """(encoder config, objective) from a run config: `model.family` and `train.objective` pick them."""
+  model_config = registry.encoder_config(config.model.to_dict(), dropout_off=config.train.deterministic)
+  objective = objectives.make_objective(config.train.objective, model_config, config.data.max_seq_length,
+                                        config.data.max_predictions_per_seq)
+  return model_config, objective
+
+
+def _split_microbatches(batch, num, mesh):
+  """[B, ...] -> [num, B/num, ...] where microbatch m holds rows m, m+num, ...: every device keeps its
+  own rows, so the split moves no data."""
+  def split(x):
+    y = x.reshape((x.shape[0] // num, num) + x.shape[1:]).swapaxes(0, 1)
+    spec = jax.sharding.PartitionSpec(None, sharding.BATCH_AXES)
+    return jax.lax.with_sharding_constraint(y, jax.sharding.NamedSharding(mesh, spec))
+  return jax.tree_util.tree_map(split, batch)
+
+
+def train_step(state: TrainState, batch, *, objective, tx, schedule, mesh, microbatches: int, deterministic: bool):
+  """One optimizer step on a global batch; returns (new state, metrics of this step)."""
+  rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  denominators = objective.denominators(batch)
+
+  def loss_fn(params, mb, mb_rng):
+    sums = objective.loss_sums(params, mb, mb_rng, deterministic)
+    return objective.loss(sums, denominators), sums
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if microbatches == 1:
+    (_, sums), grads = grad_fn(state.params, batch, rng)
+  else:
+    mbs = _split_microbatches(batch, microbatches, mesh)
+
+    def body(carry, xs):
+      grads_acc, sums_acc = carry
+      index, mb = xs
+      (_, mb_sums), grads = grad_fn(state.params, mb, jax.random.fold_in(rng, index))
+      return (jax.tree_util.tree_map(jnp.add, grads_acc, grads), jax.tree_util.tree_map(jnp.add, sums_acc, mb_sums)), None
+
+    zero_grads = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+    first = jax.tree_util.tree_map(lambda x: x[0], mbs)
+    zero_sums = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(
+        lambda: objective.loss_sums(state.params, first, rng, deterministic)))
+    (grads, sums), _ = jax.lax.scan(body, (zero_grads, zero_sums), (jnp.arange(microbatches), mbs))
+
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  out = objective.summaries(sums)
+  out["grad_norm"] = optax.global_norm(grads)
+  out["learning_rate"] = schedule(state.step)
+  return new_state, out
+
+
+def eval_step(params, batch, *, objective):
+  """Loss sums for one eval batch (summed over batches by the caller)."""
+  return objective.loss_sums(params, batch, jax.random.key(0), True)
+
+
+def make_step_functions(config, objective, tx, schedule, mesh, state_shardings):
+  """The train and eval steps, each jitted once with shardings; the state is donated."""
+  batch_sharding = sharding.batch_sharding(mesh)
+  step_fn = functools.partial(train_step, objective=objective, tx=tx, schedule=schedule, mesh=mesh,
+                              microbatches=config.train.microbatches, deterministic=config.train.deterministic)
+  train_step_fn = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
+                          out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+  eval_step_fn = jax.jit(functools.partial(eval_step, objective=objective),
+                         in_shardings=(state_shardings.params, batch_sharding),
+                         out_shardings=sharding.replicated(mesh))
+  return train_step_fn, eval_step_fn
+
+
+def check_batch(config, mesh) -> None:
+  t = config.train
+  batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+  if t.batch_size % (batch_devices * t.microbatches):
+    raise ValueError(f"train.batch_size={t.batch_size} must divide by the batch-parallel devices (data x fsdp = "
+                     f"{batch_devices}) times train.microbatches={t.microbatches}")
+  if t.batch_size % jax.process_count():
+    raise ValueError(f"train.batch_size={t.batch_size} must divide by the process count {jax.process_count()}")
+  eval_batch = t.eval_batch_size or t.batch_size
+  if eval_batch % batch_devices:
+    raise ValueError(f"train.eval_batch_size={eval_batch} must divide by data x fsdp = {batch_devices}")
+
+
+def evaluate(eval_step_fn, params, eval_iter_factory, num_batches: int, mesh, objective) -> dict:
+  totals = None
+  it = eval_iter_factory()
+  for _ in range(num_batches):
+    sums = eval_step_fn(params, sharding.global_batch(next(it), mesh))
+    totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
+  return {k: float(v) for k, v in jax.device_get(objective.summaries(totals)).items()}
+
+
+def _fields(values: dict, names) -> str:
+  return " ".join(f"{n} {values[n]:.4f}" for n in names)
+
+
+def check_data_mode(objective, manifest) -> None:
+  """A sentence objective needs data prepared with that sentence task (NSP labels are not SOP labels)."""
+  task = getattr(objective, "sentence_task", None)
+  mode = ((manifest or {}).get("instances") or {}).get("mode") or (manifest or {}).get("mode")
+  if task and mode and mode != task:
+    raise ValueError(f"objective {objective.name!r} needs data prepared with data.mode={task!r}, but the train "
+                     f"records were prepared with mode {mode!r}; prepare them again or change train.objective")
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+class _Preemption:
+  """Turns SIGTERM into a request to save at the next step boundary and exit cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    try:
+      signal.signal(signal.SIGTERM, self._handler)
+    except ValueError:  # not the main thread (e.g. inside some test runners)
+      pass
+
+  def _handler(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+
+def use_prng_impl(name: str) -> None:
+  """Sets the PRNG behind init and dropout keys; threefry's bit generation is slow on accelerators."""
+  choices = ("threefry2x32", "rbg", "unsafe_rbg")
+  if name not in choices:
+    raise ValueError(f"train.prng_impl={name!r} is not one of {choices}")
+  jax.config.update("jax_default_prng_impl", name)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Runs (or resumes) pretraining as configured; returns the last train and eval metrics."""
+  distributed.preflight(config, workdir, log=print if jax.process_index() == 0 else lambda _: None)
+  use_prng_impl(config.train.prng_impl)
+  writer = metrics.MetricsWriter(workdir)
+  log = writer.log
+  mesh = sharding.create_mesh({a: config.mesh[a] for a in sharding.MESH_AXES}, config.mesh.dcn_data)
+  check_batch(config, mesh)
+  rules = sharding.rules_from_config(config.mesh.logical_axis_rules)
+  log(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind} in {jax.process_count()} process(es); "
+      f"mesh {dict(mesh.shape)}")
+
+  train_files, eval_files, manifest, tok = inputs.resolve(config, workdir, log)
+  model_config, objective = build(config)
+  family = registry.family_of(model_config)
+  if tok is not None:
+    family.check_vocab_kind(tok.kind, tok.vocab_file)
+  check_data_mode(objective, manifest)
+  tx, schedule = optim.make_optimizer(config.optim, config.train.steps)
+  d = config.data
+  with nn.logical_axis_rules(rules):
+    state, state_shardings = create_train_state(objective.init_params, tx, mesh, rules, config.train.seed)
+    train_step_fn, eval_step_fn = make_step_functions(config, objective, tx, schedule, mesh, state_shardings)
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
+  log(f"model {family.name} {config.model.size}, objective {objective.name}: {n_params:,} params")
+
+  train_iter = inputs.train_iterator(config, train_files, tok)
+  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config, log=log)
+
+  def from_init_checkpoint(fresh):
+    init = config.checkpoint.init_checkpoint
+    if not init:
+      return fresh
+    params = workdir_lib.restore_params(init, fresh.params, state_shardings.params, model_config)
+    log(f"initialised params from {init} (fresh optimizer state)")
+    return fresh.replace(params=params)
+
+  state = ckpt.restore_or_init(state, state_shardings, train_iter, init=from_init_checkpoint)
+  start_step = int(jax.device_get(state.step))
+  eval_iter_factory = (lambda: inputs.eval_iterator(config, eval_files)) if eval_files else None
+
+  flops_per_seq = objective.flops_per_sequence()
+  peak = metrics.peak_flops_per_device(jax.devices()[0].device_kind, config.train.peak_flops)
+  throughput = metrics.Throughput()
+  preemption = _Preemption()
+  last_train, last_eval = {}, {}
+  pending = None  # (step, device metrics) checked one step late so the host never stalls the device
+  t0 = time.time()
+
+  def run_eval(step):
+    nonlocal last_eval
+    if eval_iter_factory is None:
+      return
+    with nn.logical_axis_rules(rules):
+      last_eval = evaluate(eval_step_fn, state.params, eval_iter_factory, config.train.eval_batches, mesh, objective)
+    writer.write({"step": step, "split": "eval", **last_eval})
+    log(f"eval  step {step}: loss {last_eval['loss']:.4f} " + _fields(last_eval, objective.log_fields))
+
+  def check_finite(step, m):
+    loss = float(m["loss"])
+    if not np.isfinite(loss):
+      raise NonFiniteLossError(f"loss is {loss} at step {step}; stopping instead of training on garbage "
+                               f"(try a lower optim.peak_learning_rate, more warmup, or float32 compute)")
+    return loss
+
+  if start_step == 0:
+    run_eval(0)
+  step = start_step
+  with nn.logical_axis_rules(rules):
+    while step < config.train.steps:
+      if step == config.train.profile_start_step:
+        jax.profiler.start_trace(os.path.join(workdir, "profile"))
+      batch = sharding.global_batch(next(train_iter), mesh)
+      state, step_metrics = train_step_fn(state, batch)
+      if step == start_step:  # throughput excludes the first step's compilation
+        jax.block_until_ready(step_metrics)
+        throughput.update(step + 1, config.train.batch_size, d.max_seq_length)
+      if pending is not None:
+        check_finite(*pending)
+      step += 1
+      pending = (step, step_metrics)
+      if config.train.profile_start_step >= 0 and step == config.train.profile_start_step + config.train.profile_steps:
+        jax.profiler.stop_trace()
+      if step % config.train.log_every == 0 or step == config.train.steps:
+        m = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        check_finite(step, m)
+        rates = throughput.update(step, config.train.batch_size, d.max_seq_length)
+        seq_s, tok_s, _ = rates if rates else (None, None, None)
+        mfu = (flops_per_seq * seq_s / (peak * jax.device_count())) if (peak and seq_s) else None
+        last_train = {"step": step, **m, "seq_per_sec": seq_s, "tokens_per_sec": tok_s, "mfu": mfu}
+        writer.write(last_train)
+        eta = (time.time() - t0) / max(step - start_step, 1) * (config.train.steps - step)
+        log(f"train step {step}/{config.train.steps}: loss {m['loss']:.4f} {_fields(m, objective.log_fields)} "
+            f"lr {m['learning_rate']:.2e} "
+            f"{f'{seq_s:.1f}' if seq_s else '-'} seq/s eta {metrics.format_eta(eta)}")
+      if step % config.train.eval_every == 0 and step != config.train.steps:
+        run_eval(step)
+      if preemption.requested:
+        log(f"SIGTERM: saving a checkpoint at step {step} and exiting")
+        ckpt.save(step, state, train_iter, force=True)
+        ckpt.wait()
+        writer.close()
+        return {"train": last_train, "eval": last_eval, "preempted": True}
+      ckpt.save(step, state, train_iter)
+    if pending is not None:
+      check_finite(*pending)
+  run_eval(step)
+  ckpt.save(step, state, train_iter, force=True)
+  ckpt.wait()
+  writer.close()
+  return {"train": last_train, "eval": last_eval}
