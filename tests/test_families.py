@@ -37,6 +37,9 @@ CASES = {
     "bert": (transformers.BertForPreTraining, transformers.BertConfig(
         vocab_size=101, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), ("mlm", "nsp")),
+    "bert_mlm": (transformers.BertForMaskedLM, transformers.BertConfig(
+        vocab_size=101, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), ("mlm",)),
 }
 _OUTPUTS = {"mlm_logits": ("prediction_logits", "logits"), "nsp_logits": ("seq_relationship_logits",),
             "sop_logits": ("sop_logits",)}
@@ -236,3 +239,44 @@ def test_family_trains_in_bfloat16(name):
   config = _family_run_config(name, **{"model.dtype": "bfloat16", "optim.peak_learning_rate": 3e-3})
   losses = _losses(config, (8, 1, 1), steps=6)
   assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+
+
+def test_roberta_base_style_directory_with_a_pooler_starts_an_mlm_run(tmp_path):
+  """HF roberta-base ships lm_head and a pooler; an MLM-only run takes the encoder and lm_head, not the pooler.
+  A bare RobertaModel directory (keys without the `roberta.` prefix) reads too."""
+  _, hf_config, _ = CASES["roberta"]
+  masked_lm = _randomize_torch(transformers.RobertaForMaskedLM(hf_config))
+  state = dict(masked_lm.state_dict())
+  base = _randomize_torch(transformers.RobertaModel(hf_config), seed=1)
+  state.update({f"roberta.{k}": v for k, v in base.state_dict().items() if k.startswith("pooler.")})
+  from safetensors.torch import save_file
+  hf_path = tmp_path / "roberta-base-like"
+  hf_path.mkdir()
+  save_file({k: v.contiguous() for k, v in state.items() if k not in ("lm_head.decoder.weight",
+                                                                      "lm_head.decoder.bias")},
+            str(hf_path / "model.safetensors"))
+  (hf_path / "config.json").write_text(hf_config.to_json_string())
+  params, config = hf_dir.read_hf_dir(str(hf_path))
+  assert "pooler" in params["encoder"] and set(params) == {"encoder", "mlm"}
+  workdir.write_params_checkpoint(str(tmp_path / "ckpt"), params, config)
+  objective = objectives.make_objective("mlm", config, 16, 4)
+  like = nn.unbox(jax.jit(objective.init_params)(jax.random.key(5)))
+  restored = workdir.restore_params(str(tmp_path / "ckpt"), like, jax.tree_util.tree_map(lambda x: x.sharding, like),
+                                    config)
+  assert "pooler" not in restored["encoder"]
+  np.testing.assert_array_equal(restored["mlm"]["output_bias"], state["lm_head.bias"].numpy())
+  bare = tmp_path / "bare"
+  base.save_pretrained(str(bare))
+  bare_params, _ = hf_dir.read_hf_dir(str(bare))
+  np.testing.assert_array_equal(bare_params["encoder"]["pooler"]["kernel"], base.pooler.dense.weight.detach().numpy().T)
+
+
+def test_objective_refuses_data_prepared_for_another_sentence_task():
+  objective = objectives.make_objective("mlm_sop", albert.AlbertConfig.from_size("tiny", vocab_size=100), 16, 4)
+  with pytest.raises(ValueError, match=r"'mlm_sop' needs data prepared with data.mode='sop'.*mode 'nsp'"):
+    objective.check_data({"instances": {"mode": "nsp"}})
+  objective.check_data({"instances": {"mode": "sop"}})
+  objective.check_data(None)  # records without a manifest: their shapes are checked elsewhere
+  with pytest.raises(KeyError, match=r"needs batch keys \['next_sentence_labels'\]"):
+    objective.check_batch_keys({k: None for k in ("input_ids", "input_mask", "segment_ids", "masked_lm_positions",
+                                                  "masked_lm_ids", "masked_lm_weights")})

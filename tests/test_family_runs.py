@@ -19,7 +19,8 @@ from bert_jax.data import tokenizer as tokenizer_lib
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 STEPS = 120
 # family config -> (its sentence task or None, the HF class to_hf writes)
-FAMILIES = {"albert_tiny": ("sop", "AlbertForPreTraining"), "roberta_tiny": (None, "RobertaForMaskedLM")}
+FAMILIES = {"albert_tiny": ("sop", "AlbertForPreTraining"), "bert_tiny": ("nsp", "BertForPreTraining"),
+            "roberta_tiny": (None, "RobertaForMaskedLM")}
 SHORT = ["--config.train.batch_size=16", "--config.optim.warmup_steps=30", "--config.train.eval_every=60",
          "--config.train.eval_batches=4", "--config.train.log_every=40", "--config.checkpoint.every_steps=60",
          "--config.data.max_seq_length=64", "--config.data.max_predictions_per_seq=10"]
@@ -120,4 +121,14 @@ def test_finetuning_starts_from_the_family_checkpoint(pretrained, tmp_path):
     result = json.load(f)
   assert result["init_checkpoint"] == workdir and 0.0 <= result["accuracy"] <= 1.0
   assert result["hf_max_logit_diff"] < 1e-4, result
-  assert ("Albert" if name.startswith("albert") else "Roberta") + "ForSequenceClassification" in out
+  assert FAMILIES[name][1].replace("ForPreTraining", "").replace("ForMaskedLM", "") + "ForSequenceClassification" in out
+
+
+def test_resuming_with_another_family_names_both(pretrained):
+  name, workdir, _ = pretrained
+  other = "roberta_tiny" if name != "roberta_tiny" else "albert_tiny"
+  result = subprocess.run([sys.executable, "-m", "bert_jax.train", f"--config={other}", f"--workdir={workdir}",
+                           "--config.train.steps=2", *SHORT], capture_output=True, text=True, timeout=600, env=ENV)
+  assert result.returncode != 0
+  family = lambda n: n.split("_")[0]
+  assert f"model.family={family(name)!r} run, but this config has model.family={family(other)!r}" in result.stderr

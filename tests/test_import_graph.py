@@ -83,9 +83,29 @@ def test_no_cycles():
       visit(m)
 
 
+def _function_level_imports(path: pathlib.Path) -> list[int]:
+  """Lines of bert_jax imports that are not at module level."""
+  tree = ast.parse(path.read_text())
+  top = {id(n) for n in tree.body}
+  lines = []
+  for node in ast.walk(tree):
+    names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+             else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+    if any(n.startswith("bert_jax") for n in names) and id(node) not in top:
+      lines.append(node.lineno)
+  return lines
+
+
+def test_no_bert_jax_import_is_hidden_inside_a_function():
+  hidden = {str(p.relative_to(PACKAGE.parent)): lines for p in PACKAGE.rglob("*.py")
+            if (lines := _function_level_imports(p))}
+  assert not hidden, f"bert_jax imports inside functions (move them to the top): {hidden}"
+
+
 def test_the_checker_sees_a_hidden_upward_import(tmp_path):
   """The walk finds imports inside functions, which is where cycles used to hide."""
   f = tmp_path / "x.py"
   f.write_text("def f():\n  from bert_jax.trainers import pretrain\n  return pretrain\n")
   assert "bert_jax.trainers.pretrain" in _imports(f, "bert_jax.core.x")
   assert level("bert_jax.trainers.pretrain") > level("bert_jax.core.x")
+  assert _function_level_imports(f) == [2]

@@ -133,4 +133,8 @@ def read_hf_dir(hf_dir: str, **config_overrides):
   HF task-model prefixes (e.g. a classifier) are not pretraining sections and fail as unexpected keys."""
   with open(os.path.join(hf_dir, "config.json")) as f:
     model_config = config_from_hf_json(json.load(f), **config_overrides)
-  return hf_params.hf_to_params(load_state_dict(hf_dir), model_config), model_config
+  state = load_state_dict(hf_dir)
+  prefix = registry.family_of(model_config).hf_model_type + "."
+  if not any(k.startswith(prefix) for k in state):  # a bare *Model saves its keys without the prefix
+    state = {prefix + k: v for k, v in state.items()}
+  return hf_params.hf_to_params(state, model_config), model_config

@@ -69,6 +69,7 @@ def restore_params(directory: str, like_params, shardings, model_config, keep=No
     raise ValueError(f"init_checkpoint {directory} is a {family!r} checkpoint but this run's model family is "
                      f"{ours!r}; start from a {ours} checkpoint or set model.family={family!r}")
   params = hf_params.to_layout(params, model_config, where=f"init_checkpoint {directory}")
+  params = _pooler_as_in(params, like_params)
   keep = keep or (lambda top: True)
   merged = {}
   for top, like in like_params.items():
@@ -83,6 +84,18 @@ def restore_params(directory: str, like_params, shardings, model_config, keep=No
     merged[top] = jax.tree_util.tree_map_with_path(lambda p, x, l: _place(directory, top, p, x, l), params[top], like)
   return jax.tree_util.tree_map(lambda x, s: x if isinstance(x, jax.Array) and x.sharding == s
                                 else jax.device_put(np.asarray(x), s), merged, shardings)
+
+
+def _pooler_as_in(params, like_params):
+  """The pooler is the one trunk part only some objectives create: a checkpoint's pooler this run never reads
+  (HF roberta-base has one, an MLM-only run does not) is left out, and a run that reads a pooler the
+  checkpoint lacks starts it fresh."""
+  encoder, like = dict(params.get("encoder", {})), like_params.get("encoder", {})
+  if "pooler" in encoder and "pooler" not in like:
+    del encoder["pooler"]
+  elif "pooler" in like and "pooler" not in encoder and encoder:
+    encoder["pooler"] = jax.tree_util.tree_map(np.asarray, jax.device_get(like["pooler"]))
+  return {**params, "encoder": encoder} if encoder else params
 
 
 def _place(directory, top, path, x, like):

@@ -17,6 +17,8 @@ import os
 
 import numpy as np
 
+from bert_jax.data import corpora
+
 ROLES = ("pad", "unk", "cls", "sep", "mask")
 BERT_SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 SPECIAL_TOKENS = tuple(BERT_SPECIAL_TOKENS[r] for r in ROLES)  # the BERT tokens, in role order
@@ -293,7 +295,6 @@ def train_vocab(corpus, vocab_type: str, output_prefix: str, vocab_size: int, lo
 def main(argv):
   del argv
   from absl import flags
-  from bert_jax.data import corpora
   f = flags.FLAGS
   corpus = corpora.from_spec(f.corpus, data_dir=f.tfds_data_dir, one_doc_per_line=f.one_doc_per_line)
   path = train_vocab(corpus, f.vocab_type, f.output, f.vocab_size, lower_case=f.lower_case)

@@ -14,12 +14,18 @@ and JSONL files. Features are numpy dicts with input_ids/input_mask/segment_ids 
                   and, for decoding, example_index [N] and token_word [N, T] (-1 outside the context)
 """
 
+import ast
 import csv
 import dataclasses
+import hashlib
 import json
 import os
+import sysconfig
+from pathlib import Path
 
 import numpy as np
+
+from bert_jax.data import corpora
 
 KINDS = ("classification", "regression", "tagging", "qa")
 
@@ -320,12 +326,6 @@ def make_pydocs_family_task(output_dir: str, eval_fraction: float = 0.2, seed: i
   prose filter as the pydocs corpus). Whole modules go to eval by a hash of their path, so no module
   has paragraphs on both sides. Packages with fewer than min_examples paragraphs are left out.
   """
-  import ast
-  import hashlib
-  import sysconfig
-  from pathlib import Path
-
-  from bert_jax.data import corpora
   root = Path(sysconfig.get_paths()["stdlib"])
   by_family = {}
   for family in DEMO_FAMILIES:

@@ -44,6 +44,9 @@ class Objective(abc.ABC):
   def flops_per_sequence(self) -> float:
     """Training FLOPs per sequence of every model the step runs (for MFU)."""
 
+  def check_data(self, manifest: dict | None) -> None:
+    """Fails at start when prepared data (its manifest, if any) does not suit this objective."""
+
   def check_batch_keys(self, batch: dict) -> None:
     missing = [k for k in self.batch_keys if k not in batch]
     if missing:

@@ -60,6 +60,13 @@ class MaskedLM(base.Objective):
     self.batch_keys = MLM_KEYS + (("next_sentence_labels",) if sentence_task else ())
     self.log_fields = ("mlm_accuracy",) + ((f"{sentence_task}_accuracy",) if sentence_task else ())
 
+  def check_data(self, manifest):
+    """A sentence task needs data prepared with it: NSP labels are not SOP labels, full sentences have none."""
+    mode = ((manifest or {}).get("instances") or {}).get("mode")
+    if self.sentence_task and mode and mode != self.sentence_task:
+      raise ValueError(f"objective {self.name!r} needs data prepared with data.mode={self.sentence_task!r}, but the "
+                       f"train records were prepared with mode {mode!r}; prepare them again or change train.objective")
+
   def init_params(self, rng):
     ids = jnp.zeros((1, self.seq_len), jnp.int32)
     return self.model.init(rng, ids, ids, ids, jnp.zeros((1, self.predictions), jnp.int32))["params"]

@@ -122,13 +122,17 @@ def _fields(values: dict, names) -> str:
   return " ".join(f"{n} {values[n]:.4f}" for n in names)
 
 
-def check_data_mode(objective, manifest) -> None:
-  """A sentence objective needs data prepared with that sentence task (NSP labels are not SOP labels)."""
-  task = getattr(objective, "sentence_task", None)
-  mode = ((manifest or {}).get("instances") or {}).get("mode") or (manifest or {}).get("mode")
-  if task and mode and mode != task:
-    raise ValueError(f"objective {objective.name!r} needs data prepared with data.mode={task!r}, but the train "
-                     f"records were prepared with mode {mode!r}; prepare them again or change train.objective")
+def check_resumable(ckpt, config, workdir: str) -> None:
+  """A workdir's checkpoints resume only a run of the same family and objective; say so, naming both."""
+  steps = ckpt.manager.all_steps()
+  if not steps:
+    return
+  saved = checkpoint_lib.load_saved_config(ckpt.manager, max(steps))
+  for section, key, default in (("model", "family", "bert"), ("train", "objective", "mlm_nsp")):
+    was, now = saved.get(section, {}).get(key, default), config[section][key]
+    if was != now:
+      raise ValueError(f"{workdir} holds checkpoints of a {section}.{key}={was!r} run, but this config has "
+                       f"{section}.{key}={now!r}; use another workdir, or --config.{section}.{key}={was}")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -170,12 +174,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
   log(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind} in {jax.process_count()} process(es); "
       f"mesh {dict(mesh.shape)}")
 
+  model_config, objective = build(config)  # a bad family, objective or model setting fails before any data work
+  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config, log=log)
+  check_resumable(ckpt, config, workdir)
   train_files, eval_files, manifest, tok = inputs.resolve(config, workdir, log)
-  model_config, objective = build(config)
   family = registry.family_of(model_config)
   if tok is not None:
     family.check_vocab_kind(tok.kind, tok.vocab_file)
-  check_data_mode(objective, manifest)
+  objective.check_data(manifest)
   tx, schedule = optim.make_optimizer(config.optim, config.train.steps)
   d = config.data
   with nn.logical_axis_rules(rules):
@@ -185,7 +191,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   log(f"model {family.name} {config.model.size}, objective {objective.name}: {n_params:,} params")
 
   train_iter = inputs.train_iterator(config, train_files, tok)
-  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config, log=log)
 
   def from_init_checkpoint(fresh):
     init = config.checkpoint.init_checkpoint
@@ -230,7 +235,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     while step < config.train.steps:
       if step == config.train.profile_start_step:
         jax.profiler.start_trace(os.path.join(workdir, "profile"))
-      batch = sharding.global_batch(next(train_iter), mesh)
+      local_batch = next(train_iter)
+      if step == start_step:
+        objective.check_batch_keys(local_batch)
+      batch = sharding.global_batch(local_batch, mesh)
       state, step_metrics = train_step_fn(state, batch)
       if step == start_step:  # throughput excludes the first step's compilation
         jax.block_until_ready(step_metrics)
