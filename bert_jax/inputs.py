@@ -71,11 +71,12 @@ def resolve(config, workdir: str, log=print):
   vocab_file = d.vocab_file or (manifest or {}).get("vocab", {}).get("file")
   tok = tokenizer_lib.load(vocab_file, d.lower_case) if vocab_file and os.path.exists(vocab_file) else None
   sha = tokenizer_lib.file_sha256(d.vocab_file) if d.vocab_file else None
-  for files in (train_files, eval_files):
-    if files:
+  for what, files in (("train", train_files), ("eval", eval_files)):
+    if files:  # also fails on files without examples, which would hang the repeating pipeline
       pipeline.check_files_match(files, max_seq_length=d.max_seq_length,
                                  max_predictions_per_seq=d.max_predictions_per_seq,
-                                 vocab_size=config.model.vocab_size, vocab_sha256=sha)
+                                 vocab_size=config.model.vocab_size, vocab_sha256=sha,
+                                 process_count=jax.process_count(), what=what)
   return train_files, eval_files, manifest, tok
 
 

@@ -164,6 +164,13 @@ def _dynamic_mask(cfg: PipelineConfig):
   return remask
 
 
+def process_files(files, process_index: int, process_count: int) -> list[str]:
+  """The files one process reads: its every count-th file, or all of them when there are fewer files than
+  processes (each process then keeps every count-th example)."""
+  files = list(files)
+  return files[process_index::process_count] if len(files) >= process_count else files
+
+
 def build_dataset(cfg: PipelineConfig, process_index: int = 0, process_count: int = 1):
   """The per-process tf.data.Dataset of batches (tensors; see BatchIterator for numpy)."""
   tf = _tf()
@@ -175,7 +182,7 @@ def build_dataset(cfg: PipelineConfig, process_index: int = 0, process_count: in
   options.experimental_optimization.map_parallelization = True
   autotune = tf.data.AUTOTUNE
   if len(files) >= process_count:
-    mine = files[process_index::process_count]
+    mine = process_files(files, process_index, process_count)
     ds = tf.data.Dataset.from_tensor_slices(mine)
     if cfg.shuffle:
       ds = ds.shuffle(len(mine), seed=cfg.seed, reshuffle_each_iteration=True)
@@ -248,21 +255,79 @@ def resolve_files(patterns) -> tuple[str, ...]:
 
 
 def check_files_match(files, *, max_seq_length: int, max_predictions_per_seq: int, vocab_size: int | None = None,
-                      vocab_sha256: str | None = None) -> dict | None:
-  """Start-up check of the data against the config: the manifest if there is one, else the first record."""
+                      vocab_sha256: str | None = None, process_count: int = 1, what: str = "train") -> dict | None:
+  """Start-up check of the data against the config: the manifest if there is one, else the first record.
+
+  Also fails when the files (or one process's share of them) hold no examples: the repeating pipeline would
+  otherwise spin forever looking for a first batch.
+  """
   tf = _tf()
   manifest = schema.find_manifest(list(files))
   if manifest is not None:
     schema.check_manifest(manifest, max_seq_length=max_seq_length, max_predictions_per_seq=max_predictions_per_seq,
                           vocab_size=vocab_size, vocab_sha256=vocab_sha256)
-    return manifest
-  for f in files:
-    try:
-      first = next(iter(tf.data.TFRecordDataset(f).take(1)), None)
-    except tf.errors.DataLossError:
-      raise ValueError(f"corrupt TFRecord file: {f}") from None
-    if first is not None:
-      schema.check_record_lengths(schema.record_lengths(first.numpy()), max_seq_length=max_seq_length,
-                                  max_predictions_per_seq=max_predictions_per_seq, source=f)
-      return None
-  raise ValueError(f"all input files are empty: {list(files)[:5]}")
+  counts = manifest_counts(files, manifest)
+  first_record = {}
+
+  def has_examples(f):
+    if counts is not None:
+      return counts[f] > 0
+    if f not in first_record:
+      try:
+        first_record[f] = next(iter(tf.data.TFRecordDataset(f).take(1)), None)
+      except tf.errors.DataLossError:
+        raise ValueError(f"corrupt TFRecord file: {f}") from None
+    return first_record[f] is not None
+
+  check_not_empty(files, has_examples, process_count=process_count, what=what,
+                  source="manifest.json lists 0 instances for them" if counts is not None else "none holds a record")
+  if manifest is None:
+    first = next(r for r in first_record.values() if r is not None)
+    source = next(f for f, r in first_record.items() if r is not None)
+    schema.check_record_lengths(schema.record_lengths(first.numpy()), max_seq_length=max_seq_length,
+                                max_predictions_per_seq=max_predictions_per_seq, source=source)
+  return manifest
+
+
+def manifest_counts(files, manifest: dict | None) -> dict[str, int] | None:
+  """File -> examples, from the manifest of the split the files sit in, or None where it does not say.
+
+  Prepared data lists every shard's count; packed data only the split's total, which answers only when it is 0.
+  """
+  if manifest is None:
+    return None
+  split = manifest.get("splits", {}).get(os.path.basename(os.path.dirname(list(files)[0])))
+  if split is None:
+    return None
+  shards = split.get("shards") or {}
+  if all(os.path.basename(f) in shards for f in files):
+    return {f: int(shards[os.path.basename(f)]) for f in files}
+  if split.get("instances") == 0 or split.get("rows") == 0:
+    return {f: 0 for f in files}
+  return None
+
+
+def check_not_empty(files, has_examples, *, process_count: int = 1, what: str = "train", source: str = "") -> None:
+  """Fails naming the files when they, or the share of them one process reads, hold no examples."""
+  files = list(files)
+  if not any(has_examples(f) for f in files):
+    raise ValueError(
+        f"the {what} files hold no examples ({source}): {_names(files)}; the input pipeline would wait forever "
+        f"for a first batch. Fix: re-prepare from a corpus that yields instances (python -m bert_jax.data.prepare "
+        f"prints how many), or point data.{what}_files at TFRecords that hold examples"
+        + ("; data.eval_files='' skips evaluation, and with data.corpus a larger data.eval_fraction gives eval "
+           "instances" if what == "eval" else ""))
+  for index in range(process_count):
+    share = process_files(files, index, process_count)
+    if not any(has_examples(f) for f in share):
+      raise ValueError(
+          f"process {index} of {process_count} would read only {what} files that hold no examples ({source}): "
+          f"{_names(share)}; each process reads every {process_count}-th file, and this one would wait forever. "
+          f"Fix: leave the empty files out of data.{what}_files, or re-prepare with fewer, fuller shards "
+          f"(--num_train_shards / --num_eval_shards)")
+
+
+def _names(files, limit: int = 5) -> str:
+  files = list(files)
+  more = f" and {len(files) - limit} more" if len(files) > limit else ""
+  return str(files[:limit]) + more

@@ -36,6 +36,48 @@ from bert_jax.data import tokenizer as tokenizer_lib
 _worker_state = {}
 
 
+class EmptyCorpusError(ValueError):
+  """The corpus gives no train instances; data made from it would leave training waiting for a first batch."""
+
+
+def _skipped(corpus, stats) -> str:
+  read = f"{stats['bytes_read']:,} bytes read, " if getattr(corpus, "progress_key", "") == "bytes_read" else ""
+  return f"{read}{stats['empty_lines']} blank lines and {stats['empty_documents']} empty documents skipped"
+
+
+def check_has_documents(corpus, name: str) -> None:
+  """Fails fast, before a vocabulary is trained on nothing, when the corpus yields no document at all."""
+  stats = collections.Counter()
+  documents = corpus.iter_documents(stats)
+  try:
+    first = next(iter(documents), None)
+  finally:
+    if hasattr(documents, "close"):
+      documents.close()
+  if first is None:
+    raise EmptyCorpusError(f"corpus {name} holds no documents ({_skipped(corpus, stats)}): every line is empty or "
+                           f"whitespace only, so there is nothing to train on. Check the corpus path (--corpus, "
+                           f"data.corpus) and its files: one sentence per line, a blank line between documents "
+                           f"(or one document per line with --one_doc_per_line)")
+
+
+def check_train_instances(name: str, train: int, eval_: int, stats: dict, eval_fraction: float | None = None) -> None:
+  """Fails, saying why, when the corpus gave no train instances (empty shards beside full ones are fine)."""
+  if train:
+    return
+  documents = stats.get("documents")
+  if documents == 0:
+    why = "it holds no documents: every line is empty or whitespace"
+  elif eval_:
+    why = (f"all its documents went to eval{f' (eval_fraction={eval_fraction})' if eval_fraction is not None else ''}"
+           f"; lower --eval_fraction or use a larger corpus")
+  else:
+    why = (f"its {documents} documents ({stats.get('sentences', 0)} sentences, {stats.get('tokens', 0)} tokens) "
+           f"made no instance; are the lines text the vocabulary encodes?")
+  raise EmptyCorpusError(f"corpus {name} gives 0 train instances: {why}. No manifest was written, so nothing "
+                         f"will train on this output")
+
+
 def _unit_hash(seed: int, ordinal: int) -> float:
   """A deterministic number in [0, 1) for (seed, ordinal)."""
   digest = hashlib.blake2b(f"{seed}:{ordinal}".encode(), digest_size=8).digest()
@@ -132,6 +174,8 @@ def prepare(corpus, output_dir: str, opts: instances.InstanceOptions, *, vocab_f
   if not 0 <= task_index < num_tasks:
     raise ValueError(f"task_index {task_index} must be in [0, num_tasks={num_tasks})")
   tokenizer_lib.check_vocab_type(vocab_type)
+  corpus_name = corpus_description or type(corpus).__name__
+  check_has_documents(corpus, corpus_name)
   os.makedirs(output_dir, exist_ok=True)
   if vocab_file is None:
     prefix = os.path.join(output_dir, "vocab", "spm" if vocab_type == "sentencepiece" else "bpe")
@@ -218,7 +262,9 @@ def prepare(corpus, output_dir: str, opts: instances.InstanceOptions, *, vocab_f
                  for name in splits},
       "stats": stats, "task": {"index": task_index, "count": num_tasks},
   }
-  if num_tasks == 1:
+  if num_tasks == 1:  # with several tasks, one may own only empty shards: merge_manifests checks the total
+    check_train_instances(corpus_name, split_totals["train"]["instances"], split_totals["eval"]["instances"], stats,
+                          eval_fraction)
     schema.write_manifest(output_dir, manifest)
   else:
     with open(os.path.join(output_dir, f"manifest.task-{task_index:05d}-of-{num_tasks:05d}.json"), "w") as f:
@@ -243,6 +289,9 @@ def merge_manifests(output_dir: str) -> dict:
   summed = ("instances", "real_tokens", "maskable_tokens", "masked_tokens", "random_next", "sentences", "tokens")
   merged["stats"] = {k: sum(m["stats"].get(k, 0) for m in loaded) for k in summed}
   merged["task"] = {"index": None, "count": count}
+  check_train_instances(merged.get("corpus") or output_dir, merged["splits"]["train"]["instances"],
+                        merged["splits"]["eval"]["instances"],
+                        {**merged["stats"], "documents": loaded[0]["stats"].get("documents")})  # every task reads all
   schema.write_manifest(output_dir, merged)
   return merged
 
@@ -265,6 +314,13 @@ def format_stats(manifest: dict) -> str:
 
 def main(argv):
   del argv
+  try:
+    _main()
+  except EmptyCorpusError as e:  # the user's data, not a bug: the message, without a traceback
+    sys.exit(f"error: {e}")
+
+
+def _main():
   from absl import flags
   f = flags.FLAGS
   if f.merge_manifests:

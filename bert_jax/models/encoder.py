@@ -53,7 +53,7 @@ class Encoder(nn.Module):
       position_ids_BxT = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), input_ids_BxT.shape)
     x = self.embeddings(input_ids_BxT, segment_ids_BxT, position_ids_BxT + c.position_offset)
     if c.embedding_size:
-      x = self.embedding_projection(common.constrain_BxTxH(x))
+      x = self.embedding_projection(x)
     x = common.constrain_BxTxH(x)
     mask = attention_mask(input_mask_BxT, attention_segments_BxT)
     return transformer.run_stack(c, lambda name: getattr(self, name), x, mask)

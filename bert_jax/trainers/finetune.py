@@ -23,7 +23,7 @@ import optax
 
 from bert_jax.convert import workdir as workdir_lib
 from bert_jax.core import checkpoint as checkpoint_lib
-from bert_jax.core import metrics, optim, sharding
+from bert_jax.core import metrics, optim, sharding, workdir_lock
 from bert_jax.core.train_state import TrainState, state_functions
 from bert_jax.data import tokenizer as tokenizer_lib
 from bert_jax.finetune import heads, task_export, task_metrics, tasks
@@ -203,7 +203,14 @@ def _model_config(config, pretrained: EncoderConfig | None, vocab_size: int, max
 
 
 def finetune(config, workdir: str, init_checkpoint: str = "") -> dict:
-  """Runs fine-tuning as configured; returns the final eval metrics (also in WORKDIR/result.json)."""
+  """Runs fine-tuning as configured; returns the final eval metrics (also in WORKDIR/result.json).
+
+  Holds WORKDIR/.lock for the run, so a second run on the same workdir is refused before it writes anything."""
+  with workdir_lock.hold(workdir, log=print if jax.process_index() == 0 else lambda _: None):
+    return _finetune(config, workdir, init_checkpoint)
+
+
+def _finetune(config, workdir: str, init_checkpoint: str) -> dict:
   init_checkpoint = init_checkpoint or config.init_checkpoint
   writer = metrics.MetricsWriter(workdir)
   log = writer.log

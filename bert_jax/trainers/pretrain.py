@@ -18,7 +18,7 @@ import optax
 from bert_jax import inputs
 from bert_jax.convert import workdir as workdir_lib
 from bert_jax.core import checkpoint as checkpoint_lib
-from bert_jax.core import distributed, metrics, optim, sharding
+from bert_jax.core import distributed, metrics, optim, sharding, workdir_lock
 from bert_jax.core.train_state import TrainState, create_train_state
 from bert_jax.models import registry
 from bert_jax.objectives import registry as objectives
@@ -163,8 +163,16 @@ def use_prng_impl(name: str) -> None:
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Runs (or resumes) pretraining as configured; returns the last train and eval metrics."""
-  distributed.preflight(config, workdir, log=print if jax.process_index() == 0 else lambda _: None)
+  """Runs (or resumes) pretraining as configured; returns the last train and eval metrics.
+
+  Holds WORKDIR/.lock for the run, so a second run on the same workdir is refused before it writes anything."""
+  log0 = print if jax.process_index() == 0 else lambda _: None
+  distributed.preflight(config, workdir, log=log0)
+  with workdir_lock.hold(workdir, log=log0):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config, workdir: str) -> dict:
   use_prng_impl(config.train.prng_impl)
   writer = metrics.MetricsWriter(workdir)
   log = writer.log
