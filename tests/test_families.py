@@ -280,3 +280,47 @@ def test_objective_refuses_data_prepared_for_another_sentence_task():
   with pytest.raises(KeyError, match=r"needs batch keys \['next_sentence_labels'\]"):
     objective.check_batch_keys({k: None for k in ("input_ids", "input_mask", "segment_ids", "masked_lm_positions",
                                                   "masked_lm_ids", "masked_lm_weights")})
+
+
+def test_roberta_finetuning_features_are_what_its_hf_tokenizer_writes(tmp_path):
+  """Pairs are <s> A </s></s> B </s> as the exported tokenizer writes them; pre-split words get the byte-level
+  space they have inside running text."""
+  from bert_jax.data import hf_tokenizer
+  from bert_jax.data import tokenizer as tokenizer_lib
+  from bert_jax.finetune import tasks
+  from data_helpers import ListCorpus, pydocs_docs
+  vocab = tokenizer_lib.train_vocab(ListCorpus(pydocs_docs()[:60]), "bpe", str(tmp_path / "bpe"), 600)
+  hf_tokenizer.save_hf_tokenizer(vocab, False, str(tmp_path / "hf"), model_max_length=64)
+  hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"), local_files_only=True)
+  tok = tokenizer_lib.load(vocab)
+  a, b = "Return the sorted list.", "The items are compared."
+  rows = tasks.classification_features([{"text_a": a, "text_b": b, "label": 0}], tok, 64, regression=False)
+  n = int(rows["input_mask"][0].sum())
+  assert list(rows["input_ids"][0][:n]) == hf(a, b)["input_ids"]
+  words = ["Return", "the", "sorted", "list"]
+  # Each word as it reads inside running text (HF's add_prefix_space=True for pre-split words).
+  assert sum((tasks.encode_word(tok, w) for w in words), []) == hf(" " + " ".join(words),
+                                                                   add_special_tokens=False)["input_ids"]
+
+
+def test_objectives_a_family_cannot_export_and_missing_heads():
+  with pytest.raises(ValueError, match=r"'mlm_sop' trains heads \['sop'\] that model family 'bert' has no HF form"):
+    pretrain.build(configlib.load("tiny", {"train.objective": "mlm_sop"}))
+  config = albert.AlbertConfig.from_size("tiny", vocab_size=100, embedding_size=16)
+  mlm_only = objectives.make_objective("mlm", config, 16, 4)
+  with_sop = objectives.make_objective("mlm_sop", config, 16, 4)
+  saved = nn.unbox(jax.jit(mlm_only.init_params)(jax.random.key(0)))
+  like = nn.unbox(jax.jit(with_sop.init_params)(jax.random.key(1)))
+  import tempfile
+  with tempfile.TemporaryDirectory() as d:
+    workdir.write_params_checkpoint(d + "/ckpt", jax.device_get(saved), config)
+    logged = []
+    params = workdir.restore_params(d + "/ckpt", like, jax.tree_util.tree_map(lambda x: x.sharding, like), config,
+                                    log=logged.append)
+  assert any("'sop' starts fresh" in line for line in logged), logged
+  np.testing.assert_array_equal(params["sop"]["classifier"]["kernel"], like["sop"]["classifier"]["kernel"])
+  np.testing.assert_array_equal(params["mlm"]["output_bias"], saved["mlm"]["output_bias"])
+  # The pooler the SOP head reads is new too; the encoder's other weights come from the checkpoint.
+  np.testing.assert_array_equal(params["encoder"]["pooler"]["kernel"], like["encoder"]["pooler"]["kernel"])
+  np.testing.assert_array_equal(params["encoder"]["embeddings"]["layer_norm"]["scale"],
+                                saved["encoder"]["embeddings"]["layer_norm"]["scale"])

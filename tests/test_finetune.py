@@ -173,7 +173,7 @@ def test_extractive_qa_with_doc_stride_end_to_end(pretrained, sentences, tmp_pat
 
 def test_qa_windows_cover_the_answer_once_labelled():
   class Tok:  # one id per character-word piece: a stand-in vocabulary over the real featurizer
-    cls_id, sep_id, unk_id = 2, 3, 1
+    cls_id, sep_id, unk_id, kind = 2, 3, 1, "wordpiece"
     def encode(self, text):
       return [5 + (hash(w) % 50) for w in text.split()]
   context = " ".join(f"w{i}" for i in range(40))

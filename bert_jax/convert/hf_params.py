@@ -119,13 +119,12 @@ def saved_layout(params, config: EncoderConfig) -> EncoderConfig:
   """`config` with scan_layers, fused_qkv and the vocabulary padding as the params were saved."""
   encoder = params.get("encoder", {})
   scanned = "layers" in encoder
-  layer = encoder["layers"]["layer"] if scanned else encoder.get("layer_0", encoder.get("shared_layer", {}).get(
-      "layer", {}))
   rows = encoder.get("embeddings", {}).get("word_embeddings", {}).get("embedding")
   # A padded table of `rows` rows is what vocab_pad_multiple=rows gives (rows >= vocab_size).
   pad = config.vocab_pad_multiple if rows is None or rows.shape[0] < config.vocab_size else rows.shape[0]
   return dataclasses.replace(config, scan_layers=scanned or (config.scan_layers and "shared_layer" in encoder),
-                             fused_qkv="qkv" in layer.get("attention", {}), vocab_pad_multiple=pad)
+                             fused_qkv=any("/attention/qkv/" in path for path in nt.flatten(encoder)),
+                             vocab_pad_multiple=pad)
 
 
 def to_layout(params, config: EncoderConfig, where: str = "checkpoint"):

@@ -56,11 +56,12 @@ def _read_params(directory: str):
   return checkpoint_lib.load_params(directory), family
 
 
-def restore_params(directory: str, like_params, shardings, model_config, keep=None):
+def restore_params(directory: str, like_params, shardings, model_config, keep=None, log=print):
   """Params from init_checkpoint (a workdir or a params checkpoint) in this run's layout and shardings.
 
   keep(path) -> bool selects the subtrees taken from the checkpoint (default: all of like_params); the
-  others keep like_params' values (e.g. fresh heads). Shapes must match.
+  others keep like_params' values (e.g. fresh heads), as do heads the checkpoint lacks (an HF *ForMaskedLM
+  starting an MLM+SOP run: the SOP head is new, and `log` says so). Shapes must match.
   """
   directory = os.path.abspath(directory)
   params, family = _read_params(directory)
@@ -77,7 +78,11 @@ def restore_params(directory: str, like_params, shardings, model_config, keep=No
       merged[top] = like
       continue
     if top not in params:
-      raise ValueError(f"init_checkpoint {directory} has no {top!r} params (it has {sorted(params)})")
+      if top == "encoder":
+        raise ValueError(f"init_checkpoint {directory} has no encoder params (it has {sorted(params)})")
+      log(f"init_checkpoint {directory} has no {top!r} head (it has {sorted(params)}): {top!r} starts fresh")
+      merged[top] = like
+      continue
     if jax.tree_util.tree_structure(params[top]) != jax.tree_util.tree_structure(like):
       raise ValueError(f"init_checkpoint {directory}: {top!r} has a different parameter tree than this model "
                        f"(num_layers, layer_sharing or heads differ?)")

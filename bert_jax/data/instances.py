@@ -28,7 +28,6 @@ The random-next document comes from the bounded buffer of documents the caller p
 """
 
 import dataclasses
-from typing import ClassVar
 
 import numpy as np
 
@@ -47,7 +46,6 @@ class InstanceOptions:
   whole_word_masking: bool = False
   mode: str = "nsp"
   max_ngram: int = 1            # mask spans of up to this many units (words or tokens), p(k) ~ 1/k
-  MODES: ClassVar[tuple[str, ...]] = MODES
 
   def __post_init__(self):
     if self.mode not in MODES:

@@ -173,12 +173,26 @@ def _truncate_pair(a, b, max_tokens):
   return a, b
 
 
+def pair_separator(tok) -> list[int]:
+  """Ids between two segments: [SEP], or RoBERTa's </s></s> for byte-level BPE (what its HF tokenizer writes,
+  so the exported model sees at inference the layout it was fine-tuned on)."""
+  return [tok.sep_id, tok.sep_id] if tok.kind == "bpe" else [tok.sep_id]
+
+
+def encode_word(tok, word: str) -> list[int]:
+  """A pre-split word's pieces. Byte-level BPE marks a word start with a leading space (HF's
+  add_prefix_space for pre-split words); without it every word would be encoded as a sentence start."""
+  return tok.encode(" " + word if tok.kind == "bpe" else word) or [tok.unk_id]
+
+
 def classification_features(examples, tok, max_seq_length: int, regression: bool) -> dict:
   rows = {"input_ids": [], "input_mask": [], "segment_ids": [], "label": []}
   for ex in examples:
     b = tok.encode(ex["text_b"]) if ex["text_b"] is not None else None
-    a, b = _truncate_pair(tok.encode(ex["text_a"]), b, max_seq_length - (3 if b is not None else 2))
-    ids = [tok.cls_id] + a + [tok.sep_id] + (b + [tok.sep_id] if ex["text_b"] is not None else [])
+    between = pair_separator(tok)
+    a, b = _truncate_pair(tok.encode(ex["text_a"]), b,
+                          max_seq_length - (2 + len(between) if b is not None else 2))
+    ids = [tok.cls_id] + a + (between + b + [tok.sep_id] if ex["text_b"] is not None else [tok.sep_id])
     seg = [0] * (len(a) + 2) + [1] * (len(ids) - len(a) - 2)
     rows["input_ids"].append(_pad(ids, max_seq_length))
     rows["input_mask"].append(_pad([1] * len(ids), max_seq_length))
@@ -205,7 +219,7 @@ def tagging_features(examples, tok, max_seq_length: int) -> dict:
   for ex in examples:
     ids, labels, weights = [], [], []
     for word, label in zip(ex["words"], ex["labels"]):
-      pieces = tok.encode(word) or [tok.unk_id]
+      pieces = encode_word(tok, word)
       if len(pieces) > room:
         pieces = pieces[:room]  # one word longer than a row keeps its first sub-tokens (its label is kept)
       if len(ids) + len(pieces) > room:
@@ -241,7 +255,7 @@ def qa_features(examples, tok, max_seq_length: int, doc_stride: int, max_query_l
     words, spans = _context_words(ex["context"])
     token_ids, token_word = [], []
     for w, word in enumerate(words):
-      pieces = tok.encode(word) or [tok.unk_id]
+      pieces = encode_word(tok, word)
       token_ids += pieces
       token_word += [w] * len(pieces)
     answer_tokens = None
@@ -252,15 +266,16 @@ def qa_features(examples, tok, max_seq_length: int, doc_stride: int, max_query_l
         first = token_word.index(hit[0])
         last = len(token_word) - 1 - token_word[::-1].index(hit[-1])
         answer_tokens = (first, last)
-    window = max_seq_length - len(question) - 3
+    between = pair_separator(tok)
+    window = max_seq_length - len(question) - 2 - len(between)
     if window < 1:
       raise ValueError(f"max_seq_length {max_seq_length} leaves no room for the context after a "
                        f"{len(question)}-token question; raise it or lower max_query_length")
     start = 0
     while True:
       chunk = slice(start, min(start + window, len(token_ids)))
-      ids = [tok.cls_id] + question + [tok.sep_id] + token_ids[chunk] + [tok.sep_id]
-      offset = len(question) + 2
+      ids = [tok.cls_id] + question + between + token_ids[chunk] + [tok.sep_id]
+      offset = len(question) + 1 + len(between)
       seg = [0] * offset + [1] * (len(ids) - offset)
       words_here = [-1] * offset + token_word[chunk] + [-1]
       s = e = 0

@@ -22,7 +22,7 @@ SIZES = {
     "base": (12, 768, 12),
     "large": (24, 1024, 16),
     "xlarge": (24, 2048, 16),    # ALBERT-xlarge
-    "xxlarge": (12, 4096, 64),   # ALBERT-xxlarge (one shared layer, 16384 FFN; set intermediate_size)
+    "xxlarge": (12, 4096, 64),   # ALBERT-xxlarge (one shared layer; FFN 4 x 4096 = 16384)
 }
 
 

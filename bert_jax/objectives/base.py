@@ -18,6 +18,7 @@ import jax
 class Objective(abc.ABC):
   name: str = ""
   batch_keys: tuple[str, ...] = ()
+  heads: tuple[str, ...] = ()        # parameter subtrees it trains beside encoder/ (export sections)
   log_fields: tuple[str, ...] = ()   # summaries shown on the console's train/eval lines
 
   @abc.abstractmethod

@@ -55,13 +55,16 @@ class MaskedLM(base.Objective):
       raise ValueError(f"sentence_task {sentence_task!r} is not None, 'nsp' or 'sop'")
     self.config, self.seq_len, self.predictions, self.sentence_task = config, seq_len, predictions, sentence_task
     self.name = "mlm" + (f"_{sentence_task}" if sentence_task else "")
-    heads = ("mlm",) + ((sentence_task,) if sentence_task else ())
-    self.model = pretraining.EncoderWithHeads(config, heads)
+    self.heads = ("mlm",) + ((sentence_task,) if sentence_task else ())
+    self.model = pretraining.EncoderWithHeads(config, self.heads)
     self.batch_keys = MLM_KEYS + (("next_sentence_labels",) if sentence_task else ())
     self.log_fields = ("mlm_accuracy",) + ((f"{sentence_task}_accuracy",) if sentence_task else ())
 
   def check_data(self, manifest):
     """A sentence task needs data prepared with it: NSP labels are not SOP labels, full sentences have none."""
+    if manifest is None and self.sentence_task:
+      print(f"WARNING: the train records have no manifest.json, so nothing checks that their "
+            f"next_sentence_labels are {self.sentence_task.upper()} labels (data.mode={self.sentence_task!r})")
     mode = ((manifest or {}).get("instances") or {}).get("mode")
     if self.sentence_task and mode and mode != self.sentence_task:
       raise ValueError(f"objective {self.name!r} needs data prepared with data.mode={self.sentence_task!r}, but the "

@@ -29,6 +29,12 @@ def build(config):
   model_config = registry.encoder_config(config.model.to_dict(), dropout_off=config.train.deterministic)
   objective = objectives.make_objective(config.train.objective, model_config, config.data.max_seq_length,
                                         config.data.max_predictions_per_seq)
+  family = registry.family_of(model_config)
+  unknown = sorted(set(objective.heads) - set(family.name_table(model_config)))
+  if unknown:  # it would train, then fail at to_hf
+    raise ValueError(f"objective {objective.name!r} trains heads {unknown} that model family {family.name!r} has no "
+                     f"HF form for; choose an objective whose heads the family exports (its sections: "
+                     f"{sorted(family.name_table(model_config))})")
   return model_config, objective
 
 
@@ -122,15 +128,25 @@ def _fields(values: dict, names) -> str:
   return " ".join(f"{n} {values[n]:.4f}" for n in names)
 
 
+# Run-config keys that decide the parameter tree: a checkpoint resumes only a run that agrees on all of them.
+TREE_KEYS = (("model", "family"), ("train", "objective"), ("model", "size"), ("model", "vocab_size"),
+             ("model", "embedding_size"), ("model", "layer_sharing"), ("model", "scan_layers"), ("model", "fused_qkv"))
+
+
 def check_resumable(ckpt, config, workdir: str) -> None:
-  """A workdir's checkpoints resume only a run of the same family and objective; say so, naming both."""
+  """A workdir's checkpoints resume only a run with the same parameter tree; otherwise every restore would fail
+  and the run would silently start over (and Orbax would then skip saves below the old step numbers)."""
   steps = ckpt.manager.all_steps()
   if not steps:
     return
   saved = checkpoint_lib.load_saved_config(ckpt.manager, max(steps))
-  for section, key, default in (("model", "family", "bert"), ("train", "objective", "mlm_nsp")):
-    was, now = saved.get(section, {}).get(key, default), config[section][key]
-    if was != now:
+  if "family" not in saved.get("model", {}):
+    raise ValueError(f"{workdir} holds checkpoints from before model families (parameter tree embeddings/, "
+                     f"mlm_transform/, ...), which this version cannot resume; convert them with that version's "
+                     f"`convert to_hf` and start a new workdir from `convert from_hf` (README, Model families)")
+  for section, key in TREE_KEYS:
+    was, now = saved.get(section, {}).get(key), config[section][key]
+    if was is not None and was != now:
       raise ValueError(f"{workdir} holds checkpoints of a {section}.{key}={was!r} run, but this config has "
                        f"{section}.{key}={now!r}; use another workdir, or --config.{section}.{key}={was}")
 
@@ -204,7 +220,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     init = config.checkpoint.init_checkpoint
     if not init:
       return fresh
-    params = workdir_lib.restore_params(init, fresh.params, state_shardings.params, model_config)
+    params = workdir_lib.restore_params(init, fresh.params, state_shardings.params, model_config, log=log)
     log(f"initialised params from {init} (fresh optimizer state)")
     return fresh.replace(params=params)
 
