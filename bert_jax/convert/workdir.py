@@ -69,7 +69,13 @@ def restore_params(directory: str, like_params, shardings, model_config, keep=No
   if family is not None and family != ours:
     raise ValueError(f"init_checkpoint {directory} is a {family!r} checkpoint but this run's model family is "
                      f"{ours!r}; start from a {ours} checkpoint or set model.family={family!r}")
-  params = hf_params.to_layout(params, model_config, where=f"init_checkpoint {directory}")
+  return fit_params(params, like_params, shardings, model_config, f"init_checkpoint {directory}", keep, log)
+
+
+def fit_params(params, like_params, shardings, model_config, where: str, keep=None, log=print):
+  """Saved params (host arrays, any layout) put into a model's fresh params and shardings: layout converted,
+  the pooler as the model uses it, heads the saved params lack (or keep() declines) left fresh, shapes checked."""
+  params = hf_params.to_layout(params, model_config, where=where)
   params = _pooler_as_in(params, like_params)
   keep = keep or (lambda top: True)
   merged = {}
@@ -79,14 +85,14 @@ def restore_params(directory: str, like_params, shardings, model_config, keep=No
       continue
     if top not in params:
       if top == "encoder":
-        raise ValueError(f"init_checkpoint {directory} has no encoder params (it has {sorted(params)})")
-      log(f"init_checkpoint {directory} has no {top!r} head (it has {sorted(params)}): {top!r} starts fresh")
+        raise ValueError(f"{where} has no encoder params (it has {sorted(params)})")
+      log(f"{where} has no {top!r} head (it has {sorted(params)}): {top!r} starts fresh")
       merged[top] = like
       continue
     if jax.tree_util.tree_structure(params[top]) != jax.tree_util.tree_structure(like):
-      raise ValueError(f"init_checkpoint {directory}: {top!r} has a different parameter tree than this model "
+      raise ValueError(f"{where}: {top!r} has a different parameter tree than this model "
                        f"(num_layers, layer_sharing or heads differ?)")
-    merged[top] = jax.tree_util.tree_map_with_path(lambda p, x, l: _place(directory, top, p, x, l), params[top], like)
+    merged[top] = jax.tree_util.tree_map_with_path(lambda p, x, l: _place(where, top, p, x, l), params[top], like)
   return jax.tree_util.tree_map(lambda x, s: x if isinstance(x, jax.Array) and x.sharding == s
                                 else jax.device_put(np.asarray(x), s), merged, shardings)
 
@@ -103,9 +109,9 @@ def _pooler_as_in(params, like_params):
   return {**params, "encoder": encoder} if encoder else params
 
 
-def _place(directory, top, path, x, like):
+def _place(where, top, path, x, like):
   if x.shape != like.shape:
-    raise ValueError(f"init_checkpoint {directory}: {top}{jax.tree_util.keystr(path)} has shape {x.shape}, "
+    raise ValueError(f"{where}: {top}{jax.tree_util.keystr(path)} has shape {x.shape}, "
                      f"this model needs {like.shape}")
   return np.asarray(x, like.dtype)
 

@@ -27,7 +27,6 @@ from bert_jax.core import metrics, optim, sharding, workdir_lock
 from bert_jax.core.train_state import TrainState, state_functions
 from bert_jax.data import tokenizer as tokenizer_lib
 from bert_jax.finetune import heads, task_export, task_metrics, tasks
-from bert_jax.models import name_tables as nt
 from bert_jax.models import registry
 from bert_jax.models.config import EncoderConfig
 
@@ -258,7 +257,8 @@ def _finetune(config, workdir: str, init_checkpoint: str) -> dict:
   model = heads.MODELS[spec.kind](model_config, num_labels=spec.num_labels)
   tx, schedule = make_optimizer(config, total_steps, r.freeze_encoder)
   with nn.logical_axis_rules(rules):
-    state, state_shardings = _create_state(model, tx, mesh, rules, r.seed, d.max_seq_length, pretrained_params)
+    state, state_shardings = _create_state(model, tx, mesh, rules, r.seed, d.max_seq_length, pretrained_params,
+                                            f"checkpoint {init_checkpoint}")
     step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx, spec=spec),
                       in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                       out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
@@ -300,7 +300,7 @@ def _finetune(config, workdir: str, init_checkpoint: str) -> dict:
   return result
 
 
-def _create_state(model, tx, mesh, rules, seed, seq_len, pretrained_params):
+def _create_state(model, tx, mesh, rules, seed, seq_len, pretrained_params, where=""):
   """State under derived shardings; pretrained encoder params replace the fresh ones in their shards."""
   ids = jnp.zeros((1, seq_len), jnp.int32)
   init_params = lambda rng: model.init(rng, ids, ids, ids)["params"]
@@ -308,24 +308,8 @@ def _create_state(model, tx, mesh, rules, seed, seq_len, pretrained_params):
   rng = jax.random.key(seed)
   params = jax.jit(lambda r: nn.meta.unbox(init_params(r)), out_shardings=shardings.params)(rng)
   if pretrained_params is not None:
-    params = _merge_pretrained(params, pretrained_params, shardings.params)
+    # The encoder comes from the checkpoint (the pooler fresh if pretraining never made one); the head is new.
+    params = workdir_lib.fit_params(pretrained_params, params, shardings.params, model.config, where,
+                                    keep=lambda top: top in heads.ENCODER_PARAMS)
   state = jax.jit(init_state, out_shardings=shardings)(rng, params)
   return state, shardings
-
-
-def _merge_pretrained(params, pretrained, shardings):
-  """Fresh params with the pretrained encoder's values put in. A pooler the pretraining objective never
-  made (MLM-only runs) stays fresh; any other gap or shape difference fails naming the parameter."""
-  fresh, saved = nt.flatten(params["encoder"]), nt.flatten(pretrained["encoder"])
-  fresh_shardings = nt.flatten(shardings["encoder"])
-  merged = {}
-  for path, value in fresh.items():
-    if path not in saved:
-      if not path.startswith("pooler/"):
-        raise ValueError(f"the checkpoint's encoder has no {path!r}; it does not fit this model")
-      merged[path] = value
-      continue
-    if saved[path].shape != value.shape:
-      raise ValueError(f"checkpoint encoder/{path} has shape {saved[path].shape}, the model needs {value.shape}")
-    merged[path] = jax.device_put(np.asarray(saved[path], value.dtype), fresh_shardings[path])
-  return {**params, "encoder": nt.unflatten(merged)}
