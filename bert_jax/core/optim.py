@@ -1,8 +1,10 @@
-"""Optimizer: optax AdamW or LAMB, warmup + linear/polynomial decay, weight-decay mask, clipping."""
+"""Optimizer: optax AdamW or LAMB, warmup + linear/polynomial decay, weight-decay mask, clipping, and
+parameter rules (core/param_rules.py) that freeze parameters or change their weight decay."""
 
-import jax
 import jax.numpy as jnp
 import optax
+
+from bert_jax.core import param_rules
 
 
 def learning_rate_schedule(peak: float, warmup_steps: int, total_steps: int, decay: str = "linear",
@@ -23,26 +25,26 @@ def learning_rate_schedule(peak: float, warmup_steps: int, total_steps: int, dec
 
 def weight_decay_mask(params):
   """True where weight decay applies: everything except biases and LayerNorm params."""
-  def decays(path, _):
-    names = [getattr(k, "key", str(k)) for k in path]
-    leaf = names[-1]
-    in_layer_norm = any("layer_norm" in n for n in names)
-    return not (leaf == "bias" or leaf.endswith("_bias") or in_layer_norm)
-  return jax.tree_util.tree_map_with_path(decays, params)
+  return param_rules.decay_mask(params, ())
 
 
-def make_optimizer(c, total_steps: int):
-  """(optax transform, schedule) from the config's `optim` section."""
+def make_optimizer(c, total_steps: int, rules=()):
+  """(optax transform, schedule) from the config's `optim` section. `rules` (param_rules.ParamRule) freeze
+  parameters (no optimizer state, never updated) or set their weight decay; clipping sees trainable grads only."""
   schedule = learning_rate_schedule(c.peak_learning_rate, c.warmup_steps, total_steps, c.decay, c.power,
                                     c.end_learning_rate)
+  decay_mask = lambda params: param_rules.decay_mask(params, rules)
   mu_dtype = jnp.dtype(c.state_dtype) if c.state_dtype else None
   if c.name == "adamw":
-    tx = optax.adamw(schedule, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay, mask=weight_decay_mask,
+    tx = optax.adamw(schedule, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay, mask=decay_mask,
                      mu_dtype=mu_dtype)
   elif c.name == "lamb":
-    tx = optax.lamb(schedule, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay, mask=weight_decay_mask)
+    tx = optax.lamb(schedule, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay, mask=decay_mask)
   else:
     raise ValueError(f"optimizer {c.name!r} is not 'adamw' or 'lamb'")
   if c.clip_norm and c.clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(c.clip_norm), tx)
+  if any(not r.trainable for r in rules):
+    tx = optax.multi_transform({param_rules.TRAIN: tx, param_rules.FROZEN: optax.set_to_zero()},
+                               lambda params: param_rules.labels(params, rules))
   return tx, schedule

@@ -45,6 +45,15 @@ class Objective(abc.ABC):
   def flops_per_sequence(self) -> float:
     """Training FLOPs per sequence of every model the step runs (for MFU)."""
 
+  def exported_models(self, params) -> dict:
+    """The HF-exportable models in a trained params tree: name -> (params holding `encoder` and head sections,
+    their encoder config). The first is the one fine-tuning starts from; a single model is named ''."""
+    return {"": (params, self.config)}
+
+  def param_rules(self) -> tuple:
+    """core.param_rules.ParamRule's the optimizer applies (e.g. freezing a distillation teacher)."""
+    return ()
+
   def check_data(self, manifest: dict | None) -> None:
     """Fails at start when prepared data (its manifest, if any) does not suit this objective."""
 

@@ -206,7 +206,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   if tok is not None:
     family.check_vocab_kind(tok.kind, tok.vocab_file)
   objective.check_data(manifest)
-  tx, schedule = optim.make_optimizer(config.optim, config.train.steps)
+  tx, schedule = optim.make_optimizer(config.optim, config.train.steps, objective.param_rules())
   d = config.data
   with nn.logical_axis_rules(rules):
     state, state_shardings = create_train_state(objective.init_params, tx, mesh, rules, config.train.seed)

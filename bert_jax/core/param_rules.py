@@ -1,0 +1,101 @@
+"""Which parameters train, and which get weight decay, chosen by regex rules over parameter paths.
+
+A path is the '/'-joined keys of a leaf, e.g. `encoder/layers/attention/query/kernel`. Rules are tried in
+order and the first whose regex matches (re.search) decides; a leaf no rule matches trains, with the default
+weight decay (none on biases and LayerNorm). The optimizer (core/optim.py) turns the labels into an optax
+`multi_transform`, so frozen leaves get no optimizer state and never change.
+
+Written in a config as one string, rules separated by ';', each `REGEX:ACTION[,ACTION]` with the actions
+`train`, `freeze`, `decay`, `no_decay`, for example `^encoder/:freeze` (feature extraction) or
+`lora_:train;.*:freeze` (train only LoRA weights).
+"""
+
+import dataclasses
+import re
+
+import jax
+import numpy as np
+
+TRAIN, FROZEN = "train", "frozen"
+_ACTIONS = ("train", "freeze", "decay", "no_decay")
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamRule:
+  pattern: str                       # regex, searched in the '/'-joined path
+  trainable: bool = True
+  weight_decay: bool | None = None   # None: the default (not on biases or LayerNorm)
+
+
+def path_of(key_path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in key_path)
+
+
+def parse_rules(spec: str) -> tuple[ParamRule, ...]:
+  """'REGEX:ACTION[,ACTION];...' -> rules; a bad regex or action fails naming it."""
+  rules = []
+  for part in (p.strip() for p in spec.split(";")):
+    if not part:
+      continue
+    pattern, sep, actions = part.rpartition(":")
+    if not sep or not pattern:
+      raise ValueError(f"parameter rule {part!r} is not REGEX:ACTION (actions: {', '.join(_ACTIONS)})")
+    try:
+      re.compile(pattern)
+    except re.error as e:
+      raise ValueError(f"parameter rule {part!r}: bad regex {pattern!r} ({e})") from e
+    trainable, decay = True, None
+    for action in (a.strip() for a in actions.split(",")):
+      if action not in _ACTIONS:
+        raise ValueError(f"parameter rule {part!r}: unknown action {action!r}; choose from {', '.join(_ACTIONS)}")
+      if action in ("train", "freeze"):
+        trainable = action == "train"
+      else:
+        decay = action == "decay"
+    rules.append(ParamRule(pattern, trainable, decay))
+  return tuple(rules)
+
+
+def _first_match(path: str, rules) -> ParamRule | None:
+  return next((r for r in rules if re.search(r.pattern, path)), None)
+
+
+def default_decays(path: str) -> bool:
+  """Weight decay on weights; none on biases and LayerNorm parameters."""
+  names = path.split("/")
+  return not (names[-1] == "bias" or names[-1].endswith("_bias") or any("layer_norm" in n for n in names))
+
+
+def check_rules(params, rules) -> None:
+  """Every rule must match some parameter: a rule that matches none is a typo that would silently train all."""
+  paths = [path_of(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+  for rule in rules:
+    if not any(re.search(rule.pattern, p) for p in paths):
+      sample = ", ".join(paths[:6])
+      raise ValueError(f"parameter rule {rule.pattern!r} matches no parameter; paths look like: {sample}, ...")
+
+
+def labels(params, rules) -> dict:
+  """A tree like params of TRAIN / FROZEN."""
+  def label(key_path, _):
+    rule = _first_match(path_of(key_path), rules)
+    return TRAIN if rule is None or rule.trainable else FROZEN
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def decay_mask(params, rules) -> dict:
+  """A tree like params of bools: True where weight decay applies."""
+  def decays(key_path, _):
+    path = path_of(key_path)
+    rule = _first_match(path, rules)
+    if rule is not None and rule.weight_decay is not None:
+      return rule.weight_decay
+    return default_decays(path)
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def count(params, rules) -> tuple[int, int]:
+  """(trainable, total) parameter counts."""
+  sizes = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda x: int(np.prod(x.shape)), params))
+  kinds = jax.tree_util.tree_leaves(labels(params, rules))
+  return sum(s for s, k in zip(sizes, kinds) if k == TRAIN), sum(sizes)

@@ -1,0 +1,65 @@
+"""Parameter rules: which params train and which decay, through the optimizer."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from bert_jax.core import optim, param_rules
+
+
+def _params():
+  return {"encoder": {"layer_0": {"query": {"kernel": jnp.ones((4, 4)), "bias": jnp.ones((4,))},
+                                  "layer_norm": {"scale": jnp.ones((4,))}}},
+          "classifier": {"kernel": jnp.ones((4, 2)), "bias": jnp.zeros((2,))}}
+
+
+def _optim_config():
+  c = ml_collections.ConfigDict(dict(name="adamw", peak_learning_rate=1e-2, warmup_steps=1, decay="linear", power=1.0,
+                                     end_learning_rate=0.0, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.1,
+                                     state_dtype="", clip_norm=1.0))
+  return c
+
+
+def test_parse_rules_and_errors():
+  rules = param_rules.parse_rules("^encoder/:freeze; classifier/bias:train,decay")
+  assert rules == (param_rules.ParamRule("^encoder/", False, None), param_rules.ParamRule("classifier/bias", True, True))
+  with pytest.raises(ValueError, match="unknown action 'frozen'"):
+    param_rules.parse_rules("encoder:frozen")
+  with pytest.raises(ValueError, match="bad regex"):
+    param_rules.parse_rules("encoder(:freeze")
+  with pytest.raises(ValueError, match="is not REGEX:ACTION"):
+    param_rules.parse_rules("encoder")
+
+
+def test_rule_matching_nothing_fails_naming_it():
+  with pytest.raises(ValueError, match="'lora_' matches no parameter"):
+    param_rules.check_rules(_params(), param_rules.parse_rules("lora_:train"))
+
+
+def test_frozen_params_unchanged_and_without_optimizer_state():
+  params = _params()
+  rules = param_rules.parse_rules("^encoder/:freeze")
+  tx, _ = optim.make_optimizer(_optim_config(), 10, rules)
+  opt_state = tx.init(params)
+  # Adam moments exist for the classifier's 2 leaves only.
+  moments = [x for x in jax.tree_util.tree_leaves(opt_state) if x.ndim > 0]
+  assert sorted(x.shape for x in moments) == sorted([(4, 2), (2,)] * 2)
+  assert param_rules.count(params, rules) == (10, 34)
+  grads = jax.tree_util.tree_map(jnp.ones_like, params)
+  for _ in range(3):
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+  np.testing.assert_array_equal(params["encoder"]["layer_0"]["query"]["kernel"], np.ones((4, 4)))
+  assert not np.allclose(params["classifier"]["kernel"], 1.0)
+
+
+def test_decay_rules_override_the_default():
+  params = _params()
+  default = param_rules.decay_mask(params, ())
+  assert default["classifier"]["kernel"] and not default["classifier"]["bias"]
+  assert not default["encoder"]["layer_0"]["layer_norm"]["scale"]
+  mask = param_rules.decay_mask(params, param_rules.parse_rules("classifier/kernel:no_decay"))
+  assert not mask["classifier"]["kernel"] and mask["encoder"]["layer_0"]["query"]["kernel"]
