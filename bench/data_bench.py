@@ -1,11 +1,17 @@
-"""Data benchmarks: prepare throughput and peak memory, and tf.data pipeline throughput.
+"""Data benchmarks: prepare throughput and peak memory, tf.data pipeline throughput, and the two input
+backends (tf.data over TFRecord against Grain over ArrayRecord) side by side.
 
   python bench/data_bench.py prepare  --multiples=1,4 --workers=2
   python bench/data_bench.py pipeline --seq_lengths=128,512 --batch_size=256
+  python bench/data_bench.py backends --seq_lengths=128,512 --batch_size=256 --batches=40
 
 Each measurement prints one JSON line. `prepare` runs the real CLI in a subprocess on the pydocs
 corpus repeated k times and samples the RSS of the whole process tree (workers included) every
 50 ms; `pipeline` prepares pydocs at each sequence length once, then times batches after a warm-up.
+`backends` prepares pydocs in both formats at each length and times, in one process run, tf.data and Grain
+(in the training process, and with --grain_workers worker processes), static and dynamic masking; each line
+also says how many host cores that rate per core needs to feed BERT-large on one H100 at the step rate
+bench/RESULTS.md records (H100_SEQ_PER_SEC).
 """
 
 import argparse
@@ -28,6 +34,11 @@ def _tree_rss(proc: psutil.Process) -> int:
     except psutil.Error:
       pass
   return total
+
+
+# BERT-large train step on one H100, bf16 (bench/RESULTS.md, "Train step on one H100", rows "now"):
+# 106,731 tokens/s at seq 128 x 256 and 103,982 at seq 512 x 64, as sequences per second.
+H100_SEQ_PER_SEC = {128: 106_731 / 128, 512: 103_982 / 512}
 
 
 def _machine() -> str:
@@ -96,21 +107,76 @@ def bench_pipeline(seq_lengths, batch_size, batches, workdir):
                         "seq_per_sec": round(batches * batch_size / dt), "machine": _machine()}), flush=True)
 
 
+def _time_batches(it, warmup: int, batches: int) -> float:
+  for _ in range(warmup):
+    next(it)
+  t = time.perf_counter()
+  for _ in range(batches):
+    next(it)
+  return time.perf_counter() - t
+
+
+def bench_backends(seq_lengths, batch_size, batches, grain_workers, workdir):
+  from absl import flags
+  from bert_jax.data import corpora, grain_pipeline, instances, pipeline, prepare
+  from bert_jax.data import tokenizer as tokenizer_lib
+  flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags
+  corpus = corpora.TextFiles(corpora.pydocs_path(os.path.join(workdir, "cache")))
+  cores = len(os.sched_getaffinity(0))
+  vocab = None
+  for seq in seq_lengths:
+    pred = max(20, round(seq * 0.15 + 0.5))
+    out = os.path.join(workdir, f"seq{seq}")
+    opts = instances.InstanceOptions(max_seq_length=seq, max_predictions_per_seq=pred, dupe_factor=2)
+    m = prepare.prepare(corpus, out, opts, vocab_file=vocab, vocab_size=8000, progress=False,
+                        formats=("tfrecord", "array_record"))
+    vocab = m["vocab"]["file"]
+    tok = tokenizer_lib.load(vocab)
+    tfrecords = pipeline.resolve_files(os.path.join(out, "train", "*.tfrecord"))
+    array_records = pipeline.resolve_files(os.path.join(out, "train", "*.array_record"))
+    for dynamic in (False, True):
+      spec = pipeline.MaskingSpec(tok.vocab_size, tok.mask_id, tuple(int(i) for i in tok.special_ids)) \
+          if dynamic else None
+      numpy_masking = grain_pipeline.NumpyMasking(opts, instances.VocabIds.from_tokenizer(tok)) if dynamic else None
+      runs = [("tfdata", 0, lambda cfg, w: pipeline.BatchIterator(cfg))]
+      runs += [("grain", w, lambda cfg, w: grain_pipeline.GrainBatchIterator(cfg, masking=numpy_masking,
+                                                                            worker_count=w))
+               for w in sorted({0, grain_workers})]
+      for backend, workers, make in runs:
+        files = tfrecords if backend == "tfdata" else array_records
+        cfg = pipeline.PipelineConfig(files=files, batch_size=batch_size, max_seq_length=seq,
+                                      max_predictions_per_seq=pred, dynamic_masking=spec)
+        it = make(cfg, workers)
+        dt = _time_batches(it, 5 + 3 * workers, batches)
+        seq_s = batches * batch_size / dt
+        need = H100_SEQ_PER_SEC[seq] if seq in H100_SEQ_PER_SEC else None
+        print(json.dumps({"bench": "backends", "backend": backend, "grain_workers": workers, "seq_length": seq,
+                          "masking": "dynamic" if dynamic else "static", "batch_size": batch_size,
+                          "batches": batches, "batches_per_sec": round(batches / dt, 2), "seq_per_sec": round(seq_s),
+                          "cores": cores, "h100_seq_per_sec": round(need) if need else None,
+                          "cores_for_h100": round(need / (seq_s / cores), 2) if need else None,
+                          "load_avg_1m": round(os.getloadavg()[0], 1), "machine": _machine()}), flush=True)
+        del it
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("what", choices=["prepare", "pipeline"])
+  p.add_argument("what", choices=["prepare", "pipeline", "backends"])
   p.add_argument("--multiples", default="1,4", help="corpus repeats for the prepare benchmark")
   p.add_argument("--workers", type=int, default=os.cpu_count())
   p.add_argument("--vocab_size", type=int, default=8000)
   p.add_argument("--seq_lengths", default="128,512")
   p.add_argument("--batch_size", type=int, default=256)
   p.add_argument("--batches", type=int, default=100)
+  p.add_argument("--grain_workers", type=int, default=2, help="backends: Grain worker processes (also runs 0)")
   a = p.parse_args()
   with tempfile.TemporaryDirectory() as workdir:
     if a.what == "prepare":
       bench_prepare([int(x) for x in a.multiples.split(",")], a.workers, a.vocab_size, workdir)
-    else:
+    elif a.what == "pipeline":
       bench_pipeline([int(x) for x in a.seq_lengths.split(",")], a.batch_size, a.batches, workdir)
+    else:
+      bench_backends([int(x) for x in a.seq_lengths.split(",")], a.batch_size, a.batches, a.grain_workers, workdir)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 # The GPU figures of bench/RESULTS.md, one JSON line per run, appended to ${OUT:-.}/gpu.jsonl.
 #   bash bench/gpu_suite.sh core       # attention check; large seq 128/512 cuDNN vs XLA; vs HF torch
 #   bash bench/gpu_suite.sh ablations  # MLM gather, bf16 optimizer state, fp32, remat, scan vs unrolled
+#   bash bench/gpu_suite.sh grain      # train large with the grain backend, no TensorFlow; kill, resume, to_hf
+#   bash bench/gpu_suite.sh defaults   # --config=large as shipped vs HF eager, torch.compile and KerasHub (#16)
 # Each run is a separate process (peak memory is per process) under a time limit, so one failure
 # (an OOM, say) is recorded and the rest still run.
 set -uo pipefail
@@ -55,6 +57,15 @@ case "${1:-core}" in
     run 100 $L512 --batch=64 $U --compare_torch
     run 150 $L128 --batch=256 $U --scan_layers=false --compare_torch
     ;;
+  defaults)  # #16: --config=large as shipped (platform defaults: scan, remat, PRNG at auto; attention dropout 0.1)
+    D="bench/train_bench.py --config=large --dtype=bfloat16 --steps=10 --warmup=2"
+    run 90 bench/attention_dropout_check.py --impl=cudnn   # can cuDNN's fused dropout train? (new mask per call?)
+    run 240 $D --seq=128 --batch=256 --compare_torch
+    run 400 $D --seq=128 --batch=256 --compare_torch --torch_compile
+    run 240 $D --seq=512 --batch=64 --compare_torch
+    run 400 $D --seq=512 --batch=64 --compare_torch --torch_compile
+    KERAS_BACKEND=jax run 300 $D --seq=128 --batch=256 --compare_keras   # needs keras-hub (bench/keras_peer.py)
+    ;;
   rest_a)  # rest_a, rest_b: what the first H100 session ran out of time for
     run 60 $L128 --batch=128 $U
     run 60 $L128 --batch=128 $U --fused_qkv
@@ -68,6 +79,45 @@ case "${1:-core}" in
     run 90 $L512 --batch=64 $U --remat=full
     XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 run 90 $L512 --batch=64 $U
     run 150 $L128 --batch=256 $U --scan_layers=false --compare_torch
+    ;;
+  grain)  # issue #17: pydocs -> train with the grain backend and TensorFlow unimportable, with eval and
+    # checkpoints; SIGKILL mid-run and resume; to_hf; then train_bench at the same settings (tokens/s ratio).
+    # GRAIN_CONFIG/GRAIN_STEPS/GRAIN_BATCH/GRAIN_WORKERS shrink it for a CPU rehearsal (e.g. tiny, 60, 16, 1).
+    cfg=${GRAIN_CONFIG:-large}; steps=${GRAIN_STEPS:-300}; batch=${GRAIN_BATCH:-256}; workers=${GRAIN_WORKERS:-8}
+    w="${OUT:-.}/grain_run"; noTF="${OUT:-.}/no_tf"; mkdir -p "$noTF"
+    printf 'import sys\nsys.modules["tensorflow"] = None\nsys.modules["tensorflow_datasets"] = None\n' \
+        > "$noTF/sitecustomize.py"
+    T="env PYTHONPATH=$noTF:$PWD"
+    A="-m bert_jax.train --config=$cfg --workdir=$w --config.data.backend=grain --config.data.corpus=pydocs
+       --config.data.vocab_size=8000 --config.model.vocab_size=8000 --config.data.dupe_factor=5
+       --config.data.grain_workers=$workers --config.train.steps=$steps --config.train.batch_size=$batch
+       --config.optim.warmup_steps=$((steps / 10)) --config.train.log_every=$((steps / 30 > 0 ? steps / 30 : 1))
+       --config.train.eval_every=$((steps / 3)) --config.train.eval_batches=5
+       --config.checkpoint.every_steps=$((steps / 3))"
+    echo "### grain: first run, killed after step $((steps / 2))" | tee -a "$log"
+    $T python3 $A >>"$log" 2>&1 &   # env execs python: $! is the trainer itself, so kill -9 reaches it
+    pid=$!
+    deadline=$((SECONDS + 400))
+    until [ "$(python3 -c "import json,sys; print(max([json.loads(l)['step'] for l in open(sys.argv[1])
+        if 'split' not in l] or [0]))" "$w/metrics.jsonl" 2>/dev/null || echo 0)" -ge $((steps / 2)) ] \
+        || ! kill -0 $pid 2>/dev/null || [ $SECONDS -ge $deadline ]; do sleep 1; done
+    kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
+    echo "### grain: resume to step $steps" | tee -a "$log"
+    $T timeout 400 python3 $A >>"$log" 2>&1 || echo '{"failed": "grain resume"}' | tee -a "$out"
+    grep -E "resumed|eval  step|reusing|WARNING" "$log" | tail -8
+    $T timeout 200 python3 -m bert_jax.convert to_hf --workdir="$w" --output="${OUT:-.}/grain_hf" >>"$log" 2>&1 \
+        || echo '{"failed": "grain to_hf"}' | tee -a "$out"
+    python3 - "$w/metrics.jsonl" "$cfg" <<'PY' | tee -a "$out"
+import json, statistics, sys
+lines = [json.loads(line) for line in open(sys.argv[1])]
+train = [r for r in lines if r.get("split") != "eval"]
+rates = [r["tokens_per_sec"] for r in train if r.get("tokens_per_sec")][3:]  # past compilation
+print(json.dumps({"bench": "grain_train_cli", "config": sys.argv[2], "last_step": train[-1]["step"],
+                  "steps_logged": [r["step"] for r in train][:3] + ["..."],
+                  "median_tokens_per_sec": statistics.median(rates) if rates else None,
+                  "loss": train[-1]["loss"], "eval": [r for r in lines if r.get("split") == "eval"][-1]}))
+PY
+    PYTHONPATH=$noTF:$PWD run 150 bench/train_bench.py --config=$cfg --seq=128 --batch=$batch --dtype=bfloat16 --steps=10 --warmup=2
     ;;
   memory)
     run 90 $L512 --batch=64 --attention=cudnn --attention_dropout=0 --prng_impl=unsafe_rbg --remat=full

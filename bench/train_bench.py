@@ -2,6 +2,9 @@
 
   python bench/train_bench.py --config=mini --batch=32 --seq=128 --compare_torch
   python bench/train_bench.py --config=large --batch=64 --seq=512 --dtype=bfloat16 --attention=cudnn
+  python bench/train_bench.py --config=mini --batch=32 --seq=128 --compare_keras   # KerasHub on JAX as the peer
+  python bench/train_bench.py --config=electra_small --batch=8 --seq=128 --compare_torch  # ELECTRA: both models
+  python bench/train_bench.py --config=distilbert_base --batch=8 --seq=128 --compare_torch  # teacher + student
 
 Times `--steps` full optimizer steps (forward, backward, AdamW update) of the jitted train step on random
 token batches after `--warmup` steps, on all local devices (batch over data parallelism). With
@@ -9,6 +12,10 @@ token batches after `--warmup` steps, on all local devices (batch over data para
 dropout and thread count in the same process (AdamW, the same weighted MLM + NSP loss, bf16 autocast and
 SDPA on GPU), and reports our tokens/s over theirs. HF computes MLM logits at every position (it has no
 masked-position gather), which is part of what is being compared.
+For `--config=electra_*` the peer is HF's ElectraForMaskedLM generator + ElectraForPreTraining trained
+jointly as objectives/electra.py does (shared embeddings, Gumbel samples, MLM + 50 x RTD).
+For `--config=distilbert_*` ours times the distillation step (frozen BERT teacher of the student's size, random
+weights) and the peer is HF's BertForMaskedLM teacher + DistilBertForMaskedLM student with the same loss.
 """
 
 import json
@@ -33,11 +40,15 @@ flags.DEFINE_bool("fused_qkv", False, "one fused query/key/value projection")
 flags.DEFINE_enum("scan_layers", "config", ["config", "true", "false"], "nn.scan over layers")
 flags.DEFINE_enum("remat", "config", ["config", "none", "full", "dots", "dots_no_batch"], "remat policy")
 flags.DEFINE_string("opt_state_dtype", "", "AdamW first-moment dtype, e.g. bfloat16 (empty: the config's)")
-flags.DEFINE_enum("prng_impl", "threefry2x32", ["threefry2x32", "rbg", "unsafe_rbg"], "dropout PRNG")
+flags.DEFINE_enum("prng_impl", "config", ["config", "threefry2x32", "rbg", "unsafe_rbg"],
+                  "dropout PRNG (config: the config's, auto by platform)")
 flags.DEFINE_string("profile_dir", "", "after timing, trace 3 more steps here (perfetto JSON included)")
 flags.DEFINE_integer("steps", 20, "timed steps")
 flags.DEFINE_integer("warmup", 3, "untimed steps (compilation included)")
 flags.DEFINE_bool("compare_torch", False, "also time HF PyTorch BertForPreTraining in this run")
+flags.DEFINE_bool("torch_compile", False, "with --compare_torch: run the HF model under torch.compile")
+flags.DEFINE_bool("compare_keras", False, "also time KerasHub BertMaskedLM on Keras' JAX backend in this run "
+                  "(bench/keras_peer.py)")
 flags.DEFINE_float("peak_flops", 0.0, "peak FLOP/s per device for MFU (0: look up the device kind)")
 FLAGS = flags.FLAGS
 
@@ -69,11 +80,13 @@ def bench_jax(config, predictions):
   from bert_jax.core.train_state import create_train_state
   from bert_jax.objectives import registry as objectives
   from bert_jax.trainers import pretrain
-  model_config, _ = pretrain.build(config)
-  objective = objectives.make_objective(config.train.objective, model_config, FLAGS.seq, predictions)
+  model_config, _ = pretrain.build(config, load_config=_untrained_teacher(config))
+  objective = objectives.make_objective(config.train.objective, model_config, FLAGS.seq, predictions,
+                                       objectives.objective_settings(config, config.train.objective),
+                                       _untrained_teacher(config))
   mesh = sharding.create_mesh({"data": -1, "fsdp": 1, "tensor": 1})
   rules = sharding.rules_from_config(config.mesh.logical_axis_rules)
-  tx, schedule = optim.make_optimizer(config.optim, config.train.steps)
+  tx, schedule = optim.make_optimizer(config.optim, config.train.steps, objective.param_rules())
   with nn.logical_axis_rules(rules):
     state, shardings = create_train_state(objective.init_params, tx, mesh, rules, 0)
     step_fn, _ = pretrain.make_step_functions(config, objective, tx, schedule, mesh, shardings)
@@ -106,6 +119,80 @@ def bench_jax(config, predictions):
           "peak_memory_gib": mem / 2**30, "memory_kind": mem_kind, "loss": float(m["loss"])}
 
 
+def _untrained_teacher(config):
+  """A distillation teacher's encoder config without reading its weights (random ones time the same): BERT of the
+  student's size (distilbert_base: BERT-base, 12 layers), vocabulary and positions."""
+  from bert_jax.models import registry
+  model = {"family": "bert", "size": config.model.size, "vocab_size": config.model.vocab_size,
+           "max_position_embeddings": config.model.max_position_embeddings}
+  return lambda path: registry.encoder_config(model)
+
+
+def bench_torch_distill(config, predictions):
+  """HF PyTorch distillation as HF's distiller.py trains DistilBERT: BertForMaskedLM teacher (eval, no_grad, in the
+  objective's teacher dtype) and DistilBertForMaskedLM student; loss = alpha_ce T^2 KL(teacher || student) over real
+  tokens + alpha_mlm MLM at the masked positions + alpha_cos (1 - cos) of the last hidden states; AdamW on the student."""
+  import numpy as np
+  import torch
+  import transformers
+  from bert_jax.convert import hf_dir
+  from bert_jax.objectives import registry as objectives
+  from bert_jax.trainers import pretrain
+  model_config, _ = pretrain.build(config, load_config=_untrained_teacher(config))
+  objective = objectives.make_objective("distill", model_config, FLAGS.seq, predictions,
+                                        objectives.objective_settings(config, "distill"), _untrained_teacher(config))
+  s = objective.settings
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  teacher = transformers.BertForMaskedLM(transformers.BertConfig(
+      **hf_dir.hf_config_dict(objective.teacher_config, ("encoder", "mlm")), attn_implementation="sdpa")).to(device).eval()
+  student = transformers.DistilBertForMaskedLM(transformers.DistilBertConfig(
+      **hf_dir.hf_config_dict(model_config, ("encoder", "mlm")), attn_implementation="sdpa")).to(device).train()
+  o = config.optim
+  opt = torch.optim.AdamW(student.parameters(), lr=o.peak_learning_rate, betas=(o.b1, o.b2), eps=o.eps,
+                          weight_decay=o.weight_decay)
+  b = {k: torch.from_numpy(v.astype(np.int64) if v.dtype == np.int32 else v).to(device)
+       for k, v in _batch(FLAGS.batch, FLAGS.seq, predictions, model_config.vocab_size).items()}
+  b["segment_ids"] = torch.zeros_like(b["segment_ids"])
+  autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=FLAGS.dtype == "bfloat16")
+  teacher_autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=s.teacher_dtype == "bfloat16")
+  real = b["input_mask"].bool()
+
+  def step():
+    with torch.no_grad(), teacher_autocast:
+      t = teacher(input_ids=b["input_ids"], attention_mask=b["input_mask"], output_hidden_states=True)
+    with autocast:
+      out = student(input_ids=b["input_ids"], attention_mask=b["input_mask"], output_hidden_states=True)
+      s_logits, t_logits = out.logits.float()[real], t.logits.float()[real]
+      kl = torch.nn.functional.kl_div(torch.log_softmax(s_logits / s.temperature, -1),
+                                      torch.softmax(t_logits / s.temperature, -1), reduction="batchmean")
+      masked = torch.gather(out.logits, 1, b["masked_lm_positions"][..., None].expand(-1, -1, out.logits.shape[-1]))
+      xent = torch.nn.functional.cross_entropy(masked.float().flatten(0, 1), b["masked_lm_ids"].flatten(),
+                                               reduction="none")
+      w = b["masked_lm_weights"].flatten()
+      h_s, h_t = out.hidden_states[-1].float()[real], t.hidden_states[-1].float()[real]
+      cos = 1 - torch.nn.functional.cosine_similarity(h_s, h_t, dim=-1).mean()
+      loss = s.alpha_ce * s.temperature ** 2 * kl + s.alpha_mlm * (xent * w).sum() / w.sum() + s.alpha_cos * cos
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(student.parameters(), o.clip_norm)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
+
+  for _ in range(FLAGS.warmup):
+    step()
+  if device == "cuda":
+    torch.cuda.synchronize()
+  t0 = time.perf_counter()
+  for _ in range(FLAGS.steps):
+    loss = step()
+  if device == "cuda":
+    torch.cuda.synchronize()
+  dt = (time.perf_counter() - t0) / FLAGS.steps
+  return {"step_ms": dt * 1e3, "seq_per_sec": FLAGS.batch / dt, "tokens_per_sec": FLAGS.batch * FLAGS.seq / dt,
+          "threads": torch.get_num_threads(), "loss": float(loss.detach()),
+          "peer": "HF BertForMaskedLM teacher + DistilBertForMaskedLM student"}
+
+
 def bench_torch(config, predictions):
   import numpy as np
   import torch
@@ -118,6 +205,7 @@ def bench_torch(config, predictions):
   hf_cfg = transformers.BertConfig(**hf_dir.hf_config_dict(model_config, ("encoder", "pooler", "mlm", "nsp")),
                                    attn_implementation="sdpa")
   model = transformers.BertForPreTraining(hf_cfg).to(device).train()
+  forward = torch.compile(model) if FLAGS.torch_compile else model
   o = config.optim
   opt = torch.optim.AdamW(model.parameters(), lr=o.peak_learning_rate, betas=(o.b1, o.b2), eps=o.eps,
                           weight_decay=o.weight_decay)
@@ -127,7 +215,7 @@ def bench_torch(config, predictions):
 
   def step():
     with autocast:
-      out = model(input_ids=b["input_ids"], attention_mask=b["input_mask"], token_type_ids=b["segment_ids"])
+      out = forward(input_ids=b["input_ids"], attention_mask=b["input_mask"], token_type_ids=b["segment_ids"])
       logits = torch.gather(out.prediction_logits, 1,
                             b["masked_lm_positions"][..., None].expand(-1, -1, out.prediction_logits.shape[-1]))
       xent = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), b["masked_lm_ids"].flatten(),
@@ -152,7 +240,74 @@ def bench_torch(config, predictions):
     torch.cuda.synchronize()
   dt = (time.perf_counter() - t0) / FLAGS.steps
   return {"step_ms": dt * 1e3, "seq_per_sec": FLAGS.batch / dt, "tokens_per_sec": FLAGS.batch * FLAGS.seq / dt,
-          "threads": torch.get_num_threads(), "loss": float(loss.detach())}
+          "threads": torch.get_num_threads(), "loss": float(loss.detach()), "torch_compile": FLAGS.torch_compile}
+
+
+def bench_torch_electra(config, predictions):
+  """HF PyTorch ELECTRA as our objective trains it: ElectraForMaskedLM generator sharing the discriminator's
+  embeddings (its decoder tied to them) with its head run at the masked positions only, Gumbel samples there,
+  ElectraForPreTraining on the corrupted ids, loss = MLM + rtd_weight x RTD, one AdamW over both models."""
+  import numpy as np
+  import torch
+  import transformers
+  from bert_jax.convert import hf_dir
+  from bert_jax.objectives import registry as objectives
+  from bert_jax.trainers import pretrain
+  model_config, _ = pretrain.build(config)
+  objective = objectives.make_objective("electra", model_config, FLAGS.seq, predictions,
+                                        objectives.objective_settings(config, "electra"))
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  hf_cfg = lambda c, sections: transformers.ElectraConfig(**hf_dir.hf_config_dict(c, sections),
+                                                          attn_implementation="sdpa")
+  disc = transformers.ElectraForPreTraining(hf_cfg(model_config, ("encoder", "rtd"))).to(device).train()
+  gen = transformers.ElectraForMaskedLM(hf_cfg(objective.generator_config, ("encoder", "mlm"))).to(device).train()
+  gen.electra.embeddings = disc.electra.embeddings
+  gen.generator_lm_head.weight = disc.electra.embeddings.word_embeddings.weight
+  params = list({id(p): p for p in list(disc.parameters()) + list(gen.parameters())}.values())
+  o = config.optim
+  opt = torch.optim.AdamW(params, lr=o.peak_learning_rate, betas=(o.b1, o.b2), eps=o.eps, weight_decay=o.weight_decay)
+  b = {k: torch.from_numpy(v.astype(np.int64) if v.dtype == np.int32 else v).to(device)
+       for k, v in _batch(FLAGS.batch, FLAGS.seq, predictions, model_config.vocab_size).items()}
+  positions = b["masked_lm_positions"]
+  autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=FLAGS.dtype == "bfloat16")
+
+  def step():
+    with autocast:
+      # HF's modules, with the hidden states gathered at the masked positions before the head, as ours does
+      # (ElectraForMaskedLM.forward would compute the V-wide logits at every position).
+      h = gen.electra(input_ids=b["input_ids"], attention_mask=b["input_mask"], token_type_ids=b["segment_ids"])[0]
+      h = torch.gather(h, 1, positions[..., None].expand(-1, -1, h.shape[-1]))
+      logits = gen.generator_lm_head(gen.generator_predictions(h)).float()
+      xent = torch.nn.functional.cross_entropy(logits.flatten(0, 1), b["masked_lm_ids"].flatten(), reduction="none")
+      w = b["masked_lm_weights"].flatten()
+      with torch.no_grad():
+        gumbel = -torch.log(-torch.log(torch.rand_like(logits).clamp_min(1e-9)).clamp_min(1e-9))
+        sampled = (logits + gumbel).argmax(-1)
+        original = b["input_ids"].scatter(1, positions, b["masked_lm_ids"])
+        corrupted = original.scatter(1, positions, sampled)
+        labels = (corrupted != original).float()
+      rtd = disc(input_ids=corrupted, attention_mask=b["input_mask"], token_type_ids=b["segment_ids"]).logits.float()
+      mask = b["input_mask"].float()
+      rtd_loss = (torch.nn.functional.binary_cross_entropy_with_logits(rtd, labels, reduction="none") * mask).sum() / mask.sum()
+      loss = (xent * w).sum() / w.sum() + objective.settings.rtd_weight * rtd_loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, o.clip_norm)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
+
+  for _ in range(FLAGS.warmup):
+    step()
+  if device == "cuda":
+    torch.cuda.synchronize()
+  t0 = time.perf_counter()
+  for _ in range(FLAGS.steps):
+    loss = step()
+  if device == "cuda":
+    torch.cuda.synchronize()
+  dt = (time.perf_counter() - t0) / FLAGS.steps
+  return {"step_ms": dt * 1e3, "seq_per_sec": FLAGS.batch / dt, "tokens_per_sec": FLAGS.batch * FLAGS.seq / dt,
+          "threads": torch.get_num_threads(), "loss": float(loss.detach()), "peer": "HF ElectraForMaskedLM + ElectraForPreTraining"}
 
 
 def main(argv):
@@ -167,28 +322,42 @@ def main(argv):
     overrides["model.scan_layers"] = FLAGS.scan_layers == "true"
   if FLAGS.remat != "config":
     overrides["model.remat_policy"] = FLAGS.remat
+  from bert_jax.core import sharding
   from bert_jax.trainers import pretrain
-  pretrain.use_prng_impl(FLAGS.prng_impl)
+  if FLAGS.prng_impl != "config":
+    overrides["train.prng_impl"] = FLAGS.prng_impl
   if FLAGS.opt_state_dtype:
     overrides["optim.state_dtype"] = FLAGS.opt_state_dtype
   config = configlib.load(FLAGS.config, overrides)
+  if "distill" in config:  # the teacher computes in the benchmarked dtype too (the peer's autocast follows it)
+    config.distill.teacher_dtype = FLAGS.dtype
+  # The train CLI's platform choices for fields left at auto (scan, remat, PRNG), printed to stderr.
+  config = pretrain.with_platform_defaults(config, sharding.create_mesh({"data": -1, "fsdp": 1, "tensor": 1}),
+                                           lambda line: print(line, file=sys.stderr))
+  pretrain.use_prng_impl(config.train.prng_impl)
   predictions = FLAGS.predictions or max(20, round(FLAGS.seq * 0.15))
   result = {"bench": "train_step", "config": FLAGS.config, "batch": FLAGS.batch, "seq": FLAGS.seq,
             "predictions": predictions, "dtype": FLAGS.dtype, "attention": FLAGS.attention,
             "attention_dropout": config.model.attention_dropout, "dropout": FLAGS.dropout,
             "mlm_all_positions": FLAGS.mlm_all_positions, "fused_qkv": FLAGS.fused_qkv, "scan_layers": config.model.scan_layers,
-            "remat": config.model.remat_policy, "prng_impl": FLAGS.prng_impl, "opt_state_dtype": config.optim.state_dtype or "param",
+            "remat": config.model.remat_policy, "prng_impl": config.train.prng_impl, "opt_state_dtype": config.optim.state_dtype or "param",
             "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
             "host": f"{platform.machine()} {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
   if FLAGS.compare_torch:
     # Torch runs first and hands its cached GPU memory back; JAX's allocator keeps what it takes.
     import torch
     torch.set_num_threads(os.cpu_count())  # XLA's CPU backend uses every core too
-    result["torch"] = bench_torch(config, predictions)
+    peer = {"electra": bench_torch_electra, "distill": bench_torch_distill}.get(config.train.objective, bench_torch)
+    result["torch"] = peer(config, predictions)
     if torch.cuda.is_available():
       result["torch"]["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
       torch.cuda.empty_cache()
   result["jax"] = bench_jax(config, predictions)
+  if FLAGS.compare_keras:
+    import keras_peer
+    batch = _batch(FLAGS.batch, FLAGS.seq, predictions, config.model.vocab_size)
+    result["keras"] = keras_peer.bench_keras(config, batch, FLAGS.steps, FLAGS.warmup)
+    result["speedup_vs_keras"] = result["jax"]["tokens_per_sec"] / result["keras"]["tokens_per_sec"]
   if FLAGS.compare_torch:
     result["speedup_vs_torch"] = result["jax"]["tokens_per_sec"] / result["torch"]["tokens_per_sec"]
   print(json.dumps(result), flush=True)

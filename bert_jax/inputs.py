@@ -1,12 +1,46 @@
-"""Config -> training/eval input pipelines, preparing a named corpus once into WORKDIR/data."""
+"""Config -> training/eval input pipelines, preparing a named corpus once into WORKDIR/data.
 
+Two input backends, chosen by data.backend:
+  * "tfdata" (default): TFRecords through tf.data (data/pipeline.py); needs TensorFlow.
+  * "grain": ArrayRecord through Grain (data/grain_pipeline.py); needs no TensorFlow. Its iterator position
+    is saved inside the Orbax checkpoint step; tf.data's beside it (core/checkpoint.py).
+Where TensorFlow is cut off: this module imports both backend modules, and neither imports TensorFlow at
+module level. pipeline.py imports it inside the functions that build or read tf.data (its `_tf()`), and
+only the tfdata backend calls them; grain_pipeline.py, array_record_io.py, schema.find_manifest, the metrics
+writer (tensorboardX) and the pre-flight check never import it. So the whole train CLI runs without
+TensorFlow installed when data.backend="grain" (tests/test_grain_backend.py runs it with TensorFlow made
+unimportable), and with the tfdata backend a missing TensorFlow fails at start naming the grain option
+(check_backend) instead of deep inside the first batch.
+"""
+
+import importlib.util
 import json
 import os
 
 import jax
 
-from bert_jax.data import corpora, instances, packing, pipeline, prepare, schema
+from bert_jax.data import array_record_io, corpora, grain_pipeline, instances, packing, pipeline, prepare, schema
 from bert_jax.data import tokenizer as tokenizer_lib
+
+BACKENDS = ("tfdata", "grain")
+
+
+def tensorflow_available() -> bool:
+  return importlib.util.find_spec("tensorflow") is not None
+
+
+def check_backend(d) -> None:
+  """data.backend is known, and TensorFlow is there when the backend needs it."""
+  if d.backend not in BACKENDS:
+    raise ValueError(f"data.backend={d.backend!r} is not one of {BACKENDS}")
+  if d.backend == "tfdata" and not tensorflow_available():
+    raise ValueError("data.backend='tfdata' reads TFRecords with tf.data, but TensorFlow is not installed. Use "
+                     "--config.data.backend=grain (ArrayRecord through Grain, no TensorFlow; data.corpus is then "
+                     "prepared as ArrayRecord), or install tensorflow-cpu")
+  if d.backend == "grain" and d.pack_instances and not tensorflow_available():
+    raise ValueError("data.pack_instances packs the prepared TFRecords with TensorFlow (once, before training), "
+                     "which is not installed; pack where TensorFlow is (python -m bert_jax.data.packing, then "
+                     "python -m bert_jax.data.array_record_io), or set data.pack_instances=0")
 
 
 def _prepare_settings(d) -> dict:
@@ -23,6 +57,14 @@ def _prepare_settings(d) -> dict:
   if d.max_ngram != 1:
     settings["max_ngram"] = d.max_ngram
   return settings
+
+
+def prepare_formats(d) -> tuple[str, ...]:
+  """What prepare_cached writes: TFRecords for tf.data; ArrayRecord for Grain, with TFRecords too where
+  TensorFlow is installed, so that either backend can reuse the prepared data."""
+  if d.backend == "grain":
+    return ("tfrecord", "array_record") if tensorflow_available() else ("array_record",)
+  return ("tfrecord",)
 
 
 def prepare_cached(d, workdir: str, log=print) -> str:
@@ -42,7 +84,8 @@ def prepare_cached(d, workdir: str, log=print) -> str:
     manifest = prepare.prepare(corpus, out, opts, vocab_file=d.vocab_file or None, vocab_size=d.vocab_size,
                                vocab_type=d.vocab_type,
                                lower_case=d.lower_case, seed=d.prepare_seed, eval_fraction=d.eval_fraction,
-                               workers=d.prepare_workers or None, corpus_description=d.corpus)
+                               workers=d.prepare_workers or None, corpus_description=d.corpus,
+                               formats=prepare_formats(d))
     log(prepare.format_stats(manifest))
   elif os.path.exists(done):
     log(f"reusing prepared data in {out}")
@@ -55,29 +98,48 @@ def prepare_cached(d, workdir: str, log=print) -> str:
 def resolve(config, workdir: str, log=print):
   """(train files, eval files, manifest or None, vocab tokenizer or None) for the run."""
   d = config.data
+  check_backend(d)
+  use_grain = d.backend == "grain"
   if d.train_files:
-    train_files = pipeline.resolve_files(d.train_files)
-    eval_files = pipeline.resolve_files(d.eval_files) if d.eval_files else ()
+    find = grain_pipeline.find_files if use_grain else pipeline.resolve_files
+    train_files = find(d.train_files)
+    eval_files = find(d.eval_files) if d.eval_files else ()
   elif d.corpus:
     out = prepare_cached(d, workdir, log)
-    eval_files = pipeline.resolve_files(os.path.join(out, "eval", "*.tfrecord"))
+    eval_files = _prepared_split(out, "eval", use_grain, log)
     if d.pack_instances:
       out = pack_cached(out, d.pack_instances, log)
-    train_files = pipeline.resolve_files(os.path.join(out, "train", "*.tfrecord"))
+    train_files = _prepared_split(out, "train", use_grain, log)
   else:
-    raise ValueError("no data: set data.train_files (a TFRecord glob) or data.corpus (e.g. 'pydocs')")
+    raise ValueError("no data: set data.train_files (a TFRecord glob, or ArrayRecord for data.backend=grain) or "
+                     "data.corpus (e.g. 'pydocs')")
   manifest = schema.find_manifest(list(train_files))
   check_packing(d.pack_instances, manifest, train_files)
   vocab_file = d.vocab_file or (manifest or {}).get("vocab", {}).get("file")
   tok = tokenizer_lib.load(vocab_file, d.lower_case) if vocab_file and os.path.exists(vocab_file) else None
   sha = tokenizer_lib.file_sha256(d.vocab_file) if d.vocab_file else None
+  check_files_match = grain_pipeline.check_files_match if use_grain else pipeline.check_files_match
   for what, files in (("train", train_files), ("eval", eval_files)):
     if files:  # also fails on files without examples, which would hang the repeating pipeline
-      pipeline.check_files_match(files, max_seq_length=d.max_seq_length,
-                                 max_predictions_per_seq=d.max_predictions_per_seq,
-                                 vocab_size=config.model.vocab_size, vocab_sha256=sha,
-                                 process_count=jax.process_count(), what=what)
+      check_files_match(files, max_seq_length=d.max_seq_length, max_predictions_per_seq=d.max_predictions_per_seq,
+                        vocab_size=config.model.vocab_size, vocab_sha256=sha, process_count=jax.process_count(),
+                        what=what)
   return train_files, eval_files, manifest, tok
+
+
+def _prepared_split(prepared_dir: str, split: str, use_grain: bool, log) -> tuple[str, ...]:
+  """A prepared split's files for the backend. Data prepared for tf.data alone (TFRecords) gets ArrayRecord
+  copies beside it the first time the grain backend reads it (process 0; no TensorFlow needed)."""
+  directory = os.path.join(prepared_dir, split)
+  if not use_grain:
+    return pipeline.resolve_files(os.path.join(directory, "*.tfrecord"))
+  tfrecords = sorted(f for f in os.listdir(directory) if f.endswith(".tfrecord"))
+  if tfrecords and jax.process_index() == 0:
+    array_record_io.convert_split([os.path.join(directory, f) for f in tfrecords], directory, log)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f"array_record_{split}")
+  return pipeline.resolve_files(os.path.join(directory, "*" + array_record_io.SUFFIX))
 
 
 def pack_cached(prepared_dir: str, max_instances: int, log=print) -> str:
@@ -117,13 +179,28 @@ def _masking(config, tok):
                               masked_lm_prob=config.data.masked_lm_prob, max_ngram=config.data.max_ngram)
 
 
-def train_iterator(config, files, tok) -> pipeline.BatchIterator:
+def _numpy_masking(config, tok) -> grain_pipeline.NumpyMasking | None:
+  """The grain backend's dynamic masking: instances.mask_tokens with the run's settings."""
+  d = config.data
+  if not d.dynamic_masking:
+    return None
+  options = instances.InstanceOptions(max_seq_length=d.max_seq_length,
+                                      max_predictions_per_seq=d.max_predictions_per_seq,
+                                      masked_lm_prob=d.masked_lm_prob, max_ngram=d.max_ngram)
+  return grain_pipeline.NumpyMasking(options, instances.VocabIds.from_tokenizer(tok))
+
+
+def train_iterator(config, files, tok):
+  """The train batches: a pipeline.BatchIterator (tfdata) or grain_pipeline.GrainBatchIterator (grain)."""
   d = config.data
   cfg = pipeline.PipelineConfig(
       files=tuple(files), batch_size=config.train.batch_size // jax.process_count(),
       max_seq_length=d.max_seq_length, max_predictions_per_seq=d.max_predictions_per_seq, seed=config.train.seed,
       shuffle_buffer=d.shuffle_buffer, shuffle=d.shuffle, dynamic_masking=_masking(config, tok),
       **_packed_fields(files))
+  if d.backend == "grain":
+    return grain_pipeline.GrainBatchIterator(cfg, jax.process_index(), jax.process_count(),
+                                             masking=_numpy_masking(config, tok), worker_count=d.grain_workers)
   return pipeline.BatchIterator(cfg, jax.process_index(), jax.process_count())
 
 
@@ -134,11 +211,15 @@ def _packed_fields(files) -> dict:
   return {"packed_instances": packed["max_instances"], "packed_predictions": packed["predictions_per_row"]}
 
 
-def eval_iterator(config, files) -> pipeline.BatchIterator:
-  """Same examples in the same order every time: no shuffle, repeats so N batches always exist."""
+def eval_iterator(config, files):
+  """Same examples in the same order every time (the same for both backends): no shuffle, repeats so N batches
+  always exist. Grain reads eval in the training process: a fresh iterator per evaluation would otherwise
+  start worker processes each time."""
   d = config.data
   batch = config.train.eval_batch_size or config.train.batch_size
   cfg = pipeline.PipelineConfig(
       files=tuple(files), batch_size=batch // jax.process_count(), max_seq_length=d.max_seq_length,
       max_predictions_per_seq=d.max_predictions_per_seq, shuffle=False, repeat=True)
+  if d.backend == "grain":
+    return grain_pipeline.GrainBatchIterator(cfg, jax.process_index(), jax.process_count())
   return pipeline.BatchIterator(cfg, jax.process_index(), jax.process_count())

@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   d.lower_case = False                # lower-case text (empty vocab_file: the checkpoint's setting)
 
   c.model = m = ml_collections.ConfigDict()
-  m.family = "bert"                   # from scratch only: bert | albert | roberta (a checkpoint brings its own)
+  m.family = "bert"                   # from scratch only: bert | albert | roberta | electra | distilbert (a checkpoint brings its own)
   m.size = "tiny"                     # from scratch only; a checkpoint brings its own sizes
   m.hidden_dropout = 0.1              # dropout in encoder and head
   m.attention_dropout = 0.1           # dropout on attention probabilities
@@ -48,10 +48,29 @@ def get_config() -> ml_collections.ConfigDict:
   r.warmup_fraction = 0.1             # of all steps, linear from 0
   r.weight_decay = 0.01               # decoupled, not on biases or LayerNorm
   r.clip_norm = 1.0                   # global-norm clipping (0: off)
-  r.freeze_encoder = False            # feature extraction: train the head only
+  r.method = "full"                   # full | frozen (head only) | houlsby | pfeiffer | prompt | prefix | lora
+  r.freeze_encoder = False            # shorthand for method=frozen (feature extraction: train the head only)
+  r.param_rules = ""                  # 'REGEX:ACTION;...' over param paths, before the method's (core/param_rules.py)
   r.seed = 0                          # head init, dropout and shuffling
   r.log_every = 50                    # steps between train metric lines
+  r.eval_every = 0                    # steps between evals (0: only at the end)
+  r.early_stop_metric = ""            # eval field to early-stop on (eval_loss, accuracy, f1, ...; '' off)
+  r.early_stop_patience = 3           # evals without improvement before stopping (needs eval_every)
   r.export_hf = True                  # write hf/ (transformers model + tokenizer) and check its logits
+
+  c.checkpoint = k = ml_collections.ConfigDict()
+  k.every_steps = 500                 # steps between checkpoints (also one at SIGTERM and at the end)
+  k.keep = 2                          # most recent checkpoints kept
+  k.keep_period = 0                   # also keep every Nth step's checkpoint (0: none)
+  k.async_save = True                 # write checkpoints in the background
+
+  c.peft = f = ml_collections.ConfigDict()  # settings of the parameter-efficient methods (train.method)
+  f.adapter_size = 64                 # houlsby/pfeiffer: adapter bottleneck width
+  f.lora_rank = 8                     # lora: rank r of the update B A
+  f.lora_alpha = 16.0                 # lora: the update is scaled by lora_alpha / lora_rank
+  f.lora_dropout = 0.1                # lora: dropout on the LoRA input
+  f.lora_targets = "query,value"      # lora: comma-separated, of query,key,value,attention_output,intermediate,output
+  f.prompt_length = 20                # prompt/prefix: virtual tokens
 
   c.mesh = x = ml_collections.ConfigDict()
   x.data = -1                         # data-parallel axis size (-1: the rest of the devices)

@@ -14,6 +14,5 @@ def get_config():
   c.data.max_predictions_per_seq = 80
   c.train.steps = 100000                # the remaining 10%
   c.optim.warmup_steps = 1000           # a short re-warmup: the optimizer state starts fresh
-  c.model.remat_policy = "full"         # seq 512 activations
   c.lock()
   return c

@@ -6,7 +6,6 @@ from configs import roberta_base
 def get_config():
   c = roberta_base.get_config()
   c.model.size = "large"                # 24 layers, 1024 hidden, 16 heads
-  c.model.remat_policy = "dots_no_batch"  # seq 512 activations
   c.optim.peak_learning_rate = 4e-4     # the paper's large LR
   c.optim.warmup_steps = 30000
   c.train.steps = 500000

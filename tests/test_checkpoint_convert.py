@@ -63,25 +63,64 @@ def test_restore_onto_another_mesh(tmp_path, saved_on, restored_on):
   assert kernel.sharding.mesh.devices.size == int(np.prod(restored_on))
 
 
-def test_corrupt_latest_checkpoint_falls_back_with_warning(tmp_path):
+def _damage(step_dir, how):
+  for root, _, files in os.walk(step_dir / "state"):
+    for name in files:
+      path = os.path.join(root, name)
+      if how == "truncate_all" and not name.endswith(".json"):
+        open(path, "wb").close()
+      elif how == "halve_data" and os.path.basename(root) == "d":
+        data = open(path, "rb").read()
+        open(path, "wb").write(data[:len(data) // 2])
+  if how == "delete_metadata":
+    os.remove(step_dir / "state" / "_METADATA")
+
+
+def test_damaged_latest_checkpoint_is_moved_aside_and_saved_again(tmp_path, capfd):
+  cfg = config(**{"checkpoint.every_steps": 1, "checkpoint.async_save": False})
+  mesh = _mesh((2, 1, 1))
+  state = _trained_state(mesh, cfg)
+  fresh, *_ = build(cfg, mesh)
+  shardings = jax.tree_util.tree_map(lambda x: x.sharding, fresh)
+  for how in ("truncate_all", "halve_data", "delete_metadata"):
+    directory = tmp_path / how
+    ckpt = checkpoint_lib.Checkpointer(str(directory), cfg, log=lambda m: None)
+    ckpt.save(5, state, force=True)
+    ckpt.save(10, state.replace(step=state.step + 8), force=True)
+    ckpt.wait()
+    _damage(directory / "10", how)
+    messages = []
+    ckpt = checkpoint_lib.Checkpointer(str(directory), cfg, log=messages.append)
+    restored = ckpt.restore_or_init(fresh, shardings)
+    assert int(restored.step) == int(state.step), how
+    warning = next(m for m in messages if "WARNING: checkpoint at step 10" in m)
+    assert "is damaged" in warning and "falling back" in warning, (how, warning)
+    assert any("resumed from checkpoint at step 5" in m for m in messages), how
+    assert "Event loop is closed" not in capfd.readouterr().err, how
+    # The damaged step went to damaged/, so step 10 is saved afresh and readers see a good newest step.
+    assert [d.name.split("-")[0] for d in (directory / "damaged").iterdir()] == ["10"]
+    assert ckpt.manager.all_steps() == [5]
+    assert ckpt.save(10, restored.replace(step=restored.step + 8), force=True)
+    ckpt.wait()
+    manager, latest = checkpoint_lib.latest_step(str(directory))
+    assert latest == 10
+    params = checkpoint_lib.load_saved_params(manager, 10)
+    np.testing.assert_array_equal(params["encoder"]["layer_0"]["intermediate"]["kernel"],
+                                  np.asarray(state.params["encoder"]["layer_0"]["intermediate"]["kernel"]))
+
+
+def test_checkpoint_of_another_structure_is_refused_not_moved(tmp_path):
   cfg = config(**{"checkpoint.every_steps": 1, "checkpoint.async_save": False})
   mesh = _mesh((2, 1, 1))
   state = _trained_state(mesh, cfg)
   ckpt = checkpoint_lib.Checkpointer(str(tmp_path), cfg, log=lambda m: None)
-  ckpt.save(5, state, force=True)
-  ckpt.save(10, state.replace(step=state.step + 8), force=True)
+  ckpt.save(2, state, force=True)
   ckpt.wait()
-  for root, _, files in os.walk(tmp_path / "10" / "state"):  # truncate every data file of the newest step
-    for name in files:
-      if not name.endswith(".json"):
-        open(os.path.join(root, name), "wb").close()
-  messages = []
-  fresh, *_ = build(cfg, mesh)
-  restored = checkpoint_lib.Checkpointer(str(tmp_path), cfg, log=messages.append).restore_or_init(
-      fresh, jax.tree_util.tree_map(lambda x: x.sharding, fresh))
-  assert int(restored.step) == int(state.step)
-  assert any("WARNING: checkpoint at step 10" in m and "falling back" in m for m in messages), messages
-  assert any("resumed from checkpoint at step 5" in m for m in messages)
+  other, *_ = build(config(**{"optim.name": "lamb"}), mesh)
+  with pytest.raises(ValueError, match="holds a train state of another structure than this run builds"):
+    checkpoint_lib.Checkpointer(str(tmp_path), cfg).restore_or_init(
+        other, jax.tree_util.tree_map(lambda x: x.sharding, other))
+  assert checkpoint_lib.Checkpointer(str(tmp_path), cfg).manager.all_steps() == [2]
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,5 @@
 """ALBERT and RoBERTa (and BERT through the same machinery): HF parity both ways, layouts, sizes, bad input."""
 
-import dataclasses
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -18,6 +16,7 @@ from bert_jax.models.pretraining import EncoderWithHeads
 from bert_jax.objectives import registry as objectives
 from bert_jax.trainers import pretrain
 
+import hf_helpers
 import train_helpers
 
 # family, HF class, HF config, our heads
@@ -45,16 +44,6 @@ _OUTPUTS = {"mlm_logits": ("prediction_logits", "logits"), "nsp_logits": ("seq_r
             "sop_logits": ("sop_logits",)}
 
 
-def _randomize_torch(model, seed=0):
-  """Every weight random (HF inits LayerNorm to 1/0 and biases to 0, which would hide a wrong mapping)."""
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for p in model.parameters():
-      p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-  model.tie_weights()
-  return model.eval()
-
-
 def _hf_outputs(hf, ids, mask, segments):
   with torch.no_grad():
     out = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
@@ -74,7 +63,7 @@ def _compare(ours, out, heads):
 @pytest.mark.parametrize("scan", [False, True])
 def test_hf_to_ours_to_hf(case, scan):
   hf_cls, hf_config, heads = CASES[case]
-  hf = _randomize_torch(hf_cls(hf_config))
+  hf = hf_helpers.randomize_torch(hf_cls(hf_config))
   state = {k: v.numpy() for k, v in hf.state_dict().items()}
   config = hf_dir.config_from_hf_json(hf_config.to_dict(), scan_layers=scan)
   assert type(config).family == case.split("_")[0]
@@ -245,9 +234,9 @@ def test_roberta_base_style_directory_with_a_pooler_starts_an_mlm_run(tmp_path):
   """HF roberta-base ships lm_head and a pooler; an MLM-only run takes the encoder and lm_head, not the pooler.
   A bare RobertaModel directory (keys without the `roberta.` prefix) reads too."""
   _, hf_config, _ = CASES["roberta"]
-  masked_lm = _randomize_torch(transformers.RobertaForMaskedLM(hf_config))
+  masked_lm = hf_helpers.randomize_torch(transformers.RobertaForMaskedLM(hf_config))
   state = dict(masked_lm.state_dict())
-  base = _randomize_torch(transformers.RobertaModel(hf_config), seed=1)
+  base = hf_helpers.randomize_torch(transformers.RobertaModel(hf_config), seed=1)
   state.update({f"roberta.{k}": v for k, v in base.state_dict().items() if k.startswith("pooler.")})
   from safetensors.torch import save_file
   hf_path = tmp_path / "roberta-base-like"

@@ -5,6 +5,7 @@ back into init_checkpoint, and fine-tuning from the family's checkpoint."""
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -13,8 +14,11 @@ import pytest
 import torch
 import transformers
 
+from bert_jax.core import checkpoint as checkpoint_lib
 from bert_jax.data import schema
 from bert_jax.data import tokenizer as tokenizer_lib
+from bert_jax.models import name_tables as nt
+from test_train_loop import _wait_for_checkpoint
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 STEPS = 120
@@ -95,6 +99,9 @@ def test_to_hf_loads_in_auto_classes_and_fills_masks(pretrained, exported):
   assert long["input_ids"].shape[1] == tok.model_max_length
   with torch.no_grad():
     assert torch.isfinite(model(**long).logits).all()
+  # Past the position table: truncation cuts at model_max_length, so the pipeline runs instead of crashing.
+  far = fill(f"Return a new sorted {tok.mask_token} list." + " word" * 700, tokenizer_kwargs={"truncation": True})
+  assert len(far) == 5
 
 
 def test_from_hf_then_init_checkpoint(pretrained, exported, tmp_path):
@@ -132,3 +139,62 @@ def test_resuming_with_another_family_names_both(pretrained):
   assert result.returncode != 0
   family = lambda n: n.split("_")[0]
   assert f"model.family={family(name)!r} run, but this config has model.family={family(other)!r}" in result.stderr
+
+
+DISTIL_STEPS = 20
+DISTIL = ["--config=distilbert_tiny", f"--config.train.steps={DISTIL_STEPS}", "--config.train.batch_size=16",
+          "--config.optim.warmup_steps=5", "--config.train.log_every=1", "--config.train.eval_every=1000",
+          "--config.train.eval_batches=4", "--config.checkpoint.every_steps=5", "--config.data.max_seq_length=64",
+          "--config.data.max_predictions_per_seq=10", "--config.data.dynamic_masking=False"]
+
+
+def test_distilbert_student_of_the_bert_run_approaches_it_and_resumes_bit_exact(pretrained, tmp_path):
+  """bert_tiny's run is the teacher of a 1-layer DistilBERT (configs/distilbert_tiny.py) on the same records: the
+  student's eval MLM accuracy approaches the teacher's, and a run SIGKILLed after its first checkpoint resumes to the
+  uninterrupted run's losses and params (student and teacher, one checkpoint) bit for bit."""
+  name, teacher, _ = pretrained
+  if name != "bert_tiny":
+    pytest.skip("the distillation teacher is the BERT run")
+  data = [f"--config.distill.teacher={teacher}", f"--config.data.train_files={teacher}/data/*/train/*.tfrecord",
+          f"--config.data.eval_files={teacher}/data/*/eval/*.tfrecord"]
+  whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
+  out = _run("bert_jax.train", f"--workdir={whole}", *DISTIL, *data)
+  assert "loaded the teacher from" in out and "trainable)" in out
+  evals = [r for r in _records(whole) if r.get("split") == "eval"]
+  teacher_eval = [r for r in _records(teacher) if r.get("split") == "eval"][-1]
+  first, last = evals[0], evals[-1]
+  print(f"teacher {teacher_eval['mlm_accuracy']:.4f}; student step 0 {first['mlm_accuracy']:.4f}, "
+        f"step {DISTIL_STEPS} {last['mlm_accuracy']:.4f} (kl {first['kl_loss']:.4f} -> {last['kl_loss']:.4f})")
+  # The frozen teacher inside the run scores what it scored in its own run on the same eval batches.
+  assert last["teacher_mlm_accuracy"] == pytest.approx(teacher_eval["mlm_accuracy"], abs=1e-4)
+  assert first["teacher_mlm_accuracy"] == pytest.approx(teacher_eval["mlm_accuracy"], abs=1e-4)
+  # The student starts as the teacher's first layer (plus its embeddings and head) and stays near it; with a teacher
+  # this small (about 6% MLM accuracy after 120 steps) a few hundred eval tokens make the numbers coarse.
+  assert first["mlm_accuracy"] >= 0.9 * teacher_eval["mlm_accuracy"], (first, teacher_eval)
+  assert last["mlm_accuracy"] >= 0.6 * teacher_eval["mlm_accuracy"], (last, teacher_eval)
+
+  proc = subprocess.Popen([sys.executable, "-m", "bert_jax.train", f"--workdir={killed}", *DISTIL, *data],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+  _wait_for_checkpoint(killed, proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  out = _run("bert_jax.train", f"--workdir={killed}", *DISTIL, *data)
+  resumed_from = int(out.split("resumed from checkpoint at step ")[1].split()[0])
+  assert 0 < resumed_from < DISTIL_STEPS and "loaded the teacher" not in out
+  train = lambda w: {r["step"]: r["loss"] for r in _records(w) if r.get("split") != "eval"}
+  assert train(killed) == train(whole)
+  params = {}
+  for w in (whole, killed):
+    manager, step = checkpoint_lib.latest_step(os.path.join(w, "checkpoints"))
+    assert step == DISTIL_STEPS
+    params[w] = nt.flatten(checkpoint_lib.load_saved_params(manager, step))
+  assert sorted(params[whole]) == sorted(params[killed]) and any(p.startswith("teacher/") for p in params[whole])
+  for path, value in params[whole].items():
+    assert value.tobytes() == params[killed][path].tobytes(), path
+  # ... and the teacher in it is the teacher run's newest checkpoint (vocabulary padding rows, which no logit reads,
+  # are re-zeroed by the layout conversion).
+  manager, step = checkpoint_lib.latest_step(os.path.join(teacher, "checkpoints"))
+  real = lambda path, x: x[:8000] if path.endswith(("word_embeddings/embedding", "output_bias")) else x
+  for path, value in nt.flatten(checkpoint_lib.load_saved_params(manager, step)).items():
+    if f"teacher/{path}" in params[whole]:
+      assert real(path, value).tobytes() == real(path, params[whole][f"teacher/{path}"]).tobytes(), path

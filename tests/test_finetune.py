@@ -54,8 +54,8 @@ def test_tagging_and_squad_metrics_by_hand():
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-  """A tiny model pretrained for a few steps on pydocs through the CLI (vocabulary 8000)."""
-  return pretrain_tiny(tmp_path_factory.mktemp("pretrain"), steps=3)
+  """A tiny model pretrained on pydocs through the CLI (vocabulary 8000); 150 steps teach it the commonest words."""
+  return pretrain_tiny(tmp_path_factory.mktemp("pretrain"), steps=150)
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +102,12 @@ def test_sentence_pair_classification_end_to_end(pretrained, sentences, tmp_path
   assert result["f1"] == pytest.approx(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
   assert result["hf_max_logit_diff"] <= 1e-4  # exported BertForSequenceClassification matches
   assert os.path.exists(tmp_path / "run" / "hf" / "tokenizer.json")
+  # `predict classify` on the eval pairs (a tab between the texts) labels them as the run's own eval did
+  from bert_jax.finetune import predict
+  (tmp_path / "pairs.txt").write_text("".join(f"{r['a']}\t{r['b']}\n" for r in rows[40:]))
+  predict.run("classify", str(tmp_path / "run"), str(tmp_path / "pairs.txt"), str(tmp_path / "labels.jsonl"))
+  labelled = [json.loads(line) for line in open(tmp_path / "labels.jsonl")]
+  assert [("none", "digit").index(r["label"]) for r in labelled] == list(preds)
 
 
 def test_regression_from_tsv_end_to_end(pretrained, sentences, tmp_path):
@@ -145,6 +151,12 @@ def test_token_tagging_end_to_end(pretrained, sentences, tmp_path):
   assert result["accuracy"] == pytest.approx(np.mean(np.array(preds) == np.array(gold)))
   assert result["f1"] == pytest.approx(task_metrics.tagging_scores(preds, gold, names)["f1"])
   assert result["hf_max_logit_diff"] <= 1e-4
+  # `predict tag` gives each word the tag the run's eval predicted for it
+  from bert_jax.finetune import predict
+  (tmp_path / "words.txt").write_text("".join(" ".join(r["words"]) + "\n" for r in rows[40:]))
+  predict.run("tag", str(tmp_path / "run"), str(tmp_path / "words.txt"), str(tmp_path / "tags.jsonl"))
+  tagged = [json.loads(line) for line in open(tmp_path / "tags.jsonl")]
+  assert [names.index(t) for r in tagged for t in r["tags"]] == preds
   # the long first example was split over several rows, none of its words lost
   tok = tokenizer_lib.load(str(next((pretrained / "data").glob("*/vocab/spm.model"))))
   feats = tasks.tagging_features([{"words": rows[0]["words"], "labels": [0] * len(rows[0]["words"])}], tok, 64)
@@ -169,6 +181,12 @@ def test_extractive_qa_with_doc_stride_end_to_end(pretrained, sentences, tmp_pat
   assert result["exact_match"] == pytest.approx(100 * em)
   assert all(answers[r["id"]] in r["context"] for r in rows[40:])  # answers are spans of the original text
   assert result["hf_max_logit_diff"] <= 1e-4
+  # `predict qa` finds the answers the run's eval found
+  from bert_jax.finetune import predict
+  (tmp_path / "questions.txt").write_text("".join(f"{r['question']}\t{r['context']}\n" for r in rows[40:]))
+  predict.run("qa", str(tmp_path / "run"), str(tmp_path / "questions.txt"), str(tmp_path / "answers.jsonl"))
+  found = [json.loads(line)["answer"] for line in open(tmp_path / "answers.jsonl")]
+  assert found == [answers[r["id"]] for r in rows[40:]]
 
 
 def test_qa_windows_cover_the_answer_once_labelled():
@@ -238,3 +256,266 @@ def test_feature_extraction_trains_the_head_only(pretrained, sentences, tmp_path
   for k in encoder_keys:
     np.testing.assert_array_equal(exported[k], original[k], err_msg=k)
   assert "classifier.weight" in exported and np.abs(exported["classifier.weight"]).max() > 0
+
+
+# ---- what trains, and fine-tuning that survives kills, SIGTERM, and stops early ---------------------------------
+
+@pytest.fixture(scope="module")
+def digit_task(sentences, tmp_path_factory):
+  """A classification task from real sentences: does the sentence contain a digit?"""
+  root = tmp_path_factory.mktemp("digit_task")
+  rows = [{"text": s, "label": "digit" if re.search(r"\d", s) else "none"} for s in sentences[:48]]
+  return {"task.name": "files", "task.train_file": _write_jsonl(root / "train.jsonl", rows[:32]),
+          "task.eval_file": _write_jsonl(root / "eval.jsonl", rows[32:]), "train.export_hf": False}
+
+
+# The user's rule freezes the embeddings (the method, full, trains the rest); dropout is on, so a resumed run
+# must also draw the same dropout masks; checkpoints every 4 steps, evals every 8.
+ROBUST = {"train.max_steps": 24, "train.batch_size": 8, "train.eval_batch_size": 16, "data.max_seq_length": 64,
+          "train.log_every": 1, "train.eval_every": 8, "checkpoint.every_steps": 4, "model.hidden_dropout": 0.1,
+          "train.learning_rate": 1e-3, "train.param_rules": "^encoder/embeddings/:freeze"}
+
+
+@pytest.fixture(scope="module")
+def robust_run(pretrained, digit_task, tmp_path_factory):
+  """(workdir, result) of an uninterrupted ROBUST run."""
+  workdir = tmp_path_factory.mktemp("robust") / "whole"
+  return workdir, _run(pretrained, workdir, **digit_task, **ROBUST)[0]
+
+
+def _flat(tree, prefix=""):
+  out = {}
+  for k, v in tree.items():
+    path = f"{prefix}/{k}" if prefix else str(k)
+    out.update(_flat(v, path) if isinstance(v, dict) else {path: np.asarray(v)})
+  return out
+
+
+def _saved_state_paths(workdir):
+  """'/'-joined path -> metadata of the arrays in the newest train-state checkpoint (Orbax metadata)."""
+  import jax
+  import orbax.checkpoint as ocp
+  from bert_jax.core import checkpoint as checkpoint_lib
+  from bert_jax.core import param_rules
+  _, step = checkpoint_lib.latest_step(os.path.join(workdir, "checkpoints"))
+  with ocp.PyTreeCheckpointer() as ckptr:
+    metadata = ckptr.metadata(os.path.join(workdir, "checkpoints", str(step), "state"))
+  tree = getattr(getattr(metadata, "item_metadata", metadata), "tree", metadata)
+  return {param_rules.path_of(p): m for p, m in jax.tree_util.tree_leaves_with_path(
+      tree, is_leaf=lambda m: hasattr(m, "shape"))}
+
+
+def test_frozen_params_stay_bit_identical_and_get_no_optimizer_state(pretrained, robust_run):
+  from bert_jax.convert import workdir
+  from bert_jax.core import checkpoint as checkpoint_lib
+  run, _ = robust_run
+  trained = _flat(checkpoint_lib.load_params(str(run / "params")))
+  original = _flat(workdir.load_workdir_params(str(pretrained))[0]["encoder"], "encoder")
+  frozen = [p for p in trained if p.startswith("encoder/embeddings/")]
+  assert len(frozen) >= 4
+  for p in frozen:  # (the word table's padding rows past the vocabulary start fresh: compare the real rows)
+    rows = slice(8000) if p.endswith("word_embeddings/embedding") else slice(None)
+    np.testing.assert_array_equal(trained[p][rows], original[p][rows], err_msg=p)
+  moved = [p for p in trained if p.startswith("encoder/layer_") and not np.array_equal(trained[p], original[p])]
+  assert len(moved) > 10  # the rest of the encoder trained
+  sizes = {p: int(np.prod(v.shape)) for p, v in trained.items()}
+  with open(run / "result.json") as f:
+    summary = json.load(f)
+  assert summary["trainable_params"] == sum(s for p, s in sizes.items() if p not in frozen)
+  assert summary["total_params"] == sum(sizes.values())
+  # Adam's two moments exist for exactly the trainable leaves: none for the frozen embeddings
+  saved = _saved_state_paths(str(run))
+  moments = [p for p in saved if p.startswith("opt_state/") and p.endswith(tuple(sizes))]
+  assert moments and not any("embeddings" in p for p in moments)
+  assert sum(int(np.prod(saved[p].shape)) for p in moments) == 2 * summary["trainable_params"]
+
+
+def test_a_rule_that_matches_no_parameter_fails_naming_it(pretrained, digit_task, tmp_path):
+  with pytest.raises(ValueError, match=r"parameter rule '\^encodr/' matches no parameter"):
+    _run(pretrained, tmp_path / "run", **digit_task, **{"train.param_rules": "^encodr/:freeze"})
+
+
+def test_train_order_is_a_function_of_the_step():
+  order = tasks.TrainOrder(num_rows=10, batch_size=3, seed=7)
+  assert order.steps_per_epoch == 3
+  epoch0 = np.concatenate([order.rows(s) for s in range(3)])
+  assert len(set(epoch0)) == 9  # each row at most once per epoch, the remainder dropped
+  assert not np.array_equal(order.rows(0), order.rows(3))  # another epoch, another order
+  fresh = tasks.TrainOrder(10, 3, 7)
+  np.testing.assert_array_equal(fresh.rows(4), order.rows(4))  # a resumed iterator at step 4 reads the same rows
+  assert order.position(4) == {"seed": 7, "epoch": 1, "batch": 1}
+
+
+def _lines(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_resume_after_sigkill_equals_the_uninterrupted_run(pretrained, digit_task, robust_run, tmp_path, capsys):
+  import signal
+  import subprocess
+  import sys
+  import time
+  from bert_jax.core import checkpoint as checkpoint_lib
+  whole_dir, whole = robust_run
+  killed = tmp_path / "killed"
+  overrides = {**digit_task, **ROBUST}
+  args = [sys.executable, "-m", "bert_jax.finetune", "--config=finetune", f"--workdir={killed}",
+          f"--init_checkpoint={pretrained}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_DEFAULT_MATMUL_PRECISION": "highest"}
+  proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+  deadline = time.time() + 300
+  while not (killed / "checkpoints" / "4").is_dir() and not (killed / "checkpoints" / "8").is_dir():
+    assert proc.poll() is None, f"the run ended before its first checkpoint: {proc.stderr.read()[-2000:]}"
+    assert time.time() < deadline, "no checkpoint appeared"
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (killed / "result.json").exists(), "the kill must land mid-run"
+
+  capsys.readouterr()
+  resumed, _ = _run(pretrained, killed, **overrides)
+  out = capsys.readouterr().out
+  resumed_from = int(out.split("resumed from checkpoint at step ")[1].split()[0])
+  assert 0 < resumed_from < 24
+  assert resumed == whole
+  a = _flat(checkpoint_lib.load_params(str(whole_dir / "params")))
+  b = _flat(checkpoint_lib.load_params(str(killed / "params")))
+  for p in a:
+    np.testing.assert_array_equal(a[p], b[p], err_msg=p)
+  # metrics.jsonl: every step once (lines past the checkpoint dropped and written again), losses as uninterrupted
+  got = _lines(killed)
+  assert [l["step"] for l in got if l["split"] == "train"] == list(range(1, 25))
+  assert [l["step"] for l in got if l["split"] == "eval"] == [8, 16, 24]
+  strip = lambda lines: [{k: v for k, v in l.items() if k != "seq_per_sec"} for l in lines]
+  assert strip(got) == strip(_lines(whole_dir))
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(pretrained, digit_task, tmp_path):
+  import signal
+  import threading
+  import time
+  run = tmp_path / "run"
+  overrides = {**digit_task, **ROBUST, "train.max_steps": 400, "checkpoint.every_steps": 1000, "train.eval_every": 0}
+
+  def send_sigterm_after_step_2():
+    deadline = time.time() + 300
+    while time.time() < deadline:
+      try:
+        if (run / "metrics.jsonl").exists() and any(l["step"] >= 2 for l in _lines(run)):
+          os.kill(os.getpid(), signal.SIGTERM)
+          return
+      except json.JSONDecodeError:
+        pass  # a line half written
+      time.sleep(0.005)
+
+  previous = signal.signal(signal.SIGTERM, lambda *_: None)  # a late signal must not end the test runner
+  try:
+    sender = threading.Thread(target=send_sigterm_after_step_2)
+    sender.start()
+    out = finetune.finetune(configlib.load("finetune", overrides), str(run), str(pretrained))
+    sender.join()
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  assert out["preempted"] and 2 <= out["step"] < 400
+  assert os.listdir(run / "checkpoints") == [str(out["step"])]  # saved at once, not at every_steps
+  assert not (run / "result.json").exists()
+  assert [l["step"] for l in _lines(run)] == list(range(1, out["step"] + 1))
+
+
+def test_early_stopping_exports_the_best_evals_params(pretrained, digit_task, tmp_path):
+  from bert_jax.core import checkpoint as checkpoint_lib
+  result, _ = _run(pretrained, tmp_path / "run", **digit_task, **{
+      "train.max_steps": 40, "train.eval_every": 2, "train.early_stop_metric": "eval_loss",
+      "train.early_stop_patience": 2, "train.learning_rate": 3e-2})
+  with open(tmp_path / "run" / "result.json") as f:
+    summary = json.load(f)
+  evals = {l["step"]: l for l in _lines(tmp_path / "run") if l["split"] == "eval"}
+  assert summary["stopped_early"] and summary["steps"] < 40
+  best = min(evals, key=lambda s: evals[s]["eval_loss"])
+  assert summary["best_step"] == best
+  assert sorted(evals)[-3] == best  # stopped after two evals without improvement
+  assert result["eval_loss"] == evals[best]["eval_loss"]  # what was exported is the best eval's model
+  exported = _flat(checkpoint_lib.load_params(str(tmp_path / "run" / "params")))
+  kept = _flat(checkpoint_lib.load_params(str(tmp_path / "run" / "best_params")))
+  for p in exported:
+    np.testing.assert_array_equal(exported[p], kept[p], err_msg=p)
+
+
+# ---- inference: python -m bert_jax.predict ----------------------------------------------------------------------
+
+def test_fill_mask_cli_ranks_a_word_the_model_learned_in_its_top_5(pretrained, sentences):
+  """`the` is the commonest word of pydocs: 150 steps teach it, an untrained model ranks it at chance."""
+  import subprocess
+  import sys
+  import jax
+  from bert_jax.convert import workdir
+  from bert_jax.finetune import predict
+  from bert_jax.models.pretraining import EncoderWithHeads
+  lines = [s.replace(" the ", " [MASK] ", 1) for s in sentences if " the " in s][:3]
+  result = subprocess.run([sys.executable, "-m", "bert_jax.predict", "fill-mask", f"--workdir={pretrained}",
+                           "--top_k=5"], input="\n".join(lines) + "\n", capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  assert result.returncode == 0, result.stderr[-3000:]
+  records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+  assert [r["text"] for r in records] == lines
+  for r in records:
+    (mask,) = r["masks"]
+    tokens = [p["token"] for p in mask["predictions"]]
+    assert len(tokens) == 5 and "the" in tokens, (r["text"], tokens)
+    scores = [p["score"] for p in mask["predictions"]]
+    assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1
+  # the same lines on an untrained model of the same shape: `the` is not among its top 5
+  params, model_config, tok, _ = predict.load(str(pretrained))
+  ids = np.zeros((1, 8), np.int32)
+  fresh = EncoderWithHeads(model_config, heads=("mlm",)).init(jax.random.key(0), ids, ids, ids)["params"]
+  fresh = jax.tree_util.tree_map(np.asarray, __import__("flax").linen.meta.unbox(fresh))
+  for r in predict.fill_mask(fresh, model_config, tok, lines, top_k=5):
+    assert "the" not in [p["token"] for p in r["masks"][0]["predictions"]]
+
+
+def test_embed_writes_vectors_that_do_not_depend_on_the_batch(pretrained, sentences, tmp_path):
+  from bert_jax.finetune import predict
+  lines = tmp_path / "lines.txt"
+  lines.write_text("\n".join(sentences[:5]) + "\n\n")  # a blank line carries no example
+  assert predict.run("embed", str(pretrained), str(lines), str(tmp_path / "mean.npy"), batch_size=2) == 5
+  predict.run("embed", str(pretrained), str(lines), str(tmp_path / "pooled.jsonl"), pooling="pooled")
+  mean = np.load(tmp_path / "mean.npy")
+  pooled = [json.loads(line) for line in open(tmp_path / "pooled.jsonl")]
+  assert mean.shape == (5, 128) and [p["text"] for p in pooled] == sentences[:5]
+  params, model_config, tok, _ = predict.load(str(pretrained))
+  one_by_one = np.concatenate([predict.embed(params, model_config, tok, [s], "mean", 1) for s in sentences[:5]])
+  np.testing.assert_allclose(mean, one_by_one, atol=1e-5)  # padding rows and lengths change nothing
+  assert np.all(np.abs(np.array([p["embedding"] for p in pooled])) <= 1)  # tanh pooler
+  with pytest.raises(ValueError, match="line 1 has no mask"):
+    predict.fill_mask(params, model_config, tok, ["no mask here"])
+  with pytest.raises(ValueError, match="classify needs a fine-tuning workdir"):
+    predict.run("classify", str(pretrained), str(lines), str(tmp_path / "x.jsonl"))
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "bpe", "wordpiece"])
+def test_masks_are_encoded_as_the_exported_hf_tokenizer_encodes_them(sentences, tmp_path, kind):
+  import transformers
+  from bert_jax.data import hf_tokenizer
+  from bert_jax.finetune import predict
+  from data_helpers import ListCorpus
+  corpus = ListCorpus([sentences[:300]])
+  if kind == "wordpiece":
+    from tokenizers import BertWordPieceTokenizer
+    trainer = BertWordPieceTokenizer(lowercase=True)
+    trainer.train_from_iterator(sentences[:300], vocab_size=600, special_tokens=list(tokenizer_lib.SPECIAL_TOKENS))
+    vocab = trainer.get_vocab()
+    vocab_file = tmp_path / "vocab.txt"
+    vocab_file.write_text("\n".join(sorted(vocab, key=vocab.get)) + "\n", encoding="utf-8")
+    vocab_file = str(vocab_file)
+  else:
+    vocab_file = tokenizer_lib.train_vocab(corpus, kind, str(tmp_path / "v"), 600)
+  tok = tokenizer_lib.load(vocab_file, kind == "wordpiece")
+  hf_tokenizer.save_hf_tokenizer(vocab_file, tok.lower_case, str(tmp_path / "hf"), model_max_length=512)
+  hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"), local_files_only=True)
+  for s in sentences[:20]:
+    words = s.split()
+    text = " ".join(words[:2] + [tok.token("mask")] + words[3:-1] + [tok.token("mask")])
+    ours = predict.encode_with_masks(tok, text)
+    assert ours.count(tok.mask_id) == 2
+    assert [tok.cls_id] + ours + [tok.sep_id] == hf(text)["input_ids"], text

@@ -19,7 +19,7 @@ LEVELS = [
     ("bert_jax.objectives", 3),
     ("bert_jax.finetune", 4), ("bert_jax.convert", 4), ("bert_jax.inputs", 4),
     ("bert_jax.trainers", 5),
-    ("bert_jax.cli", 6), ("bert_jax.train", 6), ("bert_jax.__main__", 6),
+    ("bert_jax.cli", 6), ("bert_jax.train", 6), ("bert_jax.predict", 6), ("bert_jax.__main__", 6),
 ]
 
 

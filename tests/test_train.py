@@ -114,6 +114,7 @@ def test_fused_qkv_kernel_is_sharded_and_decayed_like_the_separate_ones():
 def test_large_builds_on_cpu_without_allocating():
   cfg = configlib.load("large", {"mesh.data": 1, "mesh.fsdp": 8})
   mesh = _mesh((1, 8, 1))
+  cfg = pretrain.with_platform_defaults(cfg, mesh, lambda _: None)  # CPU: scanned layers
   rules = sharding.rules_from_config(cfg.mesh.logical_axis_rules)
   model_config, _ = pretrain.build(cfg)
   objective = objectives.make_objective(cfg.train.objective, model_config, 128, 20)

@@ -5,7 +5,9 @@
   python -m bert_jax.convert from_tf --tf_checkpoint=uncased_L-12_H-768_A-12/bert_model.ckpt \\
                                      --tf_config=uncased_L-12_H-768_A-12/bert_config.json --output=ckpt/base
 to_hf writes the family's HF class for the heads the run trained (BertForPreTraining, RobertaForMaskedLM,
-AlbertForPreTraining, ...) with tokenizer files, then reloads it in transformers and checks the logits.
+AlbertForPreTraining, ...) with tokenizer files, then reloads it in transformers and checks the logits. An
+objective that trains two models (ELECTRA) gets one directory each: OUT/discriminator (ElectraForPreTraining)
+and OUT/generator (ElectraForMaskedLM); from_hf takes that OUT back as one checkpoint.
 """
 
 import json
@@ -25,7 +27,7 @@ def main(argv):
     to_hf(f)
   elif command in ("from_hf", "from_tf"):
     if command == "from_hf":
-      params, model_config = hf_dir.read_hf_dir(f.hf_dir)
+      params, model_config = workdir.join_models(hf_dir.read_hf_models(f.hf_dir))
     else:
       with open(f.tf_config) as fh:
         model_config = bert.config_from_hf(json.load(fh))
@@ -38,19 +40,22 @@ def main(argv):
 
 
 def to_hf(f):
-  params, model_config, config, step = workdir.load_workdir_params(f.workdir, f.step)
+  models, config, step = workdir.load_workdir_models(f.workdir, f.step)
   vocab_file, lower_case = (f.vocab_file, f.lower_case) if f.vocab_file else workdir.find_vocab(config, f.workdir)
-  architecture = hf_dir.write_hf_dir(params, model_config, f.output, f.dtype, vocab_file, lower_case)
-  print(f"wrote {f.output} ({architecture}) from {f.workdir} step {step}" + (
-      "" if vocab_file else " (no vocabulary found: pass --vocab_file for tokenizer files)"))
+  written = hf_dir.write_hf_dirs(models, f.output, f.dtype, vocab_file, lower_case)
+  for directory, (_, _, architecture) in written.items():
+    print(f"wrote {directory} ({architecture}) from {f.workdir} step {step}" + (
+        "" if vocab_file else " (no vocabulary found: pass --vocab_file for tokenizer files)"))
   try:
     import torch  # noqa: F401
     import transformers  # noqa: F401
   except ImportError:
     print("transformers/torch not installed: skipped the logits check")
     return
-  diff = hf_dir.check_hf_dir(params, model_config, f.output, tolerance=f.tolerance if f.dtype == "float32" else 5e-2)
-  print(f"checked: max |logit difference| vs transformers = {diff:.3g}")
+  for directory, (params, model_config, _) in written.items():
+    diff = hf_dir.check_hf_dir(params, model_config, directory,
+                               tolerance=f.tolerance if f.dtype == "float32" else 5e-2)
+    print(f"checked: max |logit difference| vs transformers = {diff:.3g}" + (f" ({directory})" if len(written) > 1 else ""))
 
 
 def cli():
@@ -61,7 +66,8 @@ def cli():
   flags.DEFINE_string("vocab_file", None, "to_hf: vocabulary for the tokenizer files (default: the run's)")
   flags.DEFINE_bool("lower_case", False, "to_hf: with --vocab_file, whether it lower-cases")
   flags.DEFINE_float("tolerance", 1e-4, "to_hf: max logit difference accepted by the check")
-  flags.DEFINE_string("hf_dir", None, "from_hf: directory with config.json and weights")
+  flags.DEFINE_string("hf_dir", None, "from_hf: directory with config.json and weights (or ELECTRA's pair: "
+                      "discriminator/ and generator/ subdirectories)")
   flags.DEFINE_string("tf_checkpoint", None, "from_tf: checkpoint prefix, e.g. .../bert_model.ckpt")
   flags.DEFINE_string("tf_config", None, "from_tf: bert_config.json")
   app.run(main)

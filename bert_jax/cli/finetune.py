@@ -2,11 +2,12 @@
 
 from absl import flags
 
-from bert_jax.core import configlib
+from bert_jax.core import configlib, distributed
 from bert_jax.trainers import finetune
 
 
 def main(config, flag_values):
+  distributed.initialize_from_env()
   finetune.finetune(config, flag_values.workdir, flag_values.init_checkpoint)
 
 

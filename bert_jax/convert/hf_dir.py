@@ -13,7 +13,7 @@ import numpy as np
 
 from bert_jax.convert import hf_params
 from bert_jax.data import hf_tokenizer
-from bert_jax.models import pretraining, registry
+from bert_jax.models import registry
 
 
 def hf_config_dict(config, sections) -> dict:
@@ -40,6 +40,18 @@ def write_hf_dir(params, model_config, output_dir: str, dtype: str = "float32", 
   return hf["architectures"][0]
 
 
+def write_hf_dirs(models: dict, output_dir: str, dtype: str = "float32", vocab_file: str | None = None,
+                  lower_case: bool = False) -> dict:
+  """One HF directory per exported model ({name: (params, config)}): a single model ('') in output_dir itself,
+  several in output_dir/<name>, each with the tokenizer files. Returns {directory: (params, config, architecture)}."""
+  written = {}
+  for name, (params, model_config) in models.items():
+    directory = os.path.join(output_dir, name) if name else output_dir
+    written[directory] = (params, model_config, write_hf_dir(params, model_config, directory, dtype, vocab_file,
+                                                             lower_case))
+  return written
+
+
 def _exportable_sections(params, model_config):
   """The params' sections, less a pooler that the family's MLM-only class has no place for."""
   sections = hf_params.param_sections(params)
@@ -60,16 +72,9 @@ def probe_batch(model_config):
   mask = np.ones((2, seq), np.int64)
   mask[1, seq // 2:] = 0
   segments = (np.arange(seq)[None] >= seq // 3).astype(np.int64) * mask
-  if model_config.type_vocab_size == 1:
+  if model_config.type_vocab_size <= 1:
     segments = np.zeros_like(segments)
   return ids, mask, segments
-
-
-# HF output attribute per our output, by the kind of HF class.
-_HF_OUTPUTS = {"ForPreTraining": {"mlm_logits": "prediction_logits", "nsp_logits": "seq_relationship_logits",
-                                  "sop_logits": "sop_logits"},
-               "ForMaskedLM": {"mlm_logits": "logits"},
-               "Model": {"sequence_output": "last_hidden_state"}}
 
 
 def check_hf_dir(params, model_config, output_dir: str, tolerance: float = 1e-4) -> float:
@@ -79,19 +84,20 @@ def check_hf_dir(params, model_config, output_dir: str, tolerance: float = 1e-4)
   import transformers
   with open(os.path.join(output_dir, "config.json")) as f:
     architecture = json.load(f)["architectures"][0]
+  family = registry.family_of(model_config)
   hf = getattr(transformers, architecture).from_pretrained(output_dir, dtype=torch.float32).eval()
   ids, mask, segments = probe_batch(model_config)
+  inputs = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+  if family.hf_token_type_ids and model_config.type_vocab_size:  # DistilBERT's classes take none
+    inputs["token_type_ids"] = torch.from_numpy(segments)
   with torch.no_grad():
-    out = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-             token_type_ids=torch.from_numpy(segments))
+    out = hf(**inputs)
   fp32 = dataclasses.replace(model_config, dtype="float32", param_dtype="float32")
-  sections = _exportable_sections(params, model_config)
-  heads = tuple(s for s in sections if s in pretraining.HEADS)
-  ours = pretraining.EncoderWithHeads(fp32, heads).apply(
+  heads = tuple(s for s in _exportable_sections(params, model_config) if s not in ("encoder", "pooler"))
+  ours = family.build_model(fp32, heads).apply(
       {"params": jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)}, ids, mask, segments, None)
-  kind = next(k for k in _HF_OUTPUTS if architecture.endswith(k))
   diff = 0.0
-  for our_key, hf_key in _HF_OUTPUTS[kind].items():
+  for our_key, hf_key in family.hf_output_names(architecture).items():
     if our_key in ours:
       a, b = np.asarray(ours[our_key]), getattr(out, hf_key).numpy()
       if our_key == "sequence_output":
@@ -138,3 +144,14 @@ def read_hf_dir(hf_dir: str, **config_overrides):
   if not any(k.startswith(prefix) for k in state):  # a bare *Model saves its keys without the prefix
     state = {prefix + k: v for k, v in state.items()}
   return hf_params.hf_to_params(state, model_config), model_config
+
+
+def read_hf_models(hf_dir: str, **config_overrides) -> dict:
+  """{name: (params, encoder config)}: '' for a directory with config.json, else one entry per subdirectory that
+  has one (as `to_hf` writes ELECTRA's discriminator/ and generator/)."""
+  if os.path.exists(os.path.join(hf_dir, "config.json")):
+    return {"": read_hf_dir(hf_dir, **config_overrides)}
+  names = sorted(d for d in os.listdir(hf_dir) if os.path.exists(os.path.join(hf_dir, d, "config.json")))
+  if not names:
+    raise FileNotFoundError(f"{hf_dir} has no config.json, nor subdirectories with one")
+  return {name: read_hf_dir(os.path.join(hf_dir, name), **config_overrides) for name in names}

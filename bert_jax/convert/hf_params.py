@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bert_jax.models import name_tables as nt
-from bert_jax.models import pretraining, registry
+from bert_jax.models import registry
 from bert_jax.models.config import EncoderConfig
 
 
@@ -54,10 +54,11 @@ def params_to_hf(params, config: EncoderConfig, sections=None, extra_rows=()) ->
 def expected_shapes(config: EncoderConfig, sections) -> dict:
   """Our unscanned param shapes for these sections, by eval_shape."""
   unscanned = dataclasses.replace(config, scan_layers=False)
-  heads = tuple(s for s in sections if s in pretraining.HEADS)
-  if "pooler" in sections and not set(heads) & set(pretraining.SENTENCE_HEADS):
-    heads += ("nsp",)  # something must read the pooler for it to exist; its rows are not used
-  model = pretraining.EncoderWithHeads(unscanned, heads)
+  family = registry.family_of(config)
+  heads = tuple(s for s in sections if s not in ("encoder", "pooler"))
+  if "pooler" in sections and family.pooler_head and family.pooler_head not in heads:
+    heads += (family.pooler_head,)  # something must read the pooler for it to exist; its rows are not used
+  model = family.build_model(unscanned, heads)
   ids = jnp.zeros((1, 1), jnp.int32)
   abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), ids, ids, ids))
   return {k: v.shape for k, v in nt.flatten(nn.unbox(abstract["params"])).items()}
@@ -129,11 +130,24 @@ def saved_layout(params, config: EncoderConfig) -> EncoderConfig:
 
 def to_layout(params, config: EncoderConfig, where: str = "checkpoint"):
   """params in whatever encoder layout they were saved (scanned or per-layer, fused or separate QKV, vocabulary
-  padded or not) -> config's layout, through the family's HF name table."""
+  padded or not) -> config's layout, through the family's HF name table. A second model inside the tree (a
+  subtree with its own `encoder`, e.g. ELECTRA's generator) has its layers scanned or unscanned to match."""
+  nested = {k: v for k, v in params.items() if k != "encoder" and isinstance(v, Mapping) and "encoder" in v}
+  params = {k: v for k, v in params.items() if k not in nested}
+  for name, model in nested.items():
+    layers = nt.scan_params if config.scan_layers else nt.unscan_params
+    nested[name] = layers(model, _layer_count(model["encoder"]))
   saved_as = saved_layout(params, config)
   if saved_as == config:
-    return params
+    return {**params, **nested}
   try:
-    return hf_to_params(params_to_hf(params, saved_as), config)
+    return {**hf_to_params(params_to_hf(params, saved_as), config), **nested}
   except (KeyError, ValueError) as e:
     raise ValueError(f"{where} does not fit this model: {e}") from e
+
+
+def _layer_count(encoder) -> int:
+  """Layers of an encoder subtree, scanned (stacked on axis 0) or per-layer."""
+  if "layers" in encoder:
+    return int(jax.tree_util.tree_leaves(encoder["layers"])[0].shape[0])
+  return sum(1 for k in encoder if k.startswith("layer_"))

@@ -1,6 +1,8 @@
-"""Reading params out of a training workdir or a params checkpoint, with no optimizer, objective or mesh.
+"""Reading params out of a training workdir or a params checkpoint, with no optimizer or mesh (the run's objective
+names the models it exports).
 
-  load_workdir_params  a workdir's newest (or given) checkpoint -> (params, encoder config, run config, step)
+  load_workdir_models  a workdir's newest (or given) checkpoint -> its HF-exportable models (ELECTRA: two)
+  load_workdir_params  the first of them -> (params, encoder config, run config, step): what fine-tuning reads
   restore_params       init_checkpoint: a workdir or a params checkpoint, converted to the run's layout and
                        placed in its shardings; a checkpoint of another family fails naming both
   find_vocab           the vocabulary a run trained with
@@ -13,26 +15,82 @@ import os
 import jax
 import numpy as np
 
-from bert_jax.convert import hf_params
+from bert_jax.convert import hf_dir, hf_params
 from bert_jax.core import checkpoint as checkpoint_lib
 from bert_jax.core import configlib
 from bert_jax.data import corpora, schema
 from bert_jax.models import registry
+from bert_jax.objectives import electra
+from bert_jax.objectives import registry as objectives
 
 PARAMS_CONFIG_FILE = "model_config.json"  # beside a params checkpoint: {"family": ..., "hf_config": {...}}
 
 
-def load_workdir_params(workdir: str, step: int | None = None):
-  """(params as numpy, encoder config, run ConfigDict, step) from a training workdir's checkpoint."""
+def load_workdir_tree(workdir: str, step: int | None = None):
+  """(whole params tree as numpy, run ConfigDict, step) of a training workdir's checkpoint."""
   manager, latest = checkpoint_lib.latest_step(os.path.join(workdir, "checkpoints"))
   step = latest if step is None else step
   if step is None or step not in manager.all_steps():
     raise FileNotFoundError(f"no checkpoint{'' if step is None else f' at step {step}'} in {workdir}/checkpoints "
                             f"(have {list(manager.all_steps())})")
   config = configlib.with_current_defaults(checkpoint_lib.load_saved_config(manager, step))
-  model_config = registry.encoder_config(config.model.to_dict(), dropout_off=config.train.deterministic)
   params = checkpoint_lib.load_saved_params(manager, step)
-  return jax.tree_util.tree_map(np.asarray, params), model_config, config, step
+  return jax.tree_util.tree_map(np.asarray, params), config, step
+
+
+def run_encoder_config(config):
+  return registry.encoder_config(config.model.to_dict(), dropout_off=config.train.deterministic)
+
+
+def stored_encoder_config(path: str):
+  """The encoder config of the model stored at `path`: a training workdir, a params checkpoint or an HF directory
+  (no weights are read). Objectives that load a model of their own (a distillation teacher) take this."""
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    manager, latest = checkpoint_lib.latest_step(os.path.join(path, "checkpoints"))
+    if latest is None:
+      raise FileNotFoundError(f"{path}/checkpoints holds no checkpoint")
+    return run_encoder_config(configlib.with_current_defaults(checkpoint_lib.load_saved_config(manager, latest)))
+  params_config = os.path.join(path, PARAMS_CONFIG_FILE)
+  with open(params_config if os.path.exists(params_config) else os.path.join(path, "config.json")) as f:
+    stored = json.load(f)
+  return hf_dir.config_from_hf_json(stored["hf_config"] if os.path.exists(params_config) else stored)
+
+
+def load_workdir_models(workdir: str, step: int | None = None):
+  """({name: (params, encoder config)} of the HF-exportable models the run's objective trained, first the one
+  fine-tuning starts from; run ConfigDict; step). One model is named ''; ELECTRA's are discriminator, generator."""
+  params, config, step = load_workdir_tree(workdir, step)
+  objective = objectives.from_run_config(config, run_encoder_config(config), stored_encoder_config)
+  return objective.exported_models(params), config, step
+
+
+def load_workdir_params(workdir: str, step: int | None = None):
+  """(params as numpy, encoder config, run ConfigDict, step) of the first model a workdir's checkpoint holds
+  (for ELECTRA the discriminator): what fine-tuning starts from."""
+  models, config, step = load_workdir_models(workdir, step)
+  params, model_config = next(iter(models.values()))
+  return params, model_config, config, step
+
+
+# Names of the models an HF export holds -> (the one whose config the joined checkpoint keeps, the function
+# joining their params into one training tree).
+_JOINED_MODELS = {
+    ("discriminator", "generator"): ("discriminator", lambda models, log: electra.params_from_models(
+        models["discriminator"][0], models["generator"][0], log)),
+}
+
+
+def join_models(models: dict, log=print):
+  """(training params tree, encoder config) from {name: (params, config)} as hf_dir.read_hf_models gives them:
+  one model as it is, ELECTRA's discriminator + generator as one tree with the discriminator's config."""
+  if list(models) == [""]:
+    return models[""]
+  names = tuple(sorted(models))
+  if names not in _JOINED_MODELS:
+    raise ValueError(f"don't know how to join HF models {list(names)} into one checkpoint; known sets: "
+                     f"{[list(k) for k in _JOINED_MODELS]} (or pass one model's directory)")
+  main, join = _JOINED_MODELS[names]
+  return join(models, log), models[main][1]
 
 
 def write_params_checkpoint(directory: str, params, model_config) -> None:
@@ -45,9 +103,9 @@ def write_params_checkpoint(directory: str, params, model_config) -> None:
 
 def _read_params(directory: str):
   """(params, family name or None) of a workdir or a params checkpoint."""
-  if os.path.isdir(os.path.join(directory, "checkpoints")):
-    params, model_config, _, _ = load_workdir_params(directory)
-    return params, type(model_config).family
+  if os.path.isdir(os.path.join(directory, "checkpoints")):  # the whole tree: an ELECTRA run resumes both models
+    params, config, _ = load_workdir_tree(directory, None)
+    return params, config.model.family
   family = None
   config_file = os.path.join(directory, PARAMS_CONFIG_FILE)
   if os.path.exists(config_file):

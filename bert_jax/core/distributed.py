@@ -20,6 +20,7 @@ import time
 
 import jax
 import numpy as np
+from etils import epath
 
 
 class PreflightError(RuntimeError):
@@ -122,7 +123,6 @@ def _allgather_hash(hex_digest: str) -> np.ndarray:
 
 def preflight(config, workdir: str, log=print) -> None:
   """Same code and config everywhere, a writable workdir, and the devices reported."""
-  import tensorflow as tf
   checks = {"code": code_hash(), "config": hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True,
                                                                      default=str).encode()).hexdigest()}
   if jax.process_count() > 1:
@@ -132,12 +132,11 @@ def preflight(config, workdir: str, log=print) -> None:
       if differ:
         raise PreflightError(f"pre-flight: processes {differ} run a different {what} than process 0 "
                              f"({what} hash {digest[:12]} here); deploy the same code and flags everywhere")
-  probe = os.path.join(workdir, f".preflight-{jax.process_index()}")
+  probe = epath.Path(workdir) / f".preflight-{jax.process_index()}"  # local or gs://; no TF for local paths
   try:
-    tf.io.gfile.makedirs(workdir)
-    with tf.io.gfile.GFile(probe, "w") as f:
-      f.write("ok")
-    tf.io.gfile.remove(probe)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    probe.write_text("ok")
+    probe.unlink()
   except Exception as e:
     raise PreflightError(f"pre-flight: workdir {workdir} is not writable from process {jax.process_index()}: "
                          f"{type(e).__name__}: {e}") from e

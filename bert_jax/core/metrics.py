@@ -1,6 +1,8 @@
 """Training metrics: peak FLOP/s for MFU, and the log writers (console, metrics.jsonl, TensorBoard).
 
 FLOPs per sequence come from the objective (objectives/*.py), which knows every model its step runs.
+TensorBoard event files are written with tensorboardX, which needs no TensorFlow (the same scalar events
+tf.summary writes; TensorBoard reads them as before).
 """
 
 import json
@@ -8,6 +10,7 @@ import os
 import time
 
 import jax
+import tensorboardX
 
 # Dense bf16 peak FLOP/s per chip (per GPU), from the vendors' spec sheets.
 PEAK_BF16_FLOPS = {
@@ -43,9 +46,24 @@ class MetricsWriter:
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-      import tensorflow as tf
-      self._tf = tf
-      self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
+
+  def resume_from(self, step: int) -> int:
+    """At the start of a run from `step` (0: a fresh start): drops metrics.jsonl lines past it (written after
+    that checkpoint, and about to be written again) and a torn last line; returns how many were dropped."""
+    if not self.enabled:
+      return 0
+    path = self._jsonl.name
+    self._jsonl.close()
+    with open(path) as f:
+      lines = f.readlines()
+    kept = [line for line in lines if step > 0 and _line_step(line) is not None and _line_step(line) <= step]
+    if len(kept) != len(lines):
+      with open(path + ".tmp", "w") as f:
+        f.writelines(line if line.endswith("\n") else line + "\n" for line in kept)
+      os.replace(path + ".tmp", path)
+    self._jsonl = open(path, "a")
+    return len(lines) - len(kept)
 
   def write(self, record: dict) -> None:
     if not self.enabled:
@@ -53,10 +71,9 @@ class MetricsWriter:
     self._jsonl.write(json.dumps(record) + "\n")
     self._jsonl.flush()
     prefix = "eval/" if record.get("split") == "eval" else "train/"
-    with self._tb.as_default(step=int(record["step"])):
-      for k, v in record.items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
-          self._tf.summary.scalar(prefix + k, v)
+    for k, v in record.items():
+      if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
+        self._tb.add_scalar(prefix + k, v, global_step=int(record["step"]))
     self._tb.flush()
 
   def log(self, message: str) -> None:
@@ -67,6 +84,14 @@ class MetricsWriter:
     if self.enabled:
       self._jsonl.close()
       self._tb.close()
+
+
+def _line_step(line: str) -> int | None:
+  """The step of a metrics.jsonl line; None for a torn or foreign line."""
+  try:
+    return int(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):
+    return None
 
 
 def format_eta(seconds: float) -> str:

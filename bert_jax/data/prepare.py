@@ -1,4 +1,4 @@
-"""Corpus -> vocabulary -> NSP/MLM instances -> TFRecord shards + manifest.json.
+"""Corpus -> vocabulary -> NSP/MLM instances -> TFRecord and/or ArrayRecord shards + manifest.json.
 
   python -m bert_jax.data.prepare --corpus=pydocs --output_dir=data/pydocs-128 --vocab_size=8000
   (ALBERT-style: --mode=sop --max_ngram=3; RoBERTa-style: --mode=full_sentences --vocab_type=bpe)
@@ -10,6 +10,9 @@ How it scales:
   * Deterministic: chunk c uses the RNG seeded (seed, c) and its instances go to shard
     (index of c within its split) % num_shards, written in chunk order; the output does not depend
     on the number of workers.
+  * Formats: `formats` ("tfrecord", "array_record" or both) picks what each shard is written as; an
+    ArrayRecord shard holds the same examples as the TFRecord one of the same name, in the same order
+    (for the Grain input backend). Writing only ArrayRecord needs no TensorFlow.
   * Independent shards: with --num_tasks=N --task_index=i, a machine makes only the shards
     s with s % N == i (it reads the corpus but processes only its chunks) and writes a partial
     manifest; `--merge_manifests` combines them.
@@ -30,10 +33,11 @@ import time
 import numpy as np
 import tqdm
 
-from bert_jax.data import corpora, instances, schema
+from bert_jax.data import array_record_io, corpora, instances, schema
 from bert_jax.data import tokenizer as tokenizer_lib
 
 _worker_state = {}
+FORMATS = ("tfrecord", "array_record")
 
 
 class EmptyCorpusError(ValueError):
@@ -106,13 +110,22 @@ def _process_chunk(job):
   return chunk_index, features, stats
 
 
+def check_formats(formats) -> tuple[str, ...]:
+  formats = tuple(formats)
+  unknown = [f for f in formats if f not in FORMATS]
+  if unknown or not formats:
+    raise ValueError(f"formats {list(formats)}: choose one or more of {list(FORMATS)}")
+  return formats
+
+
 @dataclasses.dataclass
 class _Shards:
-  """TFRecord writers of one split; shard s is written only by the task that owns it."""
+  """Shard writers of one split (TFRecord and/or ArrayRecord); shard s is written only by the task that owns it."""
   directory: str
   num_shards: int
   task_index: int
   num_tasks: int
+  formats: tuple[str, ...] = ("tfrecord",)
 
   def __post_init__(self):
     os.makedirs(self.directory, exist_ok=True)
@@ -129,21 +142,33 @@ class _Shards:
     self.chunks_seen += 1
     return shard
 
+  def _open(self, shard):
+    """The shard's writers, one per format; the ArrayRecord one gets the TFRecord's bytes when both are written."""
+    writers = []
+    if "tfrecord" in self.formats:
+      import tensorflow as tf
+      writers.append(tf.io.TFRecordWriter(self.path(shard)))
+    if "array_record" in self.formats:
+      writers.append(array_record_io.ShardWriter(array_record_io.shard_path(self.path(shard))))
+    return writers
+
   def write(self, shard, features):
-    import tensorflow as tf
     if shard not in self.writers:
-      self.writers[shard] = tf.io.TFRecordWriter(self.path(shard))
+      self.writers[shard] = self._open(shard)
+    serialize = schema.serialize if "tfrecord" in self.formats else array_record_io.serialize
     for row in range(len(features["input_ids"])):
-      self.writers[shard].write(schema.serialize(features, row))
+      record = serialize(features, row)
+      for writer in self.writers[shard]:
+        writer.write(record)
     self.counts[shard] += len(features["input_ids"])
 
   def close(self):
-    import tensorflow as tf
     for shard in range(self.num_shards):
       if self.owns(shard) and shard not in self.writers:
-        tf.io.TFRecordWriter(self.path(shard)).close()  # an empty shard, so the set is complete
-    for w in self.writers.values():
-      w.close()
+        self.writers[shard] = self._open(shard)  # an empty shard, so the set is complete
+    for writers in self.writers.values():
+      for w in writers:
+        w.close()
     return {os.path.basename(self.path(s)): self.counts[s] for s in range(self.num_shards) if self.owns(s)}
 
 
@@ -166,14 +191,17 @@ def prepare(corpus, output_dir: str, opts: instances.InstanceOptions, *, vocab_f
             vocab_size: int = 8000, vocab_type: str = "sentencepiece", lower_case: bool = False,
             seed: int = 12345, num_train_shards: int = 8,
             num_eval_shards: int = 1, eval_fraction: float = 0.02, docs_per_chunk: int = 256, workers: int | None = None,
-            task_index: int = 0, num_tasks: int = 1, corpus_description: str = "", progress: bool = True) -> dict:
-  """Writes OUTPUT_DIR/{train,eval}/part-*.tfrecord and the manifest; returns the manifest dict.
+            task_index: int = 0, num_tasks: int = 1, corpus_description: str = "", progress: bool = True,
+            formats=("tfrecord",)) -> dict:
+  """Writes OUTPUT_DIR/{train,eval}/part-*.tfrecord (and/or .array_record, see `formats`) and the manifest;
+  returns the manifest dict.
 
   Without vocab_file, trains a vocabulary of vocab_type ('sentencepiece' or 'bpe') into OUTPUT_DIR/vocab.
   """
   if not 0 <= task_index < num_tasks:
     raise ValueError(f"task_index {task_index} must be in [0, num_tasks={num_tasks})")
   tokenizer_lib.check_vocab_type(vocab_type)
+  formats = check_formats(formats)
   corpus_name = corpus_description or type(corpus).__name__
   check_has_documents(corpus, corpus_name)
   os.makedirs(output_dir, exist_ok=True)
@@ -182,8 +210,8 @@ def prepare(corpus, output_dir: str, opts: instances.InstanceOptions, *, vocab_f
     vocab_file = tokenizer_lib.train_vocab(corpus, vocab_type, prefix, vocab_size, lower_case=lower_case)
   tok = tokenizer_lib.load(vocab_file, lower_case)
   workers = workers or os.cpu_count() or 1
-  splits = {"train": _Shards(os.path.join(output_dir, "train"), num_train_shards, task_index, num_tasks),
-            "eval": _Shards(os.path.join(output_dir, "eval"), num_eval_shards, task_index, num_tasks)}
+  splits = {"train": _Shards(os.path.join(output_dir, "train"), num_train_shards, task_index, num_tasks, formats),
+            "eval": _Shards(os.path.join(output_dir, "eval"), num_eval_shards, task_index, num_tasks, formats)}
   corpus_stats, totals = collections.Counter(), collections.Counter()
   split_totals = {name: collections.Counter() for name in splits}
   start = time.time()
@@ -262,6 +290,8 @@ def prepare(corpus, output_dir: str, opts: instances.InstanceOptions, *, vocab_f
                  for name in splits},
       "stats": stats, "task": {"index": task_index, "count": num_tasks},
   }
+  if formats != ("tfrecord",):  # shard names stay the .tfrecord ones; an ArrayRecord shard has the same count
+    manifest["formats"] = list(formats)
   if num_tasks == 1:  # with several tasks, one may own only empty shards: merge_manifests checks the total
     check_train_instances(corpus_name, split_totals["train"]["instances"], split_totals["eval"]["instances"], stats,
                           eval_fraction)
@@ -336,7 +366,8 @@ def _main():
                      vocab_type=f.vocab_type,
                      lower_case=f.lower_case, seed=f.seed, num_train_shards=f.num_train_shards,
                      num_eval_shards=f.num_eval_shards, eval_fraction=f.eval_fraction, docs_per_chunk=f.docs_per_chunk,
-                     workers=f.workers, task_index=f.task_index, num_tasks=f.num_tasks, corpus_description=f.corpus)
+                     workers=f.workers, task_index=f.task_index, num_tasks=f.num_tasks, corpus_description=f.corpus,
+                     formats=f.formats)
   print(format_stats(manifest))
   print(f"wrote {f.output_dir}")
 
@@ -371,6 +402,7 @@ def cli():
   flags.DEFINE_bool("merge_manifests", False, "combine the tasks' partial manifests in output_dir and exit")
   flags.DEFINE_bool("one_doc_per_line", False, "text files hold one document per line")
   flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir")
+  flags.DEFINE_list("formats", ["tfrecord"], "shard formats: tfrecord, array_record (Grain backend; no TF), or both")
   flags.DEFINE_string("text_key", "text", "TFDS text feature")
   app.run(main)
 

@@ -10,6 +10,8 @@ One tf.train.Example per instance:
 import json
 import os
 
+from etils import epath
+
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
@@ -76,15 +78,13 @@ def write_manifest(directory: str, manifest: dict) -> str:
 
 def find_manifest(files: list[str]) -> dict | None:
   """The manifest.json beside the shards (or one level up, for train/ and eval/ subdirs)."""
-  import tensorflow as tf
   if not files:
     return None
   here = os.path.dirname(files[0])
   for directory in (here, os.path.dirname(here)):
-    path = os.path.join(directory, MANIFEST_NAME)
-    if tf.io.gfile.exists(path):
-      with tf.io.gfile.GFile(path) as f:
-        manifest = json.load(f)
+    path = epath.Path(directory) / MANIFEST_NAME  # epath: local or gs://, without importing TF for local files
+    if path.exists():
+      manifest = json.loads(path.read_text())
       if manifest.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"{path}: schema_version {manifest.get('schema_version')} is not {SCHEMA_VERSION}")
       return manifest

@@ -28,11 +28,13 @@ class SequenceClassifier(nn.Module):
     c = self.config
     dropout = lambda x: dropout_lib.Dropout(c.hidden_dropout, deterministic=deterministic)(x)
     encoder = Encoder(c, deterministic, name="encoder")
-    x = encoder(input_ids_BxT, input_mask_BxT, segment_ids_BxT)
+    # With a soft prompt, position 0 is its first token, pooled as HF peft's sequence classifiers do.
+    x = encoder(input_ids_BxT, input_mask_BxT, segment_ids_BxT, keep_prompt_outputs=True)
     if c.use_pooler:
       pooled = encoder.pool(x)
     else:
-      pooled = jnp.tanh(common.dense(c, c.hidden_size, ("embed", "mlp"), "classifier_dense")(dropout(x[:, 0])))
+      act = {"tanh": jnp.tanh, "relu": nn.relu, "gelu": common.activation("gelu")}[c.classifier_activation]
+      pooled = act(common.dense(c, c.hidden_size, ("embed", "mlp"), "classifier_dense")(dropout(x[:, 0])))
     logits = common.dense(c, self.num_labels, ("mlp", None), "classifier")(dropout(pooled))
     return {"logits": logits.astype(jnp.float32)}
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from bert_jax.convert import hf_dir, hf_params
 from bert_jax.data import hf_tokenizer
+from bert_jax.layers import peft as peft_lib
 from bert_jax.models import name_tables as nt
 from bert_jax.models import registry
 
@@ -29,6 +30,9 @@ NO_POOLER_CLASSIFIER = [("classifier_dense/kernel", "classifier.dense.weight", n
                         ("classifier_dense/bias", "classifier.dense.bias", nt.identity),
                         ("classifier/kernel", "classifier.out_proj.weight", nt.dense_kernel),
                         ("classifier/bias", "classifier.out_proj.bias", nt.identity)]
+# DistilBERT's: pre_classifier + ReLU on [CLS], then classifier.
+NO_POOLER_CLASSIFIERS = {"distilbert": [("classifier_dense/kernel", "pre_classifier.weight", nt.dense_kernel),
+                                        ("classifier_dense/bias", "pre_classifier.bias", nt.identity)] + _CLASSIFIER}
 
 
 def hf_class(model_config, kind: str) -> str:
@@ -40,11 +44,16 @@ def _layout(model_config, kind: str):
   """(sections, head rows) of the HF task class."""
   sequence = HF_TASKS[kind] == "ForSequenceClassification"
   if sequence and not model_config.use_pooler:
-    return ["encoder"], NO_POOLER_CLASSIFIER
+    return ["encoder"], NO_POOLER_CLASSIFIERS.get(type(model_config).family, NO_POOLER_CLASSIFIER)
   return ["encoder"] + (["pooler"] if sequence else []), HEAD_ROWS[kind]
 
 
 def params_to_hf(params, model_config, kind: str) -> dict:
+  peft_paths = [p for p in nt.flatten(params) if peft_lib.is_peft_path(p)]
+  if peft_paths:  # the name table would leave them out: a model without its fine-tuning
+    raise ValueError(f"params hold parameter-efficient blocks ({peft_paths[0]}, ...) that a plain "
+                     f"{hf_class(model_config, kind)} has no place for; export with finetune/peft_export.py "
+                     f"(LoRA merged or as an HF peft adapter, or the bert_jax format)")
   sections, rows = _layout(model_config, kind)
   return {k: np.asarray(v, np.float32) for k, v in
           hf_params.params_to_hf(params, model_config, sections, extra_rows=rows).items()}
@@ -72,6 +81,19 @@ def write_hf_dir(params, model_config, spec, output_dir: str, vocab_file: str | 
     hf_tokenizer.save_hf_tokenizer(vocab_file, lower_case, output_dir, model_max_length=model_config.max_sequence_length)
 
 
+def logit_difference(ours: dict, theirs, mask_BxT, kind: str) -> float:
+  """Max |difference| between our task outputs and an HF model's, over real tokens for per-token kinds."""
+  real = mask_BxT.astype(bool)
+  if kind == "qa":
+    pairs = [(np.asarray(ours["start_logits"])[real], theirs.start_logits.numpy()[real]),
+             (np.asarray(ours["end_logits"])[real], theirs.end_logits.numpy()[real])]
+  elif kind == "tagging":
+    pairs = [(np.asarray(ours["logits"])[real], theirs.logits.numpy()[real])]
+  else:
+    pairs = [(np.asarray(ours["logits"]), theirs.logits.numpy())]
+  return max(float(np.max(np.abs(a - b))) for a, b in pairs)
+
+
 def check_hf_dir(model, params, spec, output_dir: str, tolerance: float = 1e-4) -> float:
   """Reloads output_dir in transformers and compares its logits with ours on a fixed padded batch."""
   import torch
@@ -83,15 +105,7 @@ def check_hf_dir(model, params, spec, output_dir: str, tolerance: float = 1e-4) 
     out = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
              token_type_ids=torch.from_numpy(segments))
   ours = model.apply({"params": params}, ids, mask, segments)
-  real = mask.astype(bool)
-  if spec.kind == "qa":
-    pairs = [(np.asarray(ours["start_logits"])[real], out.start_logits.numpy()[real]),
-             (np.asarray(ours["end_logits"])[real], out.end_logits.numpy()[real])]
-  elif spec.kind == "tagging":
-    pairs = [(np.asarray(ours["logits"])[real], out.logits.numpy()[real])]
-  else:
-    pairs = [(np.asarray(ours["logits"]), out.logits.numpy())]
-  diff = max(float(np.max(np.abs(a - b))) for a, b in pairs)
+  diff = logit_difference(ours, out, mask, spec.kind)
   if diff > tolerance:
     raise ValueError(f"HF {name} logits differ from ours by {diff:.3g} > {tolerance:g}")
   return diff

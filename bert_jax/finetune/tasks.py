@@ -318,6 +318,36 @@ def qa_decode(examples, features, start_logits, end_logits, max_answer_tokens: i
   return out
 
 
+class TrainOrder:
+  """Which feature rows make the global batch of each train step: a pure function of (seed, step).
+
+  Epoch e shuffles the rows with a generator seeded by (seed, e) and takes full batches in that order (the
+  remainder is dropped), so step s reads epoch s // steps_per_epoch at position s % steps_per_epoch. The
+  iterator's whole state is therefore the step the train state already checkpoints: a resume at step s
+  reads exactly the batches the uninterrupted run read, with nothing else to save.
+  """
+
+  def __init__(self, num_rows: int, batch_size: int, seed: int):
+    if num_rows < batch_size:
+      raise ValueError(f"{num_rows} train rows make no batch of {batch_size}; lower train.batch_size")
+    self.num_rows, self.batch_size, self.seed = num_rows, batch_size, seed
+    self.steps_per_epoch = num_rows // batch_size
+    self._epoch, self._order = None, None
+
+  def position(self, step: int) -> dict:
+    """The iterator state at a step, as a checkpoint would record it."""
+    return {"seed": self.seed, "epoch": step // self.steps_per_epoch, "batch": step % self.steps_per_epoch}
+
+  def rows(self, step: int) -> np.ndarray:
+    """Row indices of the global batch that train step `step` (0-based) reads."""
+    where = self.position(step)
+    if where["epoch"] != self._epoch:
+      self._epoch = where["epoch"]
+      self._order = np.random.default_rng((self.seed, self._epoch)).permutation(self.num_rows)
+    start = where["batch"] * self.batch_size
+    return self._order[start:start + self.batch_size]
+
+
 def featurize(spec: TaskSpec, examples, tok, max_seq_length: int, doc_stride: int = 128,
               max_query_length: int = 64) -> dict:
   if spec.kind in ("classification", "regression"):

@@ -137,6 +137,10 @@ def dot_product_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, mask, *, implementati
   key_lengths_B = segment_ids = None
   if isinstance(mask, AttentionMask):
     mask, key_lengths_B, segment_ids = mask
+  if implementation == "splash" and k_BxSxNxD.shape[1] != q_BxTxNxD.shape[1]:
+    _log_once("attention: splash needs as many keys as queries (prefix tuning adds keys); falling back to XLA "
+              "attention")
+    implementation = "xla"
   if implementation == "splash" and (deterministic or dropout_rate == 0.0):
     if segment_ids is None:
       raise ValueError("splash attention needs an AttentionMask with segment_ids_BxS")

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from bert_jax.layers import common
 from bert_jax.layers import dropout as dropout_lib
+from bert_jax.layers import peft as peft_lib
 
 
 class GatherEmbed(nn.Embed):
@@ -44,16 +45,23 @@ class Embeddings(nn.Module):
                                         embedding_init=common.normal_init(c, axes))
     self.word_embeddings = embed(GatherEmbed, c.padded_vocab_size, ("vocab", "embed"))
     self.position_embeddings = embed(OneHotEmbed, c.max_position_embeddings, (None, "embed"))
-    # One type (RoBERTa) is a single row added to every token, whatever the segment ids say.
-    self.token_type_embeddings = embed(OneHotEmbed, c.type_vocab_size, (None, "embed"))
+    # One type (RoBERTa) is a single row added to every token, whatever the segment ids say; none (DistilBERT)
+    # is no table at all.
+    if c.type_vocab_size:
+      self.token_type_embeddings = embed(OneHotEmbed, c.type_vocab_size, (None, "embed"))
+    if c.prompt_kind == "prompt":
+      self.prompt_embeddings = peft_lib.prompt_param(self, c)
     self.layer_norm = common.layer_norm(c, None)
     self.dropout = dropout_lib.Dropout(c.hidden_dropout, deterministic=self.deterministic)
 
   def __call__(self, input_ids_BxT, segment_ids_BxT, position_ids_BxT):
     x = self.word_embeddings(input_ids_BxT)
+    if self.config.prompt_kind == "prompt":  # soft prompt first: positions and segments are P longer than ids
+      x = peft_lib.prepend_prompt(self.prompt_embeddings, x)
     x += self.position_embeddings(position_ids_BxT)
-    segments = segment_ids_BxT if self.config.type_vocab_size > 1 else jnp.zeros_like(segment_ids_BxT)
-    x += self.token_type_embeddings(segments)
+    if self.config.type_vocab_size:
+      segments = segment_ids_BxT if self.config.type_vocab_size > 1 else jnp.zeros_like(segment_ids_BxT)
+      x += self.token_type_embeddings(segments)
     x = self.layer_norm(x)
     return self.dropout(x)
 

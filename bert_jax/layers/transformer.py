@@ -15,6 +15,7 @@ import jax
 from bert_jax.layers import attention as attention_lib
 from bert_jax.layers import common
 from bert_jax.layers import dropout as dropout_lib
+from bert_jax.layers import peft as peft_lib
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 SHARING_MODES = ("none", "all", "attention", "ffn")
@@ -33,28 +34,39 @@ class SelfAttention(nn.Module):
     else:
       project = lambda name: common.dense(c, (c.num_heads, c.head_dim), ("embed", "heads", "kv"), name)(x_BxTxH)
       q, k, v = project("query"), project("key"), project("value")
+    lora = lambda name: peft_lib.lora_delta(c, name, x_BxTxH, ("embed",), (c.num_heads, c.head_dim), ("heads", "kv"),
+                                            self.deterministic)
+    q, k, v = q + lora("query"), k + lora("key"), v + lora("value")
+    k, v, mask = peft_lib.with_prefix(c, k, v, mask)
     dropout_rng = None
     if not self.deterministic and c.attention_dropout > 0:
       dropout_rng = self.make_rng("dropout")
     out_BxTxNxD = attention_lib.dot_product_attention(
         q, k, v, mask, implementation=c.attention_impl, dropout_rate=c.attention_dropout,
         dropout_rng=dropout_rng, deterministic=self.deterministic)
-    return common.dense(c, c.hidden_size, ("heads", "kv", "embed"), "output", axis=(-2, -1))(out_BxTxNxD)
+    out = common.dense(c, c.hidden_size, ("heads", "kv", "embed"), "output", axis=(-2, -1))(out_BxTxNxD)
+    return out + peft_lib.lora_delta(c, "attention_output", out_BxTxNxD, ("heads", "kv"), (c.hidden_size,),
+                                     ("embed",), self.deterministic, name="output_lora")
 
 
 def _attention_sublayer(c, deterministic, x_BxTxH, mask):
   """x = LN(x + Dropout(Attn(x))); modules are created in the caller's scope."""
   attn = SelfAttention(c, deterministic, name="attention")(x_BxTxH, mask)
   attn = dropout_lib.Dropout(c.hidden_dropout, deterministic=deterministic)(attn)
+  attn = peft_lib.adapt_attention(c, attn)
   return common.constrain_BxTxH(common.layer_norm(c, "attention_layer_norm")(x_BxTxH + attn))
 
 
 def _ffn_sublayer(c, deterministic, x_BxTxH):
   """x = LN(x + Dropout(FFN(x))); modules are created in the caller's scope."""
-  h = common.activation(c.hidden_act)(common.dense(c, c.intermediate_size, ("embed", "mlp"), "intermediate")(x_BxTxH))
+  h = common.dense(c, c.intermediate_size, ("embed", "mlp"), "intermediate")(x_BxTxH)
+  h += peft_lib.lora_delta(c, "intermediate", x_BxTxH, ("embed",), (c.intermediate_size,), ("mlp",), deterministic)
+  h = common.activation(c.hidden_act)(h)
   h = nn.with_logical_constraint(h, ("activation_batch", "activation_length", "activation_mlp"))
   y = common.dense(c, c.hidden_size, ("mlp", "embed"), "output")(h)
+  y += peft_lib.lora_delta(c, "output", h, ("mlp",), (c.hidden_size,), ("embed",), deterministic)
   y = dropout_lib.Dropout(c.hidden_dropout, deterministic=deterministic)(y)
+  y = peft_lib.adapt_ffn(c, y)
   return common.constrain_BxTxH(common.layer_norm(c, "output_layer_norm")(x_BxTxH + y))
 
 

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from bert_jax.layers import attention as attention_lib
 from bert_jax.layers import common
+from bert_jax.layers import peft as peft_lib
 from bert_jax.layers import transformer
 
 # name: (num_layers, hidden_size, num_heads); intermediate is 4 * hidden.
@@ -23,6 +24,7 @@ SIZES = {
     "large": (24, 1024, 16),
     "xlarge": (24, 2048, 16),    # ALBERT-xlarge
     "xxlarge": (12, 4096, 64),   # ALBERT-xxlarge (one shared layer; FFN 4 x 4096 = 16384)
+    "electra_small": (12, 256, 4),  # ELECTRA-Small's discriminator (FFN 1024, embeddings 128)
 }
 
 
@@ -30,13 +32,15 @@ SIZES = {
 class EncoderConfig:
   """Trunk hyper-parameters shared by every family."""
   family: ClassVar[str] = "bert"
+  # Sequence classification without a pooler: dense + this on [CLS] (RoBERTa's head: tanh; DistilBERT's: relu).
+  classifier_activation: ClassVar[str] = "tanh"
   vocab_size: int = 30522
   hidden_size: int = 768
   num_layers: int = 12
   num_heads: int = 12
   intermediate_size: int = 3072
   max_position_embeddings: int = 512
-  type_vocab_size: int = 2
+  type_vocab_size: int = 2         # 0: no token-type embeddings (DistilBERT)
   layer_norm_eps: float = 1e-12
   hidden_dropout: float = 0.1
   attention_dropout: float = 0.1
@@ -54,6 +58,15 @@ class EncoderConfig:
   attention_impl: str = "xla"     # see attention.IMPLEMENTATIONS
   mlm_all_positions: bool = False  # MLM logits at all T positions, then gather (HF's way; a benchmark baseline)
   fused_qkv: bool = False         # one [H, 3, heads, head_dim] projection instead of query/key/value
+  # Parameter-efficient fine-tuning (layers/peft.py); all off by default, which leaves params and outputs as without.
+  adapter_kind: str = "none"      # none | houlsby (after attention and FFN) | pfeiffer (after FFN only)
+  adapter_size: int = 64          # adapter bottleneck width
+  lora_rank: int = 0              # 0: no LoRA; r of the low-rank update B A
+  lora_alpha: float = 16.0        # LoRA update scaled by lora_alpha / lora_rank
+  lora_dropout: float = 0.0       # dropout on the LoRA input
+  lora_targets: tuple = ("query", "value")  # dense layers LoRA adapts (peft_lib.LORA_TARGETS)
+  prompt_kind: str = "none"       # none | prompt (soft prompt before the embeddings) | prefix (keys/values per layer)
+  prompt_length: int = 20         # virtual tokens of the prompt or prefix
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
@@ -63,13 +76,16 @@ class EncoderConfig:
       raise ValueError(f"attention_impl {self.attention_impl!r} is not one of {attention_lib.IMPLEMENTATIONS}")
     if self.hidden_act not in common.ACTIVATIONS:
       raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {common.ACTIVATIONS}")
-    for name in ("vocab_size", "num_layers", "intermediate_size", "max_position_embeddings",
-                 "type_vocab_size", "vocab_pad_multiple"):
+    for name in ("vocab_size", "num_layers", "intermediate_size", "max_position_embeddings", "vocab_pad_multiple"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-    if self.embedding_size < 0 or self.position_offset < 0:
-      raise ValueError("embedding_size and position_offset must be >= 0")
+    if self.embedding_size < 0 or self.position_offset < 0 or self.type_vocab_size < 0:
+      raise ValueError("embedding_size, position_offset and type_vocab_size must be >= 0")
     jnp.dtype(self.dtype), jnp.dtype(self.param_dtype)  # fail early on a bad dtype name
+    if isinstance(self.lora_targets, (list, str)):  # from a ConfigDict: a list, or 'query,value'
+      targets = self.lora_targets.split(",") if isinstance(self.lora_targets, str) else self.lora_targets
+      object.__setattr__(self, "lora_targets", tuple(t.strip() for t in targets if t.strip()))
+    peft_lib.check_config(self)
 
   @classmethod
   def from_size(cls, size: str, **overrides: Any) -> "EncoderConfig":

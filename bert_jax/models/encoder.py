@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from bert_jax.layers import attention as attention_lib
 from bert_jax.layers import common
 from bert_jax.layers import embeddings as embeddings_lib
+from bert_jax.layers import peft as peft_lib
 from bert_jax.layers import transformer
 from bert_jax.models.config import EncoderConfig
 
@@ -30,10 +31,14 @@ class Encoder(nn.Module):
   """[B, T] ids -> [B, T, H] hidden states; pool() and word_table() serve the heads."""
   config: EncoderConfig
   deterministic: bool = True
+  # Another encoder's Embeddings module to read instead of owning one (ELECTRA's generator shares the
+  # discriminator's); its params stay where that module lives.
+  shared_embeddings: nn.Module | None = None
 
   def setup(self):
     c = self.config
-    self.embeddings = embeddings_lib.Embeddings(c, self.deterministic)
+    if self.shared_embeddings is None:
+      self.embeddings = embeddings_lib.Embeddings(c, self.deterministic)
     if c.embedding_size:
       self.embedding_projection = common.dense(c, c.hidden_size, ("embed", "mlp"), None)
     self.pooler = common.dense(c, c.hidden_size, ("embed", "mlp"), None)
@@ -41,22 +46,31 @@ class Encoder(nn.Module):
       setattr(self, name, module)  # the stack's own parameter names, directly under encoder/
 
   def __call__(self, input_ids_BxT, input_mask_BxT, segment_ids_BxT, *, position_ids_BxT=None,
-               attention_segments_BxT=None):
+               attention_segments_BxT=None, keep_prompt_outputs=False):
     """position_ids_BxT defaults to 0..T-1 (plus the family's offset); attention_segments_BxT (packed rows)
-    restricts attention to tokens with the same id."""
+    restricts attention to tokens with the same id. With a soft prompt (prompt_kind='prompt') the output
+    leaves out the P prompt positions unless keep_prompt_outputs: then it is [B, P+T, H], position 0 being
+    the first prompt token (what HF peft's sequence classifiers pool)."""
     c = self.config
-    seq_len = input_ids_BxT.shape[1]
+    seq_len = input_ids_BxT.shape[1] + peft_lib.prompt_tokens(c)
     if seq_len > c.max_sequence_length:
       raise ValueError(f"sequence length {seq_len} exceeds the position table ({c.max_position_embeddings} "
-                       f"positions, offset {c.position_offset}); truncate inputs or raise max_position_embeddings")
+                       f"positions, offset {c.position_offset}); truncate inputs or raise max_position_embeddings"
+                       + (f" (the soft prompt takes {c.prompt_length})" if peft_lib.prompt_tokens(c) else ""))
+    if peft_lib.prompt_tokens(c):
+      input_mask_BxT, segment_ids_BxT, position_ids_BxT = peft_lib.extend_for_prompt(
+          c, input_mask_BxT, segment_ids_BxT, position_ids_BxT, attention_segments_BxT)
     if position_ids_BxT is None:
-      position_ids_BxT = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), input_ids_BxT.shape)
-    x = self.embeddings(input_ids_BxT, segment_ids_BxT, position_ids_BxT + c.position_offset)
+      position_ids_BxT = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), segment_ids_BxT.shape)
+    x = self._embeddings()(input_ids_BxT, segment_ids_BxT, position_ids_BxT + c.position_offset)
     if c.embedding_size:
       x = self.embedding_projection(x)
     x = common.constrain_BxTxH(x)
     mask = attention_mask(input_mask_BxT, attention_segments_BxT)
-    return transformer.run_stack(c, lambda name: getattr(self, name), x, mask)
+    x = transformer.run_stack(c, lambda name: getattr(self, name), x, mask)
+    if keep_prompt_outputs or not peft_lib.prompt_tokens(c):
+      return x
+    return x[:, peft_lib.prompt_tokens(c):]
 
   def pool(self, x_BxTxH, cls_positions_BxK=None):
     """tanh(dense(h[CLS])) [B, H]; packed rows give each instance's [CLS] position: [B, K, H]."""
@@ -65,4 +79,7 @@ class Encoder(nn.Module):
 
   def word_table(self):
     """The [V_padded, E] word embedding table, for decoders tied to it."""
-    return self.embeddings.word_table()
+    return self._embeddings().word_table()
+
+  def _embeddings(self):
+    return self.embeddings if self.shared_embeddings is None else self.shared_embeddings

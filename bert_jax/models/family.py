@@ -9,7 +9,14 @@ the HF state dict has.
 import dataclasses
 from typing import Callable, Mapping
 
+from bert_jax.models import pretraining
 from bert_jax.models.config import EncoderConfig
+
+# Our output name -> the HF output attribute holding the same values, by the HF class's name suffix.
+BERT_LIKE_OUTPUTS = {"ForPreTraining": {"mlm_logits": "prediction_logits", "nsp_logits": "seq_relationship_logits",
+                                        "sop_logits": "sop_logits"},
+                     "ForMaskedLM": {"mlm_logits": "logits"},
+                     "Model": {"sequence_output": "last_hidden_state"}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +34,23 @@ class Family:
   vocab_kinds: tuple[str, ...]                          # tokenizer kinds this family's vocabulary may be
   tied_hf_keys: Mapping[str, str] = dataclasses.field(default_factory=dict)  # HF copy -> canonical HF key
   ignored_hf_keys: frozenset = frozenset()              # buffers HF may save (position_ids, ...)
+  hf_outputs: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=lambda: BERT_LIKE_OUTPUTS)
+  hf_token_type_ids: bool = True                        # its HF classes take token_type_ids (with type_vocab_size > 0)
+  # A head that reads the pooler, built to give the pooler shapes on import (None: the family has no pooler).
+  pooler_head: str | None = "nsp"
+  # (config, heads) -> the Flax module with the trunk under `encoder` and exactly those heads, called as
+  # (ids, mask, segments[, masked_lm_positions]); None: models.pretraining.EncoderWithHeads.
+  model: Callable | None = None
+
+  def build_model(self, config: EncoderConfig, heads: tuple[str, ...]):
+    return (self.model or pretraining.EncoderWithHeads)(config, tuple(heads))
+
+  def hf_output_names(self, architecture: str) -> Mapping[str, str]:
+    """Our output name -> HF output attribute for an HF class of this family."""
+    kind = next((k for k in self.hf_outputs if architecture.endswith(k)), None)
+    if kind is None:
+      raise ValueError(f"{self.name}: no output names for HF class {architecture} (known kinds: {sorted(self.hf_outputs)})")
+    return self.hf_outputs[kind]
 
   def architecture(self, sections) -> str:
     heads = tuple(sorted(set(sections) - {"encoder"}))

@@ -26,6 +26,16 @@ class MlmHead(nn.Module):
     return logits[..., :c.vocab_size]  # padded rows never win the softmax
 
 
+def mlm_logits_at(head: MlmHead, x_BxTxH, word_table_VxE, positions_BxP=None):
+  """The head's logits at the masked positions [B, P, V] (positions None: at all T). Rows are gathered before the
+  head unless config.mlm_all_positions asks for HF's way (the head at every position, then a gather)."""
+  gather_first = positions_BxP is not None and not head.config.mlm_all_positions
+  logits = head(common.gather_rows(x_BxTxH, positions_BxP) if gather_first else x_BxTxH, word_table_VxE)
+  if positions_BxP is not None and not gather_first:
+    logits = jnp.take_along_axis(logits, positions_BxP[..., None].astype(jnp.int32), axis=1)
+  return logits
+
+
 class SentencePairHead(nn.Module):
   """Two-way classifier on the pooled [CLS]: next-sentence (NSP) or sentence-order (SOP) prediction."""
   config: EncoderConfig

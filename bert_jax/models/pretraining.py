@@ -5,9 +5,7 @@ Output: {"sequence_output": [B, T, H], "mlm_logits": [B, P or T, V], "<nsp|sop>_
 """
 
 import flax.linen as nn
-import jax.numpy as jnp
 
-from bert_jax.layers import common
 from bert_jax.models import heads as heads_lib
 from bert_jax.models.config import EncoderConfig
 from bert_jax.models.encoder import Encoder
@@ -34,12 +32,8 @@ class EncoderWithHeads(nn.Module):
                 attention_segments_BxT=attention_segments_BxT)
     out = {"sequence_output": x}
     if "mlm" in self.heads:
-      gather_first = masked_lm_positions_BxP is not None and not c.mlm_all_positions
-      h = common.gather_rows(x, masked_lm_positions_BxP) if gather_first else x
-      logits = heads_lib.MlmHead(c, name="mlm")(h, encoder.word_table())
-      if masked_lm_positions_BxP is not None and not gather_first:
-        logits = jnp.take_along_axis(logits, masked_lm_positions_BxP[..., None].astype(jnp.int32), axis=1)
-      out["mlm_logits"] = logits
+      out["mlm_logits"] = heads_lib.mlm_logits_at(heads_lib.MlmHead(c, name="mlm"), x, encoder.word_table(),
+                                                  masked_lm_positions_BxP)
     for name in SENTENCE_HEADS:
       if name in self.heads:
         out[f"{name}_logits"] = heads_lib.SentencePairHead(c, name=name)(encoder.pool(x, cls_positions_BxK))

@@ -4,10 +4,14 @@ import dataclasses
 from typing import Mapping
 
 from bert_jax.models import albert, bert, roberta
+from bert_jax.models import distilbert
+from bert_jax.models import electra
 from bert_jax.models.config import EncoderConfig
 from bert_jax.models.family import Family
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (bert.FAMILY, albert.FAMILY, roberta.FAMILY)}
+FAMILIES[distilbert.FAMILY.name] = distilbert.FAMILY
+FAMILIES[electra.FAMILY.name] = electra.FAMILY
 
 
 def get_family(name: str) -> Family:
@@ -32,7 +36,10 @@ def encoder_config(model: Mapping, *, dropout_off: bool = False) -> EncoderConfi
   unknown = sorted(set(model) - field_names - set(_NOT_FIELDS))
   if unknown:
     raise ValueError(f"model keys {unknown} are not fields of {fam.config_cls.__name__}")
-  overrides = {k: v for k, v in model.items() if k in field_names and v is not None}
+  # None (scan_layers) and "auto" (remat_policy) are the trainer's to choose per platform
+  # (core/platform_defaults.py); left unchosen, the family's defaults apply.
+  overrides = {k: v for k, v in model.items()
+               if k in field_names and v is not None and not (k == "remat_policy" and v == "auto")}
   if not overrides.get("intermediate_size"):  # 0: the size's 4 x hidden
     overrides.pop("intermediate_size", None)
   if dropout_off:

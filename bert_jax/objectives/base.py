@@ -54,6 +54,16 @@ class Objective(abc.ABC):
     """core.param_rules.ParamRule's the optimizer applies (e.g. freezing a distillation teacher)."""
     return ()
 
+  def init_sources(self) -> dict:
+    """Subtrees the trainer loads from elsewhere on a fresh start (not on resume): name -> (path of a workdir,
+    params checkpoint or HF directory, the subtree's encoder config). E.g. a distillation teacher."""
+    return {}
+
+  def finish_init(self, params):
+    """Completes fresh params once init_sources are loaded (pure jnp; the trainer jits it in the state's
+    shardings), e.g. a student copied from its teacher's layers."""
+    return params
+
   def check_data(self, manifest: dict | None) -> None:
     """Fails at start when prepared data (its manifest, if any) does not suit this objective."""
 

@@ -14,6 +14,7 @@ import functools
 import json
 import os
 import time
+import types
 
 import flax.linen as nn
 import jax
@@ -23,10 +24,11 @@ import optax
 
 from bert_jax.convert import workdir as workdir_lib
 from bert_jax.core import checkpoint as checkpoint_lib
-from bert_jax.core import metrics, optim, sharding, workdir_lock
+from bert_jax.core import distributed, metrics, optim, param_rules, preemption, sharding, workdir_lock
 from bert_jax.core.train_state import TrainState, state_functions
 from bert_jax.data import tokenizer as tokenizer_lib
-from bert_jax.finetune import heads, task_export, task_metrics, tasks
+from bert_jax.finetune import early_stopping, heads, peft_export, peft_methods, task_export, task_metrics, tasks
+from bert_jax.finetune import predict as predict_lib
 from bert_jax.models import registry
 from bert_jax.models.config import EncoderConfig
 
@@ -104,8 +106,9 @@ def _apply(model, params, batch, deterministic, rng=None):
                      deterministic=deterministic, rngs=None if rng is None else {"dropout": rng})
 
 
-def train_step(state: TrainState, batch, *, model, tx, spec):
-  """One optimizer step; returns (new state, {loss, learning-rate-free metrics})."""
+def train_step(state: TrainState, batch, *, model, tx, spec, trainable_rules=()):
+  """One optimizer step; returns (new state, {loss, learning-rate-free metrics}). grad_norm covers the trainable
+  params only, so XLA never computes the weight gradients of frozen ones."""
   rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
   def loss_fn(params):
@@ -115,34 +118,53 @@ def train_step(state: TrainState, batch, *, model, tx, spec):
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             opt_state=opt_state)
-  return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+  labels = jax.tree_util.tree_leaves(param_rules.labels(grads, trainable_rules))
+  trained = [g for g, label in zip(jax.tree_util.tree_leaves(grads), labels) if label == param_rules.TRAIN]
+  return new_state, {"loss": loss, "grad_norm": optax.global_norm(trained)}
 
 
 def predict_step(params, batch, *, model, spec):
   return task_loss(spec, _apply(model, params, batch, True), batch)
 
 
-def make_optimizer(config, total_steps: int, freeze_encoder: bool):
+def method_of(config) -> str:
+  """train.method, with train.freeze_encoder=True as the shorthand for `frozen`."""
+  r = config.train
+  if r.freeze_encoder:
+    if r.method not in ("full", "frozen"):
+      raise ValueError(f"train.freeze_encoder=True is the shorthand for train.method=frozen, but train.method="
+                       f"{r.method!r}; set only one of them")
+    return "frozen"
+  return r.method
+
+
+def method_setup(config, method: str) -> tuple[tuple, dict]:
+  """(default parameter rules, EncoderConfig overrides) of a fine-tuning method (finetune/peft_methods.py):
+  the one place where train.method turns into what the optimizer and the model see."""
+  settings = config.peft.to_dict() if "peft" in config else None
+  return peft_methods.default_rules(method), peft_methods.model_overrides(method, settings)
+
+
+def param_rules_for(config, method_rules) -> tuple:
+  """The user's train.param_rules first, then the method's: the first rule matching a path decides."""
+  return param_rules.parse_rules(config.train.param_rules) + tuple(method_rules)
+
+
+def make_optimizer(config, total_steps: int, rules=()):
+  """AdamW with warmup and linear decay from the `train` section, through core.optim (frozen params: no state)."""
   r = config.train
   warmup = max(1, int(r.warmup_fraction * total_steps))
-  schedule = optim.learning_rate_schedule(r.learning_rate, warmup, max(total_steps, warmup + 1))
-  tx = optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-6, weight_decay=r.weight_decay, mask=optim.weight_decay_mask)
-  if r.clip_norm > 0:
-    tx = optax.chain(optax.clip_by_global_norm(r.clip_norm), tx)
-  if freeze_encoder:
-    label = lambda params: {k: ("frozen" if k in heads.ENCODER_PARAMS else "head") for k in params}
-    tx = optax.multi_transform({"head": tx, "frozen": optax.set_to_zero()}, label)
-  return tx, schedule
+  settings = types.SimpleNamespace(
+      name="adamw", peak_learning_rate=r.learning_rate, warmup_steps=warmup, decay="linear", power=1.0,
+      end_learning_rate=0.0, b1=0.9, b2=0.999, eps=1e-6, weight_decay=r.weight_decay, state_dtype="",
+      clip_norm=r.clip_norm)
+  return optim.make_optimizer(settings, max(total_steps, warmup + 1), rules)
 
 
-def _batches(features, batch_size, rng=None):
-  """Index arrays of full batches (train: shuffled, remainder dropped) or of all rows, the last padded."""
+def _eval_batches(features, batch_size):
+  """Index arrays covering all rows in order, the last batch padded with row 0."""
   n = len(next(iter(features.values())))
-  order = rng.permutation(n) if rng is not None else np.arange(n)
-  if rng is not None:
-    return [order[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
-  pad = (-n) % batch_size
-  order = np.concatenate([order, np.zeros(pad, np.int64)])
+  order = np.concatenate([np.arange(n), np.zeros((-n) % batch_size, np.int64)])
   return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
@@ -160,7 +182,7 @@ def evaluate(predict_fn, params, spec, examples, features, batch_size, mesh) -> 
   n = len(features["input_ids"])
   chunks = []
   losses = []
-  for idx in _batches(features, batch_size):
+  for idx in _eval_batches(features, batch_size):
     loss, pred = predict_fn(params, sharding.global_batch(_local(features, idx), mesh))
     chunks.append(jax.tree_util.tree_map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), pred))
     losses.append(float(loss))
@@ -201,89 +223,200 @@ def _model_config(config, pretrained: EncoderConfig | None, vocab_size: int, max
                                      **common)
 
 
-def finetune(config, workdir: str, init_checkpoint: str = "") -> dict:
-  """Runs fine-tuning as configured; returns the final eval metrics (also in WORKDIR/result.json).
+# Run-config keys that decide the parameter tree or the batches: checkpoints resume only a run agreeing on all.
+RESUME_KEYS = (("init_checkpoint",), ("task", "name"), ("task", "train_file"), ("task", "kind"),
+               ("task", "text_keys"), ("task", "label_key"), ("task", "label_names"), ("data", "max_seq_length"),
+               ("data", "vocab_file"), ("train", "batch_size"), ("train", "seed"), ("train", "method"),
+               ("train", "freeze_encoder"), ("train", "param_rules"))
 
-  Holds WORKDIR/.lock for the run, so a second run on the same workdir is refused before it writes anything."""
-  with workdir_lock.hold(workdir, log=print if jax.process_index() == 0 else lambda _: None):
+
+def check_resumable(ckpt, config, workdir: str) -> None:
+  """A restore that fails falls back to starting over, so a workdir of another run is refused up front."""
+  steps = ckpt.manager.all_steps()
+  if not steps:
+    return
+  saved = checkpoint_lib.load_saved_config(ckpt.manager, max(steps))
+  for keys in RESUME_KEYS:
+    was, now = saved, config
+    for k in keys:
+      was, now = (was or {}).get(k), now[k]
+    if was is not None and was != now:
+      name = ".".join(keys)
+      raise ValueError(f"{workdir} holds fine-tuning checkpoints of a run with {name}={was!r}, but this run has "
+                       f"{name}={now!r}; use another workdir, or --config.{name}={was}")
+
+
+def finetune(config, workdir: str, init_checkpoint: str = "") -> dict:
+  """Runs (or resumes) fine-tuning as configured; returns the final eval metrics (also in WORKDIR/result.json).
+
+  Start order: the workdir's own checkpoints > init_checkpoint > scratch. Holds WORKDIR/.lock for the run,
+  so a second run on the same workdir is refused before it writes anything."""
+  log0 = print if jax.process_index() == 0 else lambda _: None
+  distributed.preflight(config, workdir, log=log0)
+  with workdir_lock.hold(workdir, log=log0):
     return _finetune(config, workdir, init_checkpoint)
 
 
+def _prepare_demo_task(config, workdir: str, log) -> None:
+  demo_dir = os.path.join(workdir, "task")
+  if jax.process_index() == 0 and not os.path.exists(os.path.join(demo_dir, "task.json")):
+    info = tasks.make_pydocs_family_task(demo_dir)
+    log(f"demo task pydocs_family: {len(info['families'])} stdlib packages, {info['train']} train / "
+        f"{info['eval']} eval paragraphs in {demo_dir}")
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("pydocs_family_task")
+  with config.unlocked():
+    config.task.train_file = os.path.join(demo_dir, "train.jsonl")
+    config.task.eval_file = os.path.join(demo_dir, "eval.jsonl")
+
+
 def _finetune(config, workdir: str, init_checkpoint: str) -> dict:
-  init_checkpoint = init_checkpoint or config.init_checkpoint
+  with config.unlocked():  # the checkpoints record what this run really started from
+    config.init_checkpoint = init_checkpoint or config.init_checkpoint
+  init_checkpoint = config.init_checkpoint
   writer = metrics.MetricsWriter(workdir)
   log = writer.log
   if config.task.name == "pydocs_family" and not config.task.train_file:
-    demo_dir = os.path.join(workdir, "task")
-    if not os.path.exists(os.path.join(demo_dir, "task.json")):
-      info = tasks.make_pydocs_family_task(demo_dir)
-      log(f"demo task pydocs_family: {len(info['families'])} stdlib packages, {info['train']} train / "
-          f"{info['eval']} eval paragraphs in {demo_dir}")
-    with config.unlocked():
-      config.task.train_file = os.path.join(demo_dir, "train.jsonl")
-      config.task.eval_file = os.path.join(demo_dir, "eval.jsonl")
+    _prepare_demo_task(config, workdir, log)
   spec = task_spec(config)
+  r, d = config.train, config.data
+  method = method_of(config)
+  method_rules, model_overrides = method_setup(config, method)
+  if r.early_stop_metric and not r.eval_every:
+    raise ValueError(f"train.early_stop_metric={r.early_stop_metric!r} needs evals during training: set "
+                     f"train.eval_every (steps between evals)")
 
-  pretrained_params, pretrained_config, vocab_file, lower_case = None, None, None, config.data.lower_case
+  pretrained_params, pretrained_config, vocab_file, lower_case = None, None, None, d.lower_case
   if init_checkpoint:
     pretrained_params, pretrained_config, vocab_file, lower_case = load_encoder(init_checkpoint)
   checkpoint_vocab = vocab_file
-  vocab_file = config.data.vocab_file or vocab_file
+  vocab_file = d.vocab_file or vocab_file
   if not vocab_file:
     raise ValueError("no vocabulary: set data.vocab_file (from scratch), or give a checkpoint whose data "
                      "manifest names one")
-  tok = tokenizer_lib.load(vocab_file, lower_case if not config.data.vocab_file else config.data.lower_case)
-  model_config = _model_config(config, pretrained_config, tok.vocab_size, config.data.max_seq_length)
+  tok = tokenizer_lib.load(vocab_file, lower_case if not d.vocab_file else d.lower_case)
+  model_config = dataclasses.replace(_model_config(config, pretrained_config, tok.vocab_size, d.max_seq_length),
+                                     **model_overrides)
   check_vocab(tok, model_config, vocab_file, checkpoint_vocab)
 
   train_examples, eval_examples = load_examples(config, spec, workdir)
-  d = config.data
   featurize = functools.partial(tasks.featurize, spec, tok=tok, max_seq_length=d.max_seq_length,
                                 doc_stride=d.doc_stride, max_query_length=d.max_query_length)
   train_features, eval_features = featurize(train_examples), featurize(eval_examples)
-  r = config.train
-  steps_per_epoch = len(train_features["input_ids"]) // r.batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(f"{len(train_features['input_ids'])} train rows make no batch of {r.batch_size}")
-  total_steps = r.max_steps or r.epochs * steps_per_epoch
+  order = tasks.TrainOrder(len(train_features["input_ids"]), r.batch_size, r.seed)
+  total_steps = r.max_steps or r.epochs * order.steps_per_epoch
   log(f"task {spec.name} ({spec.kind}, {spec.num_labels} labels): {len(train_examples)} train / "
       f"{len(eval_examples)} eval examples -> {len(train_features['input_ids'])} / "
       f"{len(eval_features['input_ids'])} rows; {total_steps} steps; "
-      f"{'from ' + init_checkpoint if init_checkpoint else 'from scratch'}"
-      f"{'; encoder frozen' if r.freeze_encoder else ''}")
+      f"{'from ' + init_checkpoint if init_checkpoint else 'from scratch'}; method {method}")
 
   mesh = sharding.create_mesh({a: config.mesh[a] for a in sharding.MESH_AXES})
   rules = sharding.rules_from_config(config.mesh.logical_axis_rules)
   model = heads.MODELS[spec.kind](model_config, num_labels=spec.num_labels)
-  tx, schedule = make_optimizer(config, total_steps, r.freeze_encoder)
+  ids = jnp.zeros((1, d.max_seq_length), jnp.int32)
+  init_params = lambda rng: model.init(rng, ids, ids, ids)["params"]
+  abstract_params = nn.meta.unbox(jax.eval_shape(init_params, jax.random.key(r.seed)))
+  trainable_rules = param_rules_for(config, method_rules)
+  param_rules.check_rules(abstract_params, trainable_rules)  # a rule matching nothing is a typo: fail naming it
+  trainable, total = param_rules.count(abstract_params, trainable_rules)
+  log(f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / total:.2f}%)")
+  tx, schedule = make_optimizer(config, total_steps, trainable_rules)
+  if jax.process_index() == 0:
+    predict_lib.write_model_info(workdir, model_config, spec, vocab_file, tok.lower_case, d)
+
+  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config, log=log)
+  check_resumable(ckpt, config, workdir)
   with nn.logical_axis_rules(rules):
-    state, state_shardings = _create_state(model, tx, mesh, rules, r.seed, d.max_seq_length, pretrained_params,
-                                            f"checkpoint {init_checkpoint}")
-    step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx, spec=spec),
+    init_state, abstract_state, state_shardings = state_functions(init_params, tx, mesh, rules, r.seed)
+
+    def start(_):
+      """No checkpoint of this run yet: fresh params, the encoder's from init_checkpoint (the pooler fresh if
+      pretraining never made one; the head and any PEFT blocks are new)."""
+      rng = jax.random.key(r.seed)
+      if pretrained_params is None:
+        return jax.jit(init_state, out_shardings=state_shardings)(rng)
+      fresh = jax.jit(lambda k: nn.meta.unbox(init_params(k)), out_shardings=state_shardings.params)(rng)
+      params = peft_methods.fit_params(pretrained_params, fresh, state_shardings.params, model.config,
+                                       f"checkpoint {init_checkpoint}", keep=lambda top: top in heads.ENCODER_PARAMS)
+      return jax.jit(init_state, out_shardings=state_shardings)(rng, params)
+
+    state = ckpt.restore_or_init(abstract_state, state_shardings, init=start)
+    step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx, spec=spec, trainable_rules=trainable_rules),
                       in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                       out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
     predict_fn = jax.jit(functools.partial(predict_step, model=model, spec=spec),
                          in_shardings=(state_shardings.params, sharding.batch_sharding(mesh)))
-    rng = np.random.default_rng(r.seed)
-    step, t0 = 0, time.perf_counter()
-    while step < total_steps:
-      for idx in _batches(train_features, r.batch_size, rng):
-        state, m = step_fn(state, sharding.global_batch(_local(train_features, idx), mesh))
+    start_step = int(jax.device_get(state.step))
+    dropped = writer.resume_from(start_step)
+    if dropped:
+      log(f"dropped {dropped} metrics.jsonl lines written after the step-{start_step} checkpoint")
+    history = early_stopping.eval_history(workdir, start_step) if start_step else []
+    stopper = early_stopping.EarlyStopping(r.early_stop_metric, r.early_stop_patience) if r.early_stop_metric else None
+    if stopper is not None:
+      stopper.replay(history)
+    best_dir = os.path.join(workdir, "best_params")
+
+    def run_eval(step, params):
+      result, predictions = evaluate(predict_fn, params, spec, eval_examples, eval_features, r.eval_batch_size, mesh)
+      if stopper is not None and stopper.update(step, result):
+        checkpoint_lib.save_params(best_dir, params)  # before the eval line: a resume never trusts a newer one
+        if jax.process_index() == 0:
+          with open(best_dir + ".json", "w") as f:
+            json.dump({"step": step, "metric": stopper.metric, "value": stopper.best_value}, f)
+      writer.write({"step": step, "split": "eval", **result})
+      log(f"eval step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+      return result, predictions
+
+    # The restored step's eval line may already be logged (a kill after it): not logged or counted twice.
+    evaluated_at = start_step if any(h["step"] == start_step for h in history) else None
+    stopped_early = stopper is not None and stopper.should_stop
+    step, t0, result = start_step, time.perf_counter(), None
+    with preemption.Preemption() as preempted:
+      while step < total_steps and not stopped_early:
+        state, m = step_fn(state, sharding.global_batch(_local(train_features, order.rows(step)), mesh))
         step += 1
         if step % r.log_every == 0 or step == total_steps:
           m = {k: float(v) for k, v in jax.device_get(m).items()}
           writer.write({"step": step, "split": "train", **m, "learning_rate": float(schedule(step - 1)),
-                        "seq_per_sec": step * r.batch_size / (time.perf_counter() - t0)})
+                        "seq_per_sec": (step - start_step) * r.batch_size / (time.perf_counter() - t0)})
           log(f"step {step}/{total_steps}: loss {m['loss']:.4f}")
-        if step >= total_steps:
-          break
-    result, predictions = evaluate(predict_fn, state.params, spec, eval_examples, eval_features,
-                                   r.eval_batch_size, mesh)
-  writer.write({"step": step, "split": "eval", **result})
-  log("eval: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
-  params = jax.tree_util.tree_map(np.asarray, jax.device_get(state.params))
-  checkpoint_lib.save_params(os.path.join(os.path.abspath(workdir), "params"), params)
-  if r.export_hf and jax.process_index() == 0:
+        if r.eval_every and step % r.eval_every == 0:
+          result, predictions = run_eval(step, state.params)
+          evaluated_at = step
+          if stopper is not None and stopper.should_stop:
+            log(f"early stop at step {step}: {stopper.metric} has not improved for {stopper.evals_since_best} "
+                f"evals (best {stopper.best_value:.4f} at step {stopper.best_step})")
+            stopped_early = True
+        if preempted.requested:
+          log(f"SIGTERM: saving a checkpoint at step {step} and exiting")
+          ckpt.save(step, state, force=True)
+          ckpt.wait()
+          writer.close()
+          return {"preempted": True, "step": step}
+        ckpt.save(step, state)
+    if evaluated_at != step:
+      result, predictions = run_eval(step, state.params)
+    elif result is None:
+      result, predictions = evaluate(predict_fn, state.params, spec, eval_examples, eval_features,
+                                     r.eval_batch_size, mesh)
+    ckpt.save(step, state, force=True)
+    ckpt.wait()
+    params = state.params
+    if stopper is not None:
+      params = _best_params(best_dir, stopper, state_shardings.params)
+      if stopper.best_step != step:
+        result, predictions = evaluate(predict_fn, params, spec, eval_examples, eval_features, r.eval_batch_size,
+                                       mesh)
+      log(f"exporting the best params: step {stopper.best_step}, {stopper.metric} {stopper.best_value:.4f}")
+  params = jax.tree_util.tree_map(np.asarray, jax.device_get(params))
+  checkpoint_lib.save_params(os.path.join(workdir, "params"), params)
+  if r.export_hf and jax.process_index() == 0 and method in peft_methods.PEFT_METHODS:
+    labels = jax.tree_util.tree_leaves_with_path(param_rules.labels(params, trainable_rules))
+    trained = [param_rules.path_of(p) for p, label in labels if label == param_rules.TRAIN]
+    result.update(peft_export.export_all(params, model_config, spec, workdir, vocab_file, tok.lower_case, trained,
+                                         log=log))
+  elif r.export_hf and jax.process_index() == 0:
     hf_dir = os.path.join(workdir, "hf")
     task_export.write_hf_dir(params, model_config, spec, hf_dir, vocab_file, tok.lower_case)
     fp32 = heads.MODELS[spec.kind](dataclasses.replace(model_config, dtype="float32"), num_labels=spec.num_labels)
@@ -293,23 +426,23 @@ def _finetune(config, workdir: str, init_checkpoint: str) -> dict:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "eval_predictions.json"), "w") as f:
       json.dump(predictions, f)
+    summary = {"task": spec.name, "kind": spec.kind, "init_checkpoint": init_checkpoint, "method": method,
+               "param_rules": r.param_rules, "freeze_encoder": method == "frozen", "trainable_params": trainable,
+               "total_params": total, "steps": step, "stopped_early": stopped_early}
+    if stopper is not None:
+      summary.update(best_step=stopper.best_step, early_stop_metric=stopper.metric)
     with open(os.path.join(workdir, "result.json"), "w") as f:
-      json.dump({"task": spec.name, "kind": spec.kind, "init_checkpoint": init_checkpoint,
-                 "freeze_encoder": r.freeze_encoder, "steps": step, **result}, f, indent=2)
+      json.dump({**summary, **result}, f, indent=2)
   writer.close()
   return result
 
 
-def _create_state(model, tx, mesh, rules, seed, seq_len, pretrained_params, where=""):
-  """State under derived shardings; pretrained encoder params replace the fresh ones in their shards."""
-  ids = jnp.zeros((1, seq_len), jnp.int32)
-  init_params = lambda rng: model.init(rng, ids, ids, ids)["params"]
-  init_state, _, shardings = state_functions(init_params, tx, mesh, rules, seed)
-  rng = jax.random.key(seed)
-  params = jax.jit(lambda r: nn.meta.unbox(init_params(r)), out_shardings=shardings.params)(rng)
-  if pretrained_params is not None:
-    # The encoder comes from the checkpoint (the pooler fresh if pretraining never made one); the head is new.
-    params = workdir_lib.fit_params(pretrained_params, params, shardings.params, model.config, where,
-                                    keep=lambda top: top in heads.ENCODER_PARAMS)
-  state = jax.jit(init_state, out_shardings=shardings)(rng, params)
-  return state, shardings
+def _best_params(best_dir: str, stopper, shardings):
+  """The params of the best eval, as saved when it happened; they must be that eval's (a resume replays it)."""
+  with open(best_dir + ".json") as f:
+    saved = json.load(f)
+  if saved["step"] != stopper.best_step:
+    raise RuntimeError(f"{best_dir} holds step {saved['step']} but the best eval was at step {stopper.best_step}; "
+                       f"the workdir was changed by hand? Rerun in a fresh workdir")
+  params = checkpoint_lib.load_params(best_dir)
+  return jax.tree_util.tree_map(lambda x, s: jax.device_put(x, s), params, shardings)

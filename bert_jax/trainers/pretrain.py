@@ -18,17 +18,19 @@ import optax
 from bert_jax import inputs
 from bert_jax.convert import workdir as workdir_lib
 from bert_jax.core import checkpoint as checkpoint_lib
-from bert_jax.core import distributed, metrics, optim, sharding, workdir_lock
+from bert_jax.core import distributed, metrics, optim, param_rules, platform_defaults, sharding, workdir_lock
 from bert_jax.core.train_state import TrainState, create_train_state
 from bert_jax.models import registry
 from bert_jax.objectives import registry as objectives
+from bert_jax.trainers import init_sources
 
 
-def build(config):
-  """(encoder config, objective) from a run config: `model.family` and `train.objective` pick them."""
+def build(config, load_config=init_sources.encoder_config):
+  """(encoder config, objective) from a run config: `model.family` and `train.objective` pick them, and the
+  objective's own section (e.g. `distill`) sets it up. load_config(path) reads the encoder config of a model the
+  objective loads (a distillation teacher)."""
   model_config = registry.encoder_config(config.model.to_dict(), dropout_off=config.train.deterministic)
-  objective = objectives.make_objective(config.train.objective, model_config, config.data.max_seq_length,
-                                        config.data.max_predictions_per_seq)
+  objective = objectives.from_run_config(config, model_config, load_config)
   family = registry.family_of(model_config)
   unknown = sorted(set(objective.heads) - set(family.name_table(model_config)))
   if unknown:  # it would train, then fail at to_hf
@@ -136,10 +138,9 @@ TREE_KEYS = (("model", "family"), ("train", "objective"), ("model", "size"), ("m
 def check_resumable(ckpt, config, workdir: str) -> None:
   """A workdir's checkpoints resume only a run with the same parameter tree; otherwise every restore would fail
   and the run would silently start over (and Orbax would then skip saves below the old step numbers)."""
-  steps = ckpt.manager.all_steps()
-  if not steps:
+  saved = checkpoint_lib.newest_saved_config(ckpt.manager)
+  if saved is None:
     return
-  saved = checkpoint_lib.load_saved_config(ckpt.manager, max(steps))
   if "family" not in saved.get("model", {}):
     raise ValueError(f"{workdir} holds checkpoints from before model families (parameter tree embeddings/, "
                      f"mlm_transform/, ...), which this version cannot resume; convert them with that version's "
@@ -188,12 +189,27 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return _train_and_evaluate(config, workdir)
 
 
+def with_platform_defaults(config, mesh, log):
+  """The config with its auto fields (core/platform_defaults.py) chosen for this platform, model and batch."""
+  model = registry.encoder_config({**config.model.to_dict(), "remat_policy": "none"})
+  backend = jax.default_backend()
+  explicit_attention = backend != "gpu" or config.model.attention_impl == "xla" or model.attention_dropout > 0
+  local_batch = config.train.batch_size // (mesh.shape["data"] * mesh.shape["fsdp"] * config.train.microbatches)
+  memory = (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
+  dims = dict(num_layers=model.num_layers, hidden=model.hidden_size, heads=model.num_heads,
+              ffn=model.intermediate_size, vocab=model.vocab_size)
+  config, line = platform_defaults.resolve(config, backend, memory, dims, local_batch, explicit_attention)
+  log(line)
+  return config
+
+
 def _train_and_evaluate(config, workdir: str) -> dict:
-  use_prng_impl(config.train.prng_impl)
   writer = metrics.MetricsWriter(workdir)
   log = writer.log
   mesh = sharding.create_mesh({a: config.mesh[a] for a in sharding.MESH_AXES}, config.mesh.dcn_data)
   check_batch(config, mesh)
+  config = with_platform_defaults(config, mesh, log)
+  use_prng_impl(config.train.prng_impl)
   rules = sharding.rules_from_config(config.mesh.logical_axis_rules)
   log(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind} in {jax.process_count()} process(es); "
       f"mesh {dict(mesh.shape)}")
@@ -201,31 +217,43 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   model_config, objective = build(config)  # a bad family, objective or model setting fails before any data work
   ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config, log=log)
   check_resumable(ckpt, config, workdir)
+  sources = objective.init_sources()
+  init_sources.adopt_vocabulary(config, sources, log)
   train_files, eval_files, manifest, tok = inputs.resolve(config, workdir, log)
   family = registry.family_of(model_config)
   if tok is not None:
     family.check_vocab_kind(tok.kind, tok.vocab_file)
+  init_sources.check_vocabulary(sources, tok, log)
   objective.check_data(manifest)
   tx, schedule = optim.make_optimizer(config.optim, config.train.steps, objective.param_rules())
   d = config.data
   with nn.logical_axis_rules(rules):
     state, state_shardings = create_train_state(objective.init_params, tx, mesh, rules, config.train.seed)
     train_step_fn, eval_step_fn = make_step_functions(config, objective, tx, schedule, mesh, state_shardings)
-  n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
-  log(f"model {family.name} {config.model.size}, objective {objective.name}: {n_params:,} params")
+  n_trainable, n_params = param_rules.count(state.params, objective.param_rules())
+  log(f"model {family.name} {config.model.size}, objective {objective.name}: {n_params:,} params" +
+      (f" ({n_trainable:,} trainable)" if n_trainable != n_params else ""))
 
   train_iter = inputs.train_iterator(config, train_files, tok)
 
   def from_init_checkpoint(fresh):
+    """A fresh start: init_checkpoint's params (less the objective's init sources), then those sources (e.g. a
+    teacher) and the objective's finish_init, which an init_checkpoint replaces."""
     init = config.checkpoint.init_checkpoint
-    if not init:
-      return fresh
-    params = workdir_lib.restore_params(init, fresh.params, state_shardings.params, model_config, log=log)
-    log(f"initialised params from {init} (fresh optimizer state)")
+    params = fresh.params
+    if init:
+      params = workdir_lib.restore_params(init, params, state_shardings.params, model_config,
+                                          keep=lambda top: top not in sources, log=log)
+      log(f"initialised params from {init} (fresh optimizer state)")
+    if sources:
+      params = init_sources.load_sources(objective, params, state_shardings.params, finish=not init, log=log)
     return fresh.replace(params=params)
 
   state = ckpt.restore_or_init(state, state_shardings, train_iter, init=from_init_checkpoint)
   start_step = int(jax.device_get(state.step))
+  dropped = writer.resume_from(start_step)
+  if dropped:
+    log(f"metrics.jsonl: dropped {dropped} line(s) past step {start_step}, which this run writes again")
   eval_iter_factory = (lambda: inputs.eval_iterator(config, eval_files)) if eval_files else None
 
   flops_per_seq = objective.flops_per_sequence()

@@ -1,0 +1,34 @@
+"""SIGTERM as a request to save at the next step boundary and exit cleanly (what schedulers send before a kill).
+
+  with preemption.Preemption() as preempted:
+    while ...:
+      step ...
+      if preempted.requested: save, return
+
+The previous handler comes back when the block ends, so a run inside a longer-lived process (a test runner,
+a notebook) leaves that process's SIGTERM handling as it was.
+"""
+
+import signal
+
+
+class Preemption:
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def _handler(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handler)
+    except ValueError:  # not the main thread: signals go to the main thread's handler, so none to install
+      self._previous = None
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+    return False

@@ -1,0 +1,134 @@
+"""ELECTRA replaced-token detection (Clark et al. 2020): a small MLM generator and a discriminator in one step.
+
+The generator (hidden size x `generator_hidden_fraction`, sharing the discriminator's embeddings) predicts the
+masked tokens; a token sampled from its softmax replaces each masked one (no gradient flows through the sample);
+the discriminator labels every real token original (0) or replaced (1). A sampled token equal to the original
+counts as original, as in the paper.
+
+  loss = generator MLM cross-entropy (mean over masked tokens) + rtd_weight x RTD sigmoid cross-entropy (mean
+         over real tokens)
+
+Settings (the run config's `electra` section): generator_hidden_fraction (paper: 1/4 small and large, 1/3 base),
+rtd_weight (lambda, 50). metrics.jsonl fields: mlm_loss, mlm_accuracy (the generator), rtd_loss, rtd_accuracy
+(the discriminator, over real tokens), replaced_fraction (real tokens replaced: 1 - replaced_fraction is the
+accuracy of calling every token original).
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from bert_jax.models import electra as electra_lib
+from bert_jax.models.config import EncoderConfig, trunk_flops_per_sequence
+from bert_jax.models.electra import model as model_lib
+from bert_jax.objectives import base
+from bert_jax.objectives.masked_lm import MLM_KEYS, mlm_sums
+
+
+@dataclasses.dataclass(frozen=True)
+class ElectraSettings:
+  generator_hidden_fraction: float = 0.25
+  rtd_weight: float = 50.0
+
+
+def rtd_sums(logits_BxT, labels_BxT, mask_BxT):
+  """Sums over real tokens: dict(loss_sum, correct_sum, replaced_sum, count)."""
+  logits = logits_BxT.astype(jnp.float32)
+  labels = labels_BxT.astype(jnp.float32)
+  weights = mask_BxT.astype(jnp.float32)
+  xent = jnp.logaddexp(0.0, logits) - logits * labels  # sigmoid cross-entropy, stable for large |logits|
+  correct = ((logits > 0).astype(jnp.float32) == labels).astype(jnp.float32)
+  return {"loss_sum": jnp.sum(xent * weights), "correct_sum": jnp.sum(correct * weights),
+          "replaced_sum": jnp.sum(labels * weights), "count": jnp.sum(weights)}
+
+
+def _ratio(num, den):
+  return num / jnp.maximum(den, 1e-5)
+
+
+class Electra(base.Objective):
+  name = "electra"
+  batch_keys = MLM_KEYS
+  heads = ("rtd",)  # the discriminator's; the generator is a whole model of its own under generator/
+  log_fields = ("mlm_accuracy", "rtd_accuracy", "replaced_fraction")
+
+  def __init__(self, config: EncoderConfig, seq_len: int, predictions: int, settings: dict | None = None):
+    if type(config).family != "electra":
+      raise ValueError(f"objective 'electra' needs model.family='electra', got {type(config).family!r}")
+    known = {f.name for f in dataclasses.fields(ElectraSettings)}
+    unknown = sorted(set(settings or {}) - known)
+    if unknown:
+      raise ValueError(f"unknown electra settings {unknown}; known: {sorted(known)}")
+    self.settings = ElectraSettings(**(settings or {}))
+    self.config, self.seq_len, self.predictions = config, seq_len, predictions
+    self.generator_config = electra_lib.generator_config(config, self.settings.generator_hidden_fraction)
+    self.model = model_lib.ElectraPretrainer(config, self.generator_config)
+
+  def init_params(self, rng):
+    ids = jnp.zeros((1, self.seq_len), jnp.int32)
+    slots = jnp.zeros((1, self.predictions), jnp.int32)
+    return self.model.init({"params": rng, "sample": rng}, ids, ids, ids, slots, slots,
+                           jnp.zeros((1, self.predictions), jnp.float32))["params"]
+
+  def apply(self, params, batch, rng, deterministic):
+    dropout_rng, sample_rng = jax.random.split(rng)
+    return self.model.apply(
+        {"params": params}, batch["input_ids"], batch["input_mask"], batch["segment_ids"],
+        batch["masked_lm_positions"], batch["masked_lm_ids"], batch["masked_lm_weights"],
+        position_ids_BxT=batch.get("position_ids"), attention_segments_BxT=batch.get("attention_segments"),
+        deterministic=deterministic, rngs={"dropout": dropout_rng, "sample": sample_rng})
+
+  def loss_sums(self, params, batch, rng, deterministic):
+    out = self.apply(params, batch, rng, deterministic)
+    return {"mlm": mlm_sums(out["mlm_logits"], batch["masked_lm_ids"], batch["masked_lm_weights"]),
+            "rtd": rtd_sums(out["rtd_logits"], out["rtd_labels"], batch["input_mask"])}
+
+  def denominators(self, batch):
+    return {"mlm": jnp.maximum(jnp.sum(batch["masked_lm_weights"].astype(jnp.float32)), 1e-5),
+            "rtd": jnp.maximum(jnp.sum(batch["input_mask"].astype(jnp.float32)), 1.0)}
+
+  def loss(self, sums, denominators):
+    return (sums["mlm"]["loss_sum"] / denominators["mlm"]
+            + self.settings.rtd_weight * sums["rtd"]["loss_sum"] / denominators["rtd"])
+
+  def summaries(self, sums):
+    m, r = sums["mlm"], sums["rtd"]
+    out = {"mlm_loss": _ratio(m["loss_sum"], m["weight_sum"]), "mlm_accuracy": _ratio(m["correct_sum"], m["weight_sum"]),
+           "rtd_loss": _ratio(r["loss_sum"], r["count"]), "rtd_accuracy": _ratio(r["correct_sum"], r["count"]),
+           "replaced_fraction": _ratio(r["replaced_sum"], r["count"])}
+    out["loss"] = out["mlm_loss"] + self.settings.rtd_weight * out["rtd_loss"]
+    return out
+
+  def flops_per_sequence(self):
+    """Both models: discriminator trunk + RTD head 6*T*(H*H + H); generator trunk (its E -> H_g projection
+    included) + MLM head 6*P*(H_g*E + E*V) at the masked positions. Sampling is not counted."""
+    d, g = self.config, self.generator_config
+    T, E, V = self.seq_len, d.embedding_width, d.vocab_size
+    discriminator = trunk_flops_per_sequence(d, T) + 6 * T * (d.hidden_size * d.hidden_size + d.hidden_size)
+    generator = trunk_flops_per_sequence(g, T) + 6 * self.predictions * (g.hidden_size * E + E * V)
+    return float(discriminator + generator)
+
+  def exported_models(self, params):
+    """The discriminator (fine-tuning starts from it) and the generator, each a whole model with the shared
+    embeddings in its own encoder."""
+    embeddings = params["encoder"]["embeddings"]
+    generator = {"encoder": {**params["generator"]["encoder"], "embeddings": embeddings},
+                 "mlm": params["generator"]["mlm"]}
+    return {"discriminator": ({"encoder": params["encoder"], "rtd": params["rtd"]}, self.config),
+            "generator": (generator, self.generator_config)}
+
+
+def params_from_models(discriminator, generator, log=print):
+  """The training tree from the two exported models' params (the inverse of Electra.exported_models), as
+  `convert from_hf` reads an HF discriminator/generator pair. The discriminator's embeddings are the shared
+  ones; a generator whose embeddings differ (trained untied) has them dropped, and `log` says by how much."""
+  shared, own = discriminator["encoder"]["embeddings"], generator["encoder"]["embeddings"]
+  worst = max(float(abs(a - b).max()) if a.shape == b.shape else float("inf") for a, b in zip(
+      jax.tree_util.tree_leaves(shared), jax.tree_util.tree_leaves(own)))
+  if worst > 0:
+    log(f"the generator's embeddings differ from the discriminator's (max |difference| {worst:.3g}); ELECTRA shares "
+        f"them, so the discriminator's are used for both")
+  return {"encoder": discriminator["encoder"], "rtd": discriminator["rtd"],
+          "generator": {"encoder": {k: v for k, v in generator["encoder"].items() if k != "embeddings"},
+                        "mlm": generator["mlm"]}}

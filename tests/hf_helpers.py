@@ -1,0 +1,22 @@
+"""Random weights for parity checks against transformers: init values (LayerNorm 1/0, zero biases) would hide
+a wrong name mapping, so every weight is drawn at random on both sides."""
+
+import jax
+import torch
+
+
+def randomize_torch(model, seed=0):
+  """Every weight of an HF model random; ties re-applied; eval mode."""
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for p in model.parameters():
+      p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+  model.tie_weights()
+  return model.eval()
+
+
+def perturb_params(params, seed=1, scale=0.1):
+  """Flax params with Gaussian noise on every leaf."""
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree_util.tree_unflatten(tree, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])

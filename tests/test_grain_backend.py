@@ -1,0 +1,324 @@
+"""The Grain/ArrayRecord input backend: same examples and batches as tf.data, sharding, exact resume after
+SIGKILL, and the train CLI with TensorFlow unimportable."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bert_jax.core import metrics
+from bert_jax.data import array_record_io, grain_pipeline, instances, packing, pipeline, prepare, schema
+from bert_jax.data import tokenizer as tokenizer_lib
+from data_helpers import ListCorpus, pydocs_docs, write_google_style_records
+
+SEQ, PRED = 64, 10
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Put first on PYTHONPATH, this makes `import tensorflow` (and tensorflow_datasets) fail as if not installed.
+BLOCK_TF = "import sys\nsys.modules['tensorflow'] = None\nsys.modules['tensorflow_datasets'] = None\n"
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+  """Real pydocs instances written as both formats: 5 train shards of uneven size."""
+  out = str(tmp_path_factory.mktemp("prepared"))
+  opts = instances.InstanceOptions(max_seq_length=SEQ, max_predictions_per_seq=PRED, dupe_factor=1)
+  manifest = prepare.prepare(ListCorpus(pydocs_docs()[:90]), out, opts, vocab_size=1000, workers=1,
+                             num_train_shards=5, docs_per_chunk=16, progress=False,
+                             formats=("tfrecord", "array_record"))
+  split = lambda name, suffix: sorted(os.path.join(out, name, f) for f in os.listdir(os.path.join(out, name))
+                                      if f.endswith(suffix))
+  return {"dir": out, "manifest": manifest, "tfrecord": split("train", ".tfrecord"),
+          "array_record": split("train", ".array_record"), "tok": tokenizer_lib.load(manifest["vocab"]["file"])}
+
+
+def _cfg(files, **kw):
+  base = dict(files=tuple(files), batch_size=8, max_seq_length=SEQ, max_predictions_per_seq=PRED, seed=3,
+              shuffle=False)
+  base.update(kw)
+  return pipeline.PipelineConfig(**base)
+
+
+def _tf_records(path):
+  spec = schema.feature_spec(SEQ, PRED)
+  return [{k: v.numpy() for k, v in tf.io.parse_single_example(r, spec).items()} for r in tf.data.TFRecordDataset(path)]
+
+
+def test_array_record_shards_hold_the_tfrecord_examples(prepared):
+  assert prepared["manifest"]["formats"] == ["tfrecord", "array_record"]
+  total = 0
+  for tfr, arr in zip(prepared["tfrecord"], prepared["array_record"]):
+    assert array_record_io.shard_path(tfr) == arr
+    expected = _tf_records(tfr)
+    got = [array_record_io.parse(r) for r in array_record_io.read_records(arr)]
+    assert len(got) == len(expected) == prepared["manifest"]["splits"]["train"]["shards"][os.path.basename(tfr)]
+    for a, b in zip(got, expected):
+      assert a.keys() == b.keys()
+      for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    total += len(got)
+  assert total == prepared["manifest"]["splits"]["train"]["instances"] > 300
+
+
+def test_tf_free_serializer_and_converter_give_the_same_examples(tmp_path):
+  tfr = str(tmp_path / "google.tfrecord")
+  write_google_style_records(tfr, 20, 32, 5)
+  counts = array_record_io.convert_tfrecords([tfr], str(tmp_path / "ar"))
+  assert counts == {"google.array_record": 20}
+  converted = array_record_io.read_records(str(tmp_path / "ar" / "google.array_record"))
+  originals = [r.numpy() for r in tf.data.TFRecordDataset(tfr)]
+  assert converted == originals  # byte for byte, in order
+  spec = schema.feature_spec(32, 5)
+  for raw in originals[:5]:
+    parsed = array_record_io.parse(raw)
+    stacked = {k: v[None] for k, v in parsed.items()}
+    again = tf.io.parse_single_example(array_record_io.serialize(stacked, 0), spec)  # TF reads our bytes
+    for k, v in again.items():
+      np.testing.assert_array_equal(v.numpy(), parsed[k])
+
+
+def test_interleave_order_is_tf_data_interleave():
+  counts = [3, 1, 4, 0, 2, 5, 1, 7]
+  offsets = np.concatenate([[0], np.cumsum(counts)])
+  for cycle in (1, 3, 8):
+    ds = tf.data.Dataset.from_tensor_slices(np.arange(len(counts))).interleave(
+        lambda f: tf.data.Dataset.range(tf.gather(offsets, f), tf.gather(offsets, f + 1)), cycle_length=cycle,
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    assert grain_pipeline.interleave_order(counts, cycle).tolist() == [int(x) for x in ds]
+
+
+@pytest.mark.parametrize("process_count,cycle", [(1, 8), (1, 2), (2, 8)])
+def test_static_data_gives_identical_batches_in_order(prepared, process_count, cycle):
+  for index in range(process_count):
+    counts = [array_record_io.num_records(f) for f in pipeline.process_files(prepared["array_record"], index,
+                                                                          process_count)]
+    # tf.data repeats the file list before interleaving, so once a slot finds no file of this epoch left it
+    # opens the next epoch's first file: the orders agree up to there.
+    one_epoch = grain_pipeline.interleave_order(counts, min(cycle, len(counts)))
+    repeated = grain_pipeline.interleave_order(counts * 2, min(cycle, len(counts)))[:len(one_epoch)]
+    agree = int(np.argmax(one_epoch != repeated))
+    batches = agree // 8
+    assert batches >= 20
+    tf_it = pipeline.BatchIterator(_cfg(prepared["tfrecord"], cycle_length=cycle), index, process_count)
+    grain_it = grain_pipeline.GrainBatchIterator(_cfg(prepared["array_record"], cycle_length=cycle), index,
+                                                 process_count)
+    for _ in range(batches):
+      a, b = next(tf_it), next(grain_it)
+      assert a.keys() == b.keys()
+      for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_packed_rows_are_the_same_batches_as_tf_data(prepared, tmp_path):
+  out = str(tmp_path / "packed")
+  packing.pack_prepared(prepared["dir"], out, 3, log=lambda _: None)
+  tfrecords = sorted(os.path.join(out, "train", f) for f in os.listdir(os.path.join(out, "train")))
+  arrays = array_record_io.convert_split(tfrecords, os.path.join(out, "train"), log=lambda _: None)
+  packed = schema.find_manifest(tfrecords)["packed"]
+  fields = dict(packed_instances=3, packed_predictions=packed["predictions_per_row"], cycle_length=1)
+  tf_it = pipeline.BatchIterator(_cfg(tfrecords, **fields))
+  grain_it = grain_pipeline.GrainBatchIterator(_cfg(arrays, **fields))
+  for _ in range(5):
+    a, b = next(tf_it), next(grain_it)
+    assert a.keys() == b.keys() and {"attention_segments", "position_ids", "nsp_positions"} <= set(b)
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def _ids_of_an_epoch(files, index, count, shuffle):
+  cfg = pipeline.PipelineConfig(files=tuple(files), batch_size=1, max_seq_length=32, max_predictions_per_seq=5,
+                                shuffle=shuffle, repeat=False, drop_remainder=False)
+  return [int(b["input_ids"][0, 1]) for b in grain_pipeline.GrainBatchIterator(cfg, index, count)]
+
+
+def test_two_processes_read_every_record_once(tmp_path):
+  files = []
+  for shard in range(3):
+    tfr = str(tmp_path / f"part-{shard}.tfrecord")
+    write_google_style_records(tfr, 10 + shard, 32, 5, start=100 * shard)
+    files.append(str(tmp_path / "ar" / f"part-{shard}.array_record"))
+    array_record_io.convert_tfrecords([tfr], str(tmp_path / "ar"))
+  everything = sorted(1000 + 100 * s + i for s in range(3) for i in range(10 + s))
+  for chosen in (files, files[:1]):  # files >= processes: whole files each; fewer: every other record
+    for shuffle in (False, True):
+      shares = [_ids_of_an_epoch(chosen, index, 2, shuffle) for index in range(2)]
+      assert not set(shares[0]) & set(shares[1])
+      want = [i for i in everything if chosen == files or i < 1100]
+      assert sorted(shares[0] + shares[1]) == want
+      if shuffle:
+        assert shares[0] != sorted(shares[0])
+
+
+def _mask_stats(batches, tok):
+  special = set(int(i) for i in tok.special_ids)
+  chosen = maskable = at_mask = kept = 0
+  for b in batches:
+    w = b["masked_lm_weights"] > 0
+    at = np.take_along_axis(b["input_ids"], b["masked_lm_positions"], 1)
+    originals = b["input_ids"].copy()
+    for r in range(len(w)):
+      originals[r, b["masked_lm_positions"][r][w[r]]] = b["masked_lm_ids"][r][w[r]]
+    assert not set(b["masked_lm_ids"][w].tolist()) & {tok.cls_id, tok.sep_id, 0}
+    real = b["input_mask"] > 0
+    maskable += int((real & ~np.isin(originals, list(special))).sum())
+    chosen += int(w.sum())
+    at_mask += int((at[w] == tok.mask_id).sum())
+    kept += int((at[w] == b["masked_lm_ids"][w]).sum())
+  return {"fraction": chosen / maskable, "mask": at_mask / chosen, "kept": kept / chosen}, originals
+
+
+def test_dynamic_masking_has_the_statistics_of_tf_data(prepared):
+  tok = prepared["tok"]
+  spec = pipeline.MaskingSpec(vocab_size=tok.vocab_size, mask_id=tok.mask_id,
+                              special_ids=tuple(int(i) for i in tok.special_ids))
+  numpy_masking = grain_pipeline.NumpyMasking(instances.InstanceOptions(max_seq_length=SEQ, max_predictions_per_seq=PRED),
+                                              instances.VocabIds.from_tokenizer(tok))
+  tf_it = pipeline.BatchIterator(_cfg(prepared["tfrecord"], dynamic_masking=spec, batch_size=100))
+  grain_it = grain_pipeline.GrainBatchIterator(_cfg(prepared["array_record"], dynamic_masking=spec, batch_size=100),
+                                               masking=numpy_masking)
+  tf_batches = [next(tf_it) for _ in range(3)]
+  grain_batches = [next(grain_it) for _ in range(3)]
+  (tf_stats, tf_originals), (grain_stats, grain_originals) = (_mask_stats(tf_batches, tok),
+                                                              _mask_stats(grain_batches, tok))
+  np.testing.assert_array_equal(tf_originals, grain_originals)  # the same examples under new masks
+  for key, tolerance in (("fraction", 0.005), ("mask", 0.03), ("kept", 0.03)):
+    assert abs(tf_stats[key] - grain_stats[key]) < tolerance, (key, tf_stats, grain_stats)
+  assert abs(grain_stats["fraction"] - 0.15) < 0.01 and abs(grain_stats["mask"] - 0.8) < 0.03
+  recorded = grain_pipeline.GrainBatchIterator(_cfg(prepared["array_record"], batch_size=100))
+  assert not np.array_equal(next(recorded)["masked_lm_positions"], grain_batches[0]["masked_lm_positions"])
+
+
+RESUME_SCRIPT = textwrap.dedent("""
+    import hashlib, json, os, signal, sys
+    import jax, jax.numpy as jnp, numpy as np
+    from absl import flags
+    flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags; an absl app would have parsed them
+    from bert_jax.core import checkpoint, configlib
+    from bert_jax.data import grain_pipeline, instances, pipeline
+    from bert_jax.data import tokenizer as tokenizer_lib
+    files, vocab, workdir, out, kill_at, workers = json.loads(sys.argv[1])
+    tok = tokenizer_lib.load(vocab)
+    masking = grain_pipeline.NumpyMasking(instances.InstanceOptions(max_seq_length=64, max_predictions_per_seq=10),
+                                          instances.VocabIds.from_tokenizer(tok))
+    spec = pipeline.MaskingSpec(vocab_size=tok.vocab_size, mask_id=tok.mask_id, special_ids=(0,))
+    cfg = pipeline.PipelineConfig(files=tuple(files), batch_size=8, max_seq_length=64, max_predictions_per_seq=10,
+                                  seed=5, shuffle=True, dynamic_masking=spec)
+    it = grain_pipeline.GrainBatchIterator(cfg, masking=masking, worker_count=workers)
+    config = configlib.load("tiny", {"checkpoint.every_steps": 4, "checkpoint.async_save": False})
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config, log=print)
+    state = {"step": jnp.zeros((), jnp.int32)}
+    shardings = {"step": jax.sharding.SingleDeviceSharding(jax.devices()[0])}
+    state = ckpt.restore_or_init(state, shardings, it)
+    step = int(state["step"])
+    with open(out, "a") as f:
+      while step < 14:
+        batch = next(it)
+        step += 1
+        digest = hashlib.sha256(b"".join(np.ascontiguousarray(batch[k]).tobytes() for k in sorted(batch))).hexdigest()
+        f.write(json.dumps([step, digest]) + "\\n")
+        f.flush()
+        ckpt.save(step, {"step": jnp.asarray(step, jnp.int32)}, it)
+        if step == kill_at:
+          ckpt.wait()
+          import multiprocessing
+          with open(out + ".workers", "w") as w:
+            json.dump([p.pid for p in multiprocessing.active_children()], w)
+          os.kill(os.getpid(), signal.SIGKILL)
+    ckpt.wait()
+    """)
+
+
+def test_grain_iterator_resumes_bit_exact_after_sigkill_under_other_worker_counts(prepared, tmp_path):
+  def run(workdir, out, kill_at, workers=2):
+    args = json.dumps([prepared["array_record"], prepared["manifest"]["vocab"]["file"], str(workdir), str(out),
+                       kill_at, workers])
+    # Output to files: a pipe would stay open as long as any worker process lives.
+    with open(f"{out}.stdout", "w") as stdout, open(f"{out}.stderr", "w") as stderr:
+      rc = subprocess.run([sys.executable, "-c", RESUME_SCRIPT, args], stdout=stdout, stderr=stderr, timeout=300,
+                          cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}).returncode
+    return subprocess.CompletedProcess([], rc, open(f"{out}.stdout").read(), open(f"{out}.stderr").read())
+  straight = run(tmp_path / "straight", tmp_path / "straight.jsonl", -1)
+  assert straight.returncode == 0, straight.stderr[-2000:]
+  killed = run(tmp_path / "killed", tmp_path / "killed.jsonl", 10)  # after the save at 8, mid-interval
+  assert killed.returncode == -9, killed.stderr[-2000:]
+  workers = json.load(open(f"{tmp_path / 'killed.jsonl'}.workers"))
+  assert len(workers) >= 2
+  deadline = time.time() + 20
+  while time.time() < deadline and any(os.path.exists(f"/proc/{pid}") for pid in workers):
+    time.sleep(0.2)
+  assert not any(os.path.exists(f"/proc/{pid}") for pid in workers), "Grain workers outlived the killed process"
+  resumed = run(tmp_path / "killed", tmp_path / "killed.jsonl", -1, workers=0)  # the position is worker-free
+  assert resumed.returncode == 0 and "resumed from checkpoint at step 8" in resumed.stdout, resumed.stderr[-2000:]
+  lines = lambda p: [json.loads(line) for line in open(p)]
+  want = dict(map(tuple, lines(tmp_path / "straight.jsonl")))
+  got = lines(tmp_path / "killed.jsonl")
+  assert [s for s, _ in got] == list(range(1, 11)) + list(range(9, 15))
+  assert all(want[s] == digest for s, digest in got)
+  assert len(set(want.values())) == 14
+
+
+def test_metrics_writer_events_read_back_in_tensorboard(tmp_path):
+  from tensorboard.backend.event_processing import event_accumulator
+  writer = metrics.MetricsWriter(str(tmp_path))
+  writer.write({"step": 1, "loss": 2.5, "mfu": None})
+  writer.write({"step": 2, "loss": 1.5})
+  writer.write({"step": 2, "split": "eval", "loss": 1.75})
+  writer.close()
+  events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+  events.Reload()
+  assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 2.5), (2, 1.5)]
+  assert [(e.step, e.value) for e in events.Scalars("eval/loss")] == [(2, 1.75)]
+
+
+def _train(workdir, corpus, steps, backend="grain", block_tf=True, workers=0):
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"}
+  env.pop("XLA_FLAGS", None)
+  if block_tf:
+    blocker = os.path.join(workdir, "block_tf")
+    os.makedirs(blocker, exist_ok=True)
+    with open(os.path.join(blocker, "sitecustomize.py"), "w") as f:
+      f.write(BLOCK_TF)
+    env["PYTHONPATH"] = os.pathsep.join([blocker, ROOT])
+  args = [sys.executable, "-m", "bert_jax.train", "--config=tiny", f"--workdir={workdir}",
+          f"--config.data.backend={backend}", f"--config.data.corpus={corpus}", "--config.data.vocab_size=1000",
+          "--config.model.vocab_size=1000", f"--config.train.steps={steps}", "--config.optim.warmup_steps=1",
+          "--config.train.eval_batches=1", "--config.train.eval_every=2", "--config.train.log_every=1",
+          "--config.checkpoint.every_steps=2", "--config.data.max_seq_length=64",
+          "--config.data.max_predictions_per_seq=10", "--config.data.dupe_factor=1", "--config.train.batch_size=8",
+          "--config.data.prepare_workers=1", f"--config.data.grain_workers={workers}"]
+  return subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+  path = tmp_path_factory.mktemp("corpus") / "docs.txt"
+  path.write_text("".join("\n".join(doc) + "\n\n" for doc in pydocs_docs()[:60]))
+  return str(path)
+
+
+def test_train_cli_runs_and_resumes_without_tensorflow(tmp_path, small_corpus):
+  workdir = str(tmp_path / "run")
+  first = _train(workdir, small_corpus, steps=3, workers=1)
+  assert first.returncode == 0, first.stderr[-3000:]
+  prepared = [d for d in os.listdir(os.path.join(workdir, "data")) if d.startswith("_")]
+  files = os.listdir(os.path.join(workdir, "data", prepared[0], "train"))
+  assert files and all(f.endswith(".array_record") for f in files)  # no TensorFlow: ArrayRecord only
+  assert os.path.exists(os.path.join(workdir, "checkpoints", "2", "data", "process_0-of-1.json"))
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "tensorboard")))
+  again = _train(workdir, small_corpus, steps=5)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "resumed from checkpoint at step 3" in again.stdout and "reusing prepared data" in again.stdout
+  lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  train_steps = [line["step"] for line in lines if line.get("split") != "eval"]
+  assert train_steps == [1, 2, 3, 4, 5] and all(np.isfinite(line["loss"]) for line in lines)
+  state = json.loads(open(os.path.join(workdir, "checkpoints", "5", "data", "process_0-of-1.json")).read())
+  assert state  # Grain's own state (per worker when grain_workers > 0)
+
+  refused = _train(str(tmp_path / "tfdata"), small_corpus, steps=1, backend="tfdata")
+  assert refused.returncode != 0 and "--config.data.backend=grain" in refused.stderr, refused.stderr[-2000:]
