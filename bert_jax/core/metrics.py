@@ -46,13 +46,20 @@ class MetricsWriter:
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
+      self._tb_dir = os.path.join(workdir, "tensorboard")  # its writer opens at the first write or resume_from
+
+  def _open_tb(self, purge_step=None):
+    if self._tb is None:
+      self._tb = tensorboardX.SummaryWriter(self._tb_dir, flush_secs=30, purge_step=purge_step)
+    return self._tb
 
   def resume_from(self, step: int) -> int:
     """At the start of a run from `step` (0: a fresh start): drops metrics.jsonl lines past it (written after
-    that checkpoint, and about to be written again) and a torn last line; returns how many were dropped."""
+    that checkpoint, and about to be written again) and a torn last line, and tells TensorBoard to discard the
+    earlier attempt's events past it (a purge marker); returns how many jsonl lines were dropped."""
     if not self.enabled:
       return 0
+    self._open_tb(purge_step=step + 1 if step else 0)
     path = self._jsonl.name
     self._jsonl.close()
     with open(path) as f:
@@ -73,8 +80,8 @@ class MetricsWriter:
     prefix = "eval/" if record.get("split") == "eval" else "train/"
     for k, v in record.items():
       if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
-        self._tb.add_scalar(prefix + k, v, global_step=int(record["step"]))
-    self._tb.flush()
+        self._open_tb().add_scalar(prefix + k, v, global_step=int(record["step"]))
+    self._open_tb().flush()
 
   def log(self, message: str) -> None:
     if self.enabled:
@@ -83,7 +90,8 @@ class MetricsWriter:
   def close(self):
     if self.enabled:
       self._jsonl.close()
-      self._tb.close()
+      if self._tb is not None:
+        self._tb.close()
 
 
 def _line_step(line: str) -> int | None:
