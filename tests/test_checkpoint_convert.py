@@ -83,13 +83,17 @@ def test_damaged_latest_checkpoint_is_moved_aside_and_saved_again(tmp_path, capf
   fresh, *_ = build(cfg, mesh)
   shardings = jax.tree_util.tree_map(lambda x: x.sharding, fresh)
   for how in ("truncate_all", "halve_data", "delete_metadata"):
-    directory = tmp_path / how
+    directory = tmp_path / how / "checkpoints"
     ckpt = checkpoint_lib.Checkpointer(str(directory), cfg, log=lambda m: None)
     ckpt.save(5, state, force=True)
     ckpt.save(10, state.replace(step=state.step + 8), force=True)
     ckpt.wait()
     _damage(directory / "10", how)
     messages = []
+    # Readers (convert, fine-tuning) skip the damaged step, saying so, before any training run moves it.
+    _, _, step = workdir.load_workdir_tree(str(tmp_path / how), log=messages.append)
+    assert step == 5 and "step 10" in messages[0] and "is damaged" in messages[0], (how, messages)
+    messages.clear()
     ckpt = checkpoint_lib.Checkpointer(str(directory), cfg, log=messages.append)
     restored = ckpt.restore_or_init(fresh, shardings)
     assert int(restored.step) == int(state.step), how

@@ -26,16 +26,28 @@ from bert_jax.objectives import registry as objectives
 PARAMS_CONFIG_FILE = "model_config.json"  # beside a params checkpoint: {"family": ..., "hf_config": {...}}
 
 
-def load_workdir_tree(workdir: str, step: int | None = None):
-  """(whole params tree as numpy, run ConfigDict, step) of a training workdir's checkpoint."""
+def load_workdir_tree(workdir: str, step: int | None = None, log=print):
+  """(whole params tree as numpy, run ConfigDict, step) of a training workdir's checkpoint: the given step, or the
+  newest readable one (a damaged newer one is skipped, saying so; the next training run moves it aside)."""
   manager, latest = checkpoint_lib.latest_step(os.path.join(workdir, "checkpoints"))
-  step = latest if step is None else step
-  if step is None or step not in manager.all_steps():
-    raise FileNotFoundError(f"no checkpoint{'' if step is None else f' at step {step}'} in {workdir}/checkpoints "
-                            f"(have {list(manager.all_steps())})")
-  config = configlib.with_current_defaults(checkpoint_lib.load_saved_config(manager, step))
-  params = checkpoint_lib.load_saved_params(manager, step)
-  return jax.tree_util.tree_map(np.asarray, params), config, step
+  if step is not None and step not in manager.all_steps():
+    raise FileNotFoundError(f"no checkpoint at step {step} in {workdir}/checkpoints (have {list(manager.all_steps())})")
+  if latest is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+  candidates = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
+  for i, candidate in enumerate(candidates):
+    try:
+      with checkpoint_lib.quiet_failed_reads():
+        config = configlib.with_current_defaults(checkpoint_lib.load_saved_config(manager, candidate))
+        params = checkpoint_lib.load_saved_params(manager, candidate)
+    except Exception as e:  # a torn or corrupt checkpoint
+      if i == len(candidates) - 1:
+        raise ValueError(f"the checkpoint at step {candidate} in {workdir}/checkpoints cannot be read "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from e
+      log(f"WARNING: the checkpoint at step {candidate} in {workdir}/checkpoints is damaged "
+          f"({type(e).__name__}); using the one before it")
+      continue
+    return jax.tree_util.tree_map(np.asarray, params), config, candidate
 
 
 def run_encoder_config(config):

@@ -88,7 +88,7 @@ class _DropClosedLoopTracebacks(io.TextIOBase):
 
 
 @contextlib.contextmanager
-def _quiet_failed_reads():
+def quiet_failed_reads():
   """Silences the aftermath of a failed restore: closed-loop tracebacks on stderr, and asyncio's 'Task exception
   was never retrieved' dumps of every other pending read (logged when the tasks are collected, forced here)."""
   inner = sys.stderr
@@ -228,7 +228,7 @@ class Checkpointer:
     """
     expected = _shapes_by_path(state)
     for step in sorted(self.manager.all_steps(), reverse=True):
-      with _quiet_failed_reads():
+      with quiet_failed_reads():
         try:
           difference = structure_difference(self.saved_structure(step), expected)
           if difference is None:
