@@ -148,13 +148,12 @@ DISTIL = ["--config=distilbert_tiny", f"--config.train.steps={DISTIL_STEPS}", "-
           "--config.data.max_predictions_per_seq=10", "--config.data.dynamic_masking=False"]
 
 
+@pytest.mark.parametrize("pretrained", ["bert_tiny"], indirect=True)  # the teacher is the BERT run
 def test_distilbert_student_of_the_bert_run_approaches_it_and_resumes_bit_exact(pretrained, tmp_path):
   """bert_tiny's run is the teacher of a 1-layer DistilBERT (configs/distilbert_tiny.py) on the same records: the
   student's eval MLM accuracy approaches the teacher's, and a run SIGKILLed after its first checkpoint resumes to the
   uninterrupted run's losses and params (student and teacher, one checkpoint) bit for bit."""
-  name, teacher, _ = pretrained
-  if name != "bert_tiny":
-    pytest.skip("the distillation teacher is the BERT run")
+  _, teacher, _ = pretrained
   data = [f"--config.distill.teacher={teacher}", f"--config.data.train_files={teacher}/data/*/train/*.tfrecord",
           f"--config.data.eval_files={teacher}/data/*/eval/*.tfrecord"]
   whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
