@@ -4,6 +4,7 @@ backends (tf.data over TFRecord against Grain over ArrayRecord) side by side.
   python bench/data_bench.py prepare  --multiples=1,4 --workers=2
   python bench/data_bench.py pipeline --seq_lengths=128,512 --batch_size=256
   python bench/data_bench.py backends --seq_lengths=128,512 --batch_size=256 --batches=40
+  python bench/data_bench.py beam     --multiples=1,8 --workers=2
 
 Each measurement prints one JSON line. `prepare` runs the real CLI in a subprocess on the pydocs
 corpus repeated k times and samples the RSS of the whole process tree (workers included) every
@@ -12,12 +13,17 @@ corpus repeated k times and samples the RSS of the whole process tree (workers i
 (in the training process, and with --grain_workers worker processes), static and dynamic masking; each line
 also says how many host cores that rate per core needs to feed BERT-large on one H100 at the step rate
 bench/RESULTS.md records (H100_SEQ_PER_SEC).
+`beam` prepares pydocs repeated k times with the local path (--workers) and with the Beam pipeline on the
+DirectRunner (as many worker processes), same vocabulary and settings, and prints for each: docs/s (wall),
+CPU seconds of the process tree and corpus bytes per CPU-second (what --dry_run's worker estimate divides by;
+unlike wall time it holds on a shared machine), output bytes per corpus byte, and the peak RSS of the tree.
 """
 
 import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -77,9 +83,66 @@ def bench_prepare(multiples, workers, vocab_size, workdir):
                       "machine": _machine()}), flush=True)
 
 
+def _run_sampled(cmd) -> tuple[float, float, int]:
+  """Runs cmd; returns (wall seconds, CPU seconds of its process tree, peak RSS of the tree in bytes).
+
+  CPU seconds (user + system of every waited-for descendant) do not grow when other jobs share the cores,
+  so per-core throughput is measured on them; wall seconds do."""
+  before = resource.getrusage(resource.RUSAGE_CHILDREN)
+  start = time.time()
+  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  ps, peak = psutil.Process(proc.pid), 0
+  while proc.poll() is None:
+    peak = max(peak, _tree_rss(ps))
+    time.sleep(0.05)
+  if proc.returncode:
+    raise RuntimeError(f"{cmd} failed: {proc.stdout.read()[-3000:]}")
+  after = resource.getrusage(resource.RUSAGE_CHILDREN)
+  cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+  return time.time() - start, cpu, peak
+
+
+def bench_beam(multiples, workers, vocab_size, dupe_factor, workdir):
+  from bert_jax.data import corpora
+  from bert_jax.data import tokenizer as tokenizer_lib
+  source = corpora.pydocs_path(os.path.join(workdir, "cache"))
+  text = open(source, encoding="utf-8").read()
+  vocab_file = tokenizer_lib.train_vocab(corpora.TextFiles(source), "sentencepiece",
+                                         os.path.join(workdir, "vocab", "spm"), vocab_size)
+  for k in multiples:
+    corpus = os.path.join(workdir, f"pydocs_x{k}.txt")
+    with open(corpus, "w", encoding="utf-8") as f:
+      for _ in range(k):
+        f.write(text)
+    engines = {"local": [f"--workers={workers}"],
+               "beam_direct": ["--runner=DirectRunner", f"--direct_num_workers={workers}",
+                               "--direct_running_mode=multi_processing"]}
+    for engine, extra in engines.items():
+      out = os.path.join(workdir, f"{engine}_x{k}")
+      cmd = [sys.executable, "-m", "bert_jax.data.prepare", f"--corpus={corpus}", f"--output_dir={out}",
+             f"--vocab_file={vocab_file}", f"--dupe_factor={dupe_factor}", "--max_seq_length=128",
+             "--part_size=1M", "--num_train_shards=8"] + extra
+      seconds, cpu_seconds, peak = _run_sampled(cmd)
+      manifest = json.load(open(os.path.join(out, "manifest.json")))
+      size = os.path.getsize(corpus)
+      output = sum(os.path.getsize(os.path.join(out, split, f)) for split in ("train", "eval")
+                   for f in os.listdir(os.path.join(out, split)))
+      s = manifest["stats"]
+      print(json.dumps({"bench": "beam", "engine": engine, "corpus_multiple": k, "corpus_bytes": size,
+                        "workers": workers, "dupe_factor": dupe_factor, "documents": s["documents"],
+                        "instances": s["instances"], "wall_seconds": round(seconds, 1),
+                        "docs_per_sec": round(s["documents"] / seconds),
+                        "cpu_seconds": round(cpu_seconds, 1), "corpus_bytes_per_cpu_second": round(size / cpu_seconds),
+                        "docs_per_cpu_second": round(s["documents"] / cpu_seconds, 1),
+                        "output_bytes_per_corpus_byte": round(output / size, 1), "peak_rss_mib": round(peak / 2**20),
+                        "load_avg_1m": round(os.getloadavg()[0], 1), "machine": _machine()}), flush=True)
+
+
 def bench_pipeline(seq_lengths, batch_size, batches, workdir):
   from bert_jax.data import corpora, instances, pipeline, prepare
   from bert_jax.data import tokenizer as tokenizer_lib
+  from bert_jax.data.masking import DynamicMasking
   corpus = corpora.TextFiles(corpora.pydocs_path(os.path.join(workdir, "cache")))
   vocab = None
   for seq in seq_lengths:
@@ -91,8 +154,7 @@ def bench_pipeline(seq_lengths, batch_size, batches, workdir):
     tok = tokenizer_lib.load(vocab)
     files = pipeline.resolve_files(os.path.join(out, "train", "*.tfrecord"))
     for dynamic in (False, True):
-      masking = pipeline.MaskingSpec(tok.vocab_size, tok.mask_id, tuple(int(i) for i in tok.special_ids)) \
-          if dynamic else None
+      masking = DynamicMasking(opts.masking_options, instances.VocabIds.from_tokenizer(tok)) if dynamic else None
       cfg = pipeline.PipelineConfig(files=files, batch_size=batch_size, max_seq_length=seq,
                                     max_predictions_per_seq=pred, dynamic_masking=masking)
       it = pipeline.BatchIterator(cfg)
@@ -120,6 +182,7 @@ def bench_backends(seq_lengths, batch_size, batches, grain_workers, workdir):
   from absl import flags
   from bert_jax.data import corpora, grain_pipeline, instances, pipeline, prepare
   from bert_jax.data import tokenizer as tokenizer_lib
+  from bert_jax.data.masking import DynamicMasking
   flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags
   corpus = corpora.TextFiles(corpora.pydocs_path(os.path.join(workdir, "cache")))
   cores = len(os.sched_getaffinity(0))
@@ -135,12 +198,9 @@ def bench_backends(seq_lengths, batch_size, batches, grain_workers, workdir):
     tfrecords = pipeline.resolve_files(os.path.join(out, "train", "*.tfrecord"))
     array_records = pipeline.resolve_files(os.path.join(out, "train", "*.array_record"))
     for dynamic in (False, True):
-      spec = pipeline.MaskingSpec(tok.vocab_size, tok.mask_id, tuple(int(i) for i in tok.special_ids)) \
-          if dynamic else None
-      numpy_masking = grain_pipeline.NumpyMasking(opts, instances.VocabIds.from_tokenizer(tok)) if dynamic else None
+      spec = DynamicMasking(opts.masking_options, instances.VocabIds.from_tokenizer(tok)) if dynamic else None
       runs = [("tfdata", 0, lambda cfg, w: pipeline.BatchIterator(cfg))]
-      runs += [("grain", w, lambda cfg, w: grain_pipeline.GrainBatchIterator(cfg, masking=numpy_masking,
-                                                                            worker_count=w))
+      runs += [("grain", w, lambda cfg, w: grain_pipeline.GrainBatchIterator(cfg, worker_count=w))
                for w in sorted({0, grain_workers})]
       for backend, workers, make in runs:
         files = tfrecords if backend == "tfdata" else array_records
@@ -161,11 +221,12 @@ def bench_backends(seq_lengths, batch_size, batches, grain_workers, workdir):
 
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("what", choices=["prepare", "pipeline", "backends"])
+  p.add_argument("what", choices=["prepare", "pipeline", "backends", "beam"])
   p.add_argument("--multiples", default="1,4", help="corpus repeats for the prepare benchmark")
   p.add_argument("--workers", type=int, default=os.cpu_count())
   p.add_argument("--vocab_size", type=int, default=8000)
   p.add_argument("--seq_lengths", default="128,512")
+  p.add_argument("--dupe_factor", type=int, default=5, help="beam: prepare's dupe factor")
   p.add_argument("--batch_size", type=int, default=256)
   p.add_argument("--batches", type=int, default=100)
   p.add_argument("--grain_workers", type=int, default=2, help="backends: Grain worker processes (also runs 0)")
@@ -173,6 +234,8 @@ def main():
   with tempfile.TemporaryDirectory() as workdir:
     if a.what == "prepare":
       bench_prepare([int(x) for x in a.multiples.split(",")], a.workers, a.vocab_size, workdir)
+    elif a.what == "beam":
+      bench_beam([int(x) for x in a.multiples.split(",")], a.workers, a.vocab_size, a.dupe_factor, workdir)
     elif a.what == "pipeline":
       bench_pipeline([int(x) for x in a.seq_lengths.split(",")], a.batch_size, a.batches, workdir)
     else:

@@ -19,7 +19,7 @@ import os
 
 import jax
 
-from bert_jax.data import array_record_io, corpora, grain_pipeline, instances, packing, pipeline, prepare, schema
+from bert_jax.data import array_record_io, corpora, grain_pipeline, instances, masking, packing, pipeline, prepare, schema
 from bert_jax.data import tokenizer as tokenizer_lib
 
 BACKENDS = ("tfdata", "grain")
@@ -56,7 +56,28 @@ def _prepare_settings(d) -> dict:
     settings["vocab_type"] = d.vocab_type
   if d.max_ngram != 1:
     settings["max_ngram"] = d.max_ngram
+  if d.text_column != "text":
+    settings["text_column"] = d.text_column
+  defaults = instances.InstanceOptions()
+  for name, value in masking_fields(d).items():
+    if value != getattr(defaults, name):
+      settings[name] = value
   return settings
+
+
+def masking_fields(d) -> dict:
+  """InstanceOptions' masking fields from config.data (beyond whole_word_masking and max_ngram)."""
+  return {"masking": d.masking, "span_geometric_p": d.span_geometric_p, "max_span_length": d.max_span_length,
+          "knowledge_mix": d.knowledge_mix, "segmenter": d.segmenter, "entity_file": d.entity_file,
+          "phrase_chunker": d.phrase_chunker}
+
+
+def masking_options(d) -> masking.MaskingOptions:
+  """The run's masking, as prepare and dynamic masking see it."""
+  return instances.InstanceOptions(
+      max_seq_length=d.max_seq_length, max_predictions_per_seq=d.max_predictions_per_seq,
+      masked_lm_prob=d.masked_lm_prob, whole_word_masking=d.whole_word_masking, mode=d.mode, max_ngram=d.max_ngram,
+      **masking_fields(d)).masking_options
 
 
 def prepare_formats(d) -> tuple[str, ...]:
@@ -76,11 +97,12 @@ def prepare_cached(d, workdir: str, log=print) -> str:
   done = os.path.join(out, schema.MANIFEST_NAME)
   if jax.process_index() == 0 and not os.path.exists(done):
     log(f"preparing corpus {d.corpus!r} into {out} (once; later runs reuse it)")
-    corpus = corpora.from_spec(d.corpus, data_dir=d.tfds_data_dir or None, cache_dir=os.path.join(workdir, "data"))
+    corpus = corpora.from_spec(d.corpus, data_dir=d.tfds_data_dir or None, text_column=d.text_column,
+                               cache_dir=os.path.join(workdir, "data"))
     opts = instances.InstanceOptions(
         max_seq_length=d.max_seq_length, max_predictions_per_seq=d.max_predictions_per_seq,
         masked_lm_prob=d.masked_lm_prob, short_seq_prob=d.short_seq_prob, dupe_factor=d.dupe_factor,
-        whole_word_masking=d.whole_word_masking, mode=d.mode, max_ngram=d.max_ngram)
+        whole_word_masking=d.whole_word_masking, mode=d.mode, max_ngram=d.max_ngram, **masking_fields(d))
     manifest = prepare.prepare(corpus, out, opts, vocab_file=d.vocab_file or None, vocab_size=d.vocab_size,
                                vocab_type=d.vocab_type,
                                lower_case=d.lower_case, seed=d.prepare_seed, eval_fraction=d.eval_fraction,
@@ -119,11 +141,12 @@ def resolve(config, workdir: str, log=print):
   tok = tokenizer_lib.load(vocab_file, d.lower_case) if vocab_file and os.path.exists(vocab_file) else None
   sha = tokenizer_lib.file_sha256(d.vocab_file) if d.vocab_file else None
   check_files_match = grain_pipeline.check_files_match if use_grain else pipeline.check_files_match
+  dynamic = masking_options(d) if d.dynamic_masking else None
   for what, files in (("train", train_files), ("eval", eval_files)):
     if files:  # also fails on files without examples, which would hang the repeating pipeline
       check_files_match(files, max_seq_length=d.max_seq_length, max_predictions_per_seq=d.max_predictions_per_seq,
                         vocab_size=config.model.vocab_size, vocab_sha256=sha, process_count=jax.process_count(),
-                        what=what)
+                        what=what, dynamic_masking=dynamic if what == "train" else None)
   return train_files, eval_files, manifest, tok
 
 
@@ -169,25 +192,14 @@ def check_packing(pack_instances: int, manifest: dict | None, files) -> None:
                    f"{pack_instances}; set --config.data.pack_instances={data_k}")
 
 
-def _masking(config, tok):
+def _masking(config, tok) -> masking.DynamicMasking | None:
+  """data.dynamic_masking: the masking the data was prepared with (checked against the manifest), re-drawn in
+  the input pipeline (masking.tf_remask_fn for tf.data, masking.mask_numpy for Grain)."""
   if not config.data.dynamic_masking:
     return None
   if tok is None:
     raise ValueError("data.dynamic_masking needs the vocabulary: set data.vocab_file")
-  return pipeline.MaskingSpec(vocab_size=tok.vocab_size, mask_id=tok.mask_id,
-                              special_ids=tuple(int(i) for i in tok.special_ids),
-                              masked_lm_prob=config.data.masked_lm_prob, max_ngram=config.data.max_ngram)
-
-
-def _numpy_masking(config, tok) -> grain_pipeline.NumpyMasking | None:
-  """The grain backend's dynamic masking: instances.mask_tokens with the run's settings."""
-  d = config.data
-  if not d.dynamic_masking:
-    return None
-  options = instances.InstanceOptions(max_seq_length=d.max_seq_length,
-                                      max_predictions_per_seq=d.max_predictions_per_seq,
-                                      masked_lm_prob=d.masked_lm_prob, max_ngram=d.max_ngram)
-  return grain_pipeline.NumpyMasking(options, instances.VocabIds.from_tokenizer(tok))
+  return masking.DynamicMasking(masking_options(config.data), masking.VocabIds.from_tokenizer(tok))
 
 
 def train_iterator(config, files, tok):
@@ -200,7 +212,7 @@ def train_iterator(config, files, tok):
       **_packed_fields(files))
   if d.backend == "grain":
     return grain_pipeline.GrainBatchIterator(cfg, jax.process_index(), jax.process_count(),
-                                             masking=_numpy_masking(config, tok), worker_count=d.grain_workers)
+                                             worker_count=d.grain_workers)
   return pipeline.BatchIterator(cfg, jax.process_index(), jax.process_count())
 
 

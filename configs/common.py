@@ -9,15 +9,18 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
   c.model = m = ml_collections.ConfigDict()
-  m.family = "bert"                   # bert | albert | roberta | electra | distilbert (models/<family>/): trunk, HF names
+  m.family = "bert"                   # bert | albert | roberta | electra | distilbert | ernie | nezha (models/<family>/): trunk, HF names
   m.size = "base"                     # tiny | mini | small | medium | base | large | xlarge | xxlarge (layers/hidden/heads)
   m.intermediate_size = 0             # FFN width (0: 4 x hidden; ALBERT-xxlarge: 16384)
   m.embedding_size = 0                # factorized embedding width E (0: hidden size; ALBERT: 128)
   m.layer_sharing = "none"            # none | all | attention | ffn: cross-layer parameter sharing (ALBERT: all)
   m.hidden_act = "gelu"               # gelu (erf, BERT/RoBERTa) | gelu_new (tanh, ALBERT)
+  m.task_type_vocab_size = 0          # ERNIE's task-type embeddings (HF use_task_id), task id 0 fed; 0: none (other families)
   m.vocab_size = 30522                # must match the data's vocabulary
   m.vocab_pad_multiple = 128          # pad the embedding rows for faster matmuls (cut on HF export)
   m.max_position_embeddings = 512     # longest sequence the position table covers
+  m.position_encoding = ml_collections.config_dict.placeholder(str)  # absolute | relative_sinusoidal (NEZHA); unset: the family's
+  m.max_relative_position = 64        # relative_sinusoidal: distances clipped to [-this, this] (NEZHA: 64)
   m.hidden_dropout = 0.1              # dropout after embeddings, attention output and FFN
   m.attention_dropout = 0.1           # dropout on attention probabilities (0 enables fused kernels)
   m.dtype = "bfloat16"                # compute dtype
@@ -31,7 +34,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.data = d = ml_collections.ConfigDict()
   d.train_files = ""                  # TFRecord glob(s), comma-separated; empty: prepare data.corpus
   d.eval_files = ""                   # TFRecord glob(s) for eval; empty with train_files: no eval
-  d.corpus = ""                       # 'pydocs', 'tfds:NAME[:SPLIT]' or text globs, prepared into WORKDIR/data
+  d.corpus = ""                       # 'pydocs', 'tfds:NAME[:SPLIT]', 'hf:NAME[:CONFIG][:SPLIT]' (or hf:DIR), *.parquet / *.jsonl or text globs, prepared into WORKDIR/data
+  d.text_column = "text"              # text column of hf:, Parquet, JSONL and TFDS corpora
   d.tfds_data_dir = ""                # TFDS data_dir for tfds: corpora
   d.vocab_file = ""                   # SentencePiece .model, BPE tokenizer.json or WordPiece vocab.txt; empty: train
   d.vocab_type = "sentencepiece"      # sentencepiece | bpe (byte-level, RoBERTa): what to train if vocab_file is empty
@@ -42,8 +46,15 @@ def get_config() -> ml_collections.ConfigDict:
   d.masked_lm_prob = 0.15             # fraction of tokens masked
   d.short_seq_prob = 0.1              # probability of a shorter instance when preparing
   d.dupe_factor = 5                   # masked copies of the corpus when preparing
-  d.whole_word_masking = False        # mask whole words when preparing
+  d.whole_word_masking = False        # units are whole words (token/ngram masking), when preparing and in dynamic masking
   d.max_ngram = 1                     # mask n-grams of up to this many words/tokens, p(k) ~ 1/k (ALBERT: 3)
+  d.masking = "token"                 # token (BERT) | ngram (ALBERT; token with max_ngram > 1 means ngram) | span (SpanBERT) | knowledge (ERNIE): data/masking.py
+  d.span_geometric_p = 0.2            # span masking: span lengths in words ~ Geometric(p) (SpanBERT: 0.2)
+  d.max_span_length = 10              # span masking: spans clipped at this many words (SpanBERT: 10)
+  d.segmenter = ""                    # word boundaries for whole-word/span/knowledge masking: '' (vocabulary's) | jieba (Chinese) | pkg.module:function
+  d.entity_file = ""                  # knowledge masking: entity list (UTF-8, one per line, '#' comments)
+  d.knowledge_mix = "token:0.4,phrase:0.3,entity:0.3"  # knowledge masking: share of instances masked per level
+  d.phrase_chunker = ""               # knowledge masking: '' (segmenter if set, else rake) | rake | segmenter | pkg.module:function
   d.mode = "nsp"                      # nsp | sop (ALBERT sentence order) | full_sentences (RoBERTa packing, no NSP)
   d.dynamic_masking = False           # re-mask in tf.data every epoch (RoBERTa)
   d.eval_fraction = 0.02              # documents held out for eval when preparing
@@ -59,7 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
   t.steps = 100000                    # optimizer steps
   t.batch_size = 256                  # global batch, sequences
   t.microbatches = 1                  # gradient accumulation: microbatches per step (lax.scan)
-  t.objective = "mlm_nsp"             # mlm | mlm_nsp | mlm_sop | electra | distill (objectives/): heads, loss, metrics, FLOPs
+  t.objective = "mlm_nsp"             # mlm | mlm_nsp | mlm_sop | mlm_sbo (SpanBERT) | electra | distill (objectives/): heads, loss, metrics, FLOPs
   t.seed = 0                          # init, dropout and shuffling seed
   t.log_every = 100                   # steps between train metric lines
   t.eval_every = 2000                 # steps between evals (and one at the end)

@@ -99,7 +99,7 @@ def test_unsupported_tokenizer_json_fails_clearly(tmp_path):
   Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")).save(str(path))
   with pytest.raises(ValueError, match="only byte-level BPE tokenizer.json files are supported"):
     tokenizer_lib.load(str(tmp_path))
-  with pytest.raises(ValueError, match="vocab_type 'wordpiece' is not one of"):
-    tokenizer_lib.train_vocab(None, "wordpiece", str(tmp_path / "x"), 100)
+  with pytest.raises(ValueError, match="vocab_type 'unigram' is not one of"):
+    tokenizer_lib.train_vocab(None, "unigram", str(tmp_path / "x"), 100)
   with pytest.raises(ValueError, match="too small for byte-level BPE"):
     tokenizer_lib.train_bpe(ListCorpus([["a b"]]), str(tmp_path / "b.json"), 100)

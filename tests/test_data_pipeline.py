@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from bert_jax.data import pipeline, schema
+from bert_jax.data import masking, pipeline, schema
 from data_helpers import write_google_style_records
 
 SEQ, PRED = 32, 5
@@ -21,6 +21,13 @@ def record_files(tmp_path_factory):
     write_google_style_records(path, 25, SEQ, PRED, start=shard * 25, seed=shard)
     files.append(path)
   return files
+
+
+def _dynamic(vocab_size, pred=PRED):
+  """Dynamic token masking over a vocabulary whose ids 0-4 are the special tokens ([CLS] 2, [SEP] 3, [MASK] 4)."""
+  vocab = masking.VocabIds(cls_id=2, sep_id=3, mask_id=4, normal_ids=np.arange(5, vocab_size),
+                           word_start=np.ones(vocab_size, bool))
+  return masking.DynamicMasking(masking.MaskingOptions(max_predictions_per_seq=pred), vocab)
 
 
 def _cfg(files, **kw):
@@ -62,7 +69,7 @@ def _take(it, n):
 
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_same_seed_same_batches_and_exact_resume(record_files, tmp_path, dynamic):
-  masking = pipeline.MaskingSpec(vocab_size=2000, mask_id=4, special_ids=(0, 1, 2, 3, 4)) if dynamic else None
+  masking = _dynamic(2000) if dynamic else None
   cfg = _cfg(record_files, dynamic_masking=masking)
   a, b = pipeline.BatchIterator(cfg), pipeline.BatchIterator(cfg)
   first_a, first_b = _take(a, 6), _take(b, 6)
@@ -84,7 +91,7 @@ def test_same_seed_same_batches_and_exact_resume(record_files, tmp_path, dynamic
 
 
 def test_dynamic_masking_remasks_each_epoch_with_the_rules(record_files):
-  masking = pipeline.MaskingSpec(vocab_size=2000, mask_id=4, special_ids=(0, 1, 2, 3, 4))
+  masking = _dynamic(2000)
   cfg = _cfg(record_files[:1], shuffle=False, dynamic_masking=masking, batch_size=25)
   it = pipeline.BatchIterator(cfg)
   epoch1, epoch2 = next(it), next(it)
@@ -103,7 +110,7 @@ def test_dynamic_masking_remasks_each_epoch_with_the_rules(record_files):
 
 
 def test_dynamic_masking_replacement_split():
-  masking = pipeline.MaskingSpec(vocab_size=30000, mask_id=4, special_ids=(0, 1, 2, 3, 4))
+  masking = _dynamic(30000, pred=20)
   import tempfile, os
   with tempfile.TemporaryDirectory() as d:
     path = os.path.join(d, "big.tfrecord")

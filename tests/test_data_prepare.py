@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bert_jax.data import corpora, instances, prepare, schema
+from bert_jax.data import corpora, instances, masking, prepare, schema
 from bert_jax.data import tokenizer as tokenizer_lib
 
 SEQ, PRED = 128, 20
@@ -202,7 +202,7 @@ def test_whole_word_masking_masks_whole_words():
   rng = np.random.default_rng(0)
   for _ in range(50):
     tokens = np.array([2] + [10, 51, 52, 11, 53, 12, 13, 54, 55, 56] * 4 + [3])
-    _, positions, _ = instances.mask_tokens(tokens, opts, vocab, rng)
+    _, positions, _ = masking.mask_numpy(tokens, None, opts.masking_options, vocab, rng)
     chosen = set(positions.tolist())
     for p in chosen:  # every continuation's word head is chosen too, and vice versa
       if not word_start[tokens[p]]:

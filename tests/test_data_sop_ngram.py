@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bert_jax.data import instances, pipeline, prepare, schema
+from bert_jax.data import instances, masking, pipeline, prepare, schema
 from bert_jax.data import tokenizer as tokenizer_lib
 from data_helpers import ListCorpus, masked_run_lengths, pydocs_docs, restore_originals
 
@@ -85,31 +85,15 @@ def test_sop_single_segments_split_inside_and_truncation_keeps_contiguity():
     assert 7 not in run
 
 
-def test_ngram_probabilities_and_draws_follow_one_over_k():
-  np.testing.assert_allclose(instances.ngram_probs(3), LAW3)
-  np.testing.assert_allclose(instances.ngram_probs(1), [1.0])
-  rng = np.random.default_rng(0)
+def test_ngram_probabilities_follow_one_over_k():
+  np.testing.assert_allclose(masking.ngram_probs(3), LAW3)
+  np.testing.assert_allclose(masking.ngram_probs(1), [1.0])
   for n in (2, 3, 4):
-    draws = instances.draw_ngram_lengths(rng, n, 60_000)
-    freq = np.bincount(draws, minlength=n + 1)[1:] / len(draws)
-    law = (1 / np.arange(1, n + 1)) / (1 / np.arange(1, n + 1)).sum()
-    np.testing.assert_allclose(freq, law, atol=0.01)
-
-
-def _units(tokens, vocab, whole_word):
-  """Token position -> number of tokens in its candidate unit (for counting a span's units)."""
-  return {int(u[0]): len(u) for u in instances._candidate_groups(tokens, vocab, whole_word)}
-
-
-def _span_units(span, unit_len):
-  count, i = 0, 0
-  while i < len(span):
-    count, i = count + 1, i + unit_len[int(span[i])]
-  return count
+    np.testing.assert_allclose(masking.ngram_probs(n), (1 / np.arange(1, n + 1)) / (1 / np.arange(1, n + 1)).sum())
 
 
 def test_ngram_spans_follow_the_law_on_real_text(bpe):
-  """Masked spans that touch merge in the records, so the law is measured on what ngram_spans chose.
+  """Masked spans that touch merge in the records, so the law is measured on the n-grams masking.chosen_tiles took.
 
   Rows are 510 real tokens between [CLS] and [SEP] (one run, so run ends barely matter), and each row's
   last span is left out: it is the one cut to fit num_to_predict, the only length not drawn from the law.
@@ -121,9 +105,9 @@ def test_ngram_spans_follow_the_law_on_real_text(bpe):
   rng = np.random.default_rng(0)
   lengths = []
   for tokens in rows:
-    spans = instances.ngram_spans(tokens, opts, vocab, rng)
+    spans = masking.chosen_tiles(tokens, None, opts.masking_options, vocab, rng)
     positions = np.concatenate(spans)
-    assert len(positions) == len(set(positions.tolist())) == instances.num_to_predict(510, opts)
+    assert len(positions) == len(set(positions.tolist())) == masking.num_to_predict(510, opts)
     assert all(np.all(np.diff(s) == 1) for s in spans), "a span is consecutive tokens"
     assert not set(tokens[positions].tolist()) & {tok.cls_id, tok.sep_id}
     lengths += [len(s) for s in spans[:-1]]
@@ -138,14 +122,17 @@ def test_ngram_spans_follow_the_law_on_real_text(bpe):
   word_start = vocab.word_start
   gram_words = []
   for tokens in rows:
-    chosen = set(np.concatenate(instances.ngram_spans(tokens, wwm, vocab, rng)).tolist())
+    chosen = set(np.concatenate(masking.chosen_tiles(tokens, None, wwm.masking_options, vocab, rng)).tolist())
     for p in chosen:
       if not word_start[tokens[p]] and p - 1 > 0:  # (after [CLS] a piece without 'Ġ' still starts a word)
         assert p - 1 in chosen, "a word's continuation is masked only with the piece before it"
       if p + 1 < len(tokens) - 1 and not word_start[tokens[p + 1]]:
         assert p + 1 in chosen, "a masked piece takes the rest of its word"
-    units = instances._candidate_groups(tokens, vocab, True)
-    gram_words += [len(g) for g in instances.ngram_tiling(units, 3, rng)[:-1]]
+    maskable, starts = masking.unit_starts(tokens, None, wwm.masking_options, vocab)
+    first = np.flatnonzero(starts)
+    lengths = rng.choice(np.arange(1, 4), size=len(first), p=LAW3)
+    tile_of, _ = masking._tiles(np.concatenate([[False], maskable[first[1:] - 1]]), lengths, 0)
+    gram_words += np.bincount(tile_of)[:-1].tolist()
   freq = np.bincount(gram_words, minlength=4)[1:] / len(gram_words)
   np.testing.assert_allclose(freq, LAW3, atol=0.015)
 
@@ -194,8 +181,7 @@ def test_dynamic_ngram_masking_in_tf_data_matches_static(bpe, tmp_path):
   with tf.io.TFRecordWriter(path) as w:
     for row in range(len(f["input_ids"])):
       w.write(schema.serialize(f, row))
-  spec = pipeline.MaskingSpec(vocab_size=tok.vocab_size, mask_id=tok.mask_id,
-                              special_ids=tuple(int(i) for i in tok.special_ids), max_ngram=3)
+  spec = masking.DynamicMasking(masking.MaskingOptions(max_ngram=3, max_predictions_per_seq=20), vocab)
   cfg = pipeline.PipelineConfig(files=(path,), batch_size=len(f["input_ids"]), max_seq_length=128,
                                 max_predictions_per_seq=20, shuffle=False, dynamic_masking=spec)
   batch = next(pipeline.BatchIterator(cfg))
@@ -203,13 +189,13 @@ def test_dynamic_ngram_masking_in_tf_data_matches_static(bpe, tmp_path):
   for row in range(0, len(f["input_ids"]), 7):  # the same examples, re-masked
     np.testing.assert_array_equal(restore_originals(batch, row), restore_originals(f, row))
   assert not np.array_equal(batch["masked_lm_positions"], f["masked_lm_positions"])
-  # Same n-gram rule as instances.ngram_spans: the merged masked runs have the same length distribution.
+  # Same n-gram rule as the numpy path (masking.py): the merged masked runs have the same length distribution.
   dyn, static = masked_run_lengths(batch), masked_run_lengths(f)
   for k in (1, 2, 3, 4):
     assert abs(np.mean(dyn == k) - np.mean(static == k)) < 0.02, k
   assert abs(dyn.mean() - static.mean()) < 0.05
   with pytest.raises(ValueError, match="max_ngram must be >= 1"):
-    pipeline.MaskingSpec(vocab_size=10, mask_id=4, special_ids=(0,), max_ngram=0)
+    masking.MaskingOptions(max_ngram=0)
 
 
 def test_prepare_records_sop_ngram_and_bpe_in_the_manifest(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from bert_jax.core import metrics
-from bert_jax.data import array_record_io, grain_pipeline, instances, packing, pipeline, prepare, schema
+from bert_jax.data import array_record_io, grain_pipeline, instances, masking, packing, pipeline, prepare, schema
 from bert_jax.data import tokenizer as tokenizer_lib
 from data_helpers import ListCorpus, pydocs_docs, write_google_style_records
 
@@ -175,13 +175,10 @@ def _mask_stats(batches, tok):
 
 def test_dynamic_masking_has_the_statistics_of_tf_data(prepared):
   tok = prepared["tok"]
-  spec = pipeline.MaskingSpec(vocab_size=tok.vocab_size, mask_id=tok.mask_id,
-                              special_ids=tuple(int(i) for i in tok.special_ids))
-  numpy_masking = grain_pipeline.NumpyMasking(instances.InstanceOptions(max_seq_length=SEQ, max_predictions_per_seq=PRED),
-                                              instances.VocabIds.from_tokenizer(tok))
+  spec = masking.DynamicMasking(masking.MaskingOptions(max_predictions_per_seq=PRED),
+                                masking.VocabIds.from_tokenizer(tok))
   tf_it = pipeline.BatchIterator(_cfg(prepared["tfrecord"], dynamic_masking=spec, batch_size=100))
-  grain_it = grain_pipeline.GrainBatchIterator(_cfg(prepared["array_record"], dynamic_masking=spec, batch_size=100),
-                                               masking=numpy_masking)
+  grain_it = grain_pipeline.GrainBatchIterator(_cfg(prepared["array_record"], dynamic_masking=spec, batch_size=100))
   tf_batches = [next(tf_it) for _ in range(3)]
   grain_batches = [next(grain_it) for _ in range(3)]
   (tf_stats, tf_originals), (grain_stats, grain_originals) = (_mask_stats(tf_batches, tok),
@@ -200,16 +197,15 @@ RESUME_SCRIPT = textwrap.dedent("""
     from absl import flags
     flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags; an absl app would have parsed them
     from bert_jax.core import checkpoint, configlib
-    from bert_jax.data import grain_pipeline, instances, pipeline
+    from bert_jax.data import grain_pipeline, masking, pipeline
     from bert_jax.data import tokenizer as tokenizer_lib
     files, vocab, workdir, out, kill_at, workers = json.loads(sys.argv[1])
     tok = tokenizer_lib.load(vocab)
-    masking = grain_pipeline.NumpyMasking(instances.InstanceOptions(max_seq_length=64, max_predictions_per_seq=10),
-                                          instances.VocabIds.from_tokenizer(tok))
-    spec = pipeline.MaskingSpec(vocab_size=tok.vocab_size, mask_id=tok.mask_id, special_ids=(0,))
+    spec = masking.DynamicMasking(masking.MaskingOptions(max_predictions_per_seq=10),
+                                  masking.VocabIds.from_tokenizer(tok))
     cfg = pipeline.PipelineConfig(files=tuple(files), batch_size=8, max_seq_length=64, max_predictions_per_seq=10,
                                   seed=5, shuffle=True, dynamic_masking=spec)
-    it = grain_pipeline.GrainBatchIterator(cfg, masking=masking, worker_count=workers)
+    it = grain_pipeline.GrainBatchIterator(cfg, worker_count=workers)
     config = configlib.load("tiny", {"checkpoint.every_steps": 4, "checkpoint.async_save": False})
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config, log=print)
     state = {"step": jnp.zeros((), jnp.int32)}

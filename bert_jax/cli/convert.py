@@ -48,11 +48,18 @@ def to_hf(f):
         "" if vocab_file else " (no vocabulary found: pass --vocab_file for tokenizer files)"))
   try:
     import torch  # noqa: F401
-    import transformers  # noqa: F401
+    import transformers
   except ImportError:
     print("transformers/torch not installed: skipped the logits check")
     return
-  for directory, (params, model_config, _) in written.items():
+  for directory, (params, model_config, architecture) in written.items():
+    if not hasattr(transformers, architecture):  # NEZHA: transformers >= 5 dropped it
+      diff = hf_dir.check_read_back(params, model_config, directory,
+                                    tolerance=f.tolerance if f.dtype == "float32" else 5e-2)
+      print(f"transformers {transformers.__version__} has no {architecture} class (transformers >= 5 dropped "
+            f"{type(model_config).family.upper()}; 4.x up to 4.40 loads this directory): checked by reading it back, "
+            f"max |logit difference| = {diff:.3g}")
+      continue
     diff = hf_dir.check_hf_dir(params, model_config, directory,
                                tolerance=f.tolerance if f.dtype == "float32" else 5e-2)
     print(f"checked: max |logit difference| vs transformers = {diff:.3g}" + (f" ({directory})" if len(written) > 1 else ""))

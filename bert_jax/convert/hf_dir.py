@@ -13,7 +13,11 @@ import numpy as np
 
 from bert_jax.convert import hf_params
 from bert_jax.data import hf_tokenizer
-from bert_jax.models import registry
+from bert_jax.models import name_tables as nt
+from bert_jax.models import registry, span_boundary_head
+
+# Side sections (Family.side_files) -> (file of the layout note written beside them, its content(config, shapes)).
+SIDE_NOTES = {span_boundary_head.SECTION: (span_boundary_head.SIDE_LAYOUT_FILE, span_boundary_head.layout_note)}
 
 
 def hf_config_dict(config, sections) -> dict:
@@ -22,8 +26,9 @@ def hf_config_dict(config, sections) -> dict:
 
 
 def write_hf_dir(params, model_config, output_dir: str, dtype: str = "float32", vocab_file: str | None = None,
-                 lower_case: bool = False) -> str:
-  """Writes the directory; returns the HF architecture name."""
+                 lower_case: bool = False, log=print) -> str:
+  """Writes the directory; returns the HF architecture name. Sections no HF class holds (the family's side_files,
+  e.g. SpanBERT's SBO head) go to files of their own beside model.safetensors, and `log` says so."""
   import torch
   from safetensors.torch import save_file
   os.makedirs(output_dir, exist_ok=True)
@@ -31,8 +36,23 @@ def write_hf_dir(params, model_config, output_dir: str, dtype: str = "float32", 
   state = hf_params.params_to_hf(params, model_config, sections)
   torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
   tensors = {k: torch.from_numpy(np.asarray(v, np.float32)).to(torch_dtype).contiguous() for k, v in state.items()}
-  save_file(tensors, os.path.join(output_dir, "model.safetensors"), metadata={"format": "pt"})
   hf = hf_config_dict(model_config, sections)
+  family = registry.family_of(model_config)
+  for section, file_name in family.side_files.items():
+    if section in sections:
+      names = [n for _, hf_name, _ in family.name_table(model_config)[section] for n in nt.hf_names(hf_name)]
+      save_file({n: tensors.pop(n) for n in names}, os.path.join(output_dir, file_name), metadata={"format": "pt"})
+      if section in SIDE_NOTES:
+        note_file, note = SIDE_NOTES[section]
+        with open(os.path.join(output_dir, note_file), "w") as f:
+          json.dump(note(model_config, {n: state[n].shape for n in names}), f, indent=2)
+      log(f"wrote the {section!r} head to {os.path.join(output_dir, file_name)} beside the HF files: "
+          f"{hf['architectures'][0]} has no place for it (from_hf reads it back)")
+    else:  # an earlier export's files: from_hf would read them back
+      for stale in (file_name,) + ((SIDE_NOTES[section][0],) if section in SIDE_NOTES else ()):
+        if os.path.exists(os.path.join(output_dir, stale)):
+          os.remove(os.path.join(output_dir, stale))
+  save_file(tensors, os.path.join(output_dir, "model.safetensors"), metadata={"format": "pt"})
   with open(os.path.join(output_dir, "config.json"), "w") as f:
     json.dump({**hf, "torch_dtype": dtype}, f, indent=2)
   if vocab_file:
@@ -41,14 +61,14 @@ def write_hf_dir(params, model_config, output_dir: str, dtype: str = "float32", 
 
 
 def write_hf_dirs(models: dict, output_dir: str, dtype: str = "float32", vocab_file: str | None = None,
-                  lower_case: bool = False) -> dict:
+                  lower_case: bool = False, log=print) -> dict:
   """One HF directory per exported model ({name: (params, config)}): a single model ('') in output_dir itself,
   several in output_dir/<name>, each with the tokenizer files. Returns {directory: (params, config, architecture)}."""
   written = {}
   for name, (params, model_config) in models.items():
     directory = os.path.join(output_dir, name) if name else output_dir
     written[directory] = (params, model_config, write_hf_dir(params, model_config, directory, dtype, vocab_file,
-                                                             lower_case))
+                                                             lower_case, log))
   return written
 
 
@@ -93,7 +113,8 @@ def check_hf_dir(params, model_config, output_dir: str, tolerance: float = 1e-4)
   with torch.no_grad():
     out = hf(**inputs)
   fp32 = dataclasses.replace(model_config, dtype="float32", param_dtype="float32")
-  heads = tuple(s for s in _exportable_sections(params, model_config) if s not in ("encoder", "pooler"))
+  heads = tuple(s for s in _exportable_sections(params, model_config)
+                if s not in ("encoder", "pooler") and s not in family.side_files)  # transformers has no side heads
   ours = family.build_model(fp32, heads).apply(
       {"params": jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)}, ids, mask, segments, None)
   diff = 0.0
@@ -108,15 +129,43 @@ def check_hf_dir(params, model_config, output_dir: str, tolerance: float = 1e-4)
   return diff
 
 
+def check_read_back(params, model_config, output_dir: str, tolerance: float = 1e-4) -> float:
+  """For an HF class the installed transformers lacks (NEZHA since v5): reads the written directory back with our
+  own reader (config.json and weights) and compares its outputs with the params' on the probe batch; returns the
+  max difference (the weights come back bit for bit from a float32 export; only another layout's float noise, or
+  bfloat16 rounding, differs)."""
+  import jax
+  back_params, back_config = read_hf_dir(output_dir)
+  family = registry.family_of(model_config)
+  heads = tuple(s for s in _exportable_sections(params, model_config) if s not in ("encoder", "pooler"))
+  ids, mask, segments = probe_batch(model_config)
+  outputs, models = [], {}
+  for tree, config in ((params, model_config), (back_params, back_config)):
+    fp32 = dataclasses.replace(config, dtype="float32", param_dtype="float32")
+    if fp32 not in models:  # one compile when the layouts agree
+      models[fp32] = jax.jit(family.build_model(fp32, heads).apply)
+    outputs.append(models[fp32]({"params": jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), tree)},
+                                ids, mask, segments))
+  ours, back = outputs
+  diff = max(float(np.max(np.abs(np.asarray(ours[k]) - np.asarray(back[k])))) for k in ours)
+  if diff > tolerance:
+    raise ValueError(f"{output_dir} read back gives outputs that differ from the params' by {diff:.3g} > {tolerance:g}")
+  return diff
+
+
+def load_safetensors(path: str) -> dict:
+  from safetensors.numpy import load_file
+  try:
+    return load_file(path)
+  except (TypeError, ValueError):  # bf16 tensors need torch to read
+    from safetensors.torch import load_file as load_torch
+    return {k: v.float().numpy() for k, v in load_torch(path).items()}
+
+
 def load_state_dict(hf_dir: str) -> dict:
   st = os.path.join(hf_dir, "model.safetensors")
   if os.path.exists(st):
-    from safetensors.numpy import load_file
-    try:
-      return load_file(st)
-    except (TypeError, ValueError):  # bf16 tensors need torch to read
-      from safetensors.torch import load_file as load_torch
-      return {k: v.float().numpy() for k, v in load_torch(st).items()}
+    return load_safetensors(st)
   if os.path.exists(os.path.join(hf_dir, "pytorch_model.bin")):
     import torch
     return {k: v.float().numpy() for k, v in
@@ -135,14 +184,27 @@ def config_from_hf_json(hf: dict, **overrides):
 
 
 def read_hf_dir(hf_dir: str, **config_overrides):
-  """(params, encoder config) from an HF directory with model.safetensors or pytorch_model.bin and config.json.
+  """(params, encoder config) from an HF directory with model.safetensors or pytorch_model.bin and config.json,
+  plus the heads the family writes beside them where their files are there (SpanBERT's span_boundary_head.safetensors).
   HF task-model prefixes (e.g. a classifier) are not pretraining sections and fail as unexpected keys."""
   with open(os.path.join(hf_dir, "config.json")) as f:
     model_config = config_from_hf_json(json.load(f), **config_overrides)
   state = load_state_dict(hf_dir)
-  prefix = registry.family_of(model_config).hf_model_type + "."
+  model_type = registry.family_of(model_config).hf_model_type
+  prefix = model_type + "."
   if not any(k.startswith(prefix) for k in state):  # a bare *Model saves its keys without the prefix
+    # ...unless they carry another family's prefix: ERNIE and BERT share a layout, and copies relabelled one way
+    # or the other (config.json's model_type edited, weights not renamed) are about.
+    named_for = sorted({f.hf_model_type for f in registry.FAMILIES.values()
+                        if any(k.startswith(f.hf_model_type + ".") for k in state)})
+    if named_for:
+      raise ValueError(f"{hf_dir}: config.json says model_type {model_type!r} but the weights are named for "
+                       f"{named_for[0]!r} ({named_for[0]}.*); set model_type to {named_for[0]!r} in config.json, or "
+                       f"rename the weights to {prefix}*")
     state = {prefix + k: v for k, v in state.items()}
+  for file_name in registry.family_of(model_config).side_files.values():  # heads written beside (SpanBERT's SBO)
+    if os.path.exists(os.path.join(hf_dir, file_name)):
+      state.update(load_safetensors(os.path.join(hf_dir, file_name)))
   return hf_params.hf_to_params(state, model_config), model_config
 
 

@@ -90,7 +90,7 @@ def hf_to_params(state_dict: Mapping[str, np.ndarray], config: EncoderConfig, pa
   sections = hf_sections(state, config)
   table = _table(config, sections) + list(extra_rows)
   known = {name for _, hf, _ in table for name in nt.hf_names(hf)}
-  unexpected = sorted(set(state) - known - set(family.tied_hf_keys) - family.ignored_hf_keys)
+  unexpected = sorted(k for k in set(state) - known - set(family.tied_hf_keys) if not family.ignores_hf_key(k))
   if unexpected:
     raise KeyError(f"unexpected keys in state dict: {unexpected[:10]} (is num_layers={config.num_layers} right, "
                    f"and is it a {family.name} model?)")

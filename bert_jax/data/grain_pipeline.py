@@ -12,11 +12,12 @@ How it matches the tf.data pipeline, given the same files, seed and process spli
   * shuffle=True: a global shuffle of the process's records, reshuffled every epoch (Grain's index
     shuffle). tf.data shuffles the file order and then a window of shuffle_buffer records, so the orders
     differ, while both are deterministic functions of the seed.
-  * dynamic masking: instances.mask_tokens (the algorithm `prepare` masks the records with: [CLS]/[SEP]
-    never masked, num_to_predict from the maskable tokens, 80/10/10, n-grams with max_ngram > 1) on the
-    tokens restored from masked_lm_ids, with a numpy generator Grain seeds from (seed, position in the
-    stream), so every epoch sees new masks. The tf.data path draws its own random numbers, so the masks
-    differ while their statistics agree (tests/test_grain_backend.py).
+  * dynamic masking: masking.mask_numpy (the code `prepare` masks the records with, every mode) on the
+    tokens restored from masked_lm_ids (and the records' masking.UNIT_FEATURE where the mode needs it), with
+    a numpy generator Grain seeds from (seed, position in the stream), so every epoch sees new masks. The
+    tf.data path (masking.tf_remask_fn) draws its own random numbers, so the masks differ while their
+    statistics agree (tests/test_grain_backend.py, tests/test_masking.py). The unit feature never reaches the
+    batch.
 The iterator's position (batches read) is a small JSON state that the Checkpointer saves inside each Orbax
 step through Grain's Orbax handler (orbax_save_args / orbax_restore_args); batch i is a pure function of the
 files, the seed and i, so a restore gives exactly the batches an uninterrupted run would have had, under any
@@ -25,7 +26,6 @@ number of worker processes. Parsing and masking run in
 the training process dies, even by SIGKILL (otherwise Grain's workers outlive it, holding memory and files).
 """
 
-import dataclasses
 import json
 import os
 import threading
@@ -34,14 +34,7 @@ import time
 import grain
 import numpy as np
 
-from bert_jax.data import array_record_io, instances, pipeline, schema
-
-
-@dataclasses.dataclass(frozen=True)
-class NumpyMasking:
-  """What instances.mask_tokens needs to re-mask an example (dynamic masking)."""
-  options: instances.InstanceOptions
-  vocab: instances.VocabIds
+from bert_jax.data import array_record_io, masking, pipeline, schema
 
 
 def interleave_order(counts, cycle_length: int) -> np.ndarray:
@@ -88,6 +81,8 @@ class _Parse(grain.transforms.Map):
 
   def map(self, serialized: bytes) -> dict[str, np.ndarray]:
     features = array_record_io.parse(serialized)
+    if masking.UNIT_FEATURE not in self._expected:  # optional; only dynamic masking asks for it
+      features.pop(masking.UNIT_FEATURE, None)
     lengths = {k: len(v) for k, v in features.items()}
     if lengths != self._expected:
       problems = [f"{k}: needs length {n}, record has {lengths.get(k, 'no such feature')}"
@@ -100,20 +95,24 @@ class _Parse(grain.transforms.Map):
 
 
 class _DynamicMask(grain.transforms.RandomMap):
-  """Puts the recorded masks back and masks anew with instances.mask_tokens."""
+  """Puts the recorded masks back and masks anew with masking.mask_numpy."""
 
-  def __init__(self, masking: NumpyMasking):
-    self._masking = masking
+  def __init__(self, dynamic: masking.DynamicMasking):
+    self._masking = dynamic
 
   def random_map(self, ex: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
     opts = self._masking.options
+    ex = dict(ex)
+    unit_bits = ex.pop(masking.UNIT_FEATURE, None)
     real = ex["masked_lm_weights"] > 0
     ids = ex["input_ids"].astype(np.int64)
     ids[ex["masked_lm_positions"][real]] = ex["masked_lm_ids"][real]
     length = int(ex["input_mask"].sum())
-    masked, positions, labels = instances.mask_tokens(ids[:length], opts, self._masking.vocab, rng)
+    masked, positions, labels = masking.mask_numpy(
+        ids[:length], None if unit_bits is None else unit_bits[:length].astype(np.int64), opts,
+        self._masking.vocab, rng)
     pred = opts.max_predictions_per_seq
-    out = dict(ex)
+    out = ex
     out["input_ids"] = ids.astype(np.int32)
     out["input_ids"][:length] = masked
     out["masked_lm_positions"] = np.zeros(pred, np.int32)
@@ -145,8 +144,11 @@ def expected_lengths(cfg: pipeline.PipelineConfig) -> dict[str, int]:
                 masked_lm_positions=pred, masked_lm_ids=pred, masked_lm_weights=pred, next_sentence_labels=k,
                 nsp_positions=k, nsp_weights=k)
   pred = cfg.max_predictions_per_seq
-  return dict(input_ids=seq, input_mask=seq, segment_ids=seq, masked_lm_positions=pred, masked_lm_ids=pred,
-              masked_lm_weights=pred, next_sentence_labels=1)
+  out = dict(input_ids=seq, input_mask=seq, segment_ids=seq, masked_lm_positions=pred, masked_lm_ids=pred,
+             masked_lm_weights=pred, next_sentence_labels=1)
+  if cfg.dynamic_masking is not None and cfg.dynamic_masking.options.unit_feature:
+    out[masking.UNIT_FEATURE] = seq
+  return out
 
 
 def record_dataset(files, process_index: int, process_count: int, shuffle: bool, cycle_length: int = 8):
@@ -162,14 +164,11 @@ def record_dataset(files, process_index: int, process_count: int, shuffle: bool,
   return grain.MapDataset.source(grain.sources.ArrayRecordDataSource(files))[process_index::process_count]
 
 
-def build_batches(cfg: pipeline.PipelineConfig, process_index: int = 0, process_count: int = 1,
-                  masking: NumpyMasking | None = None) -> grain.MapDataset:
+def build_batches(cfg: pipeline.PipelineConfig, process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
   """The per-process batches as a grain.MapDataset: batch i is a pure function of (files, seed, i)."""
   if not cfg.files:
     raise ValueError("no input files given")
-  if cfg.dynamic_masking is not None and masking is None:
-    raise ValueError("dynamic masking with the grain backend needs NumpyMasking (the vocabulary's ids)")
-  if masking is not None and cfg.packed_instances:
+  if cfg.dynamic_masking is not None and cfg.packed_instances:
     raise ValueError("dynamic masking of packed rows is not supported: pack statically masked data, "
                      "or train unpacked with data.dynamic_masking")
   ds = record_dataset(cfg.files, process_index, process_count, cfg.shuffle, cfg.cycle_length)
@@ -179,8 +178,8 @@ def build_batches(cfg: pipeline.PipelineConfig, process_index: int = 0, process_
     ds = ds.repeat()
   what = f"{list(cfg.files)[:2]}{'...' if len(cfg.files) > 2 else ''}"
   ds = ds.map(_Parse(expected_lengths(cfg), bool(cfg.packed_instances), what))
-  if masking is not None:
-    ds = ds.random_map(_DynamicMask(masking), seed=cfg.seed)
+  if cfg.dynamic_masking is not None:
+    ds = ds.random_map(_DynamicMask(cfg.dynamic_masking), seed=cfg.seed)
   return ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
 
 
@@ -203,10 +202,10 @@ class GrainBatchIterator:
   """
 
   def __init__(self, cfg: pipeline.PipelineConfig, process_index: int = 0, process_count: int = 1,
-               masking: NumpyMasking | None = None, worker_count: int = 0):
+               worker_count: int = 0):
     self.cfg, self.process_index, self.process_count = cfg, process_index, process_count
     self.worker_count = worker_count
-    self._batches = build_batches(cfg, process_index, process_count, masking)
+    self._batches = build_batches(cfg, process_index, process_count)
     self._position = 0
     self._iterator = iter(read_batches(self._batches, 0, worker_count))
 
@@ -262,12 +261,13 @@ def find_files(patterns) -> tuple[str, ...]:
 
 
 def check_files_match(files, *, max_seq_length: int, max_predictions_per_seq: int, vocab_size: int | None = None,
-                      vocab_sha256: str | None = None, process_count: int = 1, what: str = "train") -> dict | None:
+                      vocab_sha256: str | None = None, process_count: int = 1, what: str = "train",
+                      dynamic_masking: masking.MaskingOptions | None = None) -> dict | None:
   """Start-up checks as pipeline.check_files_match: the manifest or the first record, and no empty share."""
   manifest = schema.find_manifest(list(files))
   if manifest is not None:
     schema.check_manifest(manifest, max_seq_length=max_seq_length, max_predictions_per_seq=max_predictions_per_seq,
-                          vocab_size=vocab_size, vocab_sha256=vocab_sha256)
+                          vocab_size=vocab_size, vocab_sha256=vocab_sha256, dynamic_masking=dynamic_masking)
   counts = {}
 
   def has_examples(f):
@@ -284,5 +284,6 @@ def check_files_match(files, *, max_seq_length: int, max_predictions_per_seq: in
     source = next(f for f in files if has_examples(f))
     first = array_record_io.read_records(source, [0])[0]
     schema.check_record_lengths(array_record_io.record_lengths(first), max_seq_length=max_seq_length,
-                                max_predictions_per_seq=max_predictions_per_seq, source=source)
+                                max_predictions_per_seq=max_predictions_per_seq, source=source,
+                                dynamic_masking=dynamic_masking)
   return manifest

@@ -17,6 +17,8 @@ loaded back and compared with our ids on a probe text, so a mismatch fails here 
 import json
 import os
 
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
 from bert_jax.data import tokenizer as tokenizer_lib
 
 PROBE_TEXT = ("The function returns a VALUE, e.g. 3.14; it's naïve to call it twice.",
@@ -42,12 +44,32 @@ def _wordpiece_backend(tok):
   return backend
 
 
+def _sentencepiece_normalizer_class():
+  """A message class for the one part of sentencepiece's ModelProto we read: normalizer_spec (field 3) and its
+  precompiled_charsmap (field 2); other fields are skipped as unknown. sentencepiece's own generated
+  sentencepiece_model_pb2 refuses any protobuf runtime older than the one it was generated with (0.2.3 wants
+  protobuf >= 7.36), which apache-beam's protobuf < 7 pin rules out in one environment."""
+  field = descriptor_pb2.FieldDescriptorProto
+  proto = descriptor_pb2.FileDescriptorProto(name="bert_jax/sentencepiece_normalizer.proto",
+                                             package="bert_jax_spm", syntax="proto2")
+  proto.message_type.add(name="NormalizerSpec").field.add(name="precompiled_charsmap", number=2,
+                                                          type=field.TYPE_BYTES, label=field.LABEL_OPTIONAL)
+  proto.message_type.add(name="ModelProto").field.add(name="normalizer_spec", number=3, type=field.TYPE_MESSAGE,
+                                                      label=field.LABEL_OPTIONAL,
+                                                      type_name=".bert_jax_spm.NormalizerSpec")
+  pool = descriptor_pool.DescriptorPool()
+  pool.Add(proto)
+  return message_factory.GetMessageClass(pool.FindMessageTypeByName("bert_jax_spm.ModelProto"))
+
+
+_SentencePieceModel = _sentencepiece_normalizer_class()
+
+
 def _sentencepiece_backend(tok):
   import sentencepiece as spm
-  from sentencepiece import sentencepiece_model_pb2
   from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
   sp = spm.SentencePieceProcessor(model_file=tok.vocab_file)
-  proto = sentencepiece_model_pb2.ModelProto()
+  proto = _SentencePieceModel()
   with open(tok.vocab_file, "rb") as f:
     proto.ParseFromString(f.read())
   vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]

@@ -9,10 +9,10 @@ Follows google-research/bert's create_pretraining_data.py, written anew with num
     there is no real next segment (a one-sentence document, as in google-research/bert); the other
     pairs are random with the probability that keeps the overall fraction at 50% (_NspBalance);
   * truncate_seq_pair trims the longer side, from the front or back at random;
-  * num_to_predict = min(max_predictions, max(1, round(n * masked_lm_prob))), where n counts the
-    maskable (non-[CLS]/[SEP]) tokens (google-research/bert uses the length including the three
-    special tokens, which over-masks short sequences); each chosen token becomes [MASK] 80%,
-    a random non-special token 10%, itself 10%. Whole-word masking picks whole words.
+  * masking (which positions, what replaces them; modes token / ngram / span / knowledge) is masking.py's,
+    shared with the dynamic input paths. num_to_predict counts the maskable (non-[CLS]/[SEP]) tokens
+    (google-research/bert uses the length including the three special tokens, which over-masks short
+    sequences).
   * mode "full_sentences" (RoBERTa): no NSP; sentences are packed up to max_seq_length - 2,
     crossing document boundaries with an extra [SEP].
   * mode "sop" (ALBERT sentence-order prediction): segments accumulate as for NSP and A is a random prefix of
@@ -23,13 +23,19 @@ Follows google-research/bert's create_pretraining_data.py, written anew with num
     gives no instance. (google-research/albert instead gives such chunks a B from a random document,
     labelled 1 like a swap, which mixes topic prediction back into SOP.) Truncation cuts A from the front and
     B from the back, so that A+B stays one contiguous run of the document.
-  * n-gram masking (ALBERT; max_ngram > 1): see ngram_spans.
+  * span masking (SpanBERT) needs single contiguous segments: mode full_sentences.
 The random-next document comes from the bounded buffer of documents the caller passes in.
+Where the masking needs unit bits the ids cannot tell (masking.MaskingOptions.unit_feature: a segmenter, or
+knowledge masking), the documents hold token keys (masking.pack_units) instead of ids, and the instances get
+the masking.UNIT_FEATURE feature.
 """
 
 import dataclasses
 
 import numpy as np
+
+from bert_jax.data import masking
+from bert_jax.data.masking import VocabIds  # noqa: F401  (callers build instances with it)
 
 FEATURES = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
             "masked_lm_weights", "next_sentence_labels")
@@ -46,30 +52,32 @@ class InstanceOptions:
   whole_word_masking: bool = False
   mode: str = "nsp"
   max_ngram: int = 1            # mask spans of up to this many units (words or tokens), p(k) ~ 1/k
+  masking: str = "token"        # token | ngram | span | knowledge (masking.py; the rest of its fields below)
+  span_geometric_p: float = 0.2
+  max_span_length: int = 10
+  knowledge_mix: str = "token:0.4,phrase:0.3,entity:0.3"
+  segmenter: str = ""
+  entity_file: str = ""
+  phrase_chunker: str = ""
 
   def __post_init__(self):
     if self.mode not in MODES:
       raise ValueError(f"mode {self.mode!r} is not one of {MODES}")
-    if self.max_ngram < 1:
-      raise ValueError(f"max_ngram must be >= 1 (1: no n-gram masking; ALBERT uses 3), got {self.max_ngram}")
     if self.max_seq_length < 8:
       raise ValueError(f"max_seq_length must be >= 8, got {self.max_seq_length}")
-    if not 0 < self.masked_lm_prob < 1:
-      raise ValueError(f"masked_lm_prob must be in (0, 1), got {self.masked_lm_prob}")
+    if self.masking_options.mode == "span" and self.mode != "full_sentences":
+      raise ValueError(f"span masking (SpanBERT) trains on single contiguous segments without a sentence task, "
+                       f"but mode is {self.mode!r}: set mode full_sentences (--mode / data.mode) and the "
+                       f"objective to mlm or the span objective")
 
-
-@dataclasses.dataclass(frozen=True)
-class VocabIds:
-  """What masking needs from a vocabulary."""
-  cls_id: int
-  sep_id: int
-  mask_id: int
-  normal_ids: np.ndarray        # ids random replacement may pick
-  word_start: np.ndarray        # bool[vocab]
-
-  @classmethod
-  def from_tokenizer(cls, tok) -> "VocabIds":
-    return cls(tok.cls_id, tok.sep_id, tok.mask_id, tok.normal_ids, tok.word_start_table())
+  @property
+  def masking_options(self) -> "masking.MaskingOptions":
+    return masking.MaskingOptions(
+        mode=self.masking, masked_lm_prob=self.masked_lm_prob, max_predictions_per_seq=self.max_predictions_per_seq,
+        whole_word_masking=self.whole_word_masking, max_ngram=self.max_ngram,
+        span_geometric_p=self.span_geometric_p, max_span_length=self.max_span_length,
+        knowledge_mix=self.knowledge_mix, segmenter=self.segmenter, entity_file=self.entity_file,
+        phrase_chunker=self.phrase_chunker)
 
 
 def truncate_seq_pair(tokens_a: list, tokens_b: list, max_num_tokens: int, rng: np.random.Generator):
@@ -192,114 +200,16 @@ def _full_sentence_rows(docs: list[list[list[int]]], opts: InstanceOptions, sep_
     yield row
 
 
-def _candidate_groups(tokens: np.ndarray, vocab: VocabIds, whole_word: bool) -> list[np.ndarray]:
-  maskable = (tokens != vocab.cls_id) & (tokens != vocab.sep_id)
-  idx = np.flatnonzero(maskable)
-  if not whole_word:
-    return [idx[i:i + 1] for i in range(len(idx))]
-  groups: list[list[int]] = []
-  for i in idx:
-    if groups and not vocab.word_start[tokens[i]] and groups[-1][-1] == i - 1:
-      groups[-1].append(int(i))
-    else:
-      groups.append([int(i)])
-  return [np.array(g) for g in groups]
-
-
-def num_to_predict(num_maskable: int, opts: InstanceOptions) -> int:
-  return min(opts.max_predictions_per_seq, max(1, int(round(num_maskable * opts.masked_lm_prob))))
-
-
-def ngram_probs(max_ngram: int) -> np.ndarray:
-  """p(k) for k = 1..max_ngram, proportional to 1/k (ALBERT's default, favouring short n-grams)."""
-  p = 1.0 / np.arange(1, max_ngram + 1)
-  return p / p.sum()
-
-
-def draw_ngram_lengths(rng: np.random.Generator, max_ngram: int, size: int) -> np.ndarray:
-  """int64[size] n-gram lengths drawn from ngram_probs(max_ngram)."""
-  return rng.choice(np.arange(1, max_ngram + 1), size=size, p=ngram_probs(max_ngram))
-
-
-def ngram_tiling(units: list[np.ndarray], max_ngram: int, rng: np.random.Generator) -> list[list[np.ndarray]]:
-  """Cuts runs of adjacent candidate units into n-grams of k units, k drawn from ngram_probs(max_ngram).
-
-  Units are adjacent when no [CLS]/[SEP] lies between them; a run's last n-gram is cut short at its end,
-  so no n-gram crosses [CLS]/[SEP]. Returns the n-grams (lists of units) in position order.
-  """
-  lengths = draw_ngram_lengths(rng, max_ngram, len(units))
-  grams: list[list[np.ndarray]] = []
-  start = 0
-  while start < len(units):
-    gram = [units[start]]
-    while (len(gram) < lengths[len(grams)] and start + len(gram) < len(units)
-           and units[start + len(gram)][0] == gram[-1][-1] + 1):
-      gram.append(units[start + len(gram)])
-    grams.append(gram)
-    start += len(gram)
-  return grams
-
-
-def ngram_spans(tokens: np.ndarray, opts: InstanceOptions, vocab: VocabIds, rng: np.random.Generator
-                ) -> list[np.ndarray]:
-  """The spans n-gram masking predicts, in the order chosen: each an array of token positions.
-
-  The candidate units (words under whole-word masking, else tokens) are cut into n-grams (ngram_tiling),
-  which are taken in random order until num_to_predict tokens are chosen; the n-gram that would pass that
-  count keeps only its leading units that fit (ALBERT falls back to a shorter n-gram the same way), and
-  under whole-word masking a word that does not fit is left out and later n-grams may still fill the
-  count. Every n-gram is equally likely to be taken, so the spans follow p(k) ~ 1/k, except where a run
-  ends ([CLS]/[SEP]) and the budget-cut span (in words, spans lean shorter: an n-gram of many tokens is
-  the one most often cut to fit). Spans never overlap, but two may touch.
-  """
-  units = _candidate_groups(tokens, vocab, opts.whole_word_masking)
-  budget = num_to_predict(sum(len(u) for u in units), opts)
-  grams = ngram_tiling(units, opts.max_ngram, rng)
-  spans, count = [], 0
-  for g in rng.permutation(len(grams)):
-    taken = []
-    for unit in grams[g]:
-      if count + len(unit) > budget:
-        break
-      taken.append(unit)
-      count += len(unit)
-    if taken:
-      spans.append(np.concatenate(taken))
-    if count >= budget:
-      break
-  return spans
-
-
-def mask_tokens(tokens: np.ndarray, opts: InstanceOptions, vocab: VocabIds, rng: np.random.Generator):
-  """Returns (masked input ids, sorted positions, original ids at those positions)."""
-  if opts.max_ngram > 1:
-    spans = ngram_spans(tokens, opts, vocab, rng)
-    chosen = np.concatenate(spans).tolist() if spans else []
-  else:
-    groups = _candidate_groups(tokens, vocab, opts.whole_word_masking)
-    budget = num_to_predict(sum(len(g) for g in groups), opts)
-    chosen: list[int] = []
-    for g in rng.permutation(len(groups)):
-      if len(chosen) >= budget:
-        break
-      if len(chosen) + len(groups[g]) > budget:
-        continue
-      chosen.extend(groups[g].tolist())
-  positions = np.sort(np.array(chosen, np.int64))
-  labels = tokens[positions]
-  u = rng.random(len(positions))
-  masked = tokens.copy()
-  masked[positions[u < 0.8]] = vocab.mask_id
-  random_pick = (u >= 0.8) & (u < 0.9)
-  masked[positions[random_pick]] = rng.choice(vocab.normal_ids, int(random_pick.sum()))
-  return masked, positions, labels
-
-
-def _features(tokens, segment_ids, is_random_next, opts, vocab, rng) -> dict:
-  tokens = np.asarray(tokens, np.int64)
-  masked, positions, labels = mask_tokens(tokens, opts, vocab, rng)
+def _features(tokens, segment_ids, is_random_next, opts, vocab, rng, masking_opts) -> dict:
+  tokens, unit_bits = np.asarray(tokens, np.int64), None
+  if masking_opts.unit_feature:
+    tokens, unit_bits = masking.unpack_units(tokens)
+  masked, positions, labels = masking.mask_numpy(tokens, unit_bits, masking_opts, vocab, rng)
   seq, pred = opts.max_seq_length, opts.max_predictions_per_seq
   out = {k: np.zeros(seq, np.int64) for k in ("input_ids", "input_mask", "segment_ids")}
+  if unit_bits is not None:
+    out[masking.UNIT_FEATURE] = np.zeros(seq, np.int64)
+    out[masking.UNIT_FEATURE][:len(tokens)] = unit_bits
   out["input_ids"][:len(tokens)] = masked
   out["input_mask"][:len(tokens)] = 1
   out["segment_ids"][:len(tokens)] = segment_ids
@@ -317,31 +227,42 @@ def create_instances(docs: list[list[list[int]]], opts: InstanceOptions, vocab: 
                      rng: np.random.Generator) -> dict[str, np.ndarray]:
   """All instances (dupe_factor passes, shuffled) from a buffer of tokenized documents.
 
-  Returns a dict of FEATURES, each stacked on a leading instance axis (0 rows if none).
+  Returns a dict of FEATURES (and masking.UNIT_FEATURE where the masking needs it), each stacked on a leading
+  instance axis (0 rows if none). With that feature, docs hold token keys (masking.pack_units).
   """
+  masking_opts = opts.masking_options
   docs = [[list(seg) for seg in doc if len(seg)] for doc in docs]
   docs = [d for d in docs if d]
   rows = []
   balance = _NspBalance()
+  # With unit bits, [CLS]/[SEP] are keys too (bits 0).
+  cls_key, sep_key = ((vocab.cls_id << masking.UNIT_BITS, vocab.sep_id << masking.UNIT_BITS)
+                      if masking_opts.unit_feature else (vocab.cls_id, vocab.sep_id))
   for _ in range(opts.dupe_factor):
     if opts.mode == "full_sentences":
-      for row in _full_sentence_rows(docs, opts, vocab.sep_id):
-        rows.append(_features([vocab.cls_id] + row + [vocab.sep_id], 0, False, opts, vocab, rng))
+      for row in _full_sentence_rows(docs, opts, sep_key):
+        rows.append(_features([cls_key] + row + [sep_key], 0, False, opts, vocab, rng, masking_opts))
       continue
     for d in range(len(docs)):
       pairs = _sop_pairs(docs[d], opts, rng) if opts.mode == "sop" else _nsp_pairs(d, docs, opts, rng, balance)
       for a, b, is_random_next in pairs:
-        tokens = [vocab.cls_id] + a + [vocab.sep_id] + b + [vocab.sep_id]
+        tokens = [cls_key] + a + [sep_key] + b + [sep_key]
         segment_ids = np.array([0] * (len(a) + 2) + [1] * (len(b) + 1))
-        rows.append(_features(tokens, segment_ids, is_random_next, opts, vocab, rng))
+        rows.append(_features(tokens, segment_ids, is_random_next, opts, vocab, rng, masking_opts))
   order = rng.permutation(len(rows))
   if not rows:
     return empty_features(opts)
-  return {k: np.stack([rows[i][k] for i in order]) for k in FEATURES}
+  return {k: np.stack([rows[i][k] for i in order]) for k in feature_names(opts)}
+
+
+def feature_names(opts: InstanceOptions) -> tuple[str, ...]:
+  return FEATURES + ((masking.UNIT_FEATURE,) if opts.masking_options.unit_feature else ())
 
 
 def empty_features(opts: InstanceOptions) -> dict[str, np.ndarray]:
   seq, pred = opts.max_seq_length, opts.max_predictions_per_seq
   shapes = dict(input_ids=seq, input_mask=seq, segment_ids=seq, masked_lm_positions=pred, masked_lm_ids=pred,
                 masked_lm_weights=pred, next_sentence_labels=1)
+  if opts.masking_options.unit_feature:
+    shapes[masking.UNIT_FEATURE] = seq
   return {k: np.zeros((0, n), np.float32 if k == "masked_lm_weights" else np.int64) for k, n in shapes.items()}

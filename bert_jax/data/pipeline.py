@@ -11,19 +11,19 @@ The pipeline knows only its process index and count:
   * otherwise every process reads all files in order and keeps every count-th example.
 Masking is static (as in the records) or dynamic: the original tokens are restored from
 masked_lm_ids and re-masked with stateless RNG keyed by (seed, example counter), so each epoch
-sees new masks and the stream stays deterministic. Dynamic masking picks tokens (not whole words);
-with max_ngram > 1 it picks n-grams of tokens as instances.ngram_spans does (_ngram_order).
+sees new masks and the stream stays deterministic. Dynamic masking is masking.tf_remask_fn: every mode
+(token, ngram, span, knowledge; whole words too) with the rule prepare masks with. Records may carry the
+optional masking.UNIT_FEATURE; it is parsed only when the masking needs it and never reaches the batch.
 The iterator position (shuffle buffers included) saves and restores through tf.train.Checkpoint
 for exact resume.
 """
 
 import dataclasses
-import math
 import os
 
 import numpy as np
 
-from bert_jax.data import corpora, instances, schema
+from bert_jax.data import corpora, masking, schema
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -40,20 +40,6 @@ def _tf():
 
 
 @dataclasses.dataclass(frozen=True)
-class MaskingSpec:
-  """What dynamic masking needs to know about the vocabulary."""
-  vocab_size: int
-  mask_id: int
-  special_ids: tuple[int, ...]     # never masked, never drawn as random replacements
-  masked_lm_prob: float = 0.15
-  max_ngram: int = 1               # >1: mask n-grams of up to this many tokens, p(k) ~ 1/k (ALBERT)
-
-  def __post_init__(self):
-    if self.max_ngram < 1:
-      raise ValueError(f"max_ngram must be >= 1 (1: single tokens), got {self.max_ngram}")
-
-
-@dataclasses.dataclass(frozen=True)
 class PipelineConfig:
   files: tuple[str, ...]
   batch_size: int                  # per process
@@ -64,7 +50,7 @@ class PipelineConfig:
   repeat: bool = True
   shuffle_buffer: int = 10_000
   cycle_length: int = 8
-  dynamic_masking: MaskingSpec | None = None
+  dynamic_masking: masking.DynamicMasking | None = None
   drop_remainder: bool = True
   packed_instances: int = 0        # K of packed records (packing.py); 0: the google schema
   packed_predictions: int = 0      # P of packed records
@@ -80,7 +66,8 @@ def _parse(cfg: PipelineConfig):
   if cfg.packed_instances:
     spec = schema.packed_feature_spec(cfg.max_seq_length, cfg.packed_predictions, cfg.packed_instances)
   else:
-    spec = schema.feature_spec(cfg.max_seq_length, cfg.max_predictions_per_seq)
+    unit_feature = cfg.dynamic_masking is not None and cfg.dynamic_masking.options.unit_feature
+    spec = schema.feature_spec(cfg.max_seq_length, cfg.max_predictions_per_seq, unit_feature=unit_feature)
 
   def parse(serialized):
     ex = tf.io.parse_single_example(serialized, spec)
@@ -89,79 +76,6 @@ def _parse(cfg: PipelineConfig):
       out["next_sentence_labels"] = tf.reshape(out["next_sentence_labels"], [])
     return out
   return parse
-
-
-def _ngram_order(maskable, max_ngram: int, seeds):
-  """int32[seq]: positions in the order n-gram masking takes them (maskable ones first).
-
-  The same n-grams as instances.ngram_tiling, vectorised: every position draws a length k ~ 1/k; from the
-  start of each maskable run an n-gram covers min(k, rest of the run) tokens and the next one starts
-  after it. The starts reachable that way are found by pointer doubling (log2(seq) gathers). N-grams are
-  then ranked at random and their tokens listed n-gram by n-gram, so taking the first num_to_predict
-  positions takes whole n-grams in random order and cuts the last one, as instances.ngram_spans does.
-  """
-  tf = _tf()
-  seq = int(maskable.shape[0])
-  s_len, s_rank = seeds
-  at = tf.range(seq, dtype=tf.int32)
-  runs = tf.cast(maskable, tf.int32)
-  # avail[q]: maskable positions from q on without a break, capped at max_ngram.
-  avail, window = runs, runs
-  for d in range(1, max_ngram):
-    window = window * tf.concat([runs[d:], tf.zeros([min(d, seq)], tf.int32)], 0)
-    avail += window
-  logits = tf.constant(np.log(instances.ngram_probs(max_ngram))[None], tf.float32)
-  lengths = tf.cast(tf.random.stateless_categorical(logits, seq, s_len)[0], tf.int32) + 1
-  # nxt[q]: where the n-gram starting at q ends; unmaskable positions (and the sink at seq) point to themselves.
-  nxt = tf.concat([tf.where(maskable, at + tf.minimum(lengths, avail), at), [seq]], 0)
-  previous = tf.concat([[False], maskable[:-1]], 0)
-  starts = tf.cast(tf.concat([maskable & ~previous, [False]], 0), tf.int32)
-  for _ in range(math.ceil(math.log2(seq + 1))):  # after round t: starts reachable in < 2^(t+1) steps
-    starts = tf.tensor_scatter_nd_max(starts, nxt[:, None], starts)
-    nxt = tf.gather(nxt, nxt)
-  is_start = tf.logical_and(tf.cast(starts[:seq], tf.bool), maskable)
-  gram = tf.cumsum(tf.cast(is_start, tf.int32)) - 1               # n-gram index of each maskable position
-  rank = tf.argsort(tf.argsort(tf.random.stateless_uniform([seq], s_rank)))  # random rank per n-gram index
-  key = tf.where(maskable, tf.gather(rank, tf.maximum(gram, 0)) * seq + at, seq * seq + at)
-  return tf.argsort(key)
-
-
-def _dynamic_mask(cfg: PipelineConfig):
-  tf = _tf()
-  m = cfg.dynamic_masking
-  seq, pred = cfg.max_seq_length, cfg.max_predictions_per_seq
-  special = tf.constant(m.special_ids, tf.int32)
-  normal = tf.constant(np.setdiff1d(np.arange(m.vocab_size), m.special_ids).astype(np.int32))
-
-  def remask(counter, ex):
-    seed = tf.stack([tf.constant(cfg.seed, tf.int64), counter])
-    if m.max_ngram > 1:
-      s1, s2, s3, s4 = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
-    else:  # the single-token stream as before n-grams existed
-      s1, s2, s3 = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-    # Put the original tokens back where the record masked them.
-    real_pred = ex["masked_lm_weights"] > 0
-    pos = tf.boolean_mask(ex["masked_lm_positions"], real_pred)
-    ids = tf.tensor_scatter_nd_update(ex["input_ids"], pos[:, None], tf.boolean_mask(ex["masked_lm_ids"], real_pred))
-    maskable = tf.logical_and(ex["input_mask"] > 0, tf.reduce_all(ids[:, None] != special[None, :], axis=1))
-    n = tf.reduce_sum(tf.cast(maskable, tf.float32))
-    k = tf.minimum(pred, tf.maximum(1, tf.cast(tf.round(n * m.masked_lm_prob), tf.int32)))
-    k = tf.minimum(k, tf.cast(n, tf.int32))
-    if m.max_ngram > 1:
-      chosen = tf.sort(_ngram_order(maskable, m.max_ngram, (s1, s4))[:k])
-    else:
-      scores = tf.where(maskable, tf.random.stateless_uniform([seq], s1), -1.0)
-      chosen = tf.sort(tf.math.top_k(scores, pred).indices[:k])
-    labels = tf.gather(ids, chosen)
-    u = tf.random.stateless_uniform([k], s2)
-    random_ids = tf.gather(normal, tf.random.stateless_uniform([k], s3, 0, tf.shape(normal)[0], tf.int32))
-    replacement = tf.where(u < 0.8, tf.fill([k], m.mask_id), tf.where(u < 0.9, random_ids, labels))
-    masked = tf.tensor_scatter_nd_update(ids, chosen[:, None], replacement)
-    pad = [[0, pred - k]]
-    return {**ex, "input_ids": masked,
-            "masked_lm_positions": tf.pad(chosen, pad), "masked_lm_ids": tf.pad(labels, pad),
-            "masked_lm_weights": tf.pad(tf.ones([k], tf.float32), pad)}
-  return remask
 
 
 def process_files(files, process_index: int, process_count: int) -> list[str]:
@@ -198,7 +112,8 @@ def build_dataset(cfg: PipelineConfig, process_index: int = 0, process_count: in
     ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed + 1, reshuffle_each_iteration=True)
   ds = ds.map(_parse(cfg), num_parallel_calls=autotune, deterministic=True)
   if cfg.dynamic_masking is not None:
-    ds = ds.enumerate().map(_dynamic_mask(cfg), num_parallel_calls=autotune, deterministic=True)
+    remask = masking.tf_remask_fn(cfg.dynamic_masking, cfg.max_seq_length, cfg.max_predictions_per_seq, cfg.seed)
+    ds = ds.enumerate().map(remask, num_parallel_calls=autotune, deterministic=True)
   ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder, num_parallel_calls=autotune, deterministic=True)
   return ds.prefetch(autotune).with_options(options)
 
@@ -255,7 +170,8 @@ def resolve_files(patterns) -> tuple[str, ...]:
 
 
 def check_files_match(files, *, max_seq_length: int, max_predictions_per_seq: int, vocab_size: int | None = None,
-                      vocab_sha256: str | None = None, process_count: int = 1, what: str = "train") -> dict | None:
+                      vocab_sha256: str | None = None, process_count: int = 1, what: str = "train",
+                      dynamic_masking: masking.MaskingOptions | None = None) -> dict | None:
   """Start-up check of the data against the config: the manifest if there is one, else the first record.
 
   Also fails when the files (or one process's share of them) hold no examples: the repeating pipeline would
@@ -265,7 +181,7 @@ def check_files_match(files, *, max_seq_length: int, max_predictions_per_seq: in
   manifest = schema.find_manifest(list(files))
   if manifest is not None:
     schema.check_manifest(manifest, max_seq_length=max_seq_length, max_predictions_per_seq=max_predictions_per_seq,
-                          vocab_size=vocab_size, vocab_sha256=vocab_sha256)
+                          vocab_size=vocab_size, vocab_sha256=vocab_sha256, dynamic_masking=dynamic_masking)
   counts = manifest_counts(files, manifest)
   first_record = {}
 
@@ -285,7 +201,8 @@ def check_files_match(files, *, max_seq_length: int, max_predictions_per_seq: in
     first = next(r for r in first_record.values() if r is not None)
     source = next(f for f, r in first_record.items() if r is not None)
     schema.check_record_lengths(schema.record_lengths(first.numpy()), max_seq_length=max_seq_length,
-                                max_predictions_per_seq=max_predictions_per_seq, source=source)
+                                max_predictions_per_seq=max_predictions_per_seq, source=source,
+                                dynamic_masking=dynamic_masking)
   return manifest
 
 

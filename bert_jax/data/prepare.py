@@ -1,27 +1,32 @@
 """Corpus -> vocabulary -> NSP/MLM instances -> TFRecord and/or ArrayRecord shards + manifest.json.
 
   python -m bert_jax.data.prepare --corpus=pydocs --output_dir=data/pydocs-128 --vocab_size=8000
-  (ALBERT-style: --mode=sop --max_ngram=3; RoBERTa-style: --mode=full_sentences --vocab_type=bpe)
+  (ALBERT-style: --mode=sop --max_ngram=3; RoBERTa-style: --mode=full_sentences --vocab_type=bpe;
+   SpanBERT: --mode=full_sentences --masking=span; Chinese whole-word masking: --vocab_type=wordpiece
+   --segmenter=jieba --whole_word_masking; ERNIE: --masking=knowledge --entity_file=entities.txt)
 
 How it scales:
   * Streaming: documents are read one at a time and grouped into chunks of `docs_per_chunk`; at most
     2 x workers chunks are in memory. Each chunk is also the buffer random-next segments come from.
   * Parallel: chunks are tokenized and turned into instances in `workers` processes.
-  * Deterministic: chunk c uses the RNG seeded (seed, c) and its instances go to shard
-    (index of c within its split) % num_shards, written in chunk order; the output does not depend
-    on the number of workers.
+  * Deterministic: the corpus is cut into parts (corpora.py: groups of files, row ranges); each part's
+    documents fill chunks per split, and chunk n of split s in part p uses the RNG seeded (seed, p, s, n).
+    Its instances go to shard (index of the chunk within its split) % num_shards, written in chunk order;
+    the output does not depend on the number of workers. The Beam pipeline (--runner, beam_pipeline.py)
+    makes the same chunks with the same functions, so it makes the same instances.
   * Formats: `formats` ("tfrecord", "array_record" or both) picks what each shard is written as; an
     ArrayRecord shard holds the same examples as the TFRecord one of the same name, in the same order
     (for the Grain input backend). Writing only ArrayRecord needs no TensorFlow.
   * Independent shards: with --num_tasks=N --task_index=i, a machine makes only the shards
     s with s % N == i (it reads the corpus but processes only its chunks) and writes a partial
     manifest; `--merge_manifests` combines them.
-  * Train/eval: each document goes to eval with probability eval_fraction (a hash of seed and its
-    ordinal decides), so the split is the same for any number of workers or tasks.
+  * Train/eval: each document goes to eval with probability eval_fraction (a hash of seed, its part and
+    its ordinal in the part decides), so the split is the same for any number of workers or tasks.
 """
 
 import collections
 import dataclasses
+import functools
 import glob
 import hashlib
 import json
@@ -33,7 +38,7 @@ import time
 import numpy as np
 import tqdm
 
-from bert_jax.data import array_record_io, corpora, instances, schema
+from bert_jax.data import array_record_io, beam_pipeline, beam_plan, corpora, instances, masking, schema, segmenters
 from bert_jax.data import tokenizer as tokenizer_lib
 
 _worker_state = {}
@@ -82,23 +87,53 @@ def check_train_instances(name: str, train: int, eval_: int, stats: dict, eval_f
                          f"will train on this output")
 
 
-def _unit_hash(seed: int, ordinal: int) -> float:
-  """A deterministic number in [0, 1) for (seed, ordinal)."""
-  digest = hashlib.blake2b(f"{seed}:{ordinal}".encode(), digest_size=8).digest()
+def _unit_hash(seed: int, *ordinals: int) -> float:
+  """A deterministic number in [0, 1) for (seed, *ordinals)."""
+  digest = hashlib.blake2b(":".join(map(str, (seed, *ordinals))).encode(), digest_size=8).digest()
   return int.from_bytes(digest, "little") / 2**64
+
+
+SPLITS = ("train", "eval")  # a chunk key's split index is the position here
+
+
+def corpus_parts(corpus) -> list:
+  """The corpus's parts (corpora.py), or one part (None) for a source that does not cut itself."""
+  return list(corpus.parts()) if hasattr(corpus, "parts") else [None]
+
+
+def part_chunks(corpus, part_index: int, part, *, seed: int, eval_fraction: float, docs_per_chunk: int, stats):
+  """((part_index, split index, chunk number in the split), split, documents) of one part, in reading order.
+
+  A document goes to eval when _unit_hash(seed, part_index, ordinal in the part) < eval_fraction; each split
+  fills its own chunks of docs_per_chunk documents, the last ones partial (train's, then eval's).
+  """
+  documents = corpus.iter_documents(stats) if part is None else corpus.iter_part(part, stats)
+  buffers, counts = {name: [] for name in SPLITS}, dict.fromkeys(SPLITS, 0)
+  for ordinal, doc in enumerate(documents):
+    split = "eval" if _unit_hash(seed, part_index, ordinal) < eval_fraction else "train"
+    buffers[split].append(doc)
+    if len(buffers[split]) == docs_per_chunk:
+      yield (part_index, SPLITS.index(split), counts[split]), split, buffers[split]
+      buffers[split], counts[split] = [], counts[split] + 1
+  for split in SPLITS:
+    if buffers[split]:
+      yield (part_index, SPLITS.index(split), counts[split]), split, buffers[split]
 
 
 def _init_worker(vocab_file, lower_case, opts, seed):
   tok = tokenizer_lib.load(vocab_file, lower_case)
-  _worker_state.update(tok=tok, vocab=instances.VocabIds.from_tokenizer(tok), opts=opts, seed=seed)
+  masking_opts = opts.masking_options
+  # Unit bits the ids cannot tell (a segmenter's words, phrases, entities) travel with the ids as token keys.
+  encode = segmenters.UnitMarker(tok, masking_opts).encode if masking_opts.unit_feature else tok.encode
+  _worker_state.update(tok=tok, vocab=instances.VocabIds.from_tokenizer(tok), opts=opts, seed=seed, encode=encode)
 
 
 def _process_chunk(job):
-  """(chunk_index, documents as sentence lists) -> (chunk_index, features, stats)."""
-  chunk_index, docs = job
+  """(chunk key, documents as sentence lists) -> (chunk key, features, stats); the key seeds the RNG."""
+  chunk_key, docs = job
   tok, vocab, opts = _worker_state["tok"], _worker_state["vocab"], _worker_state["opts"]
-  token_docs = [[tok.encode(s) for s in doc] for doc in docs]
-  rng = np.random.default_rng([_worker_state["seed"], chunk_index])
+  token_docs = [[_worker_state["encode"](s) for s in doc] for doc in docs]
+  rng = np.random.default_rng([_worker_state["seed"], *chunk_key])
   features = instances.create_instances(token_docs, opts, vocab, rng)
   ids, mask = features["input_ids"], features["input_mask"]
   special = (ids == vocab.cls_id) | (ids == vocab.sep_id)
@@ -106,8 +141,9 @@ def _process_chunk(job):
            "instances": len(ids), "real_tokens": int(mask.sum()),
            "maskable_tokens": int((mask.astype(bool) & ~special).sum()),
            "masked_tokens": int(features["masked_lm_weights"].sum()),
-           "random_next": int(features["next_sentence_labels"].sum())}
-  return chunk_index, features, stats
+           "random_next": int(features["next_sentence_labels"].sum()),
+           "documents_without_tokens": sum(not any(d) for d in token_docs)}  # dropped: nothing the vocab encodes
+  return chunk_key, features, stats
 
 
 def check_formats(formats) -> tuple[str, ...]:
@@ -116,6 +152,10 @@ def check_formats(formats) -> tuple[str, ...]:
   if unknown or not formats:
     raise ValueError(f"formats {list(formats)}: choose one or more of {list(FORMATS)}")
   return formats
+
+
+def shard_file_name(shard: int, num_shards: int) -> str:
+  return f"part-{shard:05d}-of-{num_shards:05d}.tfrecord"
 
 
 @dataclasses.dataclass
@@ -132,7 +172,7 @@ class _Shards:
     self.writers, self.counts, self.chunks_seen = {}, collections.Counter(), 0
 
   def path(self, shard):
-    return os.path.join(self.directory, f"part-{shard:05d}-of-{self.num_shards:05d}.tfrecord")
+    return os.path.join(self.directory, shard_file_name(shard, self.num_shards))
 
   def owns(self, shard):
     return shard % self.num_tasks == self.task_index
@@ -180,11 +220,12 @@ SENTENCE_LABELS = {  # what next_sentence_labels mean, per mode (recorded in the
 
 
 def masking_settings(opts: instances.InstanceOptions) -> dict:
-  """The manifest's description of how the records were masked."""
-  return {"masked_lm_prob": opts.masked_lm_prob, "whole_word_masking": opts.whole_word_masking,
-          "max_ngram": opts.max_ngram,
-          "ngram_probs": [round(float(p), 6) for p in instances.ngram_probs(opts.max_ngram)],
-          "replacement": {"mask": 0.8, "random": 0.1, "keep": 0.1}}
+  """The manifest's description of how the records were masked (masking.MaskingOptions.settings, plus the
+  entity list's hash: the units depend on its content)."""
+  settings = opts.masking_options.settings()
+  if settings["mode"] == "knowledge" and opts.entity_file:
+    settings["entity_file_sha256"] = tokenizer_lib.file_sha256(opts.entity_file)
+  return settings
 
 
 def prepare(corpus, output_dir: str, opts: instances.InstanceOptions, *, vocab_file: str | None = None,
@@ -201,12 +242,13 @@ def prepare(corpus, output_dir: str, opts: instances.InstanceOptions, *, vocab_f
   if not 0 <= task_index < num_tasks:
     raise ValueError(f"task_index {task_index} must be in [0, num_tasks={num_tasks})")
   tokenizer_lib.check_vocab_type(vocab_type)
+  segmenters.load_segmenter(opts.segmenter)  # a missing segmenter fails now, naming what to install
   formats = check_formats(formats)
   corpus_name = corpus_description or type(corpus).__name__
   check_has_documents(corpus, corpus_name)
   os.makedirs(output_dir, exist_ok=True)
   if vocab_file is None:
-    prefix = os.path.join(output_dir, "vocab", "spm" if vocab_type == "sentencepiece" else "bpe")
+    prefix = os.path.join(output_dir, "vocab", {"sentencepiece": "spm"}.get(vocab_type, vocab_type))
     vocab_file = tokenizer_lib.train_vocab(corpus, vocab_type, prefix, vocab_size, lower_case=lower_case)
   tok = tokenizer_lib.load(vocab_file, lower_case)
   workers = workers or os.cpu_count() or 1
@@ -218,21 +260,15 @@ def prepare(corpus, output_dir: str, opts: instances.InstanceOptions, *, vocab_f
   bar = tqdm.tqdm(total=corpus.progress_total(), unit=corpus.progress_unit, unit_scale=True, disable=not progress,
                   desc="prepare", file=sys.stderr, dynamic_ncols=True)
 
+  parts = corpus_parts(corpus)
+
   def chunks():
-    """(chunk index, split, documents): documents go to eval with probability eval_fraction,
-    decided by a hash of (seed, document ordinal); each split fills its own chunks."""
-    buffers, index = {"train": [], "eval": []}, 0
-    for ordinal, doc in enumerate(corpus.iter_documents(corpus_stats)):
-      bar.update(corpus_stats[corpus.progress_key] - bar.n)
-      split = "eval" if _unit_hash(seed, ordinal) < eval_fraction else "train"
-      buffers[split].append(doc)
-      if len(buffers[split]) == docs_per_chunk:
-        yield index, split, buffers[split]
-        buffers[split], index = [], index + 1
-    for split in ("train", "eval"):
-      if buffers[split]:
-        yield index, split, buffers[split]
-        index += 1
+    """(chunk key, split, documents) of every part in order (part_chunks)."""
+    for part_index, part in enumerate(parts):
+      for key, split, docs in part_chunks(corpus, part_index, part, seed=seed, eval_fraction=eval_fraction,
+                                          docs_per_chunk=docs_per_chunk, stats=corpus_stats):
+        bar.update(corpus_stats[corpus.progress_key] - bar.n)
+        yield key, split, docs
 
   def jobs():  # (job, split, shard) for the chunks this task owns, in corpus order
     for index, split, docs in chunks():
@@ -267,7 +303,100 @@ def prepare(corpus, output_dir: str, opts: instances.InstanceOptions, *, vocab_f
   bar.close()
   shard_counts = {name: s.close() for name, s in splits.items()}
   seconds = time.time() - start
+  manifest = build_manifest(opts, seed=seed, tok=tok, corpus_description=corpus_description, parts=len(parts),
+                            shard_counts=shard_counts, split_instances={k: v["instances"] for k, v in split_totals.items()},
+                            corpus_stats=corpus_stats, totals=totals, seconds=seconds, workers=workers,
+                            task_index=task_index, num_tasks=num_tasks, formats=formats)
+  if num_tasks == 1:  # with several tasks, one may own only empty shards: merge_manifests checks the total
+    check_train_instances(corpus_name, split_totals["train"]["instances"], split_totals["eval"]["instances"],
+                          manifest["stats"], eval_fraction)
+    schema.write_manifest(output_dir, manifest)
+  else:
+    with open(os.path.join(output_dir, f"manifest.task-{task_index:05d}-of-{num_tasks:05d}.json"), "w") as f:
+      json.dump(manifest, f, indent=2, sort_keys=True)
+  return manifest
 
+
+def prepare_beam(corpus, output_dir: str, opts: instances.InstanceOptions, *, runner: str, vocab_file: str | None,
+                 pipeline_args=(), lower_case: bool = False, seed: int = 12345, num_train_shards: int = 8,
+                 num_eval_shards: int = 1, eval_fraction: float = 0.02, docs_per_chunk: int = 256,
+                 corpus_description: str = "", formats=("tfrecord",)) -> dict:
+  """prepare() on an Apache Beam runner (beam_pipeline.py): the same chunks, made into instances by the same
+  _process_chunk, so the same instances; shards are assigned per instance by a hash and shuffled through the
+  engine (they hold other instances, in another order, than the local path's). Writes TFRecords and the
+  manifest; returns the manifest."""
+  corpus_name = corpus_description or type(corpus).__name__
+  if not vocab_file:
+    raise ValueError("the Beam path takes a trained vocabulary (--vocab_file): train one first on a sample of the "
+                     "corpus, e.g. `python -m bert_jax.data.tokenizer --corpus='SAMPLE/*.txt' --output=vocab/spm "
+                     "--vocab_size=30522` writes vocab/spm.model")
+  if tuple(formats) != ("tfrecord",):
+    raise ValueError(f"formats {list(formats)}: the Beam path writes TFRecord shards; the Grain backend converts "
+                     f"them to ArrayRecord on first use (or: python -m bert_jax.data.array_record_io)")
+  segmenters.load_segmenter(opts.segmenter)  # a missing segmenter fails now, not on the workers
+  check_has_documents(corpus, corpus_name)
+  tok = tokenizer_lib.load(vocab_file, lower_case)  # a bad vocabulary fails here, before any worker starts
+  parts = corpus_parts(corpus)
+  job = beam_pipeline.Job(
+      parts=parts, splits=SPLITS, num_shards=(num_train_shards, num_eval_shards), seed=seed,
+      output_dirs=tuple(os.path.join(output_dir, split) for split in SPLITS), shard_file_name=shard_file_name,
+      read_part=functools.partial(part_chunks, corpus, seed=seed, eval_fraction=eval_fraction,
+                                  docs_per_chunk=docs_per_chunk),
+      init_worker=functools.partial(_init_worker, vocab_file, lower_case, opts, seed),
+      process_chunk=_process_chunk, serialize=schema.serialize,
+      finish=functools.partial(_finish_beam, output_dir, opts, tok_description=(tok.describe(), tok.kind,
+                               tok.lower_case), seed=seed, corpus_description=corpus_description,
+                               corpus_name=corpus_name, parts=len(parts), eval_fraction=eval_fraction,
+                               runner=runner, start=time.time()))
+  counters = beam_pipeline.run(job, runner, list(pipeline_args))
+  manifest = _read_json(output_dir)
+  manifest["beam_counters"] = counters
+  return manifest
+
+
+class _Described:  # what build_manifest reads of a tokenizer, without loading it again
+  def __init__(self, description, kind, lower_case):
+    self._description, self.kind, self.lower_case = description, kind, lower_case
+
+  def describe(self):
+    return self._description
+
+
+def _finish_beam(output_dir, opts, *, tok_description, seed, corpus_description, corpus_name, parts, eval_fraction,
+                 runner, start, corpus_stats, totals, split_instances, shard_counts) -> dict:
+  """The Beam pipeline's last step (one worker): the manifest from the combined counts, written beside the shards."""
+  manifest = build_manifest(opts, seed=seed, tok=_Described(*tok_description), corpus_description=corpus_description,
+                            parts=parts, shard_counts=shard_counts, split_instances=split_instances,
+                            corpus_stats=collections.Counter(corpus_stats), totals=collections.Counter(totals),
+                            seconds=time.time() - start, workers=runner, engine=runner)
+  check_train_instances(corpus_name, split_instances["train"], split_instances["eval"], manifest["stats"],
+                        eval_fraction)
+  text = json.dumps({"schema_version": schema.SCHEMA_VERSION, **manifest}, indent=2, sort_keys=True)
+  if "://" in output_dir:  # gs:// and other remote outputs (schema.write_manifest writes local files)
+    import tensorflow as tf
+    with tf.io.gfile.GFile(os.path.join(output_dir, schema.MANIFEST_NAME), "w") as f:
+      f.write(text)
+  else:
+    schema.write_manifest(output_dir, manifest)
+  return manifest
+
+
+def _read_json(output_dir):
+  path = os.path.join(output_dir, schema.MANIFEST_NAME)
+  if "://" in path:
+    import tensorflow as tf
+    return json.loads(tf.io.gfile.GFile(path).read())
+  with open(path) as f:
+    return json.load(f)
+
+
+def build_manifest(opts: instances.InstanceOptions, *, seed: int, tok, corpus_description: str, parts: int,
+                   shard_counts: dict, split_instances: dict, corpus_stats: dict, totals: dict, seconds: float,
+                   workers, task_index: int = 0, num_tasks: int = 1, formats=("tfrecord",),
+                   engine: str = "local") -> dict:
+  """The manifest of prepared data (the local path and the Beam pipeline write the same keys): settings,
+  shard counts, what was read and skipped (corpus_stats, from corpora.py) and the summed chunk statistics
+  (totals, from _process_chunk)."""
   stats = {
       "documents": corpus_stats["documents_read"],
       "skipped_empty_lines": corpus_stats["empty_lines"], "skipped_empty_documents": corpus_stats["empty_documents"],
@@ -277,7 +406,7 @@ def prepare(corpus, output_dir: str, opts: instances.InstanceOptions, *, vocab_f
       "random_next_fraction": totals["random_next"] / max(totals["instances"], 1),  # label-1 fraction
       "seconds": round(seconds, 2), "workers": workers,
       "instances_per_second": totals["instances"] / max(seconds, 1e-9),
-      "tokens_per_second": totals["real_tokens"] / max(seconds, 1e-9),
+      "tokens_per_second": totals["real_tokens"] / max(seconds, 1e-9), "corpus_parts": parts,
   }
   manifest = {
       "format": "google-research/bert pretraining tf.train.Example",
@@ -286,19 +415,11 @@ def prepare(corpus, output_dir: str, opts: instances.InstanceOptions, *, vocab_f
       "instances": dataclasses.asdict(opts), "seed": seed, "vocab": tok.describe(), "vocab_type": tok.kind,
       "lower_case": tok.lower_case,
       "corpus": corpus_description, "python": sys.version.split()[0],
-      "splits": {name: {"shards": shard_counts[name], "instances": split_totals[name]["instances"]}
-                 for name in splits},
-      "stats": stats, "task": {"index": task_index, "count": num_tasks},
+      "splits": {name: {"shards": shard_counts[name], "instances": split_instances[name]} for name in SPLITS},
+      "stats": stats, "task": {"index": task_index, "count": num_tasks}, "engine": engine,
   }
   if formats != ("tfrecord",):  # shard names stay the .tfrecord ones; an ArrayRecord shard has the same count
     manifest["formats"] = list(formats)
-  if num_tasks == 1:  # with several tasks, one may own only empty shards: merge_manifests checks the total
-    check_train_instances(corpus_name, split_totals["train"]["instances"], split_totals["eval"]["instances"], stats,
-                          eval_fraction)
-    schema.write_manifest(output_dir, manifest)
-  else:
-    with open(os.path.join(output_dir, f"manifest.task-{task_index:05d}-of-{num_tasks:05d}.json"), "w") as f:
-      json.dump(manifest, f, indent=2, sort_keys=True)
   return manifest
 
 
@@ -316,7 +437,8 @@ def merge_manifests(output_dir: str) -> dict:
   for name in merged["splits"]:
     shards = {k: v for m in loaded for k, v in m["splits"][name]["shards"].items()}
     merged["splits"][name] = {"shards": dict(sorted(shards.items())), "instances": sum(shards.values())}
-  summed = ("instances", "real_tokens", "maskable_tokens", "masked_tokens", "random_next", "sentences", "tokens")
+  summed = ("instances", "real_tokens", "maskable_tokens", "masked_tokens", "random_next", "sentences", "tokens",
+            "documents_without_tokens")
   merged["stats"] = {k: sum(m["stats"].get(k, 0) for m in loaded) for k in summed}
   merged["task"] = {"index": None, "count": count}
   check_train_instances(merged.get("corpus") or output_dir, merged["splits"]["train"]["instances"],
@@ -335,7 +457,8 @@ def format_stats(manifest: dict) -> str:
            f"avg real tokens/instance {s.get('avg_real_tokens_per_instance', 0):.1f}  "
            f"masked fraction {s.get('masked_fraction', 0):.4f}  {label_one} {s.get('random_next_fraction', 0):.3f}",
            f"skipped: empty lines {s.get('skipped_empty_lines', 0)}, empty documents "
-           f"{s.get('skipped_empty_documents', 0)}, invalid UTF-8 lines {s.get('invalid_utf8_lines', 0)} (replaced)"]
+           f"{s.get('skipped_empty_documents', 0)}, documents without tokens {s.get('documents_without_tokens', 0)}, "
+           f"invalid UTF-8 lines {s.get('invalid_utf8_lines', 0)} (replaced)"]
   if "seconds" in s:
     lines.append(f"{s['seconds']:.1f}s on {s['workers']} workers: {s['instances_per_second']:,.0f} instances/s, "
                  f"{s['tokens_per_second']:,.0f} tokens/s")
@@ -343,25 +466,47 @@ def format_stats(manifest: dict) -> str:
 
 
 def main(argv):
-  del argv
   try:
-    _main()
+    _main(argv[1:])
   except EmptyCorpusError as e:  # the user's data, not a bug: the message, without a traceback
     sys.exit(f"error: {e}")
 
 
-def _main():
+def _main(pipeline_args):
+  """pipeline_args: the flags absl does not know, handed to Beam with --runner (e.g. --project, --region)."""
   from absl import flags
   f = flags.FLAGS
+  if pipeline_args and not (f.runner or f.dry_run):
+    sys.exit(f"error: unknown flags {pipeline_args}; Beam pipeline options (--project, --region, ...) need "
+             f"--runner=DirectRunner|DataflowRunner|SparkRunner|FlinkRunner|PrismRunner")
   if f.merge_manifests:
     print(format_stats(merge_manifests(f.output_dir)))
     return
   corpus = corpora.from_spec(f.corpus, data_dir=f.tfds_data_dir, text_key=f.text_key,
-                             one_doc_per_line=f.one_doc_per_line)
+                             one_doc_per_line=f.one_doc_per_line, text_column=f.text_column or None,
+                             part_bytes=beam_plan.parse_size(f.part_size))
+  if f.dry_run:
+    print(beam_plan.dry_run(corpus, f.corpus, sys.argv[1:], corpus_bytes=f.corpus_bytes,
+                            dupe_factor=f.dupe_factor, hours=f.target_hours))
+    return
   opts = instances.InstanceOptions(
       max_seq_length=f.max_seq_length, max_predictions_per_seq=f.max_predictions_per_seq,
       masked_lm_prob=f.masked_lm_prob, short_seq_prob=f.short_seq_prob, dupe_factor=f.dupe_factor,
-      whole_word_masking=f.whole_word_masking, mode=f.mode, max_ngram=f.max_ngram)
+      whole_word_masking=f.whole_word_masking, mode=f.mode, max_ngram=f.max_ngram, masking=f.masking,
+      span_geometric_p=f.span_geometric_p, max_span_length=f.max_span_length, knowledge_mix=f.knowledge_mix,
+      segmenter=f.segmenter, entity_file=f.entity_file or "", phrase_chunker=f.phrase_chunker)
+  if f.runner:
+    if f.num_tasks != 1:
+      sys.exit("error: --num_tasks splits the local path over machines; with --runner the engine distributes the work")
+    manifest = prepare_beam(corpus, f.output_dir, opts, runner=f.runner, pipeline_args=pipeline_args,
+                            vocab_file=f.vocab_file, lower_case=f.lower_case, seed=f.seed,
+                            num_train_shards=f.num_train_shards, num_eval_shards=f.num_eval_shards,
+                            eval_fraction=f.eval_fraction, docs_per_chunk=f.docs_per_chunk,
+                            corpus_description=f.corpus, formats=f.formats)
+    print(format_stats(manifest))
+    print("Beam counters: " + ", ".join(f"{k} {v:,}" for k, v in sorted(manifest["beam_counters"].items())))
+    print(f"wrote {f.output_dir}")
+    return
   manifest = prepare(corpus, f.output_dir, opts, vocab_file=f.vocab_file, vocab_size=f.vocab_size,
                      vocab_type=f.vocab_type,
                      lower_case=f.lower_case, seed=f.seed, num_train_shards=f.num_train_shards,
@@ -379,7 +524,8 @@ def cli():
   flags.DEFINE_string("vocab_file", None, "SentencePiece .model, byte-level BPE tokenizer.json or WordPiece "
                       "vocab.txt; default: train one of --vocab_type")
   flags.DEFINE_enum("vocab_type", "sentencepiece", list(tokenizer_lib.VOCAB_TYPES),
-                    "vocabulary to train without --vocab_file: sentencepiece (BERT tokens) or bpe (RoBERTa)")
+                    "vocabulary to train without --vocab_file: sentencepiece (BERT tokens), bpe (RoBERTa) or "
+                    "wordpiece (BERT vocab.txt; one token per Chinese character)")
   flags.DEFINE_integer("vocab_size", 8000, "vocabulary size when training one")
   flags.DEFINE_bool("lower_case", False, "lower-case text")
   flags.DEFINE_integer("max_seq_length", 128, "tokens per instance, [CLS]/[SEP] included")
@@ -389,6 +535,16 @@ def cli():
   flags.DEFINE_integer("dupe_factor", 5, "passes over the corpus with different masks")
   flags.DEFINE_bool("whole_word_masking", False, "mask whole words")
   flags.DEFINE_integer("max_ngram", 1, "mask n-grams of up to this many words/tokens, p(k) ~ 1/k (ALBERT: 3)")
+  flags.DEFINE_enum("masking", "token", list(masking.MODES), "token (BERT), ngram (ALBERT, with --max_ngram), "
+                    "span (SpanBERT; needs --mode=full_sentences) or knowledge (ERNIE phrases and entities)")
+  flags.DEFINE_float("span_geometric_p", 0.2, "span masking: span lengths in words ~ Geometric(p)")
+  flags.DEFINE_integer("max_span_length", 10, "span masking: longest span, in words")
+  flags.DEFINE_string("knowledge_mix", "token:0.4,phrase:0.3,entity:0.3",
+                      "knowledge masking: share of instances masked at each level")
+  flags.DEFINE_string("segmenter", "", "word boundaries from a segmenter: jieba (Chinese) or pkg.module:function")
+  flags.DEFINE_string("entity_file", None, "knowledge masking: entity list, one per line (UTF-8, '#' comments)")
+  flags.DEFINE_string("phrase_chunker", "", "knowledge masking: rake, segmenter or pkg.module:function "
+                      "(default: segmenter if set, else rake)")
   flags.DEFINE_enum("mode", "nsp", list(instances.MODES),
                     "nsp pairs, sop (ALBERT sentence order) pairs, or RoBERTa full-sentence packing")
   flags.DEFINE_integer("seed", 12345, "random seed")
@@ -404,7 +560,17 @@ def cli():
   flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir")
   flags.DEFINE_list("formats", ["tfrecord"], "shard formats: tfrecord, array_record (Grain backend; no TF), or both")
   flags.DEFINE_string("text_key", "text", "TFDS text feature")
-  app.run(main)
+  flags.DEFINE_string("text_column", "", "text column of hf:, *.parquet and *.jsonl corpora (and TFDS; default: "
+                      "--text_key, i.e. 'text')")
+  flags.DEFINE_string("runner", "", "empty: the local path; else an Apache Beam runner (DirectRunner, PrismRunner, "
+                      "DataflowRunner, SparkRunner, FlinkRunner) given the other, unknown flags as pipeline options")
+  flags.DEFINE_string("part_size", "64M", "files are read in parts of about this size (the unit a Beam worker "
+                      "reads; part boundaries decide the chunks, so keep it to remake the same data)")
+  flags.DEFINE_bool("dry_run", False, "print the Dataflow and Spark command lines and a worker estimate, and exit")
+  flags.DEFINE_string("corpus_bytes", "", "corpus size for --dry_run, e.g. 100G (default: the corpus files' size)")
+  flags.DEFINE_float("target_hours", 2.0, "--dry_run sizes the workers to finish in about this many hours")
+  # Flags absl does not know stay in argv for main(): with --runner they are Beam pipeline options.
+  app.run(main, flags_parser=lambda argv: flags.FLAGS(argv, known_only=True))
 
 
 if __name__ == "__main__":

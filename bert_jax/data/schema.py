@@ -5,6 +5,10 @@ One tf.train.Example per instance:
   masked_lm_positions, masked_lm_ids          int64[max_predictions_per_seq]
   masked_lm_weights                           float[max_predictions_per_seq]
   next_sentence_labels                        int64[1]   0 = B follows A, 1 = B is random
+and, only where the masking needs unit boundaries the ids cannot tell (a segmenter, knowledge masking):
+  mask_unit_start                             int64[max_seq_length]  masking.py's unit bits
+which readers that do not ask for it never see (tf.io.parse_single_example reads only the spec's features), so
+the records stay readable by google-research/bert and every reader of that schema.
 """
 
 import json
@@ -12,15 +16,18 @@ import os
 
 from etils import epath
 
+from bert_jax.data import masking
+
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
 
-def feature_spec(max_seq_length: int, max_predictions_per_seq: int):
-  """The FixedLenFeature spec run_pretraining.py parses with."""
+def feature_spec(max_seq_length: int, max_predictions_per_seq: int, unit_feature: bool = False):
+  """The FixedLenFeature spec run_pretraining.py parses with (and masking.UNIT_FEATURE when asked for)."""
   import tensorflow as tf
   seq = lambda n: tf.io.FixedLenFeature([n], tf.int64)
-  return {
+  extra = {masking.UNIT_FEATURE: seq(max_seq_length)} if unit_feature else {}
+  return {**extra,
       "input_ids": seq(max_seq_length),
       "input_mask": seq(max_seq_length),
       "segment_ids": seq(max_seq_length),
@@ -53,7 +60,7 @@ def serialize(features: dict, row: int) -> bytes:
   def floats(v):
     return tf.train.Feature(float_list=tf.train.FloatList(value=v.tolist()))
   feature = {k: (floats if k in FLOAT_KEYS else ints)(v[row]) for k, v in features.items()}
-  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
 def record_lengths(serialized: bytes) -> dict[str, int]:
@@ -92,8 +99,10 @@ def find_manifest(files: list[str]) -> dict | None:
 
 
 def check_manifest(manifest: dict, *, max_seq_length: int, max_predictions_per_seq: int,
-                   vocab_size: int | None = None, vocab_sha256: str | None = None, where: str = "data") -> None:
-  """Fails at start-up, naming both values, when the run's settings differ from the data's."""
+                   vocab_size: int | None = None, vocab_sha256: str | None = None, where: str = "data",
+                   dynamic_masking: masking.MaskingOptions | None = None) -> None:
+  """Fails at start-up, naming both values, when the run's settings differ from the data's (with dynamic
+  masking, the masking too: the records' unit bits and layout were made for the data's masking)."""
   problems = []
   def compare(name, config_value, data_value):
     if config_value is not None and data_value is not None and config_value != data_value:
@@ -103,17 +112,21 @@ def check_manifest(manifest: dict, *, max_seq_length: int, max_predictions_per_s
   vocab = manifest.get("vocab", {})
   compare("vocab size", vocab_size, vocab.get("size"))
   compare("vocab sha256", vocab_sha256, vocab.get("sha256"))
+  if dynamic_masking is not None and manifest.get("masking") is not None:
+    problems += masking.check_settings(dynamic_masking.settings(), manifest["masking"], f"{where} manifest")
   if problems:
     raise ValueError("training settings do not match the data:\n  " + "\n  ".join(problems) +
                      "\nFix the config (e.g. --config.data.max_seq_length=...) or re-prepare the data.")
 
 
 def check_record_lengths(lengths: dict[str, int], *, max_seq_length: int, max_predictions_per_seq: int,
-                         source: str) -> None:
+                         source: str, dynamic_masking: masking.MaskingOptions | None = None) -> None:
   """Without a manifest: compare the first record's feature lengths with the config."""
   expected = {"input_ids": max_seq_length, "input_mask": max_seq_length, "segment_ids": max_seq_length,
               "masked_lm_positions": max_predictions_per_seq, "masked_lm_ids": max_predictions_per_seq,
               "masked_lm_weights": max_predictions_per_seq, "next_sentence_labels": 1}
+  if dynamic_masking is not None and dynamic_masking.unit_feature:
+    expected[masking.UNIT_FEATURE] = max_seq_length  # the masking's unit bits: only prepare can write them
   problems = [f"{k}: config needs length {n}, {source} has {lengths.get(k, 'no such feature')}"
               for k, n in expected.items() if lengths.get(k) != n]
   if problems:

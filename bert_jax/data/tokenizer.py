@@ -1,5 +1,5 @@
-"""Vocabularies: train/load SentencePiece models and byte-level BPE (RoBERTa) tokenizer.json files, or load
-an existing WordPiece vocab.txt.
+"""Vocabularies: train/load SentencePiece models, byte-level BPE (RoBERTa) tokenizer.json files and WordPiece
+vocab.txt files (BERT's; per-character for Chinese).
 
 Every kind names its special tokens by role (pad, unk, cls, sep, mask), so callers use tok.cls_id etc.:
   sentencepiece  ours put the BERT tokens at fixed ids: [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4
@@ -25,7 +25,7 @@ SPECIAL_TOKENS = tuple(BERT_SPECIAL_TOKENS[r] for r in ROLES)  # the BERT tokens
 ROBERTA_SPECIAL_TOKENS = {"pad": "<pad>", "unk": "<unk>", "cls": "<s>", "sep": "</s>", "mask": "<mask>"}
 BPE_TOKEN_ORDER = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")  # ids 0..4 of the BPE vocabularies we train
 BYTE_LEVEL_SPACE = "\u0120"  # 'Ġ': how byte-level BPE spells the space that starts a word
-VOCAB_TYPES = ("sentencepiece", "bpe")  # what train_vocab can make
+VOCAB_TYPES = ("sentencepiece", "bpe", "wordpiece")  # what train_vocab can make
 BPE_SUFFIX = ".tokenizer.json"
 
 
@@ -77,6 +77,10 @@ class Tokenizer(abc.ABC):
   def encode(self, text: str) -> list[int]:
     """Token ids of text, without special tokens."""
 
+  @abc.abstractmethod
+  def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """encode's ids and each token's (start, end) character offsets in text (for segmenters.UnitMarker)."""
+
   def describe(self) -> dict:
     return {"kind": self.kind, "file": os.path.abspath(self.vocab_file), "size": self.vocab_size,
             "sha256": file_sha256(self.vocab_file), "lower_case": self.lower_case,
@@ -95,6 +99,14 @@ class SentencePieceTokenizer(Tokenizer):
 
   def encode(self, text: str) -> list[int]:
     return self._sp.encode(text.lower() if self.lower_case else text)
+
+  def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Offsets into text.lower() when lower-casing (the same length for almost all text)."""
+    text = text.lower() if self.lower_case else text
+    proto = self._sp.encode(text, out_type="proto")
+    char_at = np.cumsum([0] + [len(ch.encode("utf-8")) for ch in text])  # byte offset -> character offset
+    to_char = lambda b: int(np.searchsorted(char_at, b))
+    return [p.id for p in proto.pieces], [(to_char(p.begin), to_char(p.end)) for p in proto.pieces]
 
   def word_start_table(self) -> np.ndarray:
     return np.array([p.startswith("\u2581") or self._is_special(p) for p in self.pieces])
@@ -115,6 +127,10 @@ class WordPieceTokenizer(Tokenizer):
 
   def encode(self, text: str) -> list[int]:
     return self._tok.encode(text, add_special_tokens=False).ids
+
+  def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    encoding = self._tok.encode(text, add_special_tokens=False)
+    return encoding.ids, [tuple(o) for o in encoding.offsets]
 
   def word_start_table(self) -> np.ndarray:
     return np.array([not p.startswith("##") for p in self.pieces])
@@ -162,6 +178,10 @@ class BpeTokenizer(Tokenizer):
 
   def encode(self, text: str) -> list[int]:
     return self._tok.encode(text, add_special_tokens=False).ids
+
+  def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    encoding = self._tok.encode(text, add_special_tokens=False)
+    return encoding.ids, [tuple(o) for o in encoding.offsets]
 
   def word_start_table(self) -> np.ndarray:
     return np.array([p.startswith(BYTE_LEVEL_SPACE) or self._is_special(p) for p in self.pieces])
@@ -271,10 +291,36 @@ def train_bpe(corpus, output_file: str, vocab_size: int, lower_case: bool = Fals
   return output_file
 
 
+def train_wordpiece(corpus, output_file: str, vocab_size: int, lower_case: bool = False,
+                    max_sentences: int = 2_000_000) -> str:
+  """Trains a BERT WordPiece vocab.txt as Google's Chinese/multilingual ones: BERT's normalizer puts spaces
+  around CJK characters, so every Chinese character is its own token (what whole-word masking with a
+  segmenter needs), other scripts get '##' pieces. The special tokens come first ([PAD] 0, [UNK] 1, [CLS] 2,
+  [SEP] 3, [MASK] 4); a corpus too small for vocab_size is padded with [unused<i>] slots, as Google's vocabs
+  are, so the size is what the config says. Returns output_file."""
+  from tokenizers import BertWordPieceTokenizer
+  tok = BertWordPieceTokenizer(lowercase=lower_case, strip_accents=lower_case, clean_text=True,
+                               handle_chinese_chars=True)
+  tok.train_from_iterator(_sentences(corpus, max_sentences), vocab_size=vocab_size, min_frequency=1,
+                          special_tokens=list(SPECIAL_TOKENS), show_progress=False, wordpieces_prefix="##")
+  vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+  pieces = [p for p, _ in vocab]
+  pieces += [f"[unused{i}]" for i in range(vocab_size - len(pieces))]
+  os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
+  with open(output_file, "w", encoding="utf-8") as f:
+    f.write("\n".join(pieces) + "\n")
+  loaded = WordPieceTokenizer(output_file, lower_case)
+  got = tuple(loaded.role_ids[r] for r in ROLES)
+  if got != (0, 1, 2, 3, 4):
+    raise RuntimeError(f"WordPiece training put {SPECIAL_TOKENS} at {got}, expected (0, 1, 2, 3, 4)")
+  return output_file
+
+
 def vocab_path(output_prefix: str, vocab_type: str) -> str:
-  """Where train_vocab writes: PREFIX.model (sentencepiece) or PREFIX.tokenizer.json (bpe)."""
+  """Where train_vocab writes: PREFIX.model (sentencepiece), PREFIX.tokenizer.json (bpe) or PREFIX.vocab.txt
+  (wordpiece)."""
   check_vocab_type(vocab_type)
-  return output_prefix + (".model" if vocab_type == "sentencepiece" else BPE_SUFFIX)
+  return output_prefix + {"sentencepiece": ".model", "bpe": BPE_SUFFIX, "wordpiece": ".vocab.txt"}[vocab_type]
 
 
 def check_vocab_type(vocab_type: str) -> None:
@@ -289,6 +335,8 @@ def train_vocab(corpus, vocab_type: str, output_prefix: str, vocab_size: int, lo
   path = vocab_path(output_prefix, vocab_type)
   if vocab_type == "sentencepiece":
     return train_sentencepiece(corpus, output_prefix, vocab_size, lower_case, max_sentences)
+  if vocab_type == "wordpiece":
+    return train_wordpiece(corpus, path, vocab_size, lower_case, max_sentences)
   return train_bpe(corpus, path, vocab_size, lower_case, max_sentences)
 
 
@@ -307,7 +355,8 @@ def cli():
   flags.DEFINE_string("output", None, "output prefix; sentencepiece writes PREFIX.model and PREFIX.vocab, "
                       "bpe writes PREFIX.tokenizer.json", required=True)
   flags.DEFINE_enum("vocab_type", "sentencepiece", list(VOCAB_TYPES),
-                    "sentencepiece (unigram, BERT special tokens) or bpe (byte-level, RoBERTa special tokens)")
+                    "sentencepiece (unigram, BERT special tokens), bpe (byte-level, RoBERTa special tokens) or "
+                    "wordpiece (BERT vocab.txt, one token per Chinese character)")
   flags.DEFINE_integer("vocab_size", 8000, "number of pieces, special tokens included")
   flags.DEFINE_bool("lower_case", False, "lower-case text before training and encoding")
   flags.DEFINE_bool("one_doc_per_line", False, "text files hold one document per line")

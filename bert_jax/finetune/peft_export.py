@@ -220,7 +220,7 @@ def export_all(params, model_config, spec, workdir: str, vocab_file=None, lower_
   if only_lora:
     out["hf_max_logit_diff"] = write_merged_hf_dir(params, c, spec, os.path.join(workdir, "hf"), vocab_file,
                                                    lower_case)
-    log(f"wrote {workdir}/hf (LoRA merged); logits match ours to {out['hf_max_logit_diff']:.2g}")
+    log(f"wrote {workdir}/hf (LoRA merged); {task_export.describe_check(c, spec.kind, out['hf_max_logit_diff'])}")
   prompt_only = c.prompt_kind == "prompt" and not c.lora_rank and c.adapter_kind == "none"
   if only_lora or (prompt_only and PEFT_TASKS.get(spec.kind) == "SEQ_CLS"):
     peft_dir = os.path.join(workdir, "hf_peft")

@@ -10,6 +10,10 @@ Implementations:
 The fused kernels have no attention-probability dropout, so while training with
 attention dropout > 0 an explicit einsum/softmax/dropout path is used instead
 (and logged once). Recipes that want the fused kernel set attention_dropout=0.
+
+Relative positions (NEZHA's functional relative positional encoding, Wei et al. 2019) add a fixed sinusoid
+a_ij of the clipped distance j - i to every key and value: e_ij = q_i . (k_j + a_ij) / sqrt(D) and
+z_i = sum_j p_ij (v_j + a_ij). No fused kernel takes per-pair key/value terms, so they run the explicit path.
 """
 
 import functools
@@ -23,6 +27,8 @@ from bert_jax.core import sharding
 from bert_jax.layers import dropout as dropout_lib
 
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
+# absolute: a learned position table in the embeddings; relative_sinusoidal: NEZHA's fixed relative vectors.
+POSITION_ENCODINGS = ("absolute", "relative_sinusoidal")
 SPLASH_BLOCK = 128  # the kernel's lane width: its blocks, so the sequence length, are multiples of this
 
 
@@ -55,15 +61,43 @@ def segment_mask_Bx1xTxS(segment_ids_BxS: jax.Array, input_mask_BxS: jax.Array) 
   return (same & real[:, None, :] & real[:, :, None])[:, None, :, :]
 
 
-def _explicit_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, mask, dropout_rate, dropout_rng):
+def relative_sinusoid_table(max_relative_position: int, depth: int):
+  """[2k+1, D] float32 sinusoids of the table index r = 0..2k (k = max_relative_position): [r, 2m] = sin(r w_m),
+  [r, 2m+1] = cos(r w_m), w_m = 10000^(-2m/D). Index r stands for the distance r - k; the released NEZHA code (and
+  HF's NezhaModel) take the sinusoid of the shifted index r, not of the signed distance as the paper writes, and
+  pretrained weights expect that."""
+  if depth % 2:
+    raise ValueError(f"relative sinusoidal positions need an even head size, got {depth}")
+  index = jnp.arange(2 * max_relative_position + 1, dtype=jnp.float32)
+  frequencies = jnp.exp(jnp.arange(0, depth, 2, dtype=jnp.float32) * (-jnp.log(10000.0) / depth))
+  angles = index[:, None] * frequencies[None, :]
+  return jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1).reshape(angles.shape[0], depth)
+
+
+def relative_positions_TxSxD(length: int, depth: int, max_relative_position: int, dtype):
+  """a[i, j] = table[clip(j - i, -k, k) + k]: the fixed vectors added to keys and values (one set shared by all
+  heads and layers; built from iotas inside the computation, so no [T, T, D] constant lands in the program)."""
+  distance_TxS = jnp.arange(length)[None, :] - jnp.arange(length)[:, None]
+  index_TxS = jnp.clip(distance_TxS, -max_relative_position, max_relative_position) + max_relative_position
+  table = jax.lax.stop_gradient(relative_sinusoid_table(max_relative_position, depth))
+  return jnp.take(table, index_TxS, axis=0).astype(dtype)
+
+
+def _explicit_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, mask, dropout_rate, dropout_rng, relative_TxSxD=None):
   depth = q_BxTxNxD.shape[-1]
-  scores_BxNxTxS = jnp.einsum("btnd,bsnd->bnts", q_BxTxNxD, k_BxSxNxD) / jnp.sqrt(depth).astype(q_BxTxNxD.dtype)
+  scores_BxNxTxS = jnp.einsum("btnd,bsnd->bnts", q_BxTxNxD, k_BxSxNxD)
+  if relative_TxSxD is not None:
+    scores_BxNxTxS += jnp.einsum("btnd,tsd->bnts", q_BxTxNxD, relative_TxSxD)
+  scores_BxNxTxS = scores_BxNxTxS / jnp.sqrt(depth).astype(q_BxTxNxD.dtype)
   big_neg = jnp.finfo(scores_BxNxTxS.dtype).min
   scores_BxNxTxS = jnp.where(mask, scores_BxNxTxS, big_neg)
   probs = jax.nn.softmax(scores_BxNxTxS.astype(jnp.float32), axis=-1).astype(q_BxTxNxD.dtype)
   if dropout_rate > 0.0:
     probs = dropout_lib.dropout(probs, dropout_rate, dropout_rng)
-  return jnp.einsum("bnts,bsnd->btnd", probs, v_BxSxNxD)
+  out_BxTxNxD = jnp.einsum("bnts,bsnd->btnd", probs, v_BxSxNxD)
+  if relative_TxSxD is not None:
+    out_BxTxNxD += jnp.einsum("bnts,tsd->btnd", probs, relative_TxSxD)
+  return out_BxTxNxD
 
 
 def _splash_block_sizes(seq_len: int):
@@ -129,14 +163,24 @@ def _resolve(implementation: str, q_BxTxNxD) -> str:
 
 
 def dot_product_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, mask, *, implementation="xla",
-                          dropout_rate=0.0, dropout_rng=None, deterministic=True):
+                          dropout_rate=0.0, dropout_rng=None, deterministic=True, relative_TxSxD=None):
   """Attention over [batch, length, heads, head_dim] inputs.
 
   mask: an AttentionMask, or a boolean array that broadcasts to [B, N, T, S].
+  relative_TxSxD: relative position vectors added to keys and values (relative_positions_TxSxD), or None.
   """
   key_lengths_B = segment_ids = None
   if isinstance(mask, AttentionMask):
     mask, key_lengths_B, segment_ids = mask
+  if relative_TxSxD is not None:
+    if relative_TxSxD.shape[:2] != (q_BxTxNxD.shape[1], k_BxSxNxD.shape[1]):
+      raise ValueError(f"relative positions {relative_TxSxD.shape[:2]} do not fit {q_BxTxNxD.shape[1]} queries and "
+                       f"{k_BxSxNxD.shape[1]} keys")
+    if implementation == "splash" or (implementation != "xla" and jax.default_backend() == "gpu"):
+      _log_once(f"attention: relative positions add per-pair terms to keys and values, which fused kernels cannot "
+                f"take; attention_impl={implementation!r} runs the explicit XLA path")
+    rate = 0.0 if deterministic else dropout_rate
+    return _explicit_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, mask, rate, dropout_rng, relative_TxSxD)
   if implementation == "splash" and k_BxSxNxD.shape[1] != q_BxTxNxD.shape[1]:
     _log_once("attention: splash needs as many keys as queries (prefix tuning adds keys); falling back to XLA "
               "attention")

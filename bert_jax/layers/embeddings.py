@@ -1,4 +1,4 @@
-"""Token, position and token-type embeddings, summed, normalised and dropped out.
+"""Token, position, token-type (and ERNIE's task-type) embeddings, summed, normalised and dropped out.
 
 The word table is gathered in fp32 (its gradient is an fp32 scatter-add); the small position and
 token-type tables are one-hot matmuls (a scatter-add there serialises on a few rows).
@@ -44,11 +44,14 @@ class Embeddings(nn.Module):
     embed = lambda cls, size, axes: cls(size, c.embedding_width, dtype=c.dtype, param_dtype=c.param_dtype,
                                         embedding_init=common.normal_init(c, axes))
     self.word_embeddings = embed(GatherEmbed, c.padded_vocab_size, ("vocab", "embed"))
-    self.position_embeddings = embed(OneHotEmbed, c.max_position_embeddings, (None, "embed"))
+    if c.position_encoding == "absolute":  # relative positions (NEZHA) live in the attention, not here
+      self.position_embeddings = embed(OneHotEmbed, c.max_position_embeddings, (None, "embed"))
     # One type (RoBERTa) is a single row added to every token, whatever the segment ids say; none (DistilBERT)
     # is no table at all.
     if c.type_vocab_size:
       self.token_type_embeddings = embed(OneHotEmbed, c.type_vocab_size, (None, "embed"))
+    if c.task_type_vocab_size:  # ERNIE's task types (HF use_task_id)
+      self.task_type_embeddings = embed(OneHotEmbed, c.task_type_vocab_size, (None, "embed"))
     if c.prompt_kind == "prompt":
       self.prompt_embeddings = peft_lib.prompt_param(self, c)
     self.layer_norm = common.layer_norm(c, None)
@@ -58,10 +61,14 @@ class Embeddings(nn.Module):
     x = self.word_embeddings(input_ids_BxT)
     if self.config.prompt_kind == "prompt":  # soft prompt first: positions and segments are P longer than ids
       x = peft_lib.prepend_prompt(self.prompt_embeddings, x)
-    x += self.position_embeddings(position_ids_BxT)
+    if self.config.position_encoding == "absolute":  # relative: position ids are unused (distances are j - i)
+      x += self.position_embeddings(position_ids_BxT)
     if self.config.type_vocab_size:
       segments = segment_ids_BxT if self.config.type_vocab_size > 1 else jnp.zeros_like(segment_ids_BxT)
       x += self.token_type_embeddings(segments)
+    if self.config.task_type_vocab_size:
+      # Task id 0 on every token, as HF's ERNIE when no task_type_ids are given: pretraining here is one task.
+      x += self.task_type_embeddings(jnp.zeros_like(segment_ids_BxT))
     x = self.layer_norm(x)
     return self.dropout(x)
 

@@ -41,9 +41,12 @@ class SelfAttention(nn.Module):
     dropout_rng = None
     if not self.deterministic and c.attention_dropout > 0:
       dropout_rng = self.make_rng("dropout")
+    relative = None
+    if c.position_encoding == "relative_sinusoidal":  # NEZHA: fixed vectors added to keys and values
+      relative = attention_lib.relative_positions_TxSxD(q.shape[1], c.head_dim, c.max_relative_position, q.dtype)
     out_BxTxNxD = attention_lib.dot_product_attention(
         q, k, v, mask, implementation=c.attention_impl, dropout_rate=c.attention_dropout,
-        dropout_rng=dropout_rng, deterministic=self.deterministic)
+        dropout_rng=dropout_rng, deterministic=self.deterministic, relative_TxSxD=relative)
     out = common.dense(c, c.hidden_size, ("heads", "kv", "embed"), "output", axis=(-2, -1))(out_BxTxNxD)
     return out + peft_lib.lora_delta(c, "attention_output", out_BxTxNxD, ("heads", "kv"), (c.hidden_size,),
                                      ("embed",), self.deterministic, name="output_lora")

@@ -34,6 +34,8 @@ class EncoderConfig:
   family: ClassVar[str] = "bert"
   # Sequence classification without a pooler: dense + this on [CLS] (RoBERTa's head: tanh; DistilBERT's: relu).
   classifier_activation: ClassVar[str] = "tanh"
+  # Whether the family's HF classes have task-type embeddings (ERNIE), so task_type_vocab_size may be set.
+  has_task_types: ClassVar[bool] = False
   vocab_size: int = 30522
   hidden_size: int = 768
   num_layers: int = 12
@@ -41,6 +43,7 @@ class EncoderConfig:
   intermediate_size: int = 3072
   max_position_embeddings: int = 512
   type_vocab_size: int = 2         # 0: no token-type embeddings (DistilBERT)
+  task_type_vocab_size: int = 0    # ERNIE's task-type embeddings (HF use_task_id); 0: none
   layer_norm_eps: float = 1e-12
   hidden_dropout: float = 0.1
   attention_dropout: float = 0.1
@@ -49,6 +52,8 @@ class EncoderConfig:
   embedding_size: int = 0         # 0: the hidden size; ALBERT factorizes to E and projects E -> H
   layer_sharing: str = "none"     # none | all | attention | ffn (ALBERT cross-layer sharing)
   position_offset: int = 0        # added to position ids (RoBERTa: padding_idx + 1 = 2)
+  position_encoding: str = "absolute"  # absolute (learned table) | relative_sinusoidal (NEZHA, in attention)
+  max_relative_position: int = 64  # relative_sinusoidal: distances j - i clipped to [-this, this]
   use_pooler: bool = True         # the [CLS] dense+tanh pooler (RoBERTa has none)
   dtype: str = "float32"          # compute dtype
   param_dtype: str = "float32"
@@ -72,6 +77,7 @@ class EncoderConfig:
     if self.hidden_size % self.num_heads:
       raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
     transformer.check_stack_config(self)
+    _check_position_encoding(self)
     if self.attention_impl not in attention_lib.IMPLEMENTATIONS:
       raise ValueError(f"attention_impl {self.attention_impl!r} is not one of {attention_lib.IMPLEMENTATIONS}")
     if self.hidden_act not in common.ACTIVATIONS:
@@ -81,6 +87,9 @@ class EncoderConfig:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
     if self.embedding_size < 0 or self.position_offset < 0 or self.type_vocab_size < 0:
       raise ValueError("embedding_size, position_offset and type_vocab_size must be >= 0")
+    if self.task_type_vocab_size < 0 or (self.task_type_vocab_size and not self.has_task_types):
+      raise ValueError(f"task_type_vocab_size={self.task_type_vocab_size}: task-type embeddings exist only in "
+                       f"model.family='ernie' (>= 1 there, 0 for none); {self.family!r} has no HF place for them")
     jnp.dtype(self.dtype), jnp.dtype(self.param_dtype)  # fail early on a bad dtype name
     if isinstance(self.lora_targets, (list, str)):  # from a ConfigDict: a list, or 'query,value'
       targets = self.lora_targets.split(",") if isinstance(self.lora_targets, str) else self.lora_targets
@@ -115,13 +124,33 @@ class EncoderConfig:
     return self.max_position_embeddings - self.position_offset
 
 
+def _check_position_encoding(c: EncoderConfig) -> None:
+  if c.position_encoding not in attention_lib.POSITION_ENCODINGS:
+    raise ValueError(f"position_encoding {c.position_encoding!r} is not one of {attention_lib.POSITION_ENCODINGS}")
+  if c.position_encoding != "relative_sinusoidal":
+    return
+  if c.max_relative_position < 1:
+    raise ValueError(f"max_relative_position must be >= 1, got {c.max_relative_position}")
+  if c.head_dim % 2:
+    raise ValueError(f"relative sinusoidal positions pair sin/cos over the head size, which must be even; "
+                     f"hidden_size {c.hidden_size} / num_heads {c.num_heads} = {c.head_dim}")
+  if c.prompt_kind == "prefix":
+    raise ValueError("prefix tuning (prompt_kind='prefix') adds keys that have no position, so relative positions "
+                     "have no distance for them; use prompt_kind='prompt' (the prompt takes the first positions), "
+                     "LoRA or adapters")
+
+
 def trunk_flops_per_sequence(config: EncoderConfig, seq_len: int) -> float:
   """Training FLOPs (3x forward, multiply-add = 2) of the trunk for one sequence of seq_len tokens:
   dense layer weights 6*T*L*(4*H*H + 2*H*I), attention 12*L*T*T*H, ALBERT's E->H projection 6*T*E*H.
+  NEZHA's relative positions add two [T, T, D] einsums per head (q.a^K and p.a^V), 4*L*T*T*H forward; their
+  backward goes only to q and p (the table is a constant, it gets no gradient), so 8*L*T*T*H in training.
   Sharing changes parameters, not compute. Lookups, norms, softmax and GELU are not counted; the pooler
   is counted by the objective that reads it."""
   H, I, L, T = config.hidden_size, config.intermediate_size, config.num_layers, seq_len
   flops = 6 * T * L * (4 * H * H + 2 * H * I) + 12 * L * T * T * H
   if config.embedding_size:
     flops += 6 * T * config.embedding_size * H
+  if config.position_encoding == "relative_sinusoidal":
+    flops += 8 * L * T * T * H
   return float(flops)

@@ -7,6 +7,7 @@ the HF state dict has.
 """
 
 import dataclasses
+import re
 from typing import Callable, Mapping
 
 from bert_jax.models import pretraining
@@ -34,6 +35,7 @@ class Family:
   vocab_kinds: tuple[str, ...]                          # tokenizer kinds this family's vocabulary may be
   tied_hf_keys: Mapping[str, str] = dataclasses.field(default_factory=dict)  # HF copy -> canonical HF key
   ignored_hf_keys: frozenset = frozenset()              # buffers HF may save (position_ids, ...)
+  ignored_hf_key_pattern: re.Pattern | None = None      # and per-layer ones, by regex (NEZHA's relative tables)
   hf_outputs: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=lambda: BERT_LIKE_OUTPUTS)
   hf_token_type_ids: bool = True                        # its HF classes take token_type_ids (with type_vocab_size > 0)
   # A head that reads the pooler, built to give the pooler shapes on import (None: the family has no pooler).
@@ -41,6 +43,8 @@ class Family:
   # (config, heads) -> the Flax module with the trunk under `encoder` and exactly those heads, called as
   # (ids, mask, segments[, masked_lm_positions]); None: models.pretraining.EncoderWithHeads.
   model: Callable | None = None
+  # Sections no HF class has a place for, written beside the HF files: section -> file name (SpanBERT's SBO head).
+  side_files: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
   def build_model(self, config: EncoderConfig, heads: tuple[str, ...]):
     return (self.model or pretraining.EncoderWithHeads)(config, tuple(heads))
@@ -53,12 +57,17 @@ class Family:
     return self.hf_outputs[kind]
 
   def architecture(self, sections) -> str:
-    heads = tuple(sorted(set(sections) - {"encoder"}))
+    heads = tuple(sorted(set(sections) - {"encoder"} - set(self.side_files)))
     for candidate in (heads, tuple(h for h in heads if h != "pooler")):
       if candidate in self.hf_architectures:
         return self.hf_architectures[candidate]
     raise ValueError(f"{self.name}: no HF class holds the heads {list(heads)}; "
                      f"known: {dict(self.hf_architectures)}")
+
+  def ignores_hf_key(self, key: str) -> bool:
+    """Whether an HF state-dict key is a buffer import leaves out (not a weight)."""
+    return key in self.ignored_hf_keys or bool(self.ignored_hf_key_pattern and
+                                               self.ignored_hf_key_pattern.fullmatch(key))
 
   def check_vocab_kind(self, kind: str, vocab_file: str) -> None:
     if kind not in self.vocab_kinds:

@@ -6,12 +6,16 @@ from typing import Mapping
 from bert_jax.models import albert, bert, roberta
 from bert_jax.models import distilbert
 from bert_jax.models import electra
+from bert_jax.models import nezha
+from bert_jax.models import ernie
 from bert_jax.models.config import EncoderConfig
 from bert_jax.models.family import Family
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (bert.FAMILY, albert.FAMILY, roberta.FAMILY)}
 FAMILIES[distilbert.FAMILY.name] = distilbert.FAMILY
 FAMILIES[electra.FAMILY.name] = electra.FAMILY
+FAMILIES[nezha.FAMILY.name] = nezha.FAMILY
+FAMILIES[ernie.FAMILY.name] = ernie.FAMILY
 
 
 def get_family(name: str) -> Family:

@@ -2,11 +2,13 @@
 
 from bert_jax.objectives import electra, masked_lm
 from bert_jax.objectives import distill
+from bert_jax.objectives import span_boundary
 
 OBJECTIVES = {
     "mlm": lambda config, seq_len, predictions: masked_lm.MaskedLM(config, seq_len, predictions, None),
     "mlm_nsp": lambda config, seq_len, predictions: masked_lm.MaskedLM(config, seq_len, predictions, "nsp"),
     "mlm_sop": lambda config, seq_len, predictions: masked_lm.MaskedLM(config, seq_len, predictions, "sop"),
+    "mlm_sbo": span_boundary.SpanBoundaryObjective,  # SpanBERT: MLM + span boundary objective
 }
 # Objectives with settings of their own: they also take the run config's section named after them (a dict).
 OBJECTIVES_WITH_SETTINGS = {

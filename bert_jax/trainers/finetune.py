@@ -421,8 +421,8 @@ def _finetune(config, workdir: str, init_checkpoint: str) -> dict:
     task_export.write_hf_dir(params, model_config, spec, hf_dir, vocab_file, tok.lower_case)
     fp32 = heads.MODELS[spec.kind](dataclasses.replace(model_config, dtype="float32"), num_labels=spec.num_labels)
     result["hf_max_logit_diff"] = task_export.check_hf_dir(fp32, params, spec, hf_dir)
-    log(f"wrote {hf_dir} ({task_export.hf_class(model_config, spec.kind)}); logits match ours to "
-        f"{result['hf_max_logit_diff']:.2g}")
+    log(f"wrote {hf_dir} ({task_export.hf_class(model_config, spec.kind)}); "
+        f"{task_export.describe_check(model_config, spec.kind, result['hf_max_logit_diff'])}")
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "eval_predictions.json"), "w") as f:
       json.dump(predictions, f)
