@@ -14,6 +14,20 @@ HEADS = ("mlm", "nsp", "sop")
 SENTENCE_HEADS = ("nsp", "sop")
 
 
+def encode_with_mlm(c: EncoderConfig, with_mlm: bool, deterministic: bool, input_ids_BxT, input_mask_BxT,
+                    segment_ids_BxT, masked_lm_positions_BxP, position_ids_BxT, attention_segments_BxT):
+  """The trunk (submodule `encoder`) and, with_mlm, the MLM head (`mlm`), built inside the calling module's compact
+  __call__: (the encoder, {"sequence_output", ["mlm_logits"]}). Shared by the models that add other heads."""
+  encoder = Encoder(c, deterministic, name="encoder")
+  x = encoder(input_ids_BxT, input_mask_BxT, segment_ids_BxT, position_ids_BxT=position_ids_BxT,
+              attention_segments_BxT=attention_segments_BxT)
+  out = {"sequence_output": x}
+  if with_mlm:
+    out["mlm_logits"] = heads_lib.mlm_logits_at(heads_lib.MlmHead(c, name="mlm"), x, encoder.word_table(),
+                                                masked_lm_positions_BxP)
+  return encoder, out
+
+
 class EncoderWithHeads(nn.Module):
   config: EncoderConfig
   heads: tuple[str, ...] = ("mlm",)
@@ -27,13 +41,9 @@ class EncoderWithHeads(nn.Module):
     if unknown:
       raise ValueError(f"unknown heads {sorted(unknown)}; choose from {HEADS}")
     c = self.config
-    encoder = Encoder(c, deterministic, name="encoder")
-    x = encoder(input_ids_BxT, input_mask_BxT, segment_ids_BxT, position_ids_BxT=position_ids_BxT,
-                attention_segments_BxT=attention_segments_BxT)
-    out = {"sequence_output": x}
-    if "mlm" in self.heads:
-      out["mlm_logits"] = heads_lib.mlm_logits_at(heads_lib.MlmHead(c, name="mlm"), x, encoder.word_table(),
-                                                  masked_lm_positions_BxP)
+    encoder, out = encode_with_mlm(c, "mlm" in self.heads, deterministic, input_ids_BxT, input_mask_BxT,
+                                   segment_ids_BxT, masked_lm_positions_BxP, position_ids_BxT, attention_segments_BxT)
+    x = out["sequence_output"]
     for name in SENTENCE_HEADS:
       if name in self.heads:
         out[f"{name}_logits"] = heads_lib.SentencePairHead(c, name=name)(encoder.pool(x, cls_positions_BxK))

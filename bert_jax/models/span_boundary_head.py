@@ -24,10 +24,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bert_jax.layers import common
-from bert_jax.models import heads as heads_lib
 from bert_jax.models import name_tables as nt
+from bert_jax.models import pretraining
 from bert_jax.models.config import EncoderConfig
-from bert_jax.models.encoder import Encoder
 
 SECTION = "sbo"
 HEADS = ("mlm", SECTION)
@@ -123,13 +122,10 @@ class EncoderWithSpanBoundary(nn.Module):
     if unknown:
       raise ValueError(f"unknown heads {sorted(unknown)} beside the span boundary head; choose from {HEADS}")
     c = self.config
-    encoder = Encoder(c, deterministic, name="encoder")
-    x = encoder(input_ids_BxT, input_mask_BxT, segment_ids_BxT, position_ids_BxT=position_ids_BxT,
-                attention_segments_BxT=attention_segments_BxT)
-    out = {"sequence_output": x}
-    if "mlm" in self.heads:
-      out["mlm_logits"] = heads_lib.mlm_logits_at(heads_lib.MlmHead(c, name="mlm"), x, encoder.word_table(),
-                                                  masked_lm_positions_BxP)
+    encoder, out = pretraining.encode_with_mlm(c, "mlm" in self.heads, deterministic, input_ids_BxT, input_mask_BxT,
+                                               segment_ids_BxT, masked_lm_positions_BxP, position_ids_BxT,
+                                               attention_segments_BxT)
+    x = out["sequence_output"]
     if SECTION in self.heads:
       if span_boundaries is None:
         seq_len = input_ids_BxT.shape[1]
