@@ -20,6 +20,7 @@ import os
 import jax
 
 from bert_jax.data import array_record_io, corpora, grain_pipeline, instances, masking, packing, pipeline, prepare, schema
+from bert_jax.data import manifest as manifest_lib
 from bert_jax.data import tokenizer as tokenizer_lib
 
 BACKENDS = ("tfdata", "grain")
@@ -108,7 +109,7 @@ def prepare_cached(d, workdir: str, log=print) -> str:
                                lower_case=d.lower_case, seed=d.prepare_seed, eval_fraction=d.eval_fraction,
                                workers=d.prepare_workers or None, corpus_description=d.corpus,
                                formats=prepare_formats(d))
-    log(prepare.format_stats(manifest))
+    log(manifest_lib.format_stats(manifest))
   elif os.path.exists(done):
     log(f"reusing prepared data in {out}")
   if jax.process_count() > 1:

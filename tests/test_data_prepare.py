@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from bert_jax.data import corpora, instances, masking, prepare, schema
+from bert_jax.data import manifest as manifest_lib
 from bert_jax.data import tokenizer as tokenizer_lib
 
 SEQ, PRED = 128, 20
@@ -146,7 +147,7 @@ def test_tasks_make_independent_shards_that_merge(pydocs_data, tmp_path):
   whole = prepare.prepare(corpus, str(tmp_path / "one"), opts, **kw)
   for t in range(2):
     prepare.prepare(corpus, str(tmp_path / "split"), opts, task_index=t, num_tasks=2, **kw)
-  merged = prepare.merge_manifests(str(tmp_path / "split"))
+  merged = manifest_lib.merge_manifests(str(tmp_path / "split"))
   assert merged["splits"]["train"] == whole["splits"]["train"]
   for name in whole["splits"]["train"]["shards"]:
     assert (tmp_path / "one" / "train" / name).read_bytes() == (tmp_path / "split" / "train" / name).read_bytes()

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from bert_jax.data import instances, masking, pipeline, prepare, schema
+from bert_jax.data import manifest as manifest_lib
 from bert_jax.data import tokenizer as tokenizer_lib
 from data_helpers import ListCorpus, masked_run_lengths, pydocs_docs, restore_originals
 
@@ -212,7 +213,7 @@ def test_prepare_records_sop_ngram_and_bpe_in_the_manifest(tmp_path):
   assert on_disk["vocab"]["special_ids"] == {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}
   assert on_disk["vocab"]["special_tokens"]["cls"] == "<s>" and on_disk["vocab"]["file"].endswith(".tokenizer.json")
   assert 0.4 < manifest["stats"]["random_next_fraction"] < 0.6
-  assert "swapped" in prepare.format_stats(manifest)
+  assert "swapped" in manifest_lib.format_stats(manifest)
 
 
 def test_config_fields_reach_the_prepare_cache_and_the_manifest(tmp_path):

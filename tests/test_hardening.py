@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from bert_jax.core import configlib, workdir_lock
 from bert_jax.data import instances, pipeline, prepare, schema
+from bert_jax.data import manifest as manifest_lib
 from bert_jax.trainers import finetune
 from data_helpers import ListCorpus, write_google_style_records
 
@@ -79,9 +80,9 @@ def test_prepare_keeps_empty_shards_beside_full_ones_but_refuses_zero_train_inst
     prepare.prepare(ListCorpus(DOCS[:4]), str(tmp_path / "tasks"), _opts(), vocab_file=vocab_txt, workers=1,
                     num_train_shards=2, eval_fraction=0.0, docs_per_chunk=8, task_index=task, num_tasks=2,
                     progress=False)
-  assert prepare.merge_manifests(str(tmp_path / "tasks"))["splits"]["train"]["instances"] > 0
+  assert manifest_lib.merge_manifests(str(tmp_path / "tasks"))["splits"]["train"]["instances"] > 0
 
-  with pytest.raises(prepare.EmptyCorpusError, match=r"corpus words gives 0 train instances: all its documents "
+  with pytest.raises(manifest_lib.EmptyCorpusError, match=r"corpus words gives 0 train instances: all its documents "
                                                       r"went to eval \(eval_fraction=1.0\)"):
     prepare.prepare(ListCorpus(DOCS), str(tmp_path / "all_eval"), _opts(), vocab_file=vocab_txt, workers=1,
                     eval_fraction=1.0, progress=False, corpus_description="words")

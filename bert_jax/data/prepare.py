@@ -27,7 +27,6 @@ How it scales:
 import collections
 import dataclasses
 import functools
-import glob
 import hashlib
 import json
 import multiprocessing
@@ -39,14 +38,11 @@ import numpy as np
 import tqdm
 
 from bert_jax.data import array_record_io, beam_pipeline, beam_plan, corpora, instances, masking, schema, segmenters
+from bert_jax.data import manifest as manifest_lib
 from bert_jax.data import tokenizer as tokenizer_lib
 
 _worker_state = {}
 FORMATS = ("tfrecord", "array_record")
-
-
-class EmptyCorpusError(ValueError):
-  """The corpus gives no train instances; data made from it would leave training waiting for a first batch."""
 
 
 def _skipped(corpus, stats) -> str:
@@ -64,27 +60,11 @@ def check_has_documents(corpus, name: str) -> None:
     if hasattr(documents, "close"):
       documents.close()
   if first is None:
-    raise EmptyCorpusError(f"corpus {name} holds no documents ({_skipped(corpus, stats)}): every line is empty or "
-                           f"whitespace only, so there is nothing to train on. Check the corpus path (--corpus, "
-                           f"data.corpus) and its files: one sentence per line, a blank line between documents "
+    raise manifest_lib.EmptyCorpusError(
+        f"corpus {name} holds no documents ({_skipped(corpus, stats)}): every line is empty or "
+        f"whitespace only, so there is nothing to train on. Check the corpus path (--corpus, "
+        f"data.corpus) and its files: one sentence per line, a blank line between documents "
                            f"(or one document per line with --one_doc_per_line)")
-
-
-def check_train_instances(name: str, train: int, eval_: int, stats: dict, eval_fraction: float | None = None) -> None:
-  """Fails, saying why, when the corpus gave no train instances (empty shards beside full ones are fine)."""
-  if train:
-    return
-  documents = stats.get("documents")
-  if documents == 0:
-    why = "it holds no documents: every line is empty or whitespace"
-  elif eval_:
-    why = (f"all its documents went to eval{f' (eval_fraction={eval_fraction})' if eval_fraction is not None else ''}"
-           f"; lower --eval_fraction or use a larger corpus")
-  else:
-    why = (f"its {documents} documents ({stats.get('sentences', 0)} sentences, {stats.get('tokens', 0)} tokens) "
-           f"made no instance; are the lines text the vocabulary encodes?")
-  raise EmptyCorpusError(f"corpus {name} gives 0 train instances: {why}. No manifest was written, so nothing "
-                         f"will train on this output")
 
 
 def _unit_hash(seed: int, *ordinals: int) -> float:
@@ -93,7 +73,7 @@ def _unit_hash(seed: int, *ordinals: int) -> float:
   return int.from_bytes(digest, "little") / 2**64
 
 
-SPLITS = ("train", "eval")  # a chunk key's split index is the position here
+SPLITS = manifest_lib.SPLITS
 
 
 def corpus_parts(corpus) -> list:
@@ -131,7 +111,7 @@ def _init_worker(vocab_file, lower_case, opts, seed):
 def _process_chunk(job):
   """(chunk key, documents as sentence lists) -> (chunk key, features, stats); the key seeds the RNG."""
   chunk_key, docs = job
-  tok, vocab, opts = _worker_state["tok"], _worker_state["vocab"], _worker_state["opts"]
+  vocab, opts = _worker_state["vocab"], _worker_state["opts"]
   token_docs = [[_worker_state["encode"](s) for s in doc] for doc in docs]
   rng = np.random.default_rng([_worker_state["seed"], *chunk_key])
   features = instances.create_instances(token_docs, opts, vocab, rng)
@@ -212,26 +192,11 @@ class _Shards:
     return {os.path.basename(self.path(s)): self.counts[s] for s in range(self.num_shards) if self.owns(s)}
 
 
-SENTENCE_LABELS = {  # what next_sentence_labels mean, per mode (recorded in the manifest)
-    "nsp": "0 = B follows A, 1 = B is from a random document",
-    "sop": "0 = A and B in document order, 1 = swapped",
-    "full_sentences": "always 0 (no sentence task)",
-}
-
-
-def masking_settings(opts: instances.InstanceOptions) -> dict:
-  """The manifest's description of how the records were masked (masking.MaskingOptions.settings, plus the
-  entity list's hash: the units depend on its content)."""
-  settings = opts.masking_options.settings()
-  if settings["mode"] == "knowledge" and opts.entity_file:
-    settings["entity_file_sha256"] = tokenizer_lib.file_sha256(opts.entity_file)
-  return settings
-
-
 def prepare(corpus, output_dir: str, opts: instances.InstanceOptions, *, vocab_file: str | None = None,
             vocab_size: int = 8000, vocab_type: str = "sentencepiece", lower_case: bool = False,
             seed: int = 12345, num_train_shards: int = 8,
-            num_eval_shards: int = 1, eval_fraction: float = 0.02, docs_per_chunk: int = 256, workers: int | None = None,
+            num_eval_shards: int = 1, eval_fraction: float = 0.02, docs_per_chunk: int = 256,
+            workers: int | None = None,
             task_index: int = 0, num_tasks: int = 1, corpus_description: str = "", progress: bool = True,
             formats=("tfrecord",)) -> dict:
   """Writes OUTPUT_DIR/{train,eval}/part-*.tfrecord (and/or .array_record, see `formats`) and the manifest;
@@ -303,13 +268,13 @@ def prepare(corpus, output_dir: str, opts: instances.InstanceOptions, *, vocab_f
   bar.close()
   shard_counts = {name: s.close() for name, s in splits.items()}
   seconds = time.time() - start
-  manifest = build_manifest(opts, seed=seed, tok=tok, corpus_description=corpus_description, parts=len(parts),
-                            shard_counts=shard_counts, split_instances={k: v["instances"] for k, v in split_totals.items()},
-                            corpus_stats=corpus_stats, totals=totals, seconds=seconds, workers=workers,
-                            task_index=task_index, num_tasks=num_tasks, formats=formats)
+  manifest = manifest_lib.build_manifest(
+      opts, seed=seed, tok=tok, corpus_description=corpus_description, parts=len(parts), shard_counts=shard_counts,
+      split_instances={k: v["instances"] for k, v in split_totals.items()}, corpus_stats=corpus_stats,
+      totals=totals, seconds=seconds, workers=workers, task_index=task_index, num_tasks=num_tasks, formats=formats)
   if num_tasks == 1:  # with several tasks, one may own only empty shards: merge_manifests checks the total
-    check_train_instances(corpus_name, split_totals["train"]["instances"], split_totals["eval"]["instances"],
-                          manifest["stats"], eval_fraction)
+    manifest_lib.check_train_instances(corpus_name, split_totals["train"]["instances"],
+                                       split_totals["eval"]["instances"], manifest["stats"], eval_fraction)
     schema.write_manifest(output_dir, manifest)
   else:
     with open(os.path.join(output_dir, f"manifest.task-{task_index:05d}-of-{num_tasks:05d}.json"), "w") as f:
@@ -349,7 +314,7 @@ def prepare_beam(corpus, output_dir: str, opts: instances.InstanceOptions, *, ru
                                corpus_name=corpus_name, parts=len(parts), eval_fraction=eval_fraction,
                                runner=runner, start=time.time()))
   counters = beam_pipeline.run(job, runner, list(pipeline_args))
-  manifest = _read_json(output_dir)
+  manifest = manifest_lib.read_manifest(output_dir)
   manifest["beam_counters"] = counters
   return manifest
 
@@ -365,12 +330,12 @@ class _Described:  # what build_manifest reads of a tokenizer, without loading i
 def _finish_beam(output_dir, opts, *, tok_description, seed, corpus_description, corpus_name, parts, eval_fraction,
                  runner, start, corpus_stats, totals, split_instances, shard_counts) -> dict:
   """The Beam pipeline's last step (one worker): the manifest from the combined counts, written beside the shards."""
-  manifest = build_manifest(opts, seed=seed, tok=_Described(*tok_description), corpus_description=corpus_description,
-                            parts=parts, shard_counts=shard_counts, split_instances=split_instances,
-                            corpus_stats=collections.Counter(corpus_stats), totals=collections.Counter(totals),
-                            seconds=time.time() - start, workers=runner, engine=runner)
-  check_train_instances(corpus_name, split_instances["train"], split_instances["eval"], manifest["stats"],
-                        eval_fraction)
+  manifest = manifest_lib.build_manifest(
+      opts, seed=seed, tok=_Described(*tok_description), corpus_description=corpus_description, parts=parts,
+      shard_counts=shard_counts, split_instances=split_instances, corpus_stats=collections.Counter(corpus_stats),
+      totals=collections.Counter(totals), seconds=time.time() - start, workers=runner, engine=runner)
+  manifest_lib.check_train_instances(corpus_name, split_instances["train"], split_instances["eval"],
+                                     manifest["stats"], eval_fraction)
   text = json.dumps({"schema_version": schema.SCHEMA_VERSION, **manifest}, indent=2, sort_keys=True)
   if "://" in output_dir:  # gs:// and other remote outputs (schema.write_manifest writes local files)
     import tensorflow as tf
@@ -381,94 +346,10 @@ def _finish_beam(output_dir, opts, *, tok_description, seed, corpus_description,
   return manifest
 
 
-def _read_json(output_dir):
-  path = os.path.join(output_dir, schema.MANIFEST_NAME)
-  if "://" in path:
-    import tensorflow as tf
-    return json.loads(tf.io.gfile.GFile(path).read())
-  with open(path) as f:
-    return json.load(f)
-
-
-def build_manifest(opts: instances.InstanceOptions, *, seed: int, tok, corpus_description: str, parts: int,
-                   shard_counts: dict, split_instances: dict, corpus_stats: dict, totals: dict, seconds: float,
-                   workers, task_index: int = 0, num_tasks: int = 1, formats=("tfrecord",),
-                   engine: str = "local") -> dict:
-  """The manifest of prepared data (the local path and the Beam pipeline write the same keys): settings,
-  shard counts, what was read and skipped (corpus_stats, from corpora.py) and the summed chunk statistics
-  (totals, from _process_chunk)."""
-  stats = {
-      "documents": corpus_stats["documents_read"],
-      "skipped_empty_lines": corpus_stats["empty_lines"], "skipped_empty_documents": corpus_stats["empty_documents"],
-      "invalid_utf8_lines": corpus_stats["invalid_utf8_lines"], **dict(totals),
-      "avg_real_tokens_per_instance": totals["real_tokens"] / max(totals["instances"], 1),
-      "masked_fraction": totals["masked_tokens"] / max(totals["maskable_tokens"], 1),
-      "random_next_fraction": totals["random_next"] / max(totals["instances"], 1),  # label-1 fraction
-      "seconds": round(seconds, 2), "workers": workers,
-      "instances_per_second": totals["instances"] / max(seconds, 1e-9),
-      "tokens_per_second": totals["real_tokens"] / max(seconds, 1e-9), "corpus_parts": parts,
-  }
-  manifest = {
-      "format": "google-research/bert pretraining tf.train.Example",
-      "max_seq_length": opts.max_seq_length, "max_predictions_per_seq": opts.max_predictions_per_seq,
-      "masking": masking_settings(opts), "mode": opts.mode, "next_sentence_labels": SENTENCE_LABELS[opts.mode],
-      "instances": dataclasses.asdict(opts), "seed": seed, "vocab": tok.describe(), "vocab_type": tok.kind,
-      "lower_case": tok.lower_case,
-      "corpus": corpus_description, "python": sys.version.split()[0],
-      "splits": {name: {"shards": shard_counts[name], "instances": split_instances[name]} for name in SPLITS},
-      "stats": stats, "task": {"index": task_index, "count": num_tasks}, "engine": engine,
-  }
-  if formats != ("tfrecord",):  # shard names stay the .tfrecord ones; an ArrayRecord shard has the same count
-    manifest["formats"] = list(formats)
-  return manifest
-
-
-def merge_manifests(output_dir: str) -> dict:
-  """Combines the partial manifests of all tasks into manifest.json (fails if one is missing)."""
-  parts = sorted(glob.glob(os.path.join(output_dir, "manifest.task-*.json")))
-  if not parts:
-    raise FileNotFoundError(f"no manifest.task-*.json in {output_dir}")
-  loaded = [json.load(open(p)) for p in parts]
-  count = loaded[0]["task"]["count"]
-  have = sorted(m["task"]["index"] for m in loaded)
-  if have != list(range(count)):
-    raise ValueError(f"partial manifests for tasks {have}, expected 0..{count - 1}: some tasks have not finished")
-  merged = dict(loaded[0])
-  for name in merged["splits"]:
-    shards = {k: v for m in loaded for k, v in m["splits"][name]["shards"].items()}
-    merged["splits"][name] = {"shards": dict(sorted(shards.items())), "instances": sum(shards.values())}
-  summed = ("instances", "real_tokens", "maskable_tokens", "masked_tokens", "random_next", "sentences", "tokens",
-            "documents_without_tokens")
-  merged["stats"] = {k: sum(m["stats"].get(k, 0) for m in loaded) for k in summed}
-  merged["task"] = {"index": None, "count": count}
-  check_train_instances(merged.get("corpus") or output_dir, merged["splits"]["train"]["instances"],
-                        merged["splits"]["eval"]["instances"],
-                        {**merged["stats"], "documents": loaded[0]["stats"].get("documents")})  # every task reads all
-  schema.write_manifest(output_dir, merged)
-  return merged
-
-
-def format_stats(manifest: dict) -> str:
-  s = manifest["stats"]
-  label_one = {"sop": "swapped", "full_sentences": "label 1"}.get(manifest.get("mode"), "random-next")
-  lines = [f"documents {s.get('documents', 0):,}  sentences {s.get('sentences', 0):,}  "
-           f"instances {s.get('instances', 0):,} (train {manifest['splits']['train']['instances']:,}, "
-           f"eval {manifest['splits']['eval']['instances']:,})",
-           f"avg real tokens/instance {s.get('avg_real_tokens_per_instance', 0):.1f}  "
-           f"masked fraction {s.get('masked_fraction', 0):.4f}  {label_one} {s.get('random_next_fraction', 0):.3f}",
-           f"skipped: empty lines {s.get('skipped_empty_lines', 0)}, empty documents "
-           f"{s.get('skipped_empty_documents', 0)}, documents without tokens {s.get('documents_without_tokens', 0)}, "
-           f"invalid UTF-8 lines {s.get('invalid_utf8_lines', 0)} (replaced)"]
-  if "seconds" in s:
-    lines.append(f"{s['seconds']:.1f}s on {s['workers']} workers: {s['instances_per_second']:,.0f} instances/s, "
-                 f"{s['tokens_per_second']:,.0f} tokens/s")
-  return "\n".join(lines)
-
-
 def main(argv):
   try:
     _main(argv[1:])
-  except EmptyCorpusError as e:  # the user's data, not a bug: the message, without a traceback
+  except manifest_lib.EmptyCorpusError as e:  # the user's data, not a bug: the message, without a traceback
     sys.exit(f"error: {e}")
 
 
@@ -480,7 +361,7 @@ def _main(pipeline_args):
     sys.exit(f"error: unknown flags {pipeline_args}; Beam pipeline options (--project, --region, ...) need "
              f"--runner=DirectRunner|DataflowRunner|SparkRunner|FlinkRunner|PrismRunner")
   if f.merge_manifests:
-    print(format_stats(merge_manifests(f.output_dir)))
+    print(manifest_lib.format_stats(manifest_lib.merge_manifests(f.output_dir)))
     return
   corpus = corpora.from_spec(f.corpus, data_dir=f.tfds_data_dir, text_key=f.text_key,
                              one_doc_per_line=f.one_doc_per_line, text_column=f.text_column or None,
@@ -503,7 +384,7 @@ def _main(pipeline_args):
                             num_train_shards=f.num_train_shards, num_eval_shards=f.num_eval_shards,
                             eval_fraction=f.eval_fraction, docs_per_chunk=f.docs_per_chunk,
                             corpus_description=f.corpus, formats=f.formats)
-    print(format_stats(manifest))
+    print(manifest_lib.format_stats(manifest))
     print("Beam counters: " + ", ".join(f"{k} {v:,}" for k, v in sorted(manifest["beam_counters"].items())))
     print(f"wrote {f.output_dir}")
     return
@@ -513,7 +394,7 @@ def _main(pipeline_args):
                      num_eval_shards=f.num_eval_shards, eval_fraction=f.eval_fraction, docs_per_chunk=f.docs_per_chunk,
                      workers=f.workers, task_index=f.task_index, num_tasks=f.num_tasks, corpus_description=f.corpus,
                      formats=f.formats)
-  print(format_stats(manifest))
+  print(manifest_lib.format_stats(manifest))
   print(f"wrote {f.output_dir}")
 
 
