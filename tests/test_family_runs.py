@@ -27,7 +27,10 @@ FAMILIES = {"albert_tiny": ("sop", "AlbertForPreTraining"), "bert_tiny": ("nsp",
             "roberta_tiny": (None, "RobertaForMaskedLM")}
 SHORT = ["--config.train.batch_size=16", "--config.optim.warmup_steps=30", "--config.train.eval_every=60",
          "--config.train.eval_batches=4", "--config.train.log_every=40", "--config.checkpoint.every_steps=60",
-         "--config.data.max_seq_length=64", "--config.data.max_predictions_per_seq=10"]
+         "--config.data.max_seq_length=64", "--config.data.max_predictions_per_seq=10",
+         # one masked copy of pydocs, prepared in the CLI's process: 5 s instead of 12 s, and 120 steps of 16 use
+         # a tenth of it
+         "--config.data.dupe_factor=1", "--config.data.prepare_workers=1"]
 
 
 def _run(module, *args, timeout=900):
@@ -96,9 +99,11 @@ def test_to_hf_loads_in_auto_classes_and_fills_masks(pretrained, exported):
   assert len(far) == 5
 
 
-# BERT's import and init_checkpoint, fine-tuning and resume are tested in test_checkpoint_convert.py,
-# test_finetune.py and test_train_loop.py; resuming is the trainer's, the same for every family.
-@pytest.mark.parametrize("pretrained", ["albert_tiny", "roberta_tiny"], indirect=True)
+# RoBERTa: the family without a pooler (its import leaves HF's out, its classifier is dense+tanh+out_proj). BERT's
+# import, init_checkpoint, fine-tuning and resume are tested in test_checkpoint_convert.py, test_finetune.py and
+# test_train_loop.py, ALBERT's HF parity (a pooler, as BERT's) in test_families.py; resuming is the trainer's, the same for
+# every family.
+@pytest.mark.parametrize("pretrained", ["roberta_tiny"], indirect=True)
 def test_from_hf_then_init_checkpoint(pretrained, exported, tmp_path):
   name, workdir, _ = pretrained
   hf_dir, params_dir = exported[0], str(tmp_path / "params")
@@ -114,7 +119,7 @@ def test_from_hf_then_init_checkpoint(pretrained, exported, tmp_path):
   assert abs(step0["mlm_loss"] - trained["mlm_loss"]) < 1e-3, (step0, trained)
 
 
-@pytest.mark.parametrize("pretrained", ["albert_tiny", "roberta_tiny"], indirect=True)
+@pytest.mark.parametrize("pretrained", ["roberta_tiny"], indirect=True)
 def test_finetuning_starts_from_the_family_checkpoint(pretrained, tmp_path):
   name, workdir, _ = pretrained
   ft = str(tmp_path / "ft")
