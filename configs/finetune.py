@@ -38,6 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.attention_dropout = 0.1           # dropout on attention probabilities
   m.dtype = "float32"                 # compute dtype
   m.attention_impl = "auto"           # auto | xla | cudnn
+  m.pooling = "cls"                   # classification input: cls (as HF; exports) | mean of the tokens (train.export_hf=False)
 
   c.train = r = ml_collections.ConfigDict()
   r.epochs = 3                        # passes over the train set

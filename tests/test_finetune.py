@@ -11,6 +11,7 @@ import tensorflow_datasets as tfds
 from bert_jax.core import configlib
 from bert_jax.data import corpora
 from bert_jax.data import tokenizer as tokenizer_lib
+from bert_jax.finetune import predict as predict_lib
 from bert_jax.finetune import task_metrics, tasks
 from bert_jax.models.bert import BertConfig
 from bert_jax.trainers import finetune
@@ -328,6 +329,30 @@ def test_frozen_params_stay_bit_identical_and_get_no_optimizer_state(pretrained,
   moments = [p for p in saved if p.startswith("opt_state/") and p.endswith(tuple(sizes))]
   assert moments and not any("embeddings" in p for p in moments)
   assert sum(int(np.prod(saved[p].shape)) for p in moments) == 2 * summary["trainable_params"]
+
+
+def test_mean_pooling_trains_and_predicts_from_its_workdir(pretrained, digit_task, sentences, tmp_path):
+  """model.pooling=mean: the head reads the tokens' mean (no pooler in the params), and `predict classify` on
+  the workdir rebuilds that head: its labels are the run's own eval predictions."""
+  run = tmp_path / "run"
+  result, predictions = _run(pretrained, run, **digit_task, **{"model.pooling": "mean", "train.method": "frozen",
+                                                                "train.learning_rate": 1e-2})
+  info = predict_lib.read_model_info(str(run))
+  assert info["model_config"].classifier_pooling == "mean"
+  params, _, tok, info = predict_lib.load(str(run))
+  assert "pooler" not in params["encoder"]
+  eval_texts = [json.loads(line)["text"] for line in open(digit_task["task.eval_file"])]
+  labels = [row["label"] for row in predict_lib.classify(params, info, tok, eval_texts)]
+  assert labels == [info["spec"].label_names[p] for p in predictions]
+  assert 0.0 <= result["accuracy"] <= 1.0
+
+
+def test_mean_pooling_without_a_transformers_class_is_refused_up_front(pretrained, digit_task, tmp_path):
+  with pytest.raises(ValueError, match=r"model.pooling='mean' has no transformers .*Set train.export_hf=False"):
+    _run(pretrained, tmp_path / "a", **{**digit_task, "train.export_hf": True, "model.pooling": "mean"})
+  with pytest.raises(ValueError, match=r"model.pooling='max' is not one of \('cls', 'mean'\)"):
+    _run(pretrained, tmp_path / "b", **digit_task, **{"model.pooling": "max"})
+  assert not os.path.exists(tmp_path / "a" / "checkpoints")  # refused before any training
 
 
 def test_a_rule_that_matches_no_parameter_fails_naming_it(pretrained, digit_task, tmp_path):

@@ -113,6 +113,27 @@ def test_prompts_and_prefixes_ignore_padding(base, overrides):
   assert np.max(np.abs(base_logits[1] - padded)) > 1e-4  # the prompt/prefix is used (float noise: ~1e-7)
 
 
+@pytest.mark.parametrize("base,overrides", [
+    (BERT, {}), (ROBERTA, {}), (BERT, dict(prompt_kind="prompt", prompt_length=5))])
+def test_mean_pooling_classifies_the_mean_of_the_real_tokens(base, overrides):
+  config = dataclasses.replace(base, classifier_pooling="mean", **overrides)
+  params = _perturbed_peft(_init(config), scale=1.0)
+  assert "pooler" not in params["encoder"] and "classifier_dense" not in params  # mean feeds the classifier
+  ids, mask, segments = _batch(seq=24)
+  logits = _logits(config, params, ids, mask, segments)
+  outputs = encoder_lib.Encoder(config, True).apply({"params": params["encoder"]}, ids, mask, segments)
+  outputs = np.asarray(outputs)  # [B, T, H]: the text's tokens only (a soft prompt's outputs are left out)
+  assert outputs.shape[1] == ids.shape[1]
+  means = np.stack([outputs[b, mask[b] == 1].mean(0) for b in range(2)])
+  expected = means @ params["classifier"]["kernel"] + params["classifier"]["bias"]
+  np.testing.assert_allclose(logits, expected, atol=2e-5)
+  short = int(mask[1].sum())  # padding changes nothing
+  np.testing.assert_allclose(_logits(config, params, ids[1:, :short], mask[1:, :short], segments[1:, :short])[0],
+                             logits[1], atol=2e-5)
+  with pytest.raises(ValueError, match="classifier_pooling 'max' is not one of"):
+    _init(dataclasses.replace(config, classifier_pooling="max"))
+
+
 def test_prompt_length_counts_against_the_position_table():
   config = dataclasses.replace(BERT, prompt_kind="prompt", prompt_length=10)
   ids = np.zeros((1, 60), np.int32)

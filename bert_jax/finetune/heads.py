@@ -3,7 +3,8 @@ plus a task head, for every family.
 
   SequenceClassifier  [CLS] pooled -> dropout -> classifier [B, num_labels] (1 label: regression).
                       Families without a pooler (RoBERTa) use a head-owned dense+tanh on <s> instead,
-                      as HF's RobertaClassificationHead does.
+                      as HF's RobertaClassificationHead does. classifier_pooling='mean' feeds the mean of
+                      the real tokens' outputs to the classifier instead (no pooler, no dense).
   TokenClassifier     sequence_output -> dropout -> classifier [B, T, num_labels]
   QuestionAnswering   sequence_output -> qa_outputs [B, T, 2] -> start/end logits [B, T]
 """
@@ -16,7 +17,14 @@ from bert_jax.layers import dropout as dropout_lib
 from bert_jax.models.config import EncoderConfig
 from bert_jax.models.encoder import Encoder
 
+POOLINGS = ("cls", "mean")
 ENCODER_PARAMS = ("encoder",)  # everything else is the head's, new at fine-tuning
+
+
+def mean_over_tokens(x_BxTxH, input_mask_BxT):
+  """[B, H] float32: the mean of the outputs at real (mask 1) positions."""
+  weights_BxTx1 = input_mask_BxT[..., None].astype(jnp.float32)
+  return jnp.sum(x_BxTxH.astype(jnp.float32) * weights_BxTx1, axis=1) / jnp.maximum(jnp.sum(weights_BxTx1, 1), 1.0)
 
 
 class SequenceClassifier(nn.Module):
@@ -28,9 +36,14 @@ class SequenceClassifier(nn.Module):
     c = self.config
     dropout = lambda x: dropout_lib.Dropout(c.hidden_dropout, deterministic=deterministic)(x)
     encoder = Encoder(c, deterministic, name="encoder")
+    if c.classifier_pooling not in POOLINGS:
+      raise ValueError(f"classifier_pooling {c.classifier_pooling!r} is not one of {POOLINGS}")
+    mean = c.classifier_pooling == "mean"
     # With a soft prompt, position 0 is its first token, pooled as HF peft's sequence classifiers do.
-    x = encoder(input_ids_BxT, input_mask_BxT, segment_ids_BxT, keep_prompt_outputs=True)
-    if c.use_pooler:
+    x = encoder(input_ids_BxT, input_mask_BxT, segment_ids_BxT, keep_prompt_outputs=not mean)
+    if mean:  # over the text's own tokens: a soft prompt's outputs are left out
+      pooled = mean_over_tokens(x, input_mask_BxT)
+    elif c.use_pooler:
       pooled = encoder.pool(x)
     else:
       act = {"tanh": jnp.tanh, "relu": nn.relu, "gelu": common.activation("gelu")}[c.classifier_activation]

@@ -200,8 +200,7 @@ class _Embedder(nn.Module):
     x = encoder(input_ids_BxT, input_mask_BxT, segment_ids_BxT).astype(jnp.float32)
     if self.pooling == "pooled":
       return encoder.pool(x).astype(jnp.float32)
-    weights = input_mask_BxT[..., None].astype(jnp.float32)
-    return jnp.sum(x * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+    return heads.mean_over_tokens(x, input_mask_BxT)
 
 
 def embed(params, model_config, tok, texts, pooling: str = "mean", batch_size: int = 32) -> np.ndarray:

@@ -55,6 +55,9 @@ class EncoderConfig:
   position_encoding: str = "absolute"  # absolute (learned table) | relative_sinusoidal (NEZHA, in attention)
   max_relative_position: int = 64  # relative_sinusoidal: distances j - i clipped to [-this, this]
   use_pooler: bool = True         # the [CLS] dense+tanh pooler (RoBERTa has none)
+  # Sequence classification input: cls (the pooler, or the no-pooler head's dense on [CLS], as HF) | mean (the
+  # mean of the real tokens' outputs: no HF class has it; what a frozen encoder's features need, see RESULTS).
+  classifier_pooling: str = "cls"
   dtype: str = "float32"          # compute dtype
   param_dtype: str = "float32"
   remat_policy: str = "none"      # one of transformer.REMAT_POLICIES

@@ -208,10 +208,26 @@ def evaluate(predict_fn, params, spec, examples, features, batch_size, mesh) -> 
   return out, answers
 
 
+def check_pooling(config, spec: tasks.TaskSpec) -> None:
+  """model.pooling=mean: classification only, and without a transformers export (no HF class pools that way)."""
+  pooling = config.model.pooling
+  if pooling not in heads.POOLINGS:
+    raise ValueError(f"model.pooling={pooling!r} is not one of {heads.POOLINGS}")
+  if pooling == "cls":
+    return
+  if spec.kind not in ("classification", "regression"):
+    raise ValueError(f"model.pooling={pooling!r} applies to sequence classification; task {spec.name} is "
+                     f"{spec.kind}: leave model.pooling=cls")
+  if config.train.export_hf:
+    raise ValueError(f"model.pooling={pooling!r} has no transformers (or peft) class: their sequence classifiers "
+                     f"read [CLS]. Set train.export_hf=False (params/ and `python -m bert_jax.predict classify` "
+                     f"still work) or use model.pooling=cls")
+
+
 def _model_config(config, pretrained: EncoderConfig | None, vocab_size: int, max_len: int) -> EncoderConfig:
   m = config.model
   common = dict(hidden_dropout=m.hidden_dropout, attention_dropout=m.attention_dropout, dtype=m.dtype,
-                attention_impl=m.attention_impl)
+                attention_impl=m.attention_impl, classifier_pooling=m.pooling)
   if pretrained is not None:
     if max_len > pretrained.max_sequence_length:
       raise ValueError(f"data.max_seq_length={max_len} exceeds the checkpoint's position table "
@@ -227,7 +243,7 @@ def _model_config(config, pretrained: EncoderConfig | None, vocab_size: int, max
 RESUME_KEYS = (("init_checkpoint",), ("task", "name"), ("task", "train_file"), ("task", "kind"),
                ("task", "text_keys"), ("task", "label_key"), ("task", "label_names"), ("data", "max_seq_length"),
                ("data", "vocab_file"), ("train", "batch_size"), ("train", "seed"), ("train", "method"),
-               ("train", "freeze_encoder"), ("train", "param_rules"))
+               ("train", "freeze_encoder"), ("train", "param_rules"), ("model", "pooling"))
 
 
 def check_resumable(ckpt, config, workdir: str) -> None:
@@ -283,6 +299,7 @@ def _finetune(config, workdir: str, init_checkpoint: str) -> dict:
   r, d = config.train, config.data
   method = method_of(config)
   method_rules, model_overrides = method_setup(config, method)
+  check_pooling(config, spec)
   if r.early_stop_metric and not r.eval_every:
     raise ValueError(f"train.early_stop_metric={r.early_stop_metric!r} needs evals during training: set "
                      f"train.eval_every (steps between evals)")
