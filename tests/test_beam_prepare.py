@@ -176,3 +176,9 @@ def test_bad_beam_settings_fail_with_the_fix(tmp_path):
   with pytest.raises(ValueError, match="writes TFRecord shards"):
     prepare.prepare_beam(corpora.TextFiles(str(corpus)), str(tmp_path / "o"), opts, runner="DirectRunner",
                          vocab_file="v.model", formats=("array_record",))
+
+
+def test_packed_records_round_trip_in_order():
+  records = [(2**64 - 1, b"\x00\x01 serialized"), (0, b""), (7, b"x" * 70000)]
+  assert beam_pipeline.unpack_records(beam_pipeline.pack_records(records)) == records
+  assert beam_pipeline.unpack_records(b"") == []  # the every-shard marker holds no record

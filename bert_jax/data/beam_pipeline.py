@@ -2,7 +2,7 @@
 machine; Dataflow, Spark or Flink on a cluster), with a shuffle at corpus scale.
 
   corpus parts ─Reshuffle─> read: chunks of documents (prepare.part_chunks) ─Reshuffle─>
-  instances (prepare._process_chunk) ─> ((split, shard), (hash, record)) ─GroupByKey─>
+  instances (prepare._process_chunk) ─> ((split, shard), records of this chunk packed in one blob) ─GroupByKey─>
   one shard, sorted by hash ─> TFRecord file          counts ─CombineGlobally─> manifest.json (one worker)
 
 The pipeline runs the local path's own functions, handed over in a `Job` by prepare.prepare_beam (this module
@@ -15,6 +15,10 @@ imports nothing of prepare, so that prepare's CLI can dispatch here):
     corpus, shuffled by the engine's GroupByKey, not in one worker's memory (one shard must fit a worker's
     memory: pick num_train_shards so that a shard is a few hundred MB). The local path writes chunk by chunk,
     so its shards hold the same instances split and ordered differently;
+  * the shuffle moves one element per (chunk, shard): the chunk's records for that shard packed into one bytes
+    blob (hash, length, record)..., not one element per instance. An engine that holds its shuffle in memory
+    (the DirectRunner keeps every element as a Python object until the last one arrives) then holds about the
+    records' own bytes rather than several Python objects per instance, and any engine shuffles fewer elements;
   * a shard is written to a temporary name and renamed, so a retried bundle rewrites the same bytes;
   * counts: Beam counters (namespace bert_jax) for parts, documents, skipped ones by reason, chunks and
     instances, reported at the end; the manifest gets the same numbers combined from all workers.
@@ -27,6 +31,7 @@ import collections
 import dataclasses
 import hashlib
 import os
+import struct
 import uuid
 from typing import Any, Callable
 
@@ -35,6 +40,7 @@ NAMESPACE = "bert_jax"
 READ_COUNTERS = {"documents_read": "documents", "empty_lines": "skipped_empty_lines",
                  "empty_documents": "skipped_empty_documents"}
 CHUNK_COUNTERS = ("instances", "documents_without_tokens", "sentences", "tokens")
+_RECORD_HEADER = struct.Struct("<QI")  # a packed record's 64-bit hash and byte length
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +63,21 @@ def instance_hash(seed: int, chunk_key, row: int) -> int:
   """The 64-bit hash that places instance `row` of chunk `chunk_key` (its shard and its place there)."""
   text = ":".join(map(str, (seed, *chunk_key, row)))
   return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def pack_records(records) -> bytes:
+  """[(hash, record bytes)] -> one blob; unpack_records inverts it."""
+  return b"".join(_RECORD_HEADER.pack(h, len(record)) + record for h, record in records)
+
+
+def unpack_records(blob: bytes) -> list[tuple[int, bytes]]:
+  records, at = [], 0
+  while at < len(blob):
+    h, size = _RECORD_HEADER.unpack_from(blob, at)
+    at += _RECORD_HEADER.size
+    records.append((h, blob[at:at + size]))
+    at += size
+  return records
 
 
 def sum_counts(dicts) -> dict:
@@ -96,7 +117,8 @@ class _ReadPart:
 
 
 class _MakeInstances:
-  """(chunk key, documents) -> ((split, shard), (hash, record)) per instance, and (split, stats) tagged chunk_stats."""
+  """(chunk key, documents) -> ((split, shard), packed records) per shard the chunk reaches, and (split, stats)
+  tagged chunk_stats."""
 
   def __init__(self, job: Job):
     self.job = job
@@ -111,16 +133,20 @@ class _MakeInstances:
       self._ready = True
     key, features, stats = self.job.process_chunk(element)
     split = key[1]
+    by_shard = collections.defaultdict(list)
     for row in range(len(features["input_ids"])):
       h = instance_hash(self.job.seed, key, row)
-      yield (split, h % self.job.num_shards[split]), (h, self.job.serialize(features, row))
+      by_shard[h % self.job.num_shards[split]].append((h, self.job.serialize(features, row)))
+    for shard, records in sorted(by_shard.items()):
+      yield (split, shard), pack_records(records)
     for name in CHUNK_COUNTERS:
       _counter(name).inc(stats.get(name, 0))
     yield _tagged("chunk_stats", (split, stats))
 
 
 class _WriteShard:
-  """((split, shard), records and None markers) -> the shard file, sorted by hash; yields (split, name, count)."""
+  """((split, shard), packed records, b"" for the every-shard marker) -> the shard file, sorted by hash; yields
+  (split, name, count)."""
 
   def __init__(self, job: Job):
     self.job = job
@@ -128,7 +154,8 @@ class _WriteShard:
   def __call__(self, element):
     import tensorflow as tf  # as the local path writes them (data modules import TF only where they use it)
     (split, shard), values = element
-    records = sorted(v for v in values if v is not None)  # by hash; the record bytes break (improbable) ties
+    # By hash; the record bytes break (improbable) ties. One shard is in memory here, as num_train_shards plans.
+    records = sorted(record for blob in values for record in unpack_records(blob))
     name = self.job.shard_file_name(shard, self.job.num_shards[split])
     path = os.path.join(self.job.output_dirs[split], name)
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
@@ -169,9 +196,9 @@ def build(pipeline, job: Job) -> None:
           | "Read" >> beam.FlatMap(_ReadPart(job)).with_outputs("read_stats", main="chunks"))
   made = (read.chunks
           | "SpreadChunks" >> beam.Reshuffle()
-          | "Instances" >> beam.FlatMap(_MakeInstances(job)).with_output_types(tuple[tuple[int, int], Any])
+          | "Instances" >> beam.FlatMap(_MakeInstances(job)).with_output_types(tuple[tuple[int, int], bytes])
           .with_outputs("chunk_stats", main="records"))
-  every_shard = [((split, shard), None) for split, n in enumerate(job.num_shards) for shard in range(n)]
+  every_shard = [((split, shard), b"") for split, n in enumerate(job.num_shards) for shard in range(n)]
   written = ((made.records, pipeline | "EveryShard" >> beam.Create(every_shard))  # empty shards get a file too
              | "WithEmptyShards" >> beam.Flatten()
              | "Shuffle" >> beam.GroupByKey()
