@@ -57,22 +57,12 @@ def bench_prepare(multiples, workers, vocab_size, workdir):
   text = open(source, encoding="utf-8").read()
   vocab_file = None
   for k in multiples:
-    corpus = os.path.join(workdir, f"pydocs_x{k}.txt")
-    with open(corpus, "w", encoding="utf-8") as f:
-      for _ in range(k):
-        f.write(text)
+    corpus = _repeated_corpus(text, k, workdir)
     out = os.path.join(workdir, f"out_x{k}")
     cmd = [sys.executable, "-m", "bert_jax.data.prepare", f"--corpus={corpus}", f"--output_dir={out}",
            f"--workers={workers}", "--dupe_factor=5", "--max_seq_length=128"]
     cmd += [f"--vocab_file={vocab_file}"] if vocab_file else [f"--vocab_size={vocab_size}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    ps, peak = psutil.Process(proc.pid), 0
-    while proc.poll() is None:
-      peak = max(peak, _tree_rss(ps))
-      time.sleep(0.05)
-    if proc.returncode:
-      raise RuntimeError(f"prepare failed: {proc.stdout.read()}")
+    _, _, peak = _run_sampled(cmd)
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     vocab_file = vocab_file or manifest["vocab"]["file"]  # train the vocabulary once, then reuse it
     s = manifest["stats"]
@@ -81,6 +71,15 @@ def bench_prepare(multiples, workers, vocab_size, workdir):
                       "instances_per_sec": round(s["instances_per_second"]),
                       "tokens_per_sec": round(s["tokens_per_second"]), "peak_rss_mib": round(peak / 2**20),
                       "machine": _machine()}), flush=True)
+
+
+def _repeated_corpus(text: str, k: int, workdir: str) -> str:
+  """WORKDIR/pydocs_x{k}.txt: the text k times over (k times the documents, the same vocabulary)."""
+  corpus = os.path.join(workdir, f"pydocs_x{k}.txt")
+  with open(corpus, "w", encoding="utf-8") as f:
+    for _ in range(k):
+      f.write(text)
+  return corpus
 
 
 def _run_sampled(cmd) -> tuple[float, float, int]:
@@ -111,10 +110,7 @@ def bench_beam(multiples, workers, vocab_size, dupe_factor, workdir):
   vocab_file = tokenizer_lib.train_vocab(corpora.TextFiles(source), "sentencepiece",
                                          os.path.join(workdir, "vocab", "spm"), vocab_size)
   for k in multiples:
-    corpus = os.path.join(workdir, f"pydocs_x{k}.txt")
-    with open(corpus, "w", encoding="utf-8") as f:
-      for _ in range(k):
-        f.write(text)
+    corpus = _repeated_corpus(text, k, workdir)
     engines = {"local": [f"--workers={workers}"],
                "beam_direct": ["--runner=DirectRunner", f"--direct_num_workers={workers}",
                                "--direct_running_mode=multi_processing"]}

@@ -128,11 +128,34 @@ def _untrained_teacher(config):
   return lambda path: registry.encoder_config(model)
 
 
+def _torch_batch(predictions, vocab, device):
+  """_batch's arrays as torch tensors on device (int64 ids, as HF's embeddings take them)."""
+  import numpy as np
+  import torch
+  return {k: torch.from_numpy(v.astype(np.int64) if v.dtype == np.int32 else v).to(device)
+          for k, v in _batch(FLAGS.batch, FLAGS.seq, predictions, vocab).items()}
+
+
+def _time_torch_steps(step, **extra):
+  """FLAGS.warmup untimed calls of step(), then the mean of FLAGS.steps timed ones (synchronised on a GPU)."""
+  import torch
+  sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+  for _ in range(FLAGS.warmup):
+    step()
+  sync()
+  t0 = time.perf_counter()
+  for _ in range(FLAGS.steps):
+    loss = step()
+  sync()
+  dt = (time.perf_counter() - t0) / FLAGS.steps
+  return {"step_ms": dt * 1e3, "seq_per_sec": FLAGS.batch / dt, "tokens_per_sec": FLAGS.batch * FLAGS.seq / dt,
+          "threads": torch.get_num_threads(), "loss": float(loss.detach()), **extra}
+
+
 def bench_torch_distill(config, predictions):
   """HF PyTorch distillation as HF's distiller.py trains DistilBERT: BertForMaskedLM teacher (eval, no_grad, in the
   objective's teacher dtype) and DistilBertForMaskedLM student; loss = alpha_ce T^2 KL(teacher || student) over real
   tokens + alpha_mlm MLM at the masked positions + alpha_cos (1 - cos) of the last hidden states; AdamW on the student."""
-  import numpy as np
   import torch
   import transformers
   from bert_jax.convert import hf_dir
@@ -150,8 +173,7 @@ def bench_torch_distill(config, predictions):
   o = config.optim
   opt = torch.optim.AdamW(student.parameters(), lr=o.peak_learning_rate, betas=(o.b1, o.b2), eps=o.eps,
                           weight_decay=o.weight_decay)
-  b = {k: torch.from_numpy(v.astype(np.int64) if v.dtype == np.int32 else v).to(device)
-       for k, v in _batch(FLAGS.batch, FLAGS.seq, predictions, model_config.vocab_size).items()}
+  b = _torch_batch(predictions, model_config.vocab_size, device)
   b["segment_ids"] = torch.zeros_like(b["segment_ids"])
   autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=FLAGS.dtype == "bfloat16")
   teacher_autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=s.teacher_dtype == "bfloat16")
@@ -178,23 +200,10 @@ def bench_torch_distill(config, predictions):
     opt.zero_grad(set_to_none=True)
     return loss
 
-  for _ in range(FLAGS.warmup):
-    step()
-  if device == "cuda":
-    torch.cuda.synchronize()
-  t0 = time.perf_counter()
-  for _ in range(FLAGS.steps):
-    loss = step()
-  if device == "cuda":
-    torch.cuda.synchronize()
-  dt = (time.perf_counter() - t0) / FLAGS.steps
-  return {"step_ms": dt * 1e3, "seq_per_sec": FLAGS.batch / dt, "tokens_per_sec": FLAGS.batch * FLAGS.seq / dt,
-          "threads": torch.get_num_threads(), "loss": float(loss.detach()),
-          "peer": "HF BertForMaskedLM teacher + DistilBertForMaskedLM student"}
+  return _time_torch_steps(step, peer="HF BertForMaskedLM teacher + DistilBertForMaskedLM student")
 
 
 def bench_torch(config, predictions):
-  import numpy as np
   import torch
   import transformers
   from bert_jax.convert import hf_dir
@@ -209,8 +218,7 @@ def bench_torch(config, predictions):
   o = config.optim
   opt = torch.optim.AdamW(model.parameters(), lr=o.peak_learning_rate, betas=(o.b1, o.b2), eps=o.eps,
                           weight_decay=o.weight_decay)
-  b = {k: torch.from_numpy(v.astype(np.int64) if v.dtype == np.int32 else v).to(device)
-       for k, v in _batch(FLAGS.batch, FLAGS.seq, predictions, model_config.vocab_size).items()}
+  b = _torch_batch(predictions, model_config.vocab_size, device)
   autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=FLAGS.dtype == "bfloat16")
 
   def step():
@@ -229,25 +237,13 @@ def bench_torch(config, predictions):
     opt.zero_grad(set_to_none=True)
     return loss
 
-  for _ in range(FLAGS.warmup):
-    step()
-  if on_gpu:
-    torch.cuda.synchronize()
-  t0 = time.perf_counter()
-  for _ in range(FLAGS.steps):
-    loss = step()
-  if on_gpu:
-    torch.cuda.synchronize()
-  dt = (time.perf_counter() - t0) / FLAGS.steps
-  return {"step_ms": dt * 1e3, "seq_per_sec": FLAGS.batch / dt, "tokens_per_sec": FLAGS.batch * FLAGS.seq / dt,
-          "threads": torch.get_num_threads(), "loss": float(loss.detach()), "torch_compile": FLAGS.torch_compile}
+  return _time_torch_steps(step, torch_compile=FLAGS.torch_compile)
 
 
 def bench_torch_electra(config, predictions):
   """HF PyTorch ELECTRA as our objective trains it: ElectraForMaskedLM generator sharing the discriminator's
   embeddings (its decoder tied to them) with its head run at the masked positions only, Gumbel samples there,
   ElectraForPreTraining on the corrupted ids, loss = MLM + rtd_weight x RTD, one AdamW over both models."""
-  import numpy as np
   import torch
   import transformers
   from bert_jax.convert import hf_dir
@@ -266,8 +262,7 @@ def bench_torch_electra(config, predictions):
   params = list({id(p): p for p in list(disc.parameters()) + list(gen.parameters())}.values())
   o = config.optim
   opt = torch.optim.AdamW(params, lr=o.peak_learning_rate, betas=(o.b1, o.b2), eps=o.eps, weight_decay=o.weight_decay)
-  b = {k: torch.from_numpy(v.astype(np.int64) if v.dtype == np.int32 else v).to(device)
-       for k, v in _batch(FLAGS.batch, FLAGS.seq, predictions, model_config.vocab_size).items()}
+  b = _torch_batch(predictions, model_config.vocab_size, device)
   positions = b["masked_lm_positions"]
   autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=FLAGS.dtype == "bfloat16")
 
@@ -296,18 +291,7 @@ def bench_torch_electra(config, predictions):
     opt.zero_grad(set_to_none=True)
     return loss
 
-  for _ in range(FLAGS.warmup):
-    step()
-  if device == "cuda":
-    torch.cuda.synchronize()
-  t0 = time.perf_counter()
-  for _ in range(FLAGS.steps):
-    loss = step()
-  if device == "cuda":
-    torch.cuda.synchronize()
-  dt = (time.perf_counter() - t0) / FLAGS.steps
-  return {"step_ms": dt * 1e3, "seq_per_sec": FLAGS.batch / dt, "tokens_per_sec": FLAGS.batch * FLAGS.seq / dt,
-          "threads": torch.get_num_threads(), "loss": float(loss.detach()), "peer": "HF ElectraForMaskedLM + ElectraForPreTraining"}
+  return _time_torch_steps(step, peer="HF ElectraForMaskedLM + ElectraForPreTraining")
 
 
 def main(argv):

@@ -111,16 +111,10 @@ class _DynamicMask(grain.transforms.RandomMap):
     masked, positions, labels = masking.mask_numpy(
         ids[:length], None if unit_bits is None else unit_bits[:length].astype(np.int64), opts,
         self._masking.vocab, rng)
-    pred = opts.max_predictions_per_seq
     out = ex
     out["input_ids"] = ids.astype(np.int32)
     out["input_ids"][:length] = masked
-    out["masked_lm_positions"] = np.zeros(pred, np.int32)
-    out["masked_lm_positions"][:len(positions)] = positions
-    out["masked_lm_ids"] = np.zeros(pred, np.int32)
-    out["masked_lm_ids"][:len(labels)] = labels
-    out["masked_lm_weights"] = np.zeros(pred, np.float32)
-    out["masked_lm_weights"][:len(labels)] = 1.0
+    out.update(masking.padded_predictions(positions, labels, opts.max_predictions_per_seq, np.int32))
     return out
 
 

@@ -213,12 +213,7 @@ def _features(tokens, segment_ids, is_random_next, opts, vocab, rng, masking_opt
   out["input_ids"][:len(tokens)] = masked
   out["input_mask"][:len(tokens)] = 1
   out["segment_ids"][:len(tokens)] = segment_ids
-  out["masked_lm_positions"] = np.zeros(pred, np.int64)
-  out["masked_lm_positions"][:len(positions)] = positions
-  out["masked_lm_ids"] = np.zeros(pred, np.int64)
-  out["masked_lm_ids"][:len(labels)] = labels
-  out["masked_lm_weights"] = np.zeros(pred, np.float32)
-  out["masked_lm_weights"][:len(labels)] = 1.0
+  out.update(masking.padded_predictions(positions, labels, pred))
   out["next_sentence_labels"] = np.array([int(is_random_next)], np.int64)
   return out
 

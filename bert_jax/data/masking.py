@@ -345,6 +345,16 @@ def mask_numpy(tokens: np.ndarray, unit_bits: np.ndarray | None, opts: MaskingOp
 
 # --- tf.data -----------------------------------------------------------------------------------------------
 
+def padded_predictions(positions, labels, max_predictions: int, int_dtype=np.int64) -> dict[str, np.ndarray]:
+  """masked_lm_positions / masked_lm_ids / masked_lm_weights padded with zeros to max_predictions."""
+  out = {name: np.zeros(max_predictions, int_dtype) for name in ("masked_lm_positions", "masked_lm_ids")}
+  out["masked_lm_positions"][:len(positions)] = positions
+  out["masked_lm_ids"][:len(labels)] = labels
+  out["masked_lm_weights"] = np.zeros(max_predictions, np.float32)
+  out["masked_lm_weights"][:len(labels)] = 1.0
+  return out
+
+
 def _shift_left(x, fill):
   import tensorflow as tf
   return tf.concat([x[1:], tf.fill([1], fill)], 0)
