@@ -38,10 +38,6 @@ def check_backend(d) -> None:
     raise ValueError("data.backend='tfdata' reads TFRecords with tf.data, but TensorFlow is not installed. Use "
                      "--config.data.backend=grain (ArrayRecord through Grain, no TensorFlow; data.corpus is then "
                      "prepared as ArrayRecord), or install tensorflow-cpu")
-  if d.backend == "grain" and d.pack_instances and not tensorflow_available():
-    raise ValueError("data.pack_instances packs the prepared TFRecords with TensorFlow (once, before training), "
-                     "which is not installed; pack where TensorFlow is (python -m bert_jax.data.packing, then "
-                     "python -m bert_jax.data.array_record_io), or set data.pack_instances=0")
 
 
 def _prepare_settings(d) -> dict:

@@ -3,6 +3,7 @@ SIGKILL, and the train CLI with TensorFlow unimportable."""
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -117,9 +118,21 @@ def test_static_data_gives_identical_batches_in_order(prepared, process_count, c
 
 def test_packed_rows_are_the_same_batches_as_tf_data(prepared, tmp_path):
   out = str(tmp_path / "packed")
-  packing.pack_prepared(prepared["dir"], out, 3, log=lambda _: None)
-  tfrecords = sorted(os.path.join(out, "train", f) for f in os.listdir(os.path.join(out, "train")))
-  arrays = array_record_io.convert_split(tfrecords, os.path.join(out, "train"), log=lambda _: None)
+  packing.pack_prepared(prepared["dir"], out, 3, log=lambda _: None)  # both formats in, both out
+  listed = lambda suffix: sorted(os.path.join(out, "train", f) for f in os.listdir(os.path.join(out, "train"))
+                                 if f.endswith(suffix))
+  tfrecords, arrays = listed(".tfrecord"), listed(array_record_io.SUFFIX)
+  assert len(tfrecords) == len(arrays) == 5
+  for t, a in zip(tfrecords, arrays):  # the same rows in each format, in the same order
+    assert list(array_record_io.iter_records(t)) == array_record_io.read_records(a)
+  # Packing the TFRecords alone (TF's reader no longer involved: Grain's) gives the same rows.
+  tf_only = tmp_path / "tf_only"
+  shutil.copytree(prepared["dir"], tf_only, ignore=shutil.ignore_patterns("*" + array_record_io.SUFFIX))
+  packing.pack_prepared(str(tf_only), str(tmp_path / "packed_tf"), 3, log=lambda _: None)
+  again = sorted((tmp_path / "packed_tf" / "train").iterdir())
+  assert [p.name for p in again] == [os.path.basename(t) for t in tfrecords]
+  assert all(list(array_record_io.iter_records(str(p))) == list(array_record_io.iter_records(t))
+             for p, t in zip(again, tfrecords))
   packed = schema.find_manifest(tfrecords)["packed"]
   fields = dict(packed_instances=3, packed_predictions=packed["predictions_per_row"], cycle_length=1)
   tf_it = pipeline.BatchIterator(_cfg(tfrecords, **fields))
@@ -272,7 +285,7 @@ def test_metrics_writer_events_read_back_in_tensorboard(tmp_path):
   assert [(e.step, e.value) for e in events.Scalars("eval/loss")] == [(2, 1.75)]
 
 
-def _train(workdir, corpus, steps, backend="grain", block_tf=True, workers=0):
+def _train(workdir, corpus, steps, backend="grain", block_tf=True, workers=0, extra=()):
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"}
   env.pop("XLA_FLAGS", None)
   if block_tf:
@@ -287,7 +300,7 @@ def _train(workdir, corpus, steps, backend="grain", block_tf=True, workers=0):
           "--config.train.eval_batches=1", "--config.train.eval_every=2", "--config.train.log_every=1",
           "--config.checkpoint.every_steps=2", "--config.data.max_seq_length=64",
           "--config.data.max_predictions_per_seq=10", "--config.data.dupe_factor=1", "--config.train.batch_size=8",
-          "--config.data.prepare_workers=1", f"--config.data.grain_workers={workers}"]
+          "--config.data.prepare_workers=1", f"--config.data.grain_workers={workers}", *extra]
   return subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
 
 
@@ -299,15 +312,19 @@ def small_corpus(tmp_path_factory):
 
 
 def test_train_cli_runs_and_resumes_without_tensorflow(tmp_path, small_corpus):
+  """Prepared, packed (2 instances per row) and trained with TensorFlow unimportable, then resumed."""
   workdir = str(tmp_path / "run")
-  first = _train(workdir, small_corpus, steps=3, workers=1)
+  packed = ["--config.data.pack_instances=2"]
+  first = _train(workdir, small_corpus, steps=3, workers=1, extra=packed)
   assert first.returncode == 0, first.stderr[-3000:]
   prepared = [d for d in os.listdir(os.path.join(workdir, "data")) if d.startswith("_")]
-  files = os.listdir(os.path.join(workdir, "data", prepared[0], "train"))
-  assert files and all(f.endswith(".array_record") for f in files)  # no TensorFlow: ArrayRecord only
+  for split_dir in ("train", "eval", os.path.join("packed-2", "train")):
+    files = os.listdir(os.path.join(workdir, "data", prepared[0], split_dir))
+    assert files and all(f.endswith(".array_record") for f in files), split_dir  # no TensorFlow: ArrayRecord only
+  assert "packed" in json.load(open(os.path.join(workdir, "data", prepared[0], "packed-2", "manifest.json")))
   assert os.path.exists(os.path.join(workdir, "checkpoints", "2", "data", "process_0-of-1.json"))
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "tensorboard")))
-  again = _train(workdir, small_corpus, steps=5)
+  again = _train(workdir, small_corpus, steps=5, extra=packed)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "resumed from checkpoint at step 3" in again.stdout and "reusing prepared data" in again.stdout
   lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]

@@ -122,6 +122,16 @@ def read_records(path: str, indices=None) -> list[bytes]:
     reader.close()
 
 
+def iter_records(path: str, block: int = 10_000):
+  """The serialized records of a TFRecord or ArrayRecord file, in order, `block` at a time in memory."""
+  if not path.endswith(SUFFIX):
+    yield from grain.experimental.TFRecordIterDataset(path)
+    return
+  total = num_records(path)
+  for start in range(0, total, block):
+    yield from read_records(path, range(start, min(start + block, total)))
+
+
 def shard_path(tfrecord_path: str) -> str:
   """The ArrayRecord file that sits beside (or replaces) a TFRecord shard: same name, other suffix."""
   stem = tfrecord_path[:-len(".tfrecord")] if tfrecord_path.endswith(".tfrecord") else tfrecord_path

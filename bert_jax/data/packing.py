@@ -33,7 +33,7 @@ import sys
 import numpy as np
 import tqdm
 
-from bert_jax.data import schema
+from bert_jax.data import array_record_io, schema
 
 PACKED_INT_KEYS = ("position_ids", "attention_segments", "nsp_positions")
 
@@ -123,36 +123,71 @@ def pack(features: dict, spec: PackingSpec) -> dict:
   return pack_features(features, plan_rows(features["input_mask"].sum(axis=1), predictions, spec), spec)
 
 
-def _read_windows(files, spec: PackingSpec, window: int):
-  import tensorflow as tf
-  feature_spec = schema.feature_spec(spec.max_seq_length, spec.max_predictions_per_seq)
-  ds = tf.data.TFRecordDataset(list(files)).map(lambda s: tf.io.parse_single_example(s, feature_spec))
-  for batch in ds.batch(window).as_numpy_iterator():
-    yield batch
+# What packing reads of an instance (a record's other features, e.g. masking.UNIT_FEATURE, are not packed).
+_INSTANCE_KEYS = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
+                  "masked_lm_weights", "next_sentence_labels")
+TFRECORD = ".tfrecord"
+FORMATS = {"tfrecord": TFRECORD, "array_record": array_record_io.SUFFIX}
+
+
+def _read_windows(files, window: int):
+  """Stacked instance features [<=window, ...] of TFRecord or ArrayRecord files, in order, read without
+  TensorFlow (Grain's TFRecord reader; array_record_io's parser)."""
+  rows = []
+  for path in files:
+    for record in array_record_io.iter_records(path):
+      features = array_record_io.parse(record)
+      rows.append([features[k] for k in _INSTANCE_KEYS])
+      if len(rows) == window:
+        yield {k: np.stack([r[i] for r in rows]) for i, k in enumerate(_INSTANCE_KEYS)}
+        rows = []
+  if rows:
+    yield {k: np.stack([r[i] for r in rows]) for i, k in enumerate(_INSTANCE_KEYS)}
+
+
+class _TFRecordWriter:
+  """tf.io.TFRecordWriter, imported only when TFRecords are asked for."""
+
+  def __init__(self, path: str):
+    import tensorflow as tf
+    self._writer = tf.io.TFRecordWriter(path)
+
+  def write(self, record: bytes) -> None:
+    self._writer.write(record)
+
+  def close(self) -> None:
+    self._writer.close()
 
 
 def pack_split(files, out_dir: str, spec: PackingSpec, *, window: int = 20_000, num_shards: int = 8,
-               total: int | None = None) -> dict:
-  """Packs TFRecord files into num_shards packed files under out_dir; returns counts."""
-  import tensorflow as tf
+               total: int | None = None, formats: tuple[str, ...] = ("tfrecord",)) -> dict:
+  """Packs TFRecord or ArrayRecord files into num_shards packed files under out_dir, in each of `formats`
+  (tfrecord needs TensorFlow; array_record does not); returns counts."""
+  unknown = sorted(set(formats) - set(FORMATS))
+  if unknown or not formats:
+    raise ValueError(f"packing formats {list(formats)}: choose from {sorted(FORMATS)}")
   os.makedirs(out_dir, exist_ok=True)
-  paths = [os.path.join(out_dir, f"packed-{s:05d}-of-{num_shards:05d}.tfrecord") for s in range(num_shards)]
-  writers = [tf.io.TFRecordWriter(p) for p in paths]
+  make = {"tfrecord": _TFRecordWriter, "array_record": array_record_io.ShardWriter}
+  writers = [[make[fmt](os.path.join(out_dir, f"packed-{s:05d}-of-{num_shards:05d}{FORMATS[fmt]}"))
+              for fmt in formats] for s in range(num_shards)]
   stats = {"instances": 0, "rows": 0, "real_tokens": 0, "predictions": 0}
   try:
     with tqdm.tqdm(total=total, unit="inst", desc=f"packing {os.path.basename(out_dir)}", file=sys.stderr) as bar:
-      for batch in _read_windows(files, spec, window):
+      for batch in _read_windows(files, window):
         packed = pack(batch, spec)
         for r in range(len(packed["input_ids"])):
-          writers[(stats["rows"] + r) % num_shards].write(schema.serialize(packed, r))
+          record = array_record_io.serialize(packed, r)
+          for writer in writers[(stats["rows"] + r) % num_shards]:
+            writer.write(record)
         stats["instances"] += len(batch["input_ids"])
         stats["rows"] += len(packed["input_ids"])
         stats["real_tokens"] += int(batch["input_mask"].sum())
         stats["predictions"] += int((batch["masked_lm_weights"] > 0).sum())
         bar.update(len(batch["input_ids"]))
   finally:
-    for w in writers:
-      w.close()
+    for shard in writers:
+      for w in shard:
+        w.close()
   stats["fill_before"] = stats["real_tokens"] / max(1, stats["instances"] * spec.max_seq_length)
   stats["fill_after"] = stats["real_tokens"] / max(1, stats["rows"] * spec.max_seq_length)
   return stats
@@ -167,19 +202,22 @@ def pack_prepared(input_dir: str, output_dir: str, max_instances: int, predictio
     raise ValueError(f"{input_dir} is already packed; pack the unpacked data it came from")
   spec = PackingSpec(manifest["max_seq_length"], manifest["max_predictions_per_seq"], max_instances,
                      predictions_per_row)
-  train_files = sorted(glob.glob(os.path.join(input_dir, "train", "*.tfrecord")))
-  if not train_files:
-    raise ValueError(f"no train/*.tfrecord under {input_dir}")
+  # The packed split comes in the formats the prepared one has; it is read from ArrayRecord where that exists.
+  by_format = {fmt: sorted(glob.glob(os.path.join(input_dir, "train", "*" + suffix))) for fmt, suffix in FORMATS.items()}
+  formats = tuple(fmt for fmt, files in by_format.items() if files)
+  if not formats:
+    raise ValueError(f"no train/*.tfrecord or train/*{array_record_io.SUFFIX} under {input_dir}")
+  train_files = by_format["array_record"] or by_format["tfrecord"]
   total = manifest.get("splits", {}).get("train", {}).get("instances")
   stats = pack_split(train_files, os.path.join(output_dir, "train"), spec, window=window,
-                     num_shards=len(train_files), total=total)
+                     num_shards=len(train_files), total=total, formats=formats)
   if total is not None and stats["instances"] != total:
     raise ValueError(f"read {stats['instances']} train instances but the manifest lists {total}")
   packed_manifest = {k: v for k, v in manifest.items() if k != "schema_version"}
   packed_manifest["packed"] = {"max_instances": max_instances, "predictions_per_row": spec.row_predictions,
                                "source": os.path.abspath(input_dir), "window": window, **stats}
   packed_manifest["splits"] = {"train": {"instances": stats["instances"], "rows": stats["rows"]}}
-  packed_manifest["eval_files"] = os.path.join(os.path.abspath(input_dir), "eval", "*.tfrecord")
+  packed_manifest["eval_files"] = os.path.join(os.path.abspath(input_dir), "eval", "*" + FORMATS[formats[0]])
   schema.write_manifest(output_dir, packed_manifest)
   log(f"packed {stats['instances']} instances into {stats['rows']} rows of {spec.max_seq_length}: "
       f"token fill {stats['fill_before']:.1%} -> {stats['fill_after']:.1%}")
