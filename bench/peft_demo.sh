@@ -4,19 +4,24 @@
 # prefix tuning and LoRA from that checkpoint with the same steps, batch and seed; prints a Markdown table.
 #   bash bench/peft_demo.sh [OUT=runs/peft-demo] [extra --config flags for every fine-tuning run...]
 # PRETRAIN_WORKDIR reuses a pretraining workdir; METHODS="method:lr ..." picks runs; finished runs
-# (OUT/<method>/result.json) are not rerun.
+# (OUT/<method>/result.json) are not rerun. POOLING=mean (default) classifies the mean of the tokens' outputs,
+# which a frozen trunk needs (its [CLS] only learned NSP) and which has no transformers class, so no hf/ export is
+# written; POOLING=cls gives the HF-exportable heads and their export checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 out="${1:-runs/peft-demo}"; shift $(( $# < 1 ? $# : 1 ))
 pre="${PRETRAIN_WORKDIR:-$out/tiny}"
 # method:peak learning rate. Methods that train few weights on a frozen trunk take larger steps.
-methods=${METHODS:-full:2e-4 frozen:1e-3 houlsby:5e-3 pfeiffer:5e-3 prompt:3e-2 prefix:1e-2 lora:5e-3}
+methods=${METHODS:-full:2e-4 frozen:3e-2 houlsby:5e-3 pfeiffer:5e-3 prompt:3e-2 prefix:3e-2 lora:5e-3}
+pooling=${POOLING:-mean}
+head=(--config.model.pooling="$pooling")
+[ "$pooling" = cls ] || head+=(--config.train.export_hf=False)
 [ -d "$pre/checkpoints" ] || "$PYTHON" -m bert_jax.train --config=tiny --workdir="$pre"
 for entry in $methods; do
   method=${entry%%:*}; lr=${entry#*:}
   [ -f "$out/$method/result.json" ] || "$PYTHON" -m bert_jax.finetune --config=finetune --init_checkpoint="$pre" \
-      --workdir="$out/$method" --config.train.method="$method" --config.train.learning_rate="$lr" "$@"
+      --workdir="$out/$method" --config.train.method="$method" --config.train.learning_rate="$lr" "${head[@]}" "$@"
 done
 "$PYTHON" - "$out" $methods <<'PY'
 import collections, json, os, sys

@@ -16,9 +16,9 @@ imports nothing of prepare, so that prepare's CLI can dispatch here):
     memory: pick num_train_shards so that a shard is a few hundred MB). The local path writes chunk by chunk,
     so its shards hold the same instances split and ordered differently;
   * the shuffle moves one element per (chunk, shard): the chunk's records for that shard packed into one bytes
-    blob (hash, length, record)..., not one element per instance. An engine that holds its shuffle in memory
-    (the DirectRunner keeps every element as a Python object until the last one arrives) then holds about the
-    records' own bytes rather than several Python objects per instance, and any engine shuffles fewer elements;
+    blob (hash, length, record)..., not one element per instance, so an engine shuffles and encodes a few
+    elements per chunk instead of thousands. (The DirectRunner still holds every stage's output in memory, in
+    the runner and in its workers: its peak memory grows with the output, see bench/RESULTS.md.)
   * a shard is written to a temporary name and renamed, so a retried bundle rewrites the same bytes;
   * counts: Beam counters (namespace bert_jax) for parts, documents, skipped ones by reason, chunks and
     instances, reported at the end; the manifest gets the same numbers combined from all workers.
