@@ -20,6 +20,7 @@ unlike wall time it holds on a shared machine), output bytes per corpus byte, an
 """
 
 import argparse
+import collections
 import json
 import os
 import platform
@@ -32,14 +33,15 @@ import time
 import psutil
 
 
-def _tree_rss(proc: psutil.Process) -> int:
-  total = 0
+def _tree_rss(proc: psutil.Process) -> dict[int, int]:
+  """pid -> RSS bytes of proc and its descendants now."""
+  rss = {}
   for p in [proc] + proc.children(recursive=True):
     try:
-      total += p.memory_info().rss
+      rss[p.pid] = p.memory_info().rss
     except psutil.Error:
       pass
-  return total
+  return rss
 
 
 # BERT-large train step on one H100, bf16 (bench/RESULTS.md, "Train step on one H100", rows "now"):
@@ -69,7 +71,7 @@ def bench_prepare(multiples, workers, vocab_size, workdir):
     print(json.dumps({"bench": "prepare", "corpus_multiple": k, "corpus_bytes": os.path.getsize(corpus),
                       "workers": workers, "instances": s["instances"], "seconds": s["seconds"],
                       "instances_per_sec": round(s["instances_per_second"]),
-                      "tokens_per_sec": round(s["tokens_per_second"]), "peak_rss_mib": round(peak / 2**20),
+                      "tokens_per_sec": round(s["tokens_per_second"]), "peak_rss_mib": peak["tree"],
                       "machine": _machine()}), flush=True)
 
 
@@ -82,8 +84,9 @@ def _repeated_corpus(text: str, k: int, workdir: str) -> str:
   return corpus
 
 
-def _run_sampled(cmd) -> tuple[float, float, int]:
-  """Runs cmd; returns (wall seconds, CPU seconds of its process tree, peak RSS of the tree in bytes).
+def _run_sampled(cmd) -> tuple[float, float, dict]:
+  """Runs cmd; returns (wall seconds, CPU seconds of its process tree, peak RSS in MiB: of the tree (`tree`), of
+  the command's own process (`main`) and of its largest descendant (`largest_child`)).
 
   CPU seconds (user + system of every waited-for descendant) do not grow when other jobs share the cores,
   so per-core throughput is measured on them; wall seconds do."""
@@ -91,14 +94,18 @@ def _run_sampled(cmd) -> tuple[float, float, int]:
   start = time.time()
   proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-  ps, peak = psutil.Process(proc.pid), 0
+  ps, tree, by_pid = psutil.Process(proc.pid), 0, collections.Counter()
   while proc.poll() is None:
-    peak = max(peak, _tree_rss(ps))
+    rss = _tree_rss(ps)
+    tree = max(tree, sum(rss.values()))
+    by_pid |= collections.Counter(rss)  # per-process maxima
     time.sleep(0.05)
   if proc.returncode:
     raise RuntimeError(f"{cmd} failed: {proc.stdout.read()[-3000:]}")
   after = resource.getrusage(resource.RUSAGE_CHILDREN)
   cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+  children = [v for pid, v in by_pid.items() if pid != proc.pid]
+  peak = {"tree": tree >> 20, "main": by_pid[proc.pid] >> 20, "largest_child": max(children, default=0) >> 20}
   return time.time() - start, cpu, peak
 
 
@@ -131,7 +138,8 @@ def bench_beam(multiples, workers, vocab_size, dupe_factor, workdir):
                         "docs_per_sec": round(s["documents"] / seconds),
                         "cpu_seconds": round(cpu_seconds, 1), "corpus_bytes_per_cpu_second": round(size / cpu_seconds),
                         "docs_per_cpu_second": round(s["documents"] / cpu_seconds, 1),
-                        "output_bytes_per_corpus_byte": round(output / size, 1), "peak_rss_mib": round(peak / 2**20),
+                        "output_bytes_per_corpus_byte": round(output / size, 1), "peak_rss_mib": peak["tree"],
+                        "peak_rss_main_mib": peak["main"], "peak_rss_largest_child_mib": peak["largest_child"],
                         "load_avg_1m": round(os.getloadavg()[0], 1), "machine": _machine()}), flush=True)
 
 
