@@ -13,7 +13,7 @@ PYTHON=${PYTHON:-python}
 out="${1:-runs/peft-demo}"; shift $(( $# < 1 ? $# : 1 ))
 pre="${PRETRAIN_WORKDIR:-$out/tiny}"
 # method:peak learning rate. Methods that train few weights on a frozen trunk take larger steps.
-methods=${METHODS:-full:2e-4 frozen:3e-2 houlsby:5e-3 pfeiffer:5e-3 prompt:3e-2 prefix:3e-2 lora:5e-3}
+methods=${METHODS:-full:2e-4 frozen:3e-2 houlsby:1e-2 pfeiffer:1e-2 prompt:3e-2 prefix:3e-2 lora:5e-3}
 pooling=${POOLING:-mean}
 head=(--config.model.pooling="$pooling")
 [ "$pooling" = cls ] || head+=(--config.train.export_hf=False)
