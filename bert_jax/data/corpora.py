@@ -426,11 +426,11 @@ def _prose_paragraphs(docstring: str) -> Iterator[str]:
       yield text
 
 
-def _stdlib_module_docstrings() -> Iterator[list[str]]:
-  """For each stdlib source file, its docstrings in source order (module, classes, functions)."""
-  root = Path(sysconfig.get_paths()["stdlib"])
+def source_docstrings(root: Path, skip_dirs=frozenset(_SKIP_DIRS)) -> Iterator[list[str]]:
+  """For each Python source file under root (none in skip_dirs), its docstrings in source order (module,
+  classes, functions)."""
   for path in sorted(root.rglob("*.py")):
-    if _SKIP_DIRS & set(path.relative_to(root).parts[:-1]):
+    if set(skip_dirs) & set(path.relative_to(root).parts[:-1]):
       continue
     try:
       tree = ast.parse(path.read_bytes(), filename=str(path))
@@ -450,11 +450,11 @@ def _pydoc_topics() -> Iterator[list[str]]:
     yield [topics.topics[key]]
 
 
-def pydocs_documents() -> Iterator[Document]:
-  """The default corpus: Python's language-reference topics (one document each) and the stdlib's
-  docstrings (one document per module), keeping prose paragraphs, each paragraph once."""
+def docstring_documents(*sources) -> Iterator[Document]:
+  """Documents of sources of [text, ...] lists (one document each), keeping prose paragraphs, each paragraph
+  once across all of them."""
   seen = set()
-  for source in (_pydoc_topics(), _stdlib_module_docstrings()):
+  for source in sources:
     for texts in source:
       sentences = []
       for text in texts:
@@ -467,17 +467,30 @@ def pydocs_documents() -> Iterator[Document]:
         yield sentences
 
 
+def pydocs_documents() -> Iterator[Document]:
+  """The default corpus: Python's language-reference topics (one document each) and the stdlib's
+  docstrings (one document per module)."""
+  return docstring_documents(_pydoc_topics(), source_docstrings(Path(sysconfig.get_paths()["stdlib"])))
+
+
+def write_documents(documents, path) -> None:
+  """Documents in google-research/bert's text format (a sentence a line, a blank line after each document),
+  written to a temporary name and renamed."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(f".tmp{os.getpid()}")
+  with open(tmp, "w", encoding="utf-8") as f:
+    for doc in documents:
+      f.write("\n".join(s.replace("\n", " ") for s in doc) + "\n\n")
+  os.replace(tmp, path)
+
+
 def pydocs_path(cache_dir: str) -> str:
   """Writes the pydocs corpus once (google-research/bert text format) and returns its path."""
   version = f"py{sys.version_info.major}.{sys.version_info.minor}"
   path = Path(cache_dir) / f"{PYDOCS_NAME}-{version}.txt"
   if not path.exists():
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-      for doc in pydocs_documents():
-        f.write("\n".join(s.replace("\n", " ") for s in doc) + "\n\n")
-    os.replace(tmp, path)
+    write_documents(pydocs_documents(), path)
   return str(path)
 
 
