@@ -132,6 +132,29 @@ def iter_records(path: str, block: int = 10_000):
     yield from read_records(path, range(start, min(start + block, total)))
 
 
+FORMATS = ("tfrecord", "array_record")
+
+
+def check_formats(formats) -> tuple[str, ...]:
+  formats = tuple(formats)
+  unknown = [f for f in formats if f not in FORMATS]
+  if unknown or not formats:
+    raise ValueError(f"formats {list(formats)}: choose one or more of {list(FORMATS)}")
+  return formats
+
+
+def open_writers(tfrecord_path: str, formats) -> list:
+  """One writer per format for a shard named by its TFRecord path (the ArrayRecord file sits beside it, see
+  shard_path); TensorFlow is imported only when TFRecords are asked for."""
+  writers = []
+  if "tfrecord" in formats:
+    import tensorflow as tf
+    writers.append(tf.io.TFRecordWriter(tfrecord_path))
+  if "array_record" in formats:
+    writers.append(ShardWriter(shard_path(tfrecord_path)))
+  return writers
+
+
 def shard_path(tfrecord_path: str) -> str:
   """The ArrayRecord file that sits beside (or replaces) a TFRecord shard: same name, other suffix."""
   stem = tfrecord_path[:-len(".tfrecord")] if tfrecord_path.endswith(".tfrecord") else tfrecord_path

@@ -426,11 +426,11 @@ def _prose_paragraphs(docstring: str) -> Iterator[str]:
       yield text
 
 
-def source_docstrings(root: Path, skip_dirs=frozenset(_SKIP_DIRS)) -> Iterator[list[str]]:
-  """For each Python source file under root (none in skip_dirs), its docstrings in source order (module,
-  classes, functions)."""
+def source_docstrings(root: Path) -> Iterator[list[str]]:
+  """For each Python source file under root (tests and the like left out), its docstrings in source order
+  (module, classes, functions)."""
   for path in sorted(root.rglob("*.py")):
-    if set(skip_dirs) & set(path.relative_to(root).parts[:-1]):
+    if _SKIP_DIRS & set(path.relative_to(root).parts[:-1]):
       continue
     try:
       tree = ast.parse(path.read_bytes(), filename=str(path))

@@ -343,8 +343,6 @@ def mask_numpy(tokens: np.ndarray, unit_bits: np.ndarray | None, opts: MaskingOp
   return masked, positions, labels
 
 
-# --- tf.data -----------------------------------------------------------------------------------------------
-
 def padded_predictions(positions, labels, max_predictions: int, int_dtype=np.int64) -> dict[str, np.ndarray]:
   """masked_lm_positions / masked_lm_ids / masked_lm_weights padded with zeros to max_predictions."""
   out = {name: np.zeros(max_predictions, int_dtype) for name in ("masked_lm_positions", "masked_lm_ids")}
@@ -354,6 +352,8 @@ def padded_predictions(positions, labels, max_predictions: int, int_dtype=np.int
   out["masked_lm_weights"][:len(labels)] = 1.0
   return out
 
+
+# --- tf.data -----------------------------------------------------------------------------------------------
 
 def _shift_left(x, fill):
   import tensorflow as tf

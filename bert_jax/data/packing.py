@@ -126,50 +126,31 @@ def pack(features: dict, spec: PackingSpec) -> dict:
 # What packing reads of an instance (a record's other features, e.g. masking.UNIT_FEATURE, are not packed).
 _INSTANCE_KEYS = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
                   "masked_lm_weights", "next_sentence_labels")
-TFRECORD = ".tfrecord"
-FORMATS = {"tfrecord": TFRECORD, "array_record": array_record_io.SUFFIX}
 
 
 def _read_windows(files, window: int):
   """Stacked instance features [<=window, ...] of TFRecord or ArrayRecord files, in order, read without
   TensorFlow (Grain's TFRecord reader; array_record_io's parser)."""
+  stack = lambda rows: {k: np.stack([r[k] for r in rows]) for k in _INSTANCE_KEYS}
   rows = []
   for path in files:
     for record in array_record_io.iter_records(path):
-      features = array_record_io.parse(record)
-      rows.append([features[k] for k in _INSTANCE_KEYS])
+      rows.append(array_record_io.parse(record))
       if len(rows) == window:
-        yield {k: np.stack([r[i] for r in rows]) for i, k in enumerate(_INSTANCE_KEYS)}
+        yield stack(rows)
         rows = []
   if rows:
-    yield {k: np.stack([r[i] for r in rows]) for i, k in enumerate(_INSTANCE_KEYS)}
-
-
-class _TFRecordWriter:
-  """tf.io.TFRecordWriter, imported only when TFRecords are asked for."""
-
-  def __init__(self, path: str):
-    import tensorflow as tf
-    self._writer = tf.io.TFRecordWriter(path)
-
-  def write(self, record: bytes) -> None:
-    self._writer.write(record)
-
-  def close(self) -> None:
-    self._writer.close()
+    yield stack(rows)
 
 
 def pack_split(files, out_dir: str, spec: PackingSpec, *, window: int = 20_000, num_shards: int = 8,
                total: int | None = None, formats: tuple[str, ...] = ("tfrecord",)) -> dict:
   """Packs TFRecord or ArrayRecord files into num_shards packed files under out_dir, in each of `formats`
   (tfrecord needs TensorFlow; array_record does not); returns counts."""
-  unknown = sorted(set(formats) - set(FORMATS))
-  if unknown or not formats:
-    raise ValueError(f"packing formats {list(formats)}: choose from {sorted(FORMATS)}")
+  formats = array_record_io.check_formats(formats)
   os.makedirs(out_dir, exist_ok=True)
-  make = {"tfrecord": _TFRecordWriter, "array_record": array_record_io.ShardWriter}
-  writers = [[make[fmt](os.path.join(out_dir, f"packed-{s:05d}-of-{num_shards:05d}{FORMATS[fmt]}"))
-              for fmt in formats] for s in range(num_shards)]
+  writers = [array_record_io.open_writers(os.path.join(out_dir, f"packed-{s:05d}-of-{num_shards:05d}.tfrecord"),
+                                          formats) for s in range(num_shards)]
   stats = {"instances": 0, "rows": 0, "real_tokens": 0, "predictions": 0}
   try:
     with tqdm.tqdm(total=total, unit="inst", desc=f"packing {os.path.basename(out_dir)}", file=sys.stderr) as bar:
@@ -203,7 +184,9 @@ def pack_prepared(input_dir: str, output_dir: str, max_instances: int, predictio
   spec = PackingSpec(manifest["max_seq_length"], manifest["max_predictions_per_seq"], max_instances,
                      predictions_per_row)
   # The packed split comes in the formats the prepared one has; it is read from ArrayRecord where that exists.
-  by_format = {fmt: sorted(glob.glob(os.path.join(input_dir, "train", "*" + suffix))) for fmt, suffix in FORMATS.items()}
+  suffixes = {"tfrecord": ".tfrecord", "array_record": array_record_io.SUFFIX}
+  by_format = {fmt: sorted(glob.glob(os.path.join(input_dir, "train", "*" + suffixes[fmt])))
+               for fmt in array_record_io.FORMATS}
   formats = tuple(fmt for fmt, files in by_format.items() if files)
   if not formats:
     raise ValueError(f"no train/*.tfrecord or train/*{array_record_io.SUFFIX} under {input_dir}")
@@ -217,7 +200,7 @@ def pack_prepared(input_dir: str, output_dir: str, max_instances: int, predictio
   packed_manifest["packed"] = {"max_instances": max_instances, "predictions_per_row": spec.row_predictions,
                                "source": os.path.abspath(input_dir), "window": window, **stats}
   packed_manifest["splits"] = {"train": {"instances": stats["instances"], "rows": stats["rows"]}}
-  packed_manifest["eval_files"] = os.path.join(os.path.abspath(input_dir), "eval", "*" + FORMATS[formats[0]])
+  packed_manifest["eval_files"] = os.path.join(os.path.abspath(input_dir), "eval", "*" + suffixes[formats[0]])
   schema.write_manifest(output_dir, packed_manifest)
   log(f"packed {stats['instances']} instances into {stats['rows']} rows of {spec.max_seq_length}: "
       f"token fill {stats['fill_before']:.1%} -> {stats['fill_after']:.1%}")

@@ -42,7 +42,6 @@ from bert_jax.data import manifest as manifest_lib
 from bert_jax.data import tokenizer as tokenizer_lib
 
 _worker_state = {}
-FORMATS = ("tfrecord", "array_record")
 
 
 def _skipped(corpus, stats) -> str:
@@ -126,14 +125,6 @@ def _process_chunk(job):
   return chunk_key, features, stats
 
 
-def check_formats(formats) -> tuple[str, ...]:
-  formats = tuple(formats)
-  unknown = [f for f in formats if f not in FORMATS]
-  if unknown or not formats:
-    raise ValueError(f"formats {list(formats)}: choose one or more of {list(FORMATS)}")
-  return formats
-
-
 def shard_file_name(shard: int, num_shards: int) -> str:
   return f"part-{shard:05d}-of-{num_shards:05d}.tfrecord"
 
@@ -164,13 +155,7 @@ class _Shards:
 
   def _open(self, shard):
     """The shard's writers, one per format; the ArrayRecord one gets the TFRecord's bytes when both are written."""
-    writers = []
-    if "tfrecord" in self.formats:
-      import tensorflow as tf
-      writers.append(tf.io.TFRecordWriter(self.path(shard)))
-    if "array_record" in self.formats:
-      writers.append(array_record_io.ShardWriter(array_record_io.shard_path(self.path(shard))))
-    return writers
+    return array_record_io.open_writers(self.path(shard), self.formats)
 
   def write(self, shard, features):
     if shard not in self.writers:
@@ -208,7 +193,7 @@ def prepare(corpus, output_dir: str, opts: instances.InstanceOptions, *, vocab_f
     raise ValueError(f"task_index {task_index} must be in [0, num_tasks={num_tasks})")
   tokenizer_lib.check_vocab_type(vocab_type)
   segmenters.load_segmenter(opts.segmenter)  # a missing segmenter fails now, naming what to install
-  formats = check_formats(formats)
+  formats = array_record_io.check_formats(formats)
   corpus_name = corpus_description or type(corpus).__name__
   check_has_documents(corpus, corpus_name)
   os.makedirs(output_dir, exist_ok=True)
