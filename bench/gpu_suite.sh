@@ -4,6 +4,7 @@
 #   bash bench/gpu_suite.sh ablations  # MLM gather, bf16 optimizer state, fp32, remat, scan vs unrolled
 #   bash bench/gpu_suite.sh grain      # train large with the grain backend, no TensorFlow; kill, resume, to_hf
 #   bash bench/gpu_suite.sh defaults   # --config=large as shipped vs HF eager, torch.compile and KerasHub (#16)
+#   bash bench/gpu_suite.sh fp8        # model.fp8 vs bf16: step time at seq 128/512, loss curves on pydocs (#16)
 # Each run is a separate process (peak memory is per process) under a time limit, so one failure
 # (an OOM, say) is recorded and the rest still run.
 set -uo pipefail
@@ -65,6 +66,18 @@ case "${1:-core}" in
     run 240 $D --seq=512 --batch=64 --compare_torch
     run 400 $D --seq=512 --batch=64 --compare_torch --torch_compile
     KERAS_BACKEND=jax run 300 $D --seq=128 --batch=256 --compare_keras   # needs keras-hub (bench/keras_peer.py)
+    ;;
+  fp8)  # #16 item 4: FP8 with delayed scaling vs bf16, same process settings, shipped defaults then fused ones
+    D="bench/train_bench.py --config=large --dtype=bfloat16 --steps=10 --warmup=2"
+    run 240 $D --seq=128 --batch=256
+    run 240 $D --seq=128 --batch=256 --fp8
+    run 240 $D --seq=512 --batch=64
+    run 240 $D --seq=512 --batch=64 --fp8
+    run 120 $L128 --batch=256 $U --scan_layers=false
+    run 120 $L128 --batch=256 $U --scan_layers=false --fp8
+    # bf16, bf16 with another seed, fp8: 300 steps of base each on pydocs (grain: no TensorFlow needed)
+    run 900 bench/fp8_curves.py --config=base --steps=300 --batch=128 --workdir="${OUT:-.}/fp8_curves" \
+        --extra=--config.data.backend=grain
     ;;
   rest_a)  # rest_a, rest_b: what the first H100 session ran out of time for
     run 60 $L128 --batch=128 $U

@@ -37,6 +37,7 @@ flags.DEFINE_bool("dropout", True, "False turns all dropout off (train.determini
 flags.DEFINE_float("attention_dropout", 0.1, "attention-probability dropout (0 lets the fused/XLA kernel run)")
 flags.DEFINE_bool("mlm_all_positions", False, "MLM logits at every position, then gather (HF's way)")
 flags.DEFINE_bool("fused_qkv", False, "one fused query/key/value projection")
+flags.DEFINE_bool("fp8", False, "the layers' projections in FP8 with delayed scaling (model.fp8)")
 flags.DEFINE_enum("scan_layers", "config", ["config", "true", "false"], "nn.scan over layers")
 flags.DEFINE_enum("remat", "config", ["config", "none", "full", "dots", "dots_no_batch"], "remat policy")
 flags.DEFINE_string("opt_state_dtype", "", "AdamW first-moment dtype, e.g. bfloat16 (empty: the config's)")
@@ -301,7 +302,8 @@ def main(argv):
   overrides = {"model.dtype": FLAGS.dtype, "model.attention_impl": FLAGS.attention,
                "train.batch_size": FLAGS.batch, "model.max_position_embeddings": max(512, FLAGS.seq),
                "train.deterministic": not FLAGS.dropout, "model.attention_dropout": FLAGS.attention_dropout,
-               "model.mlm_all_positions": FLAGS.mlm_all_positions, "model.fused_qkv": FLAGS.fused_qkv}
+               "model.mlm_all_positions": FLAGS.mlm_all_positions, "model.fused_qkv": FLAGS.fused_qkv,
+               "model.fp8": FLAGS.fp8}
   if FLAGS.scan_layers != "config":
     overrides["model.scan_layers"] = FLAGS.scan_layers == "true"
   if FLAGS.remat != "config":
@@ -323,7 +325,8 @@ def main(argv):
   result = {"bench": "train_step", "config": FLAGS.config, "batch": FLAGS.batch, "seq": FLAGS.seq,
             "predictions": predictions, "dtype": FLAGS.dtype, "attention": FLAGS.attention,
             "attention_dropout": config.model.attention_dropout, "dropout": FLAGS.dropout,
-            "mlm_all_positions": FLAGS.mlm_all_positions, "fused_qkv": FLAGS.fused_qkv, "scan_layers": config.model.scan_layers,
+            "mlm_all_positions": FLAGS.mlm_all_positions, "fused_qkv": FLAGS.fused_qkv, "fp8": FLAGS.fp8,
+            "scan_layers": config.model.scan_layers,
             "remat": config.model.remat_policy, "prng_impl": config.train.prng_impl, "opt_state_dtype": config.optim.state_dtype or "param",
             "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
             "host": f"{platform.machine()} {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}

@@ -30,6 +30,8 @@ def get_config() -> ml_collections.ConfigDict:
   m.attention_impl = "auto"           # auto | xla | cudnn | splash (TPU Pallas kernel)
   m.mlm_all_positions = False         # MLM logits at every position, then gather (slower; benchmark baseline)
   m.fused_qkv = False                 # one fused query/key/value projection (HF export splits it again)
+  m.fp8 = False                       # layers' projections in FP8, delayed scaling (Hopper GPUs; emulated, slower, elsewhere)
+  m.fp8_amax_history = 1024           # fp8: steps of amax history each scale is taken from
 
   c.data = d = ml_collections.ConfigDict()
   d.train_files = ""                  # TFRecord glob(s), comma-separated; empty: prepare data.corpus

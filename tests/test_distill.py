@@ -266,3 +266,21 @@ def test_bad_teachers_are_refused_by_name(teacher_dir, tmp_path):
                                        f"data uses {other} .*first difference at id 5"):
     init_sources.check_vocabulary(sources, tokenizer_lib.load(other, False))
   init_sources.check_vocabulary(sources, tokenizer_lib.load(os.path.join(teacher_dir, "vocab.txt"), False))
+
+
+def test_an_fp8_student_learns_from_a_full_precision_teacher(teacher_dir):
+  """model.fp8 reaches the student only: the teacher (no backward pass to update FP8 statistics) runs without, the
+  student's statistics survive its copy from the teacher and record its first step."""
+  objective = _objective(teacher_dir, dataclasses.replace(STUDENT, fp8=True, fp8_amax_history=4))
+  assert not objective.teacher_config.fp8
+  mesh = _mesh((1, 1, 1))
+  state, step_fn, _, rules = _start(objective, mesh)
+  meta = lambda params: {nt_path: v for nt_path, v in nt.flatten(jax.device_get(params)).items() if "fp8_meta" in nt_path}
+  assert not any(p.startswith("teacher/") for p in meta(state.params))
+  assert len(meta(state.params)) == 2 * 6 * 6  # layers x projections x (3 scales + 3 histories)
+  teacher_before = jax.device_get(state.params["teacher"])
+  state, metrics = _steps(state, step_fn, rules, mesh, _batches(1) * 2)
+  assert all(np.isfinite(m).all() for m in metrics)
+  histories = {p: v for p, v in meta(state.params).items() if p.endswith("amax_history")}
+  assert all(v[0] > 0 for v in histories.values())
+  jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(state.params["teacher"]), teacher_before)

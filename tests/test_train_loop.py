@@ -94,21 +94,21 @@ def _wait_for_checkpoint(workdir, proc, timeout=240):
   raise AssertionError("no checkpoint appeared")
 
 
-def test_resume_after_sigkill_matches_uninterrupted(records, tmp_path):
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
+def test_resume_after_sigkill_matches_uninterrupted(records, tmp_path, fp8):
+  """With fp8 the checkpoint also carries every projection's scales and amax history, or the losses differ."""
   steps = 40
-  whole = subprocess.run(_args(tmp_path / "whole", records, steps), capture_output=True, text=True, env=_env(),
-                         timeout=600)
+  args = lambda workdir: _args(workdir, records, steps, **{"model.fp8": fp8, "model.fp8_amax_history": 16})
+  whole = subprocess.run(args(tmp_path / "whole"), capture_output=True, text=True, env=_env(), timeout=600)
   assert whole.returncode == 0, whole.stderr[-3000:]
   reference = _losses_by_step(_lines(tmp_path / "whole"))
 
   killed_dir = tmp_path / "killed"
-  proc = subprocess.Popen(_args(killed_dir, records, steps), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, env=_env())
+  proc = subprocess.Popen(args(killed_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
   _wait_for_checkpoint(killed_dir, proc)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  resumed = subprocess.run(_args(killed_dir, records, steps), capture_output=True, text=True, env=_env(),
-                           timeout=600)
+  resumed = subprocess.run(args(killed_dir), capture_output=True, text=True, env=_env(), timeout=600)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resumed from checkpoint at step" in resumed.stdout
   resumed_from = int(resumed.stdout.split("resumed from checkpoint at step ")[1].split()[0])
@@ -121,6 +121,11 @@ def test_resume_after_sigkill_matches_uninterrupted(records, tmp_path):
   assert [l["step"] for l in lines if l.get("split") == "eval"] == [0, steps]
   for step, loss in _losses_by_step(lines).items():
     assert loss == reference[step], (step, loss, reference[step])
+  if fp8:  # the export holds the weights alone, and transformers (no FP8) reproduces the full-precision logits
+    exported = subprocess.run([sys.executable, "-m", "bert_jax.convert", "to_hf", f"--workdir={killed_dir}",
+                               f"--output={tmp_path / 'hf'}"], capture_output=True, text=True, env=_env(), timeout=600)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert "checked: max |logit difference| vs transformers" in exported.stdout
 
 
 def test_sigterm_saves_at_the_next_step_and_exits_zero(records, tmp_path):

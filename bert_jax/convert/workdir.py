@@ -8,6 +8,7 @@ names the models it exports).
   find_vocab           the vocabulary a run trained with
 """
 
+import dataclasses
 import glob
 import json
 import os
@@ -17,7 +18,7 @@ import numpy as np
 
 from bert_jax.convert import hf_dir, hf_params
 from bert_jax.core import checkpoint as checkpoint_lib
-from bert_jax.core import configlib
+from bert_jax.core import configlib, param_rules
 from bert_jax.data import corpora, schema
 from bert_jax.models import registry
 from bert_jax.objectives import electra
@@ -70,10 +71,14 @@ def stored_encoder_config(path: str):
 
 def load_workdir_models(workdir: str, step: int | None = None):
   """({name: (params, encoder config)} of the HF-exportable models the run's objective trained, first the one
-  fine-tuning starts from; run ConfigDict; step). One model is named ''; ELECTRA's are discriminator, generator."""
+  fine-tuning starts from; run ConfigDict; step). One model is named ''; ELECTRA's are discriminator, generator.
+  FP8 is how a run computed, not part of its models: they come without FP8 statistics and with fp8 off, as
+  their HF classes compute."""
   params, config, step = load_workdir_tree(workdir, step)
   objective = objectives.from_run_config(config, run_encoder_config(config), stored_encoder_config)
-  return objective.exported_models(params), config, step
+  models = {name: (param_rules.without_overwritten(p), dataclasses.replace(c, fp8=False))
+            for name, (p, c) in objective.exported_models(params).items()}
+  return models, config, step
 
 
 def load_workdir_params(workdir: str, step: int | None = None):
@@ -144,7 +149,12 @@ def restore_params(directory: str, like_params, shardings, model_config, keep=No
 
 def fit_params(params, like_params, shardings, model_config, where: str, keep=None, log=print):
   """Saved params (host arrays, any layout) put into a model's fresh params and shardings: layout converted,
-  the pooler as the model uses it, heads the saved params lack (or keep() declines) left fresh, shapes checked."""
+  the pooler as the model uses it, heads the saved params lack (or keep() declines) left fresh, shapes checked.
+  Saved FP8 statistics are dropped and the model's own (fresh, if it computes in FP8) are kept: a new start
+  records its own amax history."""
+  fresh_statistics = like_params
+  params = param_rules.without_overwritten(params)
+  like_params = param_rules.without_overwritten(like_params)
   params = hf_params.to_layout(params, model_config, where=where)
   params = _pooler_as_in(params, like_params)
   keep = keep or (lambda top: True)
@@ -163,6 +173,7 @@ def fit_params(params, like_params, shardings, model_config, where: str, keep=No
       raise ValueError(f"{where}: {top!r} has a different parameter tree than this model "
                        f"(num_layers, layer_sharing or heads differ?)")
     merged[top] = jax.tree_util.tree_map_with_path(lambda p, x, l: _place(where, top, p, x, l), params[top], like)
+  merged = param_rules.with_overwritten_from(merged, fresh_statistics)
   return jax.tree_util.tree_map(lambda x, s: x if isinstance(x, jax.Array) and x.sharding == s
                                 else jax.device_put(np.asarray(x), s), merged, shardings)
 

@@ -8,6 +8,10 @@ weight decay (none on biases and LayerNorm). The optimizer (core/optim.py) turns
 Written in a config as one string, rules separated by ';', each `REGEX:ACTION[,ACTION]` with the actions
 `train`, `freeze`, `decay`, `no_decay`, for example `^encoder/:freeze` (feature extraction) or
 `lora_:train;.*:freeze` (train only LoRA weights).
+
+Leaves under a scope named OVERWRITE_SCOPE are not trained at all: they hold statistics (FP8 scales and amax
+histories, layers/fp8.py) whose gradient is their next value, which the train step writes over them
+(overwrite_mask). They get no weight decay and are left out of the parameter counts.
 """
 
 import dataclasses
@@ -17,6 +21,7 @@ import jax
 import numpy as np
 
 TRAIN, FROZEN = "train", "frozen"
+OVERWRITE_SCOPE = "fp8_meta"
 _ACTIONS = ("train", "freeze", "decay", "no_decay")
 
 
@@ -63,7 +68,35 @@ def _first_match(path: str, rules) -> ParamRule | None:
 def default_decays(path: str) -> bool:
   """Weight decay on weights; none on biases and LayerNorm parameters."""
   names = path.split("/")
+  if OVERWRITE_SCOPE in names:
+    return False
   return not (names[-1] == "bias" or names[-1].endswith("_bias") or any("layer_norm" in n for n in names))
+
+
+def is_overwritten(path: str) -> bool:
+  return OVERWRITE_SCOPE in path.split("/")
+
+
+def overwrite_mask(params) -> dict:
+  """A tree like params of bools: True where the step replaces the value by its gradient."""
+  return jax.tree_util.tree_map_with_path(lambda key_path, _: is_overwritten(path_of(key_path)), params)
+
+
+def without_overwritten(params):
+  """params less every OVERWRITE_SCOPE subtree (what HF export and a model without them take)."""
+  if not isinstance(params, dict):
+    return params
+  return {k: without_overwritten(v) for k, v in params.items() if k != OVERWRITE_SCOPE}
+
+
+def with_overwritten_from(params, like):
+  """params with like's OVERWRITE_SCOPE subtrees added where like has them (params has none)."""
+  if not isinstance(like, dict) or not isinstance(params, dict):
+    return params
+  out = {k: with_overwritten_from(v, like.get(k)) for k, v in params.items()}
+  if OVERWRITE_SCOPE in like:
+    out[OVERWRITE_SCOPE] = like[OVERWRITE_SCOPE]
+  return out
 
 
 def check_rules(params, rules) -> None:
@@ -95,7 +128,8 @@ def decay_mask(params, rules) -> dict:
 
 
 def count(params, rules) -> tuple[int, int]:
-  """(trainable, total) parameter counts."""
+  """(trainable, total) parameter counts, statistics under OVERWRITE_SCOPE not counted."""
+  params = without_overwritten(params)
   sizes = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda x: int(np.prod(x.shape)), params))
   kinds = jax.tree_util.tree_leaves(labels(params, rules))
   return sum(s for s, k in zip(sizes, kinds) if k == TRAIN), sum(sizes)

@@ -1,13 +1,15 @@
 """Small building blocks shared by every family: initialisers with logical axes, Dense/LayerNorm
 factories bound to an encoder config, activations, activation constraints and an fp32 row gather.
 
-The `config` these take is any object with initializer_range, layer_norm_eps, dtype and param_dtype
-(models.config.EncoderConfig); layers never import models.
+The `config` these take is any object with initializer_range, layer_norm_eps, dtype and param_dtype (and fp8,
+fp8_amax_history for FP8-capable denses) (models.config.EncoderConfig); layers never import models.
 """
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from bert_jax.layers import fp8 as fp8_lib
 
 ACTIVATIONS = ("gelu", "gelu_new")
 
@@ -29,11 +31,13 @@ def layer_norm(config, name: str, axis_name: str = "embed") -> nn.LayerNorm:
                       scale_init=ones_init((axis_name,)), bias_init=zeros_init((axis_name,)), name=name)
 
 
-def dense(config, features, kernel_axes, name, axis=-1):
-  """DenseGeneral whose bias carries the kernel's output axes (those after the contracted ones)."""
+def dense(config, features, kernel_axes, name, axis=-1, fp8_capable=False):
+  """DenseGeneral whose bias carries the kernel's output axes (those after the contracted ones). fp8_capable
+  denses compute in FP8 (layers/fp8.py) when config.fp8 is set: the transformer layers' projections."""
   num_contracted = 1 if isinstance(axis, int) else len(axis)
+  dot_general_cls = fp8_lib.dot_general_cls(config.fp8_amax_history) if fp8_capable and config.fp8 else None
   return nn.DenseGeneral(features, axis=axis, dtype=config.dtype, param_dtype=config.param_dtype,
-                         kernel_init=normal_init(config, kernel_axes),
+                         dot_general_cls=dot_general_cls, kernel_init=normal_init(config, kernel_axes),
                          bias_init=zeros_init(kernel_axes[num_contracted:]), name=name)
 
 

@@ -29,10 +29,12 @@ class SelfAttention(nn.Module):
   def __call__(self, x_BxTxH, mask):
     c = self.config
     if c.fused_qkv:
-      qkv_BxTx3xNxD = common.dense(c, (3, c.num_heads, c.head_dim), ("embed", None, "heads", "kv"), "qkv")(x_BxTxH)
+      qkv_BxTx3xNxD = common.dense(c, (3, c.num_heads, c.head_dim), ("embed", None, "heads", "kv"), "qkv",
+                                   fp8_capable=True)(x_BxTxH)
       q, k, v = (qkv_BxTx3xNxD[:, :, j] for j in range(3))
     else:
-      project = lambda name: common.dense(c, (c.num_heads, c.head_dim), ("embed", "heads", "kv"), name)(x_BxTxH)
+      project = lambda name: common.dense(c, (c.num_heads, c.head_dim), ("embed", "heads", "kv"), name,
+                                            fp8_capable=True)(x_BxTxH)
       q, k, v = project("query"), project("key"), project("value")
     lora = lambda name: peft_lib.lora_delta(c, name, x_BxTxH, ("embed",), (c.num_heads, c.head_dim), ("heads", "kv"),
                                             self.deterministic)
@@ -47,7 +49,8 @@ class SelfAttention(nn.Module):
     out_BxTxNxD = attention_lib.dot_product_attention(
         q, k, v, mask, implementation=c.attention_impl, dropout_rate=c.attention_dropout,
         dropout_rng=dropout_rng, deterministic=self.deterministic, relative_TxSxD=relative)
-    out = common.dense(c, c.hidden_size, ("heads", "kv", "embed"), "output", axis=(-2, -1))(out_BxTxNxD)
+    out = common.dense(c, c.hidden_size, ("heads", "kv", "embed"), "output", axis=(-2, -1),
+                       fp8_capable=True)(out_BxTxNxD)
     return out + peft_lib.lora_delta(c, "attention_output", out_BxTxNxD, ("heads", "kv"), (c.hidden_size,),
                                      ("embed",), self.deterministic, name="output_lora")
 
@@ -62,11 +65,11 @@ def _attention_sublayer(c, deterministic, x_BxTxH, mask):
 
 def _ffn_sublayer(c, deterministic, x_BxTxH):
   """x = LN(x + Dropout(FFN(x))); modules are created in the caller's scope."""
-  h = common.dense(c, c.intermediate_size, ("embed", "mlp"), "intermediate")(x_BxTxH)
+  h = common.dense(c, c.intermediate_size, ("embed", "mlp"), "intermediate", fp8_capable=True)(x_BxTxH)
   h += peft_lib.lora_delta(c, "intermediate", x_BxTxH, ("embed",), (c.intermediate_size,), ("mlp",), deterministic)
   h = common.activation(c.hidden_act)(h)
   h = nn.with_logical_constraint(h, ("activation_batch", "activation_length", "activation_mlp"))
-  y = common.dense(c, c.hidden_size, ("mlp", "embed"), "output")(h)
+  y = common.dense(c, c.hidden_size, ("mlp", "embed"), "output", fp8_capable=True)(h)
   y += peft_lib.lora_delta(c, "output", h, ("mlp",), (c.hidden_size,), ("embed",), deterministic)
   y = dropout_lib.Dropout(c.hidden_dropout, deterministic=deterministic)(y)
   y = peft_lib.adapt_ffn(c, y)

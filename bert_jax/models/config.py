@@ -66,6 +66,8 @@ class EncoderConfig:
   attention_impl: str = "xla"     # see attention.IMPLEMENTATIONS
   mlm_all_positions: bool = False  # MLM logits at all T positions, then gather (HF's way; a benchmark baseline)
   fused_qkv: bool = False         # one [H, 3, heads, head_dim] projection instead of query/key/value
+  fp8: bool = False               # the layers' projections in FP8 with delayed scaling (layers/fp8.py)
+  fp8_amax_history: int = 1024    # steps of amax history an FP8 scale is taken from
   # Parameter-efficient fine-tuning (layers/peft.py); all off by default, which leaves params and outputs as without.
   adapter_kind: str = "none"      # none | houlsby (after attention and FFN) | pfeiffer (after FFN only)
   adapter_size: int = 64          # adapter bottleneck width
@@ -98,6 +100,7 @@ class EncoderConfig:
       targets = self.lora_targets.split(",") if isinstance(self.lora_targets, str) else self.lora_targets
       object.__setattr__(self, "lora_targets", tuple(t.strip() for t in targets if t.strip()))
     peft_lib.check_config(self)
+    _check_fp8(self)
 
   @classmethod
   def from_size(cls, size: str, **overrides: Any) -> "EncoderConfig":
@@ -125,6 +128,17 @@ class EncoderConfig:
   @property
   def max_sequence_length(self) -> int:
     return self.max_position_embeddings - self.position_offset
+
+
+def _check_fp8(c: EncoderConfig) -> None:
+  if not c.fp8:
+    return
+  if c.fp8_amax_history < 1:
+    raise ValueError(f"fp8_amax_history must be >= 1, got {c.fp8_amax_history}")
+  if c.layer_sharing != "none":
+    raise ValueError(f"fp8 keeps one set of scaling statistics per projection, but layer_sharing="
+                     f"{c.layer_sharing!r} applies each projection {c.num_layers} times a step; set model.fp8=False "
+                     f"or model.layer_sharing=none")
 
 
 def _check_position_encoding(c: EncoderConfig) -> None:

@@ -115,11 +115,11 @@ class Distillation(base.Objective):
 
   def _teacher_as_run(self, teacher: EncoderConfig) -> EncoderConfig:
     """The teacher in this run's layout (scan, fused QKV, vocabulary padding) and the teacher dtype; no dropout,
-    no remat (it has no backward pass)."""
+    no remat and no FP8 (it has no backward pass, which is what would update FP8 statistics)."""
     c = self.config
     return dataclasses.replace(teacher, dtype=self.settings.teacher_dtype, param_dtype=c.param_dtype,
                                scan_layers=c.scan_layers, fused_qkv=c.fused_qkv, vocab_pad_multiple=c.vocab_pad_multiple,
-                               attention_impl=c.attention_impl, remat_policy="none", mlm_all_positions=False,
+                               attention_impl=c.attention_impl, remat_policy="none", mlm_all_positions=False, fp8=False,
                                hidden_dropout=0.0, attention_dropout=0.0)
 
   def _check_teacher(self, t: EncoderConfig):
@@ -171,6 +171,8 @@ class Distillation(base.Objective):
 
     def from_teacher(path, like):
       match = re.match(r"encoder/layer_(\d+)/(.*)", path)
+      if param_rules.is_overwritten(path):  # an FP8 student's statistics: its own history starts here
+        return like
       if match:
         value = teacher[f"encoder/layer_{chosen[int(match.group(1))]}/{match.group(2)}"]
       elif path.startswith("encoder/layers/"):

@@ -227,7 +227,7 @@ def check_pooling(config, spec: tasks.TaskSpec) -> None:
 def _model_config(config, pretrained: EncoderConfig | None, vocab_size: int, max_len: int) -> EncoderConfig:
   m = config.model
   common = dict(hidden_dropout=m.hidden_dropout, attention_dropout=m.attention_dropout, dtype=m.dtype,
-                attention_impl=m.attention_impl, classifier_pooling=m.pooling)
+                attention_impl=m.attention_impl, classifier_pooling=m.pooling, fp8=False)
   if pretrained is not None:
     if max_len > pretrained.max_sequence_length:
       raise ValueError(f"data.max_seq_length={max_len} exceeds the checkpoint's position table "

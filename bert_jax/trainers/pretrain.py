@@ -60,6 +60,10 @@ def train_step(state: TrainState, batch, *, objective, tx, schedule, mesh, micro
     return objective.loss(sums, denominators), sums
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  # Statistics leaves (FP8 scales and amax histories) get their next value as their gradient: microbatches
+  # combine them by maximum, what one whole batch would have recorded, and the optimizer never sees them.
+  overwritten = param_rules.overwrite_mask(state.params)
+  accumulate = lambda acc, g, over: jnp.maximum(acc, g) if over else acc + g
   if microbatches == 1:
     (_, sums), grads = grad_fn(state.params, batch, rng)
   else:
@@ -69,7 +73,8 @@ def train_step(state: TrainState, batch, *, objective, tx, schedule, mesh, micro
       grads_acc, sums_acc = carry
       index, mb = xs
       (_, mb_sums), grads = grad_fn(state.params, mb, jax.random.fold_in(rng, index))
-      return (jax.tree_util.tree_map(jnp.add, grads_acc, grads), jax.tree_util.tree_map(jnp.add, sums_acc, mb_sums)), None
+      return (jax.tree_util.tree_map(accumulate, grads_acc, grads, overwritten),
+              jax.tree_util.tree_map(jnp.add, sums_acc, mb_sums)), None
 
     zero_grads = jax.tree_util.tree_map(jnp.zeros_like, state.params)
     first = jax.tree_util.tree_map(lambda x: x[0], mbs)
@@ -77,8 +82,11 @@ def train_step(state: TrainState, batch, *, objective, tx, schedule, mesh, micro
         lambda: objective.loss_sums(state.params, first, rng, deterministic)))
     (grads, sums), _ = jax.lax.scan(body, (zero_grads, zero_sums), (jnp.arange(microbatches), mbs))
 
+  next_values = grads
+  grads = jax.tree_util.tree_map(lambda g, over: jnp.zeros_like(g) if over else g, grads, overwritten)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  params = jax.tree_util.tree_map(lambda p, v, over: v.astype(p.dtype) if over else p, params, next_values, overwritten)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   out = objective.summaries(sums)
   out["grad_norm"] = optax.global_norm(grads)
@@ -132,7 +140,8 @@ def _fields(values: dict, names) -> str:
 
 # Run-config keys that decide the parameter tree: a checkpoint resumes only a run that agrees on all of them.
 TREE_KEYS = (("model", "family"), ("train", "objective"), ("model", "size"), ("model", "vocab_size"),
-             ("model", "embedding_size"), ("model", "layer_sharing"), ("model", "scan_layers"), ("model", "fused_qkv"))
+             ("model", "embedding_size"), ("model", "layer_sharing"), ("model", "scan_layers"), ("model", "fused_qkv"),
+             ("model", "fp8"), ("model", "fp8_amax_history"))
 
 
 def check_resumable(ckpt, config, workdir: str) -> None:
