@@ -14,7 +14,8 @@ corpus repeated k times and samples the RSS of the whole process tree (workers i
 also says how many host cores that rate per core needs to feed BERT-large on one H100 at the step rate
 bench/RESULTS.md records (H100_SEQ_PER_SEC).
 `beam` prepares pydocs repeated k times with the local path (--workers) and with the Beam pipeline on the
-DirectRunner (as many worker processes), same vocabulary and settings, and prints for each: docs/s (wall),
+DirectRunner (as many worker processes; its default scratch-file shuffle, and --beam_shuffle=engine), same
+vocabulary and settings, and prints for each: docs/s (wall),
 CPU seconds of the process tree and corpus bytes per CPU-second (what --dry_run's worker estimate divides by;
 unlike wall time it holds on a shared machine), output bytes per corpus byte, and the peak RSS of the tree.
 """
@@ -119,8 +120,12 @@ def bench_beam(multiples, workers, vocab_size, dupe_factor, workdir):
   for k in multiples:
     corpus = _repeated_corpus(text, k, workdir)
     engines = {"local": [f"--workers={workers}"],
+               # the DirectRunner's default (--beam_shuffle=auto): records in scratch files, references shuffled
                "beam_direct": ["--runner=DirectRunner", f"--direct_num_workers={workers}",
-                               "--direct_running_mode=multi_processing"]}
+                               "--direct_running_mode=multi_processing"],
+               # the records themselves through its GroupByKey, as on Dataflow, Spark and Flink
+               "beam_direct_engine_shuffle": ["--runner=DirectRunner", f"--direct_num_workers={workers}",
+                                              "--direct_running_mode=multi_processing", "--beam_shuffle=engine"]}
     for engine, extra in engines.items():
       out = os.path.join(workdir, f"{engine}_x{k}")
       cmd = [sys.executable, "-m", "bert_jax.data.prepare", f"--corpus={corpus}", f"--output_dir={out}",

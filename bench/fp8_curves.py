@@ -13,11 +13,12 @@ three), and
   within_noise                 eval_fp8_gap <= eval_seed_gap,
   train_fp8_gap, train_seed_gap  the same over the second half of the logged train losses (train.seed also orders
                                the data, so bf16_seed1 trains on other batches: its train gap includes that).
-Each run prepares pydocs in its own workdir with the same seed; the runs fail unless their manifests agree (the
-vocabulary's sha256 and the instance counts), so all three see the same data.
+Each run prepares pydocs in its own workdir with the same seed; the bench fails unless the runs agree on the
+vocabulary's pieces and the instance counts, so all three see the same data.
 """
 
 import glob
+import hashlib
 import json
 import os
 import subprocess
@@ -41,7 +42,8 @@ def _train(workdir: str, overrides: dict) -> float:
   args = [sys.executable, "-m", "bert_jax.train", f"--config={FLAGS.config}", f"--workdir={workdir}"]
   args += [f"--config.{k}={v}" for k, v in overrides.items()] + FLAGS.extra
   t0 = time.time()
-  subprocess.run(args, check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  # The runs' logs go to stderr, so stdout is the one JSON line.
+  subprocess.run(args, check=True, stdout=sys.stderr, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
   return time.time() - t0
 
 
@@ -68,7 +70,9 @@ def main(argv):
     (manifest,) = glob.glob(os.path.join(workdir, "data", "*", "manifest.json"))
     with open(manifest) as f:
       m = json.load(f)
-    data[name] = (m["vocab"]["sha256"], {split: v["instances"] for split, v in m["splits"].items()})
+    with open(os.path.splitext(m["vocab"]["file"])[0] + ".vocab", "rb") as f:  # the pieces (the .model holds paths)
+      pieces = hashlib.sha256(f.read()).hexdigest()
+    data[name] = (pieces, {split: v["instances"] for split, v in m["splits"].items()})
   if len(set(map(json.dumps, data.values()))) != 1:
     raise SystemExit(f"the runs prepared different data, so their curves do not compare: {data}")
   steps = sorted(curves["bf16"][0])

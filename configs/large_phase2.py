@@ -1,7 +1,12 @@
 """BERT-large phase 2: seq 512 for the last 10% of steps, from phase 1's params.
 
   python -m bert_jax.train --config=large_phase2 --workdir=runs/large_p2 \\
-      --config.checkpoint.init_checkpoint=runs/large_p1 --config.data.train_files=...
+      --config.checkpoint.init_checkpoint=runs/large_p1 --config.data.corpus=...
+
+Rows are packed with up to 4 instances (data.pack_instances): at seq 512, 47% of an unpacked row is padding on
+real text, 5.5% packed, so a step carries 1.78x the real tokens (bench/RESULTS.md, "Sequence packing"). A corpus
+is packed once after preparing; TFRecords given as data.train_files must be packed already
+(`python -m bert_jax.data.packing --input_dir=... --max_instances=4`), or set --config.data.pack_instances=0.
 """
 
 from configs import large
@@ -12,6 +17,7 @@ def get_config():
   c.unlock()
   c.data.max_seq_length = 512
   c.data.max_predictions_per_seq = 80
+  c.data.pack_instances = 4             # up to 4 instances per row: 1.78x the real tokens per step at seq 512
   c.train.steps = 100000                # the remaining 10%
   c.optim.warmup_steps = 1000           # a short re-warmup: the optimizer state starts fresh
   c.lock()

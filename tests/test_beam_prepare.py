@@ -52,6 +52,10 @@ def prepared(tmp_path_factory):
          f"--max_predictions_per_seq={PRED}", "--dupe_factor=2"] + [f"--{k}={v}" for k, v in SETTINGS.items()]
   result = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
+  # The records through the engine's own shuffle (what Dataflow, Spark and Flink get by default).
+  engine = subprocess.run([c.replace(str(root / "beam"), str(root / "beam_engine")) for c in cmd] +
+                          ["--beam_shuffle=engine"], capture_output=True, text=True, env=_env(), timeout=300)
+  assert engine.returncode == 0, engine.stderr[-3000:]
   with open(root / "beam" / "manifest.json") as f:
     beam = json.load(f)
   return root, local, beam, result.stdout, vocab
@@ -80,6 +84,25 @@ def test_beam_and_local_hold_the_same_instances(prepared):
   assert train != _records(root / "local", "train")
   for rs in train.values():
     assert 0.2 < len(rs) / sum(map(len, train.values())) < 0.5
+
+
+def test_scratch_file_shuffle_writes_what_the_engine_shuffle_writes(prepared):
+  """The DirectRunner's default moves references to scratch files through its GroupByKey (flat memory); the shards
+  equal those of the records shuffled by the engine itself, in order, and the scratch files are gone."""
+  root, _, _, stdout, _ = prepared
+  assert "shuffle: records in scratch files under" in stdout
+  for split in ("train", "eval"):
+    assert _records(root / "beam", split) == _records(root / "beam_engine", split)
+  assert not glob.glob(str(root / "beam" / ".beam-shuffle-*")) and not glob.glob(str(root / "beam_engine" / ".*"))
+
+
+def test_shuffle_kind_follows_the_runner():
+  assert beam_pipeline.shuffle_kind("DirectRunner", "auto") == "files"
+  assert beam_pipeline.shuffle_kind("apache_beam.runners.portability.prism_runner.PrismRunner", "auto") == "files"
+  assert beam_pipeline.shuffle_kind("DataflowRunner", "auto") == "engine"
+  assert beam_pipeline.shuffle_kind("DirectRunner", "engine") == "engine"
+  with pytest.raises(ValueError, match="beam_shuffle='disk'"):
+    beam_pipeline.shuffle_kind("DirectRunner", "disk")
 
 
 def test_manifest_counts_equal_the_sums(prepared):

@@ -17,8 +17,14 @@ imports nothing of prepare, so that prepare's CLI can dispatch here):
     so its shards hold the same instances split and ordered differently;
   * the shuffle moves one element per (chunk, shard): the chunk's records for that shard packed into one bytes
     blob (hash, length, record)..., not one element per instance, so an engine shuffles and encodes a few
-    elements per chunk instead of thousands. (The DirectRunner still holds every stage's output in memory, in
-    the runner and in its workers: its peak memory grows with the output, see bench/RESULTS.md.)
+    elements per chunk instead of thousands;
+  * where the shuffle runs (Job.scratch_dir): on a cluster engine (Dataflow, Spark, Flink) the blobs themselves
+    go through its GroupByKey, whose shuffle spills to disk. The DirectRunner and Prism keep every stage's output
+    in memory, so there each chunk's blobs are written once to a scratch file beside the output (one file per
+    chunk, the shards' blobs one after another) and the GroupByKey moves (file, offset, length) references; the
+    writer of a shard reads its ranges back. The engine still decides which shard goes where and when; the
+    memory it holds is a few references per chunk (bench/RESULTS.md: peak memory flat from 1x to 8x), as
+    MapReduce's shuffle keeps map outputs on disk. The scratch directory is removed once the manifest is written;
   * a shard is written to a temporary name and renamed, so a retried bundle rewrites the same bytes;
   * counts: Beam counters (namespace bert_jax) for parts, documents, skipped ones by reason, chunks and
     instances, reported at the end; the manifest gets the same numbers combined from all workers.
@@ -41,6 +47,10 @@ READ_COUNTERS = {"documents_read": "documents", "empty_lines": "skipped_empty_li
                  "empty_documents": "skipped_empty_documents"}
 CHUNK_COUNTERS = ("instances", "documents_without_tokens", "sentences", "tokens")
 _RECORD_HEADER = struct.Struct("<QI")  # a packed record's 64-bit hash and byte length
+_REFERENCE_HEADER = struct.Struct("<QQ")  # a scratch-file range: offset and length, then the file's path
+# Runners whose shuffle holds everything in memory: they shuffle references to scratch files (Job.scratch_dir).
+IN_MEMORY_RUNNERS = ("DirectRunner", "PrismRunner")
+SHUFFLES = ("auto", "engine", "files")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +67,7 @@ class Job:
   process_chunk: Callable[..., Any]             # (chunk key, documents) -> (chunk key, features, stats)
   serialize: Callable[[dict, int], bytes]       # (features, row) -> serialized example
   finish: Callable[..., dict]                   # (corpus_stats=, totals=, split_instances=, shard_counts=) -> manifest
+  scratch_dir: str = ""                         # "": blobs go through the engine's shuffle; else their files' dir
 
 
 def instance_hash(seed: int, chunk_key, row: int) -> int:
@@ -78,6 +89,43 @@ def unpack_records(blob: bytes) -> list[tuple[int, bytes]]:
     records.append((h, blob[at:at + size]))
     at += size
   return records
+
+
+def shuffle_kind(runner: str, shuffle: str) -> str:
+  """'engine' or 'files' for --beam_shuffle=auto|engine|files on this runner (auto: files where the runner holds
+  its shuffle in memory)."""
+  if shuffle not in SHUFFLES:
+    raise ValueError(f"--beam_shuffle={shuffle!r} is not one of {SHUFFLES}")
+  if shuffle != "auto":
+    return shuffle
+  return "files" if runner.split(".")[-1] in IN_MEMORY_RUNNERS else "engine"
+
+
+def _write_scratch(scratch_dir: str, key, blobs: list[bytes]) -> list[bytes]:
+  """Writes one chunk's blobs to one scratch file (the same bytes again if a bundle is retried); returns a
+  reference (offset, length, path) per blob."""
+  import tensorflow as tf  # gfile reaches the cluster's filesystem (gs://, hdfs://) as the shards do
+  path = os.path.join(scratch_dir, "chunk-" + "-".join(map(str, key)))
+  tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+  references, offset = [], 0
+  with tf.io.gfile.GFile(tmp, "wb") as f:
+    for blob in blobs:
+      f.write(blob)
+      references.append(_REFERENCE_HEADER.pack(offset, len(blob)) + path.encode())
+      offset += len(blob)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+  return references
+
+
+def _read_reference(reference: bytes) -> bytes:
+  import tensorflow as tf
+  offset, length = _REFERENCE_HEADER.unpack_from(reference)
+  with tf.io.gfile.GFile(reference[_REFERENCE_HEADER.size:].decode(), "rb") as f:
+    f.seek(offset)
+    blob = f.read(length)
+  if len(blob) != length:
+    raise IOError(f"scratch file {reference[_REFERENCE_HEADER.size:].decode()} ends before byte {offset + length}")
+  return blob
 
 
 def sum_counts(dicts) -> dict:
@@ -137,16 +185,19 @@ class _MakeInstances:
     for row in range(len(features["input_ids"])):
       h = instance_hash(self.job.seed, key, row)
       by_shard[h % self.job.num_shards[split]].append((h, self.job.serialize(features, row)))
-    for shard, records in sorted(by_shard.items()):
-      yield (split, shard), pack_records(records)
+    shards = sorted(by_shard)
+    blobs = [pack_records(by_shard[shard]) for shard in shards]
+    if self.job.scratch_dir and blobs:
+      blobs = _write_scratch(self.job.scratch_dir, key, blobs)
+    yield from zip(((split, shard) for shard in shards), blobs)
     for name in CHUNK_COUNTERS:
       _counter(name).inc(stats.get(name, 0))
     yield _tagged("chunk_stats", (split, stats))
 
 
 class _WriteShard:
-  """((split, shard), packed records, b"" for the every-shard marker) -> the shard file, sorted by hash; yields
-  (split, name, count)."""
+  """((split, shard), packed records (or references to them in scratch files), b"" for the every-shard marker) ->
+  the shard file, sorted by hash; yields (split, name, count)."""
 
   def __init__(self, job: Job):
     self.job = job
@@ -154,6 +205,8 @@ class _WriteShard:
   def __call__(self, element):
     import tensorflow as tf  # as the local path writes them (data modules import TF only where they use it)
     (split, shard), values = element
+    if self.job.scratch_dir:
+      values = [_read_reference(value) for value in values if value]
     # By hash; the record bytes break (improbable) ties. One shard is in memory here, as num_train_shards plans.
     records = sorted(record for blob in values for record in unpack_records(blob))
     name = self.job.shard_file_name(shard, self.job.num_shards[split])
@@ -176,6 +229,10 @@ def _finish(_, job: Job, corpus_stats, split_stats, written):
   for split, name, count in sorted(written):
     shard_counts[split][name] = count
   job.finish(corpus_stats=corpus_stats, totals=totals, split_instances=split_instances, shard_counts=shard_counts)
+  if job.scratch_dir:  # every shard is written (the side inputs are complete): the scratch files are spent
+    import tensorflow as tf
+    if tf.io.gfile.exists(job.scratch_dir):
+      tf.io.gfile.rmtree(job.scratch_dir)
 
 
 def _import_beam():
@@ -234,7 +291,11 @@ def run(job: Job, runner: str, pipeline_args: list[str]) -> dict[str, int]:
   beam = _import_beam()
   from apache_beam.metrics.metric import MetricsFilter
   options = pipeline_options(runner, pipeline_args)
-  for directory in job.output_dirs:
+  if job.scratch_dir:  # a failed earlier run's scratch files: nothing reads them again
+    prefix = job.scratch_dir.rstrip("/").rsplit("-", 1)[0]
+    for stale in tf.io.gfile.glob(prefix + "-*"):
+      tf.io.gfile.rmtree(stale)
+  for directory in job.output_dirs + ((job.scratch_dir,) if job.scratch_dir else ()):
     tf.io.gfile.makedirs(directory)
   pipeline = beam.Pipeline(options=options)
   build(pipeline, job)

@@ -33,6 +33,7 @@ import multiprocessing
 import os
 import sys
 import time
+import uuid
 
 import numpy as np
 import tqdm
@@ -270,11 +271,12 @@ def prepare(corpus, output_dir: str, opts: instances.InstanceOptions, *, vocab_f
 def prepare_beam(corpus, output_dir: str, opts: instances.InstanceOptions, *, runner: str, vocab_file: str | None,
                  pipeline_args=(), lower_case: bool = False, seed: int = 12345, num_train_shards: int = 8,
                  num_eval_shards: int = 1, eval_fraction: float = 0.02, docs_per_chunk: int = 256,
-                 corpus_description: str = "", formats=("tfrecord",)) -> dict:
+                 corpus_description: str = "", formats=("tfrecord",), shuffle: str = "auto", log=print) -> dict:
   """prepare() on an Apache Beam runner (beam_pipeline.py): the same chunks, made into instances by the same
   _process_chunk, so the same instances; shards are assigned per instance by a hash and shuffled through the
   engine (they hold other instances, in another order, than the local path's). Writes TFRecords and the
-  manifest; returns the manifest."""
+  manifest; returns the manifest. shuffle (beam_pipeline.SHUFFLES): whether the records themselves go through the
+  engine's shuffle or through scratch files in OUTPUT_DIR/.beam-shuffle-* (auto: files on in-memory runners)."""
   corpus_name = corpus_description or type(corpus).__name__
   if not vocab_file:
     raise ValueError("the Beam path takes a trained vocabulary (--vocab_file): train one first on a sample of the "
@@ -287,6 +289,11 @@ def prepare_beam(corpus, output_dir: str, opts: instances.InstanceOptions, *, ru
   check_has_documents(corpus, corpus_name)
   tok = tokenizer_lib.load(vocab_file, lower_case)  # a bad vocabulary fails here, before any worker starts
   parts = corpus_parts(corpus)
+  scratch_dir = ""
+  if beam_pipeline.shuffle_kind(runner, shuffle) == "files":
+    scratch_dir = os.path.join(output_dir, f".beam-shuffle-{uuid.uuid4().hex[:12]}")
+    log(f"shuffle: records in scratch files under {scratch_dir} (removed at the end), references through "
+        f"{runner}'s GroupByKey")
   job = beam_pipeline.Job(
       parts=parts, splits=SPLITS, num_shards=(num_train_shards, num_eval_shards), seed=seed,
       output_dirs=tuple(os.path.join(output_dir, split) for split in SPLITS), shard_file_name=shard_file_name,
@@ -297,7 +304,8 @@ def prepare_beam(corpus, output_dir: str, opts: instances.InstanceOptions, *, ru
       finish=functools.partial(_finish_beam, output_dir, opts, tok_description=(tok.describe(), tok.kind,
                                tok.lower_case), seed=seed, corpus_description=corpus_description,
                                corpus_name=corpus_name, parts=len(parts), eval_fraction=eval_fraction,
-                               runner=runner, start=time.time()))
+                               runner=runner, start=time.time()),
+      scratch_dir=scratch_dir)
   counters = beam_pipeline.run(job, runner, list(pipeline_args))
   manifest = manifest_lib.read_manifest(output_dir)
   manifest["beam_counters"] = counters
@@ -368,7 +376,7 @@ def _main(pipeline_args):
                             vocab_file=f.vocab_file, lower_case=f.lower_case, seed=f.seed,
                             num_train_shards=f.num_train_shards, num_eval_shards=f.num_eval_shards,
                             eval_fraction=f.eval_fraction, docs_per_chunk=f.docs_per_chunk,
-                            corpus_description=f.corpus, formats=f.formats)
+                            corpus_description=f.corpus, formats=f.formats, shuffle=f.beam_shuffle)
     print(manifest_lib.format_stats(manifest))
     print("Beam counters: " + ", ".join(f"{k} {v:,}" for k, v in sorted(manifest["beam_counters"].items())))
     print(f"wrote {f.output_dir}")
@@ -430,6 +438,10 @@ def cli():
                       "--text_key, i.e. 'text')")
   flags.DEFINE_string("runner", "", "empty: the local path; else an Apache Beam runner (DirectRunner, PrismRunner, "
                       "DataflowRunner, SparkRunner, FlinkRunner) given the other, unknown flags as pipeline options")
+  flags.DEFINE_enum("beam_shuffle", "auto", list(beam_pipeline.SHUFFLES), "with --runner: engine (records through "
+                    "the engine's GroupByKey: Dataflow, Spark, Flink), files (records in scratch files beside the "
+                    "output, references through the GroupByKey: flat memory on in-memory runners), auto (files on "
+                    "DirectRunner and PrismRunner, engine elsewhere)")
   flags.DEFINE_string("part_size", "64M", "files are read in parts of about this size (the unit a Beam worker "
                       "reads; part boundaries decide the chunks, so keep it to remake the same data)")
   flags.DEFINE_bool("dry_run", False, "print the Dataflow and Spark command lines and a worker estimate, and exit")
