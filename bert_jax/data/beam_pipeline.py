@@ -22,9 +22,10 @@ imports nothing of prepare, so that prepare's CLI can dispatch here):
     go through its GroupByKey, whose shuffle spills to disk. The DirectRunner and Prism keep every stage's output
     in memory, so there each chunk's blobs are written once to a scratch file beside the output (one file per
     chunk, the shards' blobs one after another) and the GroupByKey moves (file, offset, length) references; the
-    writer of a shard reads its ranges back. The engine still decides which shard goes where and when; the
-    memory it holds is a few references per chunk (bench/RESULTS.md: peak memory flat from 1x to 8x), as
-    MapReduce's shuffle keeps map outputs on disk. The scratch directory is removed once the manifest is written;
+    writer of a shard reads its ranges back. A chunk's documents wait for their worker the same way. The engine
+    still decides which shard goes where and when; the memory it holds is a few references per chunk
+    (bench/RESULTS.md: peak memory flat from 1x to 16x), as MapReduce's shuffle keeps map outputs on disk. The
+    scratch directory is removed once the manifest is written;
   * a shard is written to a temporary name and renamed, so a retried bundle rewrites the same bytes;
   * counts: Beam counters (namespace bert_jax) for parts, documents, skipped ones by reason, chunks and
     instances, reported at the end; the manifest gets the same numbers combined from all workers.
@@ -37,6 +38,7 @@ import collections
 import dataclasses
 import hashlib
 import os
+import pickle
 import struct
 import uuid
 from typing import Any, Callable
@@ -101,11 +103,11 @@ def shuffle_kind(runner: str, shuffle: str) -> str:
   return "files" if runner.split(".")[-1] in IN_MEMORY_RUNNERS else "engine"
 
 
-def _write_scratch(scratch_dir: str, key, blobs: list[bytes]) -> list[bytes]:
-  """Writes one chunk's blobs to one scratch file (the same bytes again if a bundle is retried); returns a
-  reference (offset, length, path) per blob."""
+def _write_scratch(scratch_dir: str, name: str, blobs: list[bytes]) -> list[bytes]:
+  """Writes blobs to one scratch file (the same bytes again if a bundle is retried); returns a reference
+  (offset, length, path) per blob."""
   import tensorflow as tf  # gfile reaches the cluster's filesystem (gs://, hdfs://) as the shards do
-  path = os.path.join(scratch_dir, "chunk-" + "-".join(map(str, key)))
+  path = os.path.join(scratch_dir, name)
   tmp = f"{path}.tmp-{uuid.uuid4().hex}"
   references, offset = [], 0
   with tf.io.gfile.GFile(tmp, "wb") as f:
@@ -115,6 +117,10 @@ def _write_scratch(scratch_dir: str, key, blobs: list[bytes]) -> list[bytes]:
       offset += len(blob)
   tf.io.gfile.rename(tmp, path, overwrite=True)
   return references
+
+
+def _scratch_name(what: str, chunk_key) -> str:
+  return f"{what}-" + "-".join(map(str, chunk_key))
 
 
 def _read_reference(reference: bytes) -> bytes:
@@ -157,6 +163,9 @@ class _ReadPart:
     stats = collections.Counter()
     for key, _, documents in self.job.read_part(part_index, part, stats=stats):
       _counter("chunks").inc()
+      if self.job.scratch_dir:  # the chunk's text waits on disk, not in an in-memory runner, for its worker
+        (documents,) = _write_scratch(self.job.scratch_dir, _scratch_name("documents", key),
+                                      [pickle.dumps(documents, protocol=pickle.HIGHEST_PROTOCOL)])
       yield key, documents
     _counter("parts").inc()
     for name, count in stats.items():
@@ -179,6 +188,8 @@ class _MakeInstances:
     if not self._ready:  # once per worker copy: load the tokenizer
       self.job.init_worker()
       self._ready = True
+    if self.job.scratch_dir:
+      element = element[0], pickle.loads(_read_reference(element[1]))  # our own scratch file
     key, features, stats = self.job.process_chunk(element)
     split = key[1]
     by_shard = collections.defaultdict(list)
@@ -188,7 +199,7 @@ class _MakeInstances:
     shards = sorted(by_shard)
     blobs = [pack_records(by_shard[shard]) for shard in shards]
     if self.job.scratch_dir and blobs:
-      blobs = _write_scratch(self.job.scratch_dir, key, blobs)
+      blobs = _write_scratch(self.job.scratch_dir, _scratch_name("records", key), blobs)
     yield from zip(((split, shard) for shard in shards), blobs)
     for name in CHUNK_COUNTERS:
       _counter(name).inc(stats.get(name, 0))
