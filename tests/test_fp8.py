@@ -143,3 +143,21 @@ def test_fp8_with_shared_layers_is_refused_naming_both_fixes():
   with pytest.raises(ValueError, match="model.fp8=False or model.layer_sharing=none"):
     BertConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, fp8=True,
                layer_sharing="all")
+
+
+def test_sharded_fp8_steps_equal_one_device():
+  """Statistics are replicated; an amax over a sharded tensor is a max across its shards, so a 2 x 2 x 2 mesh
+  records what one device records and the losses agree."""
+  batches = [th.random_batch(16, seed=s) for s in range(3)]
+  runs = {}
+  for shape in ((1, 1, 1), (2, 2, 2)):
+    mesh = sharding.create_mesh(dict(zip(sharding.MESH_AXES, shape)), devices=jax.devices()[:int(np.prod(shape))])
+    state, losses = th.run_steps(th.config(), mesh, batches, FP8)
+    runs[shape] = losses, _meta(state.params)
+    statistics = [v for k, v in jax.tree_util.tree_leaves_with_path(state.params)
+                  if param_rules.is_overwritten(param_rules.path_of(k))]
+    assert statistics and all(v.sharding.is_fully_replicated for v in statistics)
+  (ref_losses, ref_meta), (losses, meta) = runs[(1, 1, 1)], runs[(2, 2, 2)]
+  np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+  for path, value in ref_meta.items():
+    np.testing.assert_allclose(meta[path], value, rtol=1e-5, err_msg=path)
