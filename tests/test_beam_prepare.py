@@ -100,6 +100,7 @@ def test_shuffle_kind_follows_the_runner():
   assert beam_pipeline.shuffle_kind("DirectRunner", "auto") == "files"
   assert beam_pipeline.shuffle_kind("apache_beam.runners.portability.prism_runner.PrismRunner", "auto") == "files"
   assert beam_pipeline.shuffle_kind("DataflowRunner", "auto") == "engine"
+  assert beam_pipeline.shuffle_kind("direct", "auto") == beam_pipeline.shuffle_kind("prism", "auto") == "files"
   assert beam_pipeline.shuffle_kind("DirectRunner", "engine") == "engine"
   with pytest.raises(ValueError, match="beam_shuffle='disk'"):
     beam_pipeline.shuffle_kind("DirectRunner", "disk")

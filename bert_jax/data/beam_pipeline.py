@@ -39,6 +39,7 @@ import dataclasses
 import hashlib
 import os
 import pickle
+import re
 import struct
 import uuid
 from typing import Any, Callable
@@ -100,7 +101,9 @@ def shuffle_kind(runner: str, shuffle: str) -> str:
     raise ValueError(f"--beam_shuffle={shuffle!r} is not one of {SHUFFLES}")
   if shuffle != "auto":
     return shuffle
-  return "files" if runner.split(".")[-1] in IN_MEMORY_RUNNERS else "engine"
+  name = runner.split(".")[-1].lower().removesuffix("runner")  # Beam takes "direct", "DirectRunner", ...
+  in_memory = {r.lower().removesuffix("runner") for r in IN_MEMORY_RUNNERS} | {"switchingdirect"}
+  return "files" if name in in_memory else "engine"
 
 
 def _write_scratch(scratch_dir: str, name: str, blobs: list[bytes]) -> list[bytes]:
@@ -303,15 +306,21 @@ def run(job: Job, runner: str, pipeline_args: list[str]) -> dict[str, int]:
   from apache_beam.metrics.metric import MetricsFilter
   options = pipeline_options(runner, pipeline_args)
   if job.scratch_dir:  # a failed earlier run's scratch files: nothing reads them again
-    prefix = job.scratch_dir.rstrip("/").rsplit("-", 1)[0]
-    for stale in tf.io.gfile.glob(prefix + "-*"):
-      tf.io.gfile.rmtree(stale)
+    parent, name = os.path.split(job.scratch_dir.rstrip("/"))
+    pattern = re.compile(re.escape(name.rsplit("-", 1)[0]) + r"-[0-9a-f]{12}/?")
+    for entry in tf.io.gfile.listdir(parent) if tf.io.gfile.isdir(parent) else ():
+      if pattern.fullmatch(entry):
+        tf.io.gfile.rmtree(os.path.join(parent, entry.rstrip("/")))
   for directory in job.output_dirs + ((job.scratch_dir,) if job.scratch_dir else ()):
     tf.io.gfile.makedirs(directory)
   pipeline = beam.Pipeline(options=options)
   build(pipeline, job)
-  result = pipeline.run()
-  state = result.wait_until_finish()
+  try:
+    result = pipeline.run()
+    state = result.wait_until_finish()
+  finally:  # _finish removes the scratch files after a good run; a failed one must not leave them either
+    if job.scratch_dir and tf.io.gfile.exists(job.scratch_dir):
+      tf.io.gfile.rmtree(job.scratch_dir)
   if state != beam.runners.runner.PipelineState.DONE:
     raise RuntimeError(f"the Beam pipeline on {runner} ended {state}")
   counters = collections.Counter()

@@ -141,7 +141,7 @@ def _fields(values: dict, names) -> str:
 # Run-config keys that decide the parameter tree: a checkpoint resumes only a run that agrees on all of them.
 TREE_KEYS = (("model", "family"), ("train", "objective"), ("model", "size"), ("model", "vocab_size"),
              ("model", "embedding_size"), ("model", "layer_sharing"), ("model", "scan_layers"), ("model", "fused_qkv"),
-             ("model", "fp8"), ("model", "fp8_amax_history"))
+             ("model", "fp8"))
 
 
 def check_resumable(ckpt, config, workdir: str) -> None:
