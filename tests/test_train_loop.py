@@ -44,26 +44,6 @@ def _lines(workdir):
     return [json.loads(l) for l in f]
 
 
-def test_run_writes_the_metrics_contract(records, tmp_path):
-  result = subprocess.run(_args(tmp_path, records, 6, **{"train.eval_every": 3}), capture_output=True, text=True,
-                          env=_env(), timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
-  lines = _lines(tmp_path)
-  train_lines = [l for l in lines if l.get("split") != "eval"]
-  eval_lines = [l for l in lines if l.get("split") == "eval"]
-  assert [l["step"] for l in train_lines] == [1, 2, 3, 4, 5, 6]
-  for l in train_lines:
-    assert TRAIN_KEYS <= set(l), set(l) ^ TRAIN_KEYS
-    assert l["mfu"] is None  # CPU: no known peak
-  assert train_lines[-1]["seq_per_sec"] > 0 and train_lines[-1]["tokens_per_sec"] == pytest.approx(
-      train_lines[-1]["seq_per_sec"] * 32)
-  assert [l["step"] for l in eval_lines] == [0, 3, 6]
-  assert {"mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy"} <= set(eval_lines[0])
-  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
-  assert "train step 6/6: loss" in result.stdout and "eta" in result.stdout
-  assert "platform defaults for cpu: remat_policy=none, prng_impl=threefry2x32" in result.stdout
-
-
 def test_nonfinite_loss_stops_naming_the_step(records, tmp_path):
   result = subprocess.run(_args(tmp_path, records, 6, **{"data.train_files": f"{records}/nan-*.tfrecord"}),
                           capture_output=True, text=True, env=_env(), timeout=300)
@@ -94,31 +74,71 @@ def _wait_for_checkpoint(workdir, proc, timeout=240):
   raise AssertionError("no checkpoint appeared")
 
 
+RESUME_STEPS = 40
+
+
+def _resume_args(workdir, records, fp8):
+  return _args(workdir, records, RESUME_STEPS, **{"train.eval_every": 20, "model.fp8": fp8,
+                                                  "model.fp8_amax_history": 16})
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(records, tmp_path_factory):
+  """fp8 -> (workdir, stdout) of a whole run; the resume test compares against it, the metrics test reads it."""
+  runs = {}
+
+  def get(fp8):
+    if fp8 not in runs:
+      workdir = tmp_path_factory.mktemp("whole_fp8" if fp8 else "whole")
+      result = subprocess.run(_resume_args(workdir, records, fp8), capture_output=True, text=True, env=_env(),
+                              timeout=600)
+      assert result.returncode == 0, result.stderr[-3000:]
+      runs[fp8] = workdir, result.stdout
+    return runs[fp8]
+  return get
+
+
+def test_run_writes_the_metrics_contract(uninterrupted):
+  workdir, stdout = uninterrupted(False)
+  lines = _lines(workdir)
+  train_lines = [l for l in lines if l.get("split") != "eval"]
+  eval_lines = [l for l in lines if l.get("split") == "eval"]
+  assert [l["step"] for l in train_lines] == list(range(1, RESUME_STEPS + 1))
+  for l in train_lines:
+    assert TRAIN_KEYS <= set(l), set(l) ^ TRAIN_KEYS
+    assert l["mfu"] is None  # CPU: no known peak
+  assert train_lines[-1]["seq_per_sec"] > 0 and train_lines[-1]["tokens_per_sec"] == pytest.approx(
+      train_lines[-1]["seq_per_sec"] * 32)
+  assert [l["step"] for l in eval_lines] == [0, 20, 40]
+  assert {"mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy"} <= set(eval_lines[0])
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tensorboard"))
+  assert f"train step {RESUME_STEPS}/{RESUME_STEPS}: loss" in stdout and "eta" in stdout
+  assert "platform defaults for cpu: remat_policy=none, prng_impl=threefry2x32" in stdout
+
+
 @pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
-def test_resume_after_sigkill_matches_uninterrupted(records, tmp_path, fp8):
+def test_resume_after_sigkill_matches_uninterrupted(records, uninterrupted, tmp_path, fp8):
   """With fp8 the checkpoint also carries every projection's scales and amax history, or the losses differ."""
-  steps = 40
-  args = lambda workdir: _args(workdir, records, steps, **{"model.fp8": fp8, "model.fp8_amax_history": 16})
-  whole = subprocess.run(args(tmp_path / "whole"), capture_output=True, text=True, env=_env(), timeout=600)
-  assert whole.returncode == 0, whole.stderr[-3000:]
-  reference = _losses_by_step(_lines(tmp_path / "whole"))
+  reference = _losses_by_step(_lines(uninterrupted(fp8)[0]))
 
   killed_dir = tmp_path / "killed"
-  proc = subprocess.Popen(args(killed_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+  proc = subprocess.Popen(_resume_args(killed_dir, records, fp8), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, env=_env())
   _wait_for_checkpoint(killed_dir, proc)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  resumed = subprocess.run(args(killed_dir), capture_output=True, text=True, env=_env(), timeout=600)
+  resumed = subprocess.run(_resume_args(killed_dir, records, fp8), capture_output=True, text=True, env=_env(),
+                           timeout=600)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resumed from checkpoint at step" in resumed.stdout
   resumed_from = int(resumed.stdout.split("resumed from checkpoint at step ")[1].split()[0])
-  assert 0 < resumed_from < steps, "the kill must land mid-run"
+  assert 0 < resumed_from < RESUME_STEPS, "the kill must land mid-run"
   # metrics.jsonl holds every step once (lines past the checkpoint were dropped and written again), each
   # loss equal to the uninterrupted run's.
   lines = _lines(killed_dir)
   train_steps = [l["step"] for l in lines if l.get("split") != "eval"]
-  assert train_steps == list(range(1, steps + 1))
-  assert [l["step"] for l in lines if l.get("split") == "eval"] == [0, steps]
+  assert train_steps == list(range(1, RESUME_STEPS + 1))
+  assert [l["step"] for l in lines if l.get("split") == "eval"] == [0, 20, 40]
   for step, loss in _losses_by_step(lines).items():
     assert loss == reference[step], (step, loss, reference[step])
   if fp8:  # the export holds the weights alone, and transformers (no FP8) reproduces the full-precision logits

@@ -5,12 +5,29 @@ TensorBoard event files are written with tensorboardX, which needs no TensorFlow
 tf.summary writes; TensorBoard reads them as before).
 """
 
+import importlib
 import json
 import os
+import sys
 import time
 
 import jax
-import tensorboardX
+
+
+def _import_tensorboardx_without_torch():
+  """tensorboardX imports torch when it is installed (about 1 s and 300 MB per training process) only so that it
+  can accept torch tensors; we write Python floats. A None entry in sys.modules makes that import fail, which
+  tensorboardX handles; the entry is removed again so that a later `import torch` works as usual."""
+  if "torch" in sys.modules:
+    return importlib.import_module("tensorboardX")
+  sys.modules["torch"] = None
+  try:
+    return importlib.import_module("tensorboardX")
+  finally:
+    del sys.modules["torch"]
+
+
+tensorboardX = _import_tensorboardx_without_torch()
 
 # Dense bf16 peak FLOP/s per chip (per GPU), from the vendors' spec sheets.
 PEAK_BF16_FLOPS = {

@@ -65,16 +65,16 @@ def _first_match(path: str, rules) -> ParamRule | None:
   return next((r for r in rules if re.search(r.pattern, path)), None)
 
 
-def default_decays(path: str) -> bool:
-  """Weight decay on weights; none on biases and LayerNorm parameters."""
-  names = path.split("/")
-  if OVERWRITE_SCOPE in names:
-    return False
-  return not (names[-1] == "bias" or names[-1].endswith("_bias") or any("layer_norm" in n for n in names))
-
-
 def is_overwritten(path: str) -> bool:
   return OVERWRITE_SCOPE in path.split("/")
+
+
+def default_decays(path: str) -> bool:
+  """Weight decay on weights; none on biases, LayerNorm parameters and overwritten statistics."""
+  if is_overwritten(path):
+    return False
+  names = path.split("/")
+  return not (names[-1] == "bias" or names[-1].endswith("_bias") or any("layer_norm" in n for n in names))
 
 
 def overwrite_mask(params) -> dict:
