@@ -137,6 +137,41 @@ def test_no_gradient_flows_through_the_sample_into_the_generator(pair):
   assert float(jnp.max(jnp.abs(shared))) > 0  # the discriminator trains the shared embeddings
 
 
+def _brute_force_auc(scores, labels):
+  positive, negative = scores[labels == 1], scores[labels == 0]
+  above = (positive[:, None] > negative[None, :]).sum() + 0.5 * (positive[:, None] == negative[None, :]).sum()
+  return above / (len(positive) * len(negative))
+
+
+def test_precision_recall_and_auc_match_their_definitions_and_add_across_batches(pair):
+  rng = np.random.default_rng(0)
+  labels = (rng.random((6, 40)) < 0.15).astype(np.int32)
+  logits = rng.normal(-2.0, 1.0, labels.shape) + 1.5 * labels  # replaced tokens score higher on average
+  mask = (np.arange(40)[None] < rng.integers(20, 41, (6, 1))).astype(np.int32)
+  halves = [electra_objective.rtd_sums(jnp.asarray(logits[rows]), jnp.asarray(labels[rows]), jnp.asarray(mask[rows]))
+            for rows in (slice(0, 3), slice(3, 6))]
+  summed = jax.tree_util.tree_map(jnp.add, *halves)
+  whole = electra_objective.rtd_sums(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask))
+  for key in whole:
+    np.testing.assert_allclose(summed[key], whole[key], rtol=1e-6, err_msg=key)
+  m = dict(weight_sum=jnp.ones(()), loss_sum=jnp.ones(()), correct_sum=jnp.ones(()))
+  out = pair[0].summaries({"mlm": m, "rtd": summed})
+
+  real = mask > 0
+  s, y = logits[real], labels[real]
+  flagged = s > 0
+  assert 0 < flagged.sum() < len(s)  # the data exercise both precision's and recall's denominators
+  assert float(out["rtd_precision"]) == pytest.approx((flagged & (y == 1)).sum() / flagged.sum(), rel=1e-6)
+  assert float(out["rtd_recall"]) == pytest.approx((flagged & (y == 1)).sum() / (y == 1).sum(), rel=1e-6)
+  # the histogram's 1/43-logit bins make ties of near neighbours: within a few thousandths of the exact AUC
+  exact = _brute_force_auc(s, y)
+  assert 0.75 < exact < 0.95 and float(out["rtd_auc"]) == pytest.approx(exact, abs=3e-3)
+  # ranks are what count: any monotone shift of the scores leaves the AUC where it is; reversing them mirrors it
+  flipped = electra_objective.rtd_sums(jnp.asarray(-logits), jnp.asarray(labels), jnp.asarray(mask))
+  mirrored = electra_objective.auc_from_histograms(flipped["replaced_hist"], flipped["original_hist"])
+  assert float(mirrored) == pytest.approx(1.0 - float(out["rtd_auc"]), abs=1e-6)
+
+
 def test_exported_models_are_the_trained_pair_and_join_back(pair):
   objective, params, apply, _, batch = pair
   out = apply(params, batch, jax.random.key(1), True)
@@ -274,10 +309,12 @@ def whole_run(records, tmp_path_factory):
 def test_metrics_carry_both_models(whole_run):
   train = [r for r in _records(whole_run) if r.get("split") != "eval"]
   evals = [r for r in _records(whole_run) if r.get("split") == "eval"]
-  for key in ("loss", "mlm_loss", "mlm_accuracy", "rtd_loss", "rtd_accuracy", "replaced_fraction", "mfu",
-              "seq_per_sec", "tokens_per_sec", "grad_norm", "learning_rate"):
+  for key in ("loss", "mlm_loss", "mlm_accuracy", "rtd_loss", "rtd_accuracy", "replaced_fraction", "rtd_precision",
+              "rtd_recall", "rtd_auc", "mfu", "seq_per_sec", "tokens_per_sec", "grad_norm", "learning_rate"):
     assert key in train[-1] and key in train[0], key
-  assert [r["step"] for r in evals] == [0, STEPS] and "rtd_accuracy" in evals[-1]
+  assert [r["step"] for r in evals] == [0, STEPS] and "rtd_auc" in evals[-1]
+  for r in train + evals:
+    assert 0.0 <= r["rtd_auc"] <= 1.0 and 0.0 <= r["rtd_precision"] <= 1.0 and 0.0 <= r["rtd_recall"] <= 1.0
   for r in train:  # the loss is the generator's MLM plus 50 x the discriminator's RTD
     assert r["loss"] == pytest.approx(r["mlm_loss"] + 50.0 * r["rtd_loss"], rel=1e-5)
     assert 0.0 < r["replaced_fraction"] < 0.2  # 2 masked tokens of 10-32 per record

@@ -13,6 +13,12 @@ interface; they never name a loss or a head. An objective owns:
 import abc
 
 import jax
+import jax.numpy as jnp
+
+
+def ratio(num, den):
+  """num / den for summary fields, 0 where den is 0 (no masked tokens, nothing flagged)."""
+  return num / jnp.maximum(den, 1e-5)
 
 
 class Objective(abc.ABC):

@@ -27,6 +27,7 @@ from bert_jax.models import name_tables as nt
 from bert_jax.models import pretraining
 from bert_jax.models.config import EncoderConfig, trunk_flops_per_sequence
 from bert_jax.objectives import base
+from bert_jax.objectives.base import ratio
 from bert_jax.objectives.masked_lm import MLM_KEYS, mlm_sums
 
 TEACHER = "teacher"
@@ -83,9 +84,6 @@ def cosine_sums(student_BxTxH, teacher_BxTxH, weights_BxT):
   cos = jnp.sum(s * t, -1) / jnp.maximum(jnp.linalg.norm(s, axis=-1) * jnp.linalg.norm(t, axis=-1), 1e-8)
   return {"cos_sum": jnp.sum((1.0 - cos) * weights_BxT.astype(jnp.float32))}
 
-
-def _ratio(num, den):
-  return num / jnp.maximum(den, 1e-5)
 
 
 class Distillation(base.Objective):
@@ -230,12 +228,12 @@ class Distillation(base.Objective):
 
   def summaries(self, sums):
     m, t = sums["mlm"], sums["teacher_mlm"]
-    kl_mean = _ratio(sums["kl"]["kl_sum"], sums["kl"]["weight_sum"])
-    out = {"mlm_loss": _ratio(m["loss_sum"], m["weight_sum"]), "mlm_accuracy": _ratio(m["correct_sum"], m["weight_sum"]),
+    kl_mean = ratio(sums["kl"]["kl_sum"], sums["kl"]["weight_sum"])
+    out = {"mlm_loss": ratio(m["loss_sum"], m["weight_sum"]), "mlm_accuracy": ratio(m["correct_sum"], m["weight_sum"]),
            "kl_loss": self.settings.temperature ** 2 * kl_mean,
-           "cosine_loss": _ratio(sums["cos"]["cos_sum"], sums["cos"]["token_sum"]),
-           "teacher_mlm_loss": _ratio(t["loss_sum"], t["weight_sum"]),
-           "teacher_mlm_accuracy": _ratio(t["correct_sum"], t["weight_sum"])}
+           "cosine_loss": ratio(sums["cos"]["cos_sum"], sums["cos"]["token_sum"]),
+           "teacher_mlm_loss": ratio(t["loss_sum"], t["weight_sum"]),
+           "teacher_mlm_accuracy": ratio(t["correct_sum"], t["weight_sum"])}
     out["loss"] = self._combine(kl_mean, out["mlm_loss"], out["cosine_loss"])
     return out
 

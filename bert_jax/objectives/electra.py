@@ -11,7 +11,10 @@ counts as original, as in the paper.
 Settings (the run config's `electra` section): generator_hidden_fraction (paper: 1/4 small and large, 1/3 base),
 rtd_weight (lambda, 50). metrics.jsonl fields: mlm_loss, mlm_accuracy (the generator), rtd_loss, rtd_accuracy
 (the discriminator, over real tokens), replaced_fraction (real tokens replaced: 1 - replaced_fraction is the
-accuracy of calling every token original).
+accuracy of calling every token original), and, as google-research/electra reports them, rtd_precision (replaced
+among the tokens flagged; 0 while none is flagged), rtd_recall (flagged among the replaced) and rtd_auc (the
+chance that a replaced token scores above an original one). A small discriminator can rank replaced tokens above
+original ones (auc > 0.5) long before it is ever confident enough to flag one, which accuracy cannot show.
 """
 
 import dataclasses
@@ -23,6 +26,7 @@ from bert_jax.models import electra as electra_lib
 from bert_jax.models.config import EncoderConfig, trunk_flops_per_sequence
 from bert_jax.models.electra import model as model_lib
 from bert_jax.objectives import base
+from bert_jax.objectives.base import ratio
 from bert_jax.objectives.masked_lm import MLM_KEYS, mlm_sums
 
 
@@ -32,26 +36,42 @@ class ElectraSettings:
   rtd_weight: float = 50.0
 
 
+# rtd_auc comes from logit histograms, which add over microbatches, devices and eval batches like every other sum:
+# 1024 bins over [-12, 12] resolve 0.023 in logit; logits beyond fall in the edge bins.
+AUC_BINS = 1024
+AUC_LOGIT_RANGE = 12.0
+
+
 def rtd_sums(logits_BxT, labels_BxT, mask_BxT):
-  """Sums over real tokens: dict(loss_sum, correct_sum, replaced_sum, count)."""
+  """Sums over real tokens: dict(loss_sum, correct_sum, replaced_sum, count, flagged_sum, true_flagged_sum,
+  replaced_hist, original_hist), the last two [AUC_BINS] counts of logits."""
   logits = logits_BxT.astype(jnp.float32)
   labels = labels_BxT.astype(jnp.float32)
   weights = mask_BxT.astype(jnp.float32)
   xent = jnp.logaddexp(0.0, logits) - logits * labels  # sigmoid cross-entropy, stable for large |logits|
-  correct = ((logits > 0).astype(jnp.float32) == labels).astype(jnp.float32)
+  flagged = (logits > 0).astype(jnp.float32)
+  correct = (flagged == labels).astype(jnp.float32)
+  bins = jnp.clip(jnp.floor((logits + AUC_LOGIT_RANGE) * (AUC_BINS / (2 * AUC_LOGIT_RANGE))), 0, AUC_BINS - 1)
+  histogram = lambda w: jax.ops.segment_sum((w * weights).ravel(), bins.astype(jnp.int32).ravel(), AUC_BINS)
   return {"loss_sum": jnp.sum(xent * weights), "correct_sum": jnp.sum(correct * weights),
-          "replaced_sum": jnp.sum(labels * weights), "count": jnp.sum(weights)}
+          "replaced_sum": jnp.sum(labels * weights), "count": jnp.sum(weights),
+          "flagged_sum": jnp.sum(flagged * weights), "true_flagged_sum": jnp.sum(flagged * labels * weights),
+          "replaced_hist": histogram(labels), "original_hist": histogram(1.0 - labels)}
 
 
-def _ratio(num, den):
-  return num / jnp.maximum(den, 1e-5)
+def auc_from_histograms(positive_hist, negative_hist):
+  """Area under the ROC curve from score histograms (ascending bins): P(positive > negative), a tie within a bin
+  counted half."""
+  negatives_below = jnp.cumsum(negative_hist) - negative_hist
+  pairs = jnp.sum(positive_hist) * jnp.sum(negative_hist)
+  return ratio(jnp.sum(positive_hist * (negatives_below + 0.5 * negative_hist)), pairs)
 
 
 class Electra(base.Objective):
   name = "electra"
   batch_keys = MLM_KEYS
   heads = ("rtd",)  # the discriminator's; the generator is a whole model of its own under generator/
-  log_fields = ("mlm_accuracy", "rtd_accuracy", "replaced_fraction")
+  log_fields = ("mlm_accuracy", "rtd_accuracy", "replaced_fraction", "rtd_auc")
 
   def __init__(self, config: EncoderConfig, seq_len: int, predictions: int, settings: dict | None = None):
     if type(config).family != "electra":
@@ -94,9 +114,12 @@ class Electra(base.Objective):
 
   def summaries(self, sums):
     m, r = sums["mlm"], sums["rtd"]
-    out = {"mlm_loss": _ratio(m["loss_sum"], m["weight_sum"]), "mlm_accuracy": _ratio(m["correct_sum"], m["weight_sum"]),
-           "rtd_loss": _ratio(r["loss_sum"], r["count"]), "rtd_accuracy": _ratio(r["correct_sum"], r["count"]),
-           "replaced_fraction": _ratio(r["replaced_sum"], r["count"])}
+    out = {"mlm_loss": ratio(m["loss_sum"], m["weight_sum"]), "mlm_accuracy": ratio(m["correct_sum"], m["weight_sum"]),
+           "rtd_loss": ratio(r["loss_sum"], r["count"]), "rtd_accuracy": ratio(r["correct_sum"], r["count"]),
+           "replaced_fraction": ratio(r["replaced_sum"], r["count"]),
+           "rtd_precision": ratio(r["true_flagged_sum"], r["flagged_sum"]),
+           "rtd_recall": ratio(r["true_flagged_sum"], r["replaced_sum"]),
+           "rtd_auc": auc_from_histograms(r["replaced_hist"], r["original_hist"])}
     out["loss"] = out["mlm_loss"] + self.settings.rtd_weight * out["rtd_loss"]
     return out
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from bert_jax.models import pretraining
 from bert_jax.models.config import EncoderConfig, trunk_flops_per_sequence
 from bert_jax.objectives import base
+from bert_jax.objectives.base import ratio
 
 MLM_KEYS = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids", "masked_lm_weights")
 
@@ -44,9 +45,6 @@ def sentence_sums(logits_Bx2, labels_B, weights_B=None):
   correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
   return {"loss_sum": jnp.sum(xent * weights), "correct_sum": jnp.sum(correct * weights), "count": jnp.sum(weights)}
 
-
-def _ratio(num, den):
-  return num / jnp.maximum(den, 1e-5)
 
 
 class MaskedLM(base.Objective):
@@ -104,12 +102,12 @@ class MaskedLM(base.Objective):
 
   def summaries(self, sums):
     m = sums["mlm"]
-    out = {"mlm_loss": _ratio(m["loss_sum"], m["weight_sum"]), "mlm_accuracy": _ratio(m["correct_sum"], m["weight_sum"])}
+    out = {"mlm_loss": ratio(m["loss_sum"], m["weight_sum"]), "mlm_accuracy": ratio(m["correct_sum"], m["weight_sum"])}
     out["loss"] = out["mlm_loss"]
     if self.sentence_task:
       t, s = self.sentence_task, sums[self.sentence_task]
-      out[f"{t}_loss"] = _ratio(s["loss_sum"], s["count"])
-      out[f"{t}_accuracy"] = _ratio(s["correct_sum"], s["count"])
+      out[f"{t}_loss"] = ratio(s["loss_sum"], s["count"])
+      out[f"{t}_accuracy"] = ratio(s["correct_sum"], s["count"])
       out["loss"] = out["loss"] + out[f"{t}_loss"]
     return out
 

@@ -27,6 +27,7 @@ from bert_jax.models import span_boundary_head
 from bert_jax.models.config import EncoderConfig, trunk_flops_per_sequence
 from bert_jax.models.span_boundary_head import MAX_SPAN_TARGETS, POSITION_EMBEDDING_SIZE, SpanBoundaries
 from bert_jax.objectives import base
+from bert_jax.objectives.base import ratio
 from bert_jax.objectives.masked_lm import MLM_KEYS, mlm_sums
 
 
@@ -57,9 +58,6 @@ def span_boundaries(positions_BxP, weights_BxP, input_mask_BxT, attention_segmen
   weights = jnp.where(valid, jnp.asarray(weights_BxP, jnp.float32), 0.0)
   return SpanBoundaries(left_in, right_in, jnp.clip(offset, 0, MAX_SPAN_TARGETS - 1), weights)
 
-
-def _ratio(num, den):
-  return num / jnp.maximum(den, 1e-5)
 
 
 class SpanBoundaryObjective(base.Objective):
@@ -101,8 +99,8 @@ class SpanBoundaryObjective(base.Objective):
 
   def summaries(self, sums):
     m, s = sums["mlm"], sums["sbo"]
-    out = {"mlm_loss": _ratio(m["loss_sum"], m["weight_sum"]), "mlm_accuracy": _ratio(m["correct_sum"], m["weight_sum"]),
-           "sbo_loss": _ratio(s["loss_sum"], s["weight_sum"]), "sbo_accuracy": _ratio(s["correct_sum"], s["weight_sum"])}
+    out = {"mlm_loss": ratio(m["loss_sum"], m["weight_sum"]), "mlm_accuracy": ratio(m["correct_sum"], m["weight_sum"]),
+           "sbo_loss": ratio(s["loss_sum"], s["weight_sum"]), "sbo_accuracy": ratio(s["correct_sum"], s["weight_sum"])}
     out["loss"] = out["mlm_loss"] + out["sbo_loss"]
     return out
 
