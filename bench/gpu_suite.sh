@@ -60,7 +60,8 @@ case "${1:-core}" in
     ;;
   defaults)  # #16: --config=large as shipped (platform defaults: scan, remat, PRNG at auto; attention dropout 0.1)
     D="bench/train_bench.py --config=large --dtype=bfloat16 --steps=10 --warmup=2"
-    run 90 bench/attention_dropout_check.py --impl=cudnn   # can cuDNN's fused dropout train? (new mask per call?)
+    # can cuDNN's fused dropout train? (a new mask per call, per layer and per key; fwd/bwd masks paired in a scan)
+    run 90 bench/attention_dropout_check.py --impl=cudnn
     run 240 $D --seq=128 --batch=256 --compare_torch
     run 400 $D --seq=128 --batch=256 --compare_torch --torch_compile
     run 240 $D --seq=512 --batch=64 --compare_torch

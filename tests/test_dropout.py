@@ -1,4 +1,9 @@
 """16-bit dropout: rate, unbiasedness, determinism, odd shapes, and the same mask on any mesh."""
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,3 +64,19 @@ def test_mask_does_not_depend_on_the_mesh():
 def test_bad_rate_is_refused(rate):
   with pytest.raises(ValueError, match="dropout rate"):
     dropout_lib.dropout(jnp.ones(4), rate, jax.random.key(0))
+
+
+@pytest.mark.parametrize("impl,usable", [("explicit", True), ("fixed_key", False)])
+def test_the_fused_dropout_checks_pass_our_path_and_fail_a_replayed_mask(impl, usable):
+  """bench/attention_dropout_check.py decides on a GPU whether cuDNN's fused attention may carry dropout; here it
+  must pass the explicit path and fail one that draws the same mask for every call, layer and key."""
+  script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench",
+                        "attention_dropout_check.py")
+  result = subprocess.run([sys.executable, script, f"--impl={impl}", "--batch=2", "--heads=2", "--seq=16",
+                           "--calls=8"], capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  checks = json.loads(result.stdout.strip().splitlines()[-1])
+  assert checks["usable_for_training"] is usable and checks["grad_consistent"] and checks["scan_grad_consistent"]
+  for key in ("masks_differ_between_calls", "layer_masks_independent", "masks_follow_the_rng_key"):
+    assert checks[key] is usable, key
+  assert abs(checks["drop_fraction"] - 0.1) < 0.05
