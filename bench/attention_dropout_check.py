@@ -1,6 +1,7 @@
 """Is cuDNN's fused attention with dropout usable for training? One JSON line of checks (#16, item 2).
 
   python bench/attention_dropout_check.py --impl=cudnn      # on a GPU: the fused kernel
+  python bench/attention_dropout_check.py --impl=pallas     # our Pallas kernel (interpret mode off a GPU)
   python bench/attention_dropout_check.py --impl=explicit   # anywhere: our explicit path (checks the checks)
   python bench/attention_dropout_check.py --impl=fixed_key  # anywhere: one mask for every call (must fail)
 
@@ -36,7 +37,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-flags.DEFINE_enum("impl", "cudnn", ["cudnn", "explicit", "fixed_key"], "attention implementation under test "
+flags.DEFINE_enum("impl", "cudnn", ["cudnn", "pallas", "explicit", "fixed_key"], "attention implementation under test "
                   "(fixed_key: the explicit path with one key for every call, as a static seed without an offset "
                   "would draw: the checks must fail it)")
 flags.DEFINE_float("rate", 0.1, "attention dropout rate")
@@ -56,6 +57,12 @@ def _attention_fn(impl, rate):
       mask = jnp.ones((1, 1, 1, k.shape[1]), bool)
       return attention._explicit_attention(q, k, v, mask, rate, jax.random.key(0) if impl == "fixed_key" else rng)
     return attend
+  if impl == "pallas":  # our kernel (layers/dropout_attention_kernel.py); interpret mode off a GPU
+    def attend(q, k, v, rng):
+      return attention.dot_product_attention(
+          q, k, v, attention.AttentionMask(None, None, jnp.ones(q.shape[:2], jnp.int32)), implementation="pallas",
+          dropout_rate=rate, dropout_rng=rng, deterministic=False)
+    return attend
   from jax._src.cudnn import fused_attention_stablehlo as cudnn_attention
 
   def attend(q, k, v, rng):
@@ -67,7 +74,8 @@ def _attention_fn(impl, rate):
 def run_checks(impl: str, rate: float, batch: int, heads: int, seq: int, calls: int) -> dict:
   import jax
   import jax.numpy as jnp
-  dtype = jnp.bfloat16 if impl == "cudnn" else jnp.float32
+  on_gpu = jax.default_backend() == "gpu"
+  dtype = jnp.bfloat16 if impl == "cudnn" or (impl == "pallas" and on_gpu) else jnp.float32
   rng = np.random.default_rng(0)
   q = jnp.asarray(rng.normal(size=(batch, seq, heads, seq)), dtype)
   k = jnp.asarray(rng.normal(size=(batch, seq, heads, seq)), dtype)

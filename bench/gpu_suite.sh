@@ -62,11 +62,16 @@ case "${1:-core}" in
     D="bench/train_bench.py --config=large --dtype=bfloat16 --steps=10 --warmup=2"
     # can cuDNN's fused dropout train? (a new mask per call, per layer and per key; fwd/bwd masks paired in a scan)
     run 90 bench/attention_dropout_check.py --impl=cudnn
+    run 90 bench/attention_dropout_check.py --impl=pallas   # our kernel (layers/dropout_attention_kernel.py), Triton
     run 240 $D --seq=128 --batch=256 --compare_torch
     run 400 $D --seq=128 --batch=256 --compare_torch --torch_compile
     run 240 $D --seq=512 --batch=64 --compare_torch
     run 400 $D --seq=512 --batch=64 --compare_torch --torch_compile
     KERAS_BACKEND=jax run 300 $D --seq=128 --batch=256 --compare_keras   # needs keras-hub (bench/keras_peer.py)
+    # attention dropout 0.1 inside our Pallas kernel vs the explicit path, unrolled without remat (the fast layout)
+    run 240 $D --seq=128 --batch=256 --scan_layers=false --remat=none --attention=pallas
+    run 240 $D --seq=128 --batch=256 --scan_layers=false --remat=none --attention=xla
+    run 240 $D --seq=512 --batch=64 --scan_layers=false --remat=none --attention=pallas
     ;;
   fp8)  # #16 item 4: FP8 with delayed scaling vs bf16, same process settings, shipped defaults then fused ones
     D="bench/train_bench.py --config=large --dtype=bfloat16 --steps=10 --warmup=2"

@@ -27,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.param_dtype = "float32"           # master weights
   m.remat_policy = "auto"             # auto (remat only if activations would not fit: core/platform_defaults.py) | none | full | dots | dots_no_batch
   m.scan_layers = ml_collections.config_dict.placeholder(bool)  # nn.scan over layers; unset: unrolled on GPU (1.8x faster there), scanned elsewhere
-  m.attention_impl = "auto"           # auto | xla | cudnn | splash (TPU Pallas kernel)
+  m.attention_impl = "auto"           # auto | xla | cudnn | splash (TPU Pallas kernel) | pallas (dropout inside)
   m.mlm_all_positions = False         # MLM logits at every position, then gather (slower; benchmark baseline)
   m.fused_qkv = False                 # one fused query/key/value projection (HF export splits it again)
   m.fp8 = False                       # layers' projections in FP8, delayed scaling (Hopper GPUs; emulated, slower, elsewhere)

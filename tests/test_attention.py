@@ -1,4 +1,5 @@
-"""Attention implementations agree: splash (Pallas, interpret mode on CPU) against XLA, padded and packed rows."""
+"""Attention implementations agree: splash and our dropout kernel (Pallas, interpret mode on CPU) against XLA,
+padded and packed rows."""
 import dataclasses
 import logging
 
@@ -28,8 +29,9 @@ def _inputs(packed):
   return ids, mask, seg, segments
 
 
+@pytest.mark.parametrize("impl", ["splash", "pallas"])
 @pytest.mark.parametrize("packed", [False, True])
-def test_splash_matches_xla_in_value_and_gradient(packed):
+def test_kernels_match_xla_in_value_and_gradient(packed, impl):
   base = BertConfig.from_size("tiny", vocab_size=100, max_position_embeddings=T, hidden_dropout=0.0,
                               attention_dropout=0.0)
   ids, mask, seg, segments = _inputs(packed)
@@ -43,7 +45,7 @@ def test_splash_matches_xla_in_value_and_gradient(packed):
     return jax.value_and_grad(loss, has_aux=True)(params)
 
   (_, out_x), grad_x = run("xla")
-  (_, out_s), grad_s = run("splash")
+  (_, out_s), grad_s = run(impl)
   real = mask.astype(bool)
   np.testing.assert_allclose(np.asarray(out_s)[real], np.asarray(out_x)[real], atol=2e-5, rtol=2e-5)
   for gx, gs in zip(jax.tree_util.tree_leaves(grad_x), jax.tree_util.tree_leaves(grad_s)):

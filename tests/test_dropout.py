@@ -66,13 +66,14 @@ def test_bad_rate_is_refused(rate):
     dropout_lib.dropout(jnp.ones(4), rate, jax.random.key(0))
 
 
-@pytest.mark.parametrize("impl,usable", [("explicit", True), ("fixed_key", False)])
-def test_the_fused_dropout_checks_pass_our_path_and_fail_a_replayed_mask(impl, usable):
+@pytest.mark.parametrize("impl,usable", [("explicit", True), ("pallas", True), ("fixed_key", False)])
+def test_the_fused_dropout_checks_pass_our_paths_and_fail_a_replayed_mask(impl, usable):
   """bench/attention_dropout_check.py decides on a GPU whether cuDNN's fused attention may carry dropout; here it
-  must pass the explicit path and fail one that draws the same mask for every call, layer and key."""
+  must pass the explicit path and our Pallas kernel (interpret mode) and fail a path that draws the same mask for
+  every call, layer and key."""
   script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench",
                         "attention_dropout_check.py")
-  result = subprocess.run([sys.executable, script, f"--impl={impl}", "--batch=2", "--heads=2", "--seq=16",
+  result = subprocess.run([sys.executable, script, f"--impl={impl}", "--batch=2", "--heads=2", "--seq=64",
                            "--calls=8"], capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   checks = json.loads(result.stdout.strip().splitlines()[-1])

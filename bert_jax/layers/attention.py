@@ -5,11 +5,13 @@ Implementations:
   "cudnn": jax.nn.dot_product_attention(implementation="cudnn"), fused flash attention on GPU.
   "splash": Pallas splash attention on TPU (segment ids carry padding and packing); elsewhere it runs the
            same kernel in Pallas interpret mode, which is slow and meant for tests.
+  "pallas": our Pallas kernel with the attention dropout inside (layers/dropout_attention_kernel.py), forward and
+           backward; Triton on GPU, interpret mode (slow, for tests) elsewhere. Opt-in until measured on a GPU.
   "auto":  cudnn on GPU when the shapes allow it, xla elsewhere.
 
-The fused kernels have no attention-probability dropout, so while training with
-attention dropout > 0 an explicit einsum/softmax/dropout path is used instead
-(and logged once). Recipes that want the fused kernel set attention_dropout=0.
+The library kernels (xla's, cudnn, splash) have no attention-probability dropout, so while training with
+attention dropout > 0 they give way to an explicit einsum/softmax/dropout path (logged once); "pallas" keeps it
+in the kernel. Recipes that want a library kernel set attention_dropout=0.
 
 Relative positions (NEZHA's functional relative positional encoding, Wei et al. 2019) add a fixed sinusoid
 a_ij of the clipped distance j - i to every key and value: e_ij = q_i . (k_j + a_ij) / sqrt(D) and
@@ -25,8 +27,9 @@ import jax.numpy as jnp
 
 from bert_jax.core import sharding
 from bert_jax.layers import dropout as dropout_lib
+from bert_jax.layers import dropout_attention_kernel
 
-IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
+IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash", "pallas")
 # absolute: a learned position table in the embeddings; relative_sinusoidal: NEZHA's fixed relative vectors.
 POSITION_ENCODINGS = ("absolute", "relative_sinusoidal")
 SPLASH_BLOCK = 128  # the kernel's lane width: its blocks, so the sequence length, are multiples of this
@@ -145,6 +148,23 @@ def _splash_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS):
       q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS.astype(jnp.int32))
 
 
+def _pallas_dropout_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS, rate, dropout_rng):
+  """The dropout kernel; under a mesh inside shard_map over the batch axes (XLA cannot partition a Pallas call),
+  each shard told its first global row so that the mask is the one a single device draws."""
+  rng = dropout_rng if dropout_rng is not None else jax.random.key(0)  # rate 0: the key draws nothing
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return dropout_attention_kernel.dropout_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS, rate, rng)
+
+  def attend(q, k, v, seg):
+    row_offset = jax.lax.axis_index(sharding.BATCH_AXES) * q.shape[0]
+    return dropout_attention_kernel.dropout_attention(q, k, v, seg, rate, rng, row_offset)
+  spec = jax.sharding.PartitionSpec(sharding.BATCH_AXES)
+  # check_vma=False: pallas_call's outputs carry no varying-axes annotation to check
+  return jax.shard_map(attend, mesh=mesh, in_specs=(spec, spec, spec, spec), out_specs=spec, check_vma=False)(
+      q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS.astype(jnp.int32))
+
+
 def _resolve(implementation: str, q_BxTxNxD) -> str:
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"attention implementation {implementation!r} is not one of {IMPLEMENTATIONS}")
@@ -181,6 +201,13 @@ def dot_product_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, mask, *, implementati
                 f"take; attention_impl={implementation!r} runs the explicit XLA path")
     rate = 0.0 if deterministic else dropout_rate
     return _explicit_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, mask, rate, dropout_rng, relative_TxSxD)
+  if implementation == "pallas":
+    if segment_ids is not None and dropout_attention_kernel.supports(q_BxTxNxD, k_BxSxNxD):
+      rate = 0.0 if deterministic else dropout_rate
+      return _pallas_dropout_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids, rate, dropout_rng)
+    _log_once(f"attention: the pallas kernel needs self-attention over a multiple of "
+              f"{dropout_attention_kernel.BLOCK} tokens with segment ids; running the XLA path")
+    implementation = "xla"
   if implementation == "splash" and k_BxSxNxD.shape[1] != q_BxTxNxD.shape[1]:
     _log_once("attention: splash needs as many keys as queries (prefix tuning adds keys); falling back to XLA "
               "attention")
