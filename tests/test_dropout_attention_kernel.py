@@ -29,7 +29,7 @@ def _seed_of(key):
 def _explicit(q, k, v, segments, keep, rate):
   scores = jnp.einsum("btnd,bsnd->bnts", q, k) / np.sqrt(D)
   allowed = (segments[:, None, :, None] == segments[:, None, None, :]) & (segments[:, None, None, :] != 0)
-  probs = jax.nn.softmax(jnp.where(allowed, scores, -1e30), axis=-1)
+  probs = jnp.where(allowed, jax.nn.softmax(jnp.where(allowed, scores, -1e30), axis=-1), 0.0)  # padding: 0
   return jnp.einsum("bnts,bsnd->btnd", jnp.where(keep, probs / (1 - rate), 0.0), v)
 
 
@@ -39,11 +39,11 @@ def test_value_and_gradient_equal_the_explicit_formula_with_the_same_mask(packed
   q, k, v, segments = _inputs(packed)
   key = jax.random.key(3)
   keep = kernel.keep_mask_BxNxTxS(_seed_of(key), B, N, T, T, rate)
-  real = np.asarray(segments) > 0
-  cotangent = jnp.asarray(np.random.default_rng(1).normal(size=(B, T, N, D)), jnp.float32) * real[:, :, None, None]
+  # the cotangent is nonzero on padding rows too: the backward must differentiate what the forward computed there
+  cotangent = jnp.asarray(np.random.default_rng(1).normal(size=(B, T, N, D)), jnp.float32)
   ours = lambda q, k, v: kernel.dropout_attention(q, k, v, segments, rate, key)
   theirs = lambda q, k, v: _explicit(q, k, v, segments, keep, rate)
-  np.testing.assert_allclose(np.asarray(ours(q, k, v))[real], np.asarray(theirs(q, k, v))[real], atol=1e-5)
+  np.testing.assert_allclose(ours(q, k, v), theirs(q, k, v), atol=1e-5)
   grads = jax.grad(lambda *a: jnp.sum(ours(*a) * cotangent), (0, 1, 2))(q, k, v)
   expected = jax.grad(lambda *a: jnp.sum(theirs(*a) * cotangent), (0, 1, 2))(q, k, v)
   for name, got, want in zip("qkv", grads, expected):
@@ -63,6 +63,16 @@ def test_the_mask_drops_the_rate_and_changes_with_seed_row_head_and_position():
   shifted = np.asarray(kernel.keep_mask_BxNxTxS(np.uint32(12345), 4, 4, 128, 128, 0.1, row_offset=4))
   np.testing.assert_array_equal(shifted, keep[4:])  # a shard told its first row draws the single device's rows
   assert np.all(np.asarray(kernel.keep_mask_BxNxTxS(np.uint32(1), 1, 1, 64, 64, 0.0)))
+  # 2^32 / (16 heads x 128 x 128) = 16384 rows: a counter over (row, head, query, key) would wrap onto row 3 there
+  far = np.asarray(kernel.keep_mask_BxNxTxS(np.uint32(7), 1, 16, 128, 128, 0.1, row_offset=16384 + 3))
+  near = np.asarray(kernel.keep_mask_BxNxTxS(np.uint32(7), 1, 16, 128, 128, 0.1, row_offset=3))
+  assert abs(np.mean(~far & ~near) - 0.01) < 0.002
+
+
+def test_bad_rate_is_refused():
+  q, k, v, segments = _inputs(False)
+  with pytest.raises(ValueError, match=r"attention dropout rate must be in \[0, 1\), got 1.0"):
+    kernel.dropout_attention(q, k, v, segments, 1.0, jax.random.key(0))
 
 
 def test_a_mesh_gives_the_single_device_output_and_gradients():

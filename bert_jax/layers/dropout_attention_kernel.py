@@ -38,10 +38,13 @@ def _mix32(x):
 
 
 def keep_mask(seed, row, head, query, key, heads: int, queries: int, keys: int, rate: float):
-  """True where an attention probability is kept; broadcasts its integer index arguments."""
-  counter = ((row.astype(jnp.uint32) * jnp.uint32(heads) + head.astype(jnp.uint32)) * jnp.uint32(queries)
-             + query.astype(jnp.uint32)) * jnp.uint32(keys) + key.astype(jnp.uint32)
-  bits = _mix32(_mix32(counter ^ seed) + seed * jnp.uint32(0x9E3779B9))
+  """True where an attention probability is kept; broadcasts its integer index arguments. The row goes into the
+  seed rather than the counter, so no batch size makes the 32-bit counter wrap onto another row's mask."""
+  del heads
+  row_seed = _mix32(seed ^ _mix32(row.astype(jnp.uint32) * jnp.uint32(0x9E3779B9) + jnp.uint32(0x632BE5AB)))
+  counter = (head.astype(jnp.uint32) * jnp.uint32(queries) + query.astype(jnp.uint32)) * jnp.uint32(keys) + \
+      key.astype(jnp.uint32)
+  bits = _mix32(_mix32(counter ^ row_seed) + row_seed * jnp.uint32(0x9E3779B9))
   return bits >= jnp.uint32(min(int(rate * 2.0 ** 32), 2 ** 32 - 1))
 
 
@@ -55,19 +58,22 @@ def keep_mask_BxNxTxS(seed, batch: int, heads: int, queries: int, keys: int, rat
 
 
 def _masked_scores(q, k, seg_q, seg_k, scale):
+  """(scores with disallowed pairs at _BIG_NEG, allowed) for queries q against keys k."""
   s = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32) * scale
   allowed = (seg_q[:, None] == seg_k[None, :]) & (seg_k[None, :] != 0)
-  return jnp.where(allowed, s, _BIG_NEG)
+  return jnp.where(allowed, s, _BIG_NEG), allowed
 
 
 def _forward_kernel(meta_ref, q_ref, k_ref, v_ref, segq_ref, segk_ref, o_ref, lse_ref, *, scale, rate, shape):
   b, n, i = pl.program_id(0), pl.program_id(1), pl.program_id(2)
   heads, queries, keys = shape
-  s = _masked_scores(q_ref[...], k_ref[...], segq_ref[...], segk_ref[...], scale)       # [bq, S]
+  s, allowed = _masked_scores(q_ref[...], k_ref[...], segq_ref[...], segk_ref[...], scale)       # [bq, S]
   m = jnp.max(s, axis=1)
   p = jnp.exp(s - m[:, None])
   total = jnp.sum(p, axis=1)
-  p = p / total[:, None]
+  # a padding query may attend to nothing: its probabilities (so output and gradients) are 0, as the backward
+  # kernels rebuild them from the log-sum-exp, which at _BIG_NEG cannot tell 1/S from 1
+  p = jnp.where(allowed, p / total[:, None], 0.0)
   query = i * BLOCK + jnp.arange(BLOCK)[:, None]
   keep = keep_mask(meta_ref[0].astype(jnp.uint32), b + meta_ref[1], n, query, jnp.arange(keys)[None, :], heads,
                    queries, keys, rate)
@@ -81,7 +87,8 @@ def _dq_kernel(meta_ref, q_ref, k_ref, v_ref, segq_ref, segk_ref, do_ref, lse_re
   b, n, i = pl.program_id(0), pl.program_id(1), pl.program_id(2)
   heads, queries, keys = shape
   k = k_ref[...]
-  p = jnp.exp(_masked_scores(q_ref[...], k, segq_ref[...], segk_ref[...], scale) - lse_ref[...][:, None])
+  s, allowed = _masked_scores(q_ref[...], k, segq_ref[...], segk_ref[...], scale)
+  p = jnp.where(allowed, jnp.exp(s - lse_ref[...][:, None]), 0.0)
   query = i * BLOCK + jnp.arange(BLOCK)[:, None]
   keep = keep_mask(meta_ref[0].astype(jnp.uint32), b + meta_ref[1], n, query, jnp.arange(keys)[None, :], heads,
                    queries, keys, rate)
@@ -100,7 +107,7 @@ def _dkdv_kernel(meta_ref, q_ref, k_ref, v_ref, segq_ref, segk_ref, do_ref, lse_
   seg_k, seg_q = segk_ref[...], segq_ref[...]
   allowed_t = (seg_k[:, None] == seg_q[None, :]) & (seg_k[:, None] != 0)
   s_t = jax.lax.dot_general(k_ref[...], q, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32) * scale
-  p_t = jnp.exp(jnp.where(allowed_t, s_t, _BIG_NEG) - lse_ref[...][None, :])                  # [bk, T]
+  p_t = jnp.where(allowed_t, jnp.exp(s_t - lse_ref[...][None, :]), 0.0)                         # [bk, T]
   key = j * BLOCK + jnp.arange(BLOCK)[:, None]
   keep_t = keep_mask(meta_ref[0].astype(jnp.uint32), b + meta_ref[1], n, jnp.arange(queries)[None, :], key, heads,
                      queries, keys, rate)
@@ -179,8 +186,15 @@ _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
 def supports(q_BxTxNxD, k_BxSxNxD) -> bool:
-  """Self-attention whose length is a multiple of BLOCK (every key in one block)."""
-  return q_BxTxNxD.shape[1] == k_BxSxNxD.shape[1] and q_BxTxNxD.shape[1] % BLOCK == 0
+  """Self-attention whose length is a multiple of BLOCK (every key in one block); on a GPU, Triton also needs
+  every block dimension a power of 2 and dots at least 16 deep."""
+  length, depth = q_BxTxNxD.shape[1], q_BxTxNxD.shape[-1]
+  if k_BxSxNxD.shape[1] != length or length % BLOCK:
+    return False
+  if jax.default_backend() == "gpu":
+    power_of_2 = lambda n: n & (n - 1) == 0
+    return power_of_2(length) and power_of_2(depth) and depth >= 16
+  return True
 
 
 def dropout_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS, rate: float, dropout_rng,
@@ -188,6 +202,8 @@ def dropout_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS, rate: fl
   """softmax(q k^T / sqrt(D)) with inverted dropout at `rate`, times v; a query attends to keys of its own
   segment (0 = padding). row_offset: the global index of this shard's first row (the mask is the same on any
   mesh)."""
+  if not 0.0 <= rate < 1.0:
+    raise ValueError(f"attention dropout rate must be in [0, 1), got {rate}")
   if interpret is None:
     interpret = jax.default_backend() != "gpu"
   seed = jax.lax.bitcast_convert_type(jax.random.bits(dropout_rng, (), jnp.uint32), jnp.int32)
