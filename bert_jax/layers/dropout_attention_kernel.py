@@ -13,9 +13,9 @@ Whether it beats the explicit path on a GPU is measured in bench/gpu_suite.sh be
 
 XLA cannot partition a Pallas call. Inside a mesh context (jax.set_mesh) layers/attention.py runs the kernel per
 batch shard under shard_map, each shard told its first global row, so the mask is the one a single device draws
-(tested). The trainer does not enter that context yet (under jax.set_mesh flax's logical constraints reject the
-reshaped kernel initialisers), so in a multi-device run XLA gathers the kernel's inputs: correct, but no faster
-than one device. The GPU stages are single-GPU.
+(tested). The trainer does not enter that context yet (under jax.set_mesh, flax's logical constraints reject
+the query/key/value projections' reshaped kernels, at init and in the step), so in a multi-device run XLA gathers
+the kernel's inputs: correct, but no faster than one device. The GPU stages are single-GPU.
 """
 
 import functools

@@ -202,7 +202,9 @@ def with_platform_defaults(config, mesh, log):
   """The config with its auto fields (core/platform_defaults.py) chosen for this platform, model and batch."""
   model = registry.encoder_config({**config.model.to_dict(), "remat_policy": "none"})
   backend = jax.default_backend()
-  explicit_attention = backend != "gpu" or config.model.attention_impl == "xla" or model.attention_dropout > 0
+  # the memory estimate: explicit attention keeps [B, N, T, S] probabilities; cuDNN and our dropout kernel do not
+  impl = config.model.attention_impl
+  explicit_attention = backend != "gpu" or impl == "xla" or (model.attention_dropout > 0 and impl != "pallas")
   local_batch = config.train.batch_size // (mesh.shape["data"] * mesh.shape["fsdp"] * config.train.microbatches)
   memory = (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
   dims = dict(num_layers=model.num_layers, hidden=model.hidden_size, heads=model.num_heads,
