@@ -37,10 +37,9 @@ def _mix32(x):
   return x ^ jax.lax.shift_right_logical(x, jnp.uint32(16))
 
 
-def keep_mask(seed, row, head, query, key, heads: int, queries: int, keys: int, rate: float):
+def keep_mask(seed, row, head, query, key, queries: int, keys: int, rate: float):
   """True where an attention probability is kept; broadcasts its integer index arguments. The row goes into the
   seed rather than the counter, so no batch size makes the 32-bit counter wrap onto another row's mask."""
-  del heads
   row_seed = _mix32(seed ^ _mix32(row.astype(jnp.uint32) * jnp.uint32(0x9E3779B9) + jnp.uint32(0x632BE5AB)))
   counter = (head.astype(jnp.uint32) * jnp.uint32(queries) + query.astype(jnp.uint32)) * jnp.uint32(keys) + \
       key.astype(jnp.uint32)
@@ -54,7 +53,7 @@ def keep_mask_BxNxTxS(seed, batch: int, heads: int, queries: int, keys: int, rat
   head = jnp.arange(heads)[None, :, None, None]
   query = jnp.arange(queries)[None, None, :, None]
   key = jnp.arange(keys)[None, None, None, :]
-  return keep_mask(jnp.uint32(seed), row, head, query, key, heads, queries, keys, rate)
+  return keep_mask(jnp.uint32(seed), row, head, query, key, queries, keys, rate)
 
 
 def _masked_scores(q, k, seg_q, seg_k, scale):
@@ -64,9 +63,14 @@ def _masked_scores(q, k, seg_q, seg_k, scale):
   return jnp.where(allowed, s, _BIG_NEG), allowed
 
 
+def _program_keep(meta_ref, query, key, queries, keys, rate):
+  """keep_mask for this program's (row, head) and the given query/key indices; meta = (seed, first row)."""
+  row, head = pl.program_id(0) + meta_ref[1], pl.program_id(1)
+  return keep_mask(meta_ref[0].astype(jnp.uint32), row, head, query, key, queries, keys, rate)
+
+
 def _forward_kernel(meta_ref, q_ref, k_ref, v_ref, segq_ref, segk_ref, o_ref, lse_ref, *, scale, rate, shape):
-  b, n, i = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-  heads, queries, keys = shape
+  queries, keys = shape
   s, allowed = _masked_scores(q_ref[...], k_ref[...], segq_ref[...], segk_ref[...], scale)       # [bq, S]
   m = jnp.max(s, axis=1)
   p = jnp.exp(s - m[:, None])
@@ -74,9 +78,8 @@ def _forward_kernel(meta_ref, q_ref, k_ref, v_ref, segq_ref, segk_ref, o_ref, ls
   # a padding query may attend to nothing: its probabilities (so output and gradients) are 0, as the backward
   # kernels rebuild them from the log-sum-exp, which at _BIG_NEG cannot tell 1/S from 1
   p = jnp.where(allowed, p / total[:, None], 0.0)
-  query = i * BLOCK + jnp.arange(BLOCK)[:, None]
-  keep = keep_mask(meta_ref[0].astype(jnp.uint32), b + meta_ref[1], n, query, jnp.arange(keys)[None, :], heads,
-                   queries, keys, rate)
+  query = pl.program_id(2) * BLOCK + jnp.arange(BLOCK)[:, None]
+  keep = _program_keep(meta_ref, query, jnp.arange(keys)[None, :], queries, keys, rate)
   dropped = jnp.where(keep, p * (1.0 / (1.0 - rate)), 0.0).astype(v_ref.dtype)
   o_ref[...] = jnp.dot(dropped, v_ref[...], preferred_element_type=jnp.float32).astype(o_ref.dtype)
   lse_ref[...] = m + jnp.log(total)
@@ -84,14 +87,12 @@ def _forward_kernel(meta_ref, q_ref, k_ref, v_ref, segq_ref, segk_ref, o_ref, ls
 
 def _dq_kernel(meta_ref, q_ref, k_ref, v_ref, segq_ref, segk_ref, do_ref, lse_ref, delta_ref, dq_ref, *, scale,
                rate, shape):
-  b, n, i = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-  heads, queries, keys = shape
+  queries, keys = shape
   k = k_ref[...]
   s, allowed = _masked_scores(q_ref[...], k, segq_ref[...], segk_ref[...], scale)
   p = jnp.where(allowed, jnp.exp(s - lse_ref[...][:, None]), 0.0)
-  query = i * BLOCK + jnp.arange(BLOCK)[:, None]
-  keep = keep_mask(meta_ref[0].astype(jnp.uint32), b + meta_ref[1], n, query, jnp.arange(keys)[None, :], heads,
-                   queries, keys, rate)
+  query = pl.program_id(2) * BLOCK + jnp.arange(BLOCK)[:, None]
+  keep = _program_keep(meta_ref, query, jnp.arange(keys)[None, :], queries, keys, rate)
   d_dropped = jax.lax.dot_general(do_ref[...], v_ref[...], (((1,), (1,)), ((), ())),
                                   preferred_element_type=jnp.float32)                     # [bq, S]
   dp = jnp.where(keep, d_dropped * (1.0 / (1.0 - rate)), 0.0)
@@ -101,16 +102,13 @@ def _dq_kernel(meta_ref, q_ref, k_ref, v_ref, segq_ref, segk_ref, do_ref, lse_re
 
 def _dkdv_kernel(meta_ref, q_ref, k_ref, v_ref, segq_ref, segk_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *,
                  scale, rate, shape):
-  b, n, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-  heads, queries, keys = shape
+  queries, keys = shape
   q, do = q_ref[...], do_ref[...]
-  seg_k, seg_q = segk_ref[...], segq_ref[...]
-  allowed_t = (seg_k[:, None] == seg_q[None, :]) & (seg_k[:, None] != 0)
-  s_t = jax.lax.dot_general(k_ref[...], q, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32) * scale
-  p_t = jnp.where(allowed_t, jnp.exp(s_t - lse_ref[...][None, :]), 0.0)                         # [bk, T]
-  key = j * BLOCK + jnp.arange(BLOCK)[:, None]
-  keep_t = keep_mask(meta_ref[0].astype(jnp.uint32), b + meta_ref[1], n, jnp.arange(queries)[None, :], key, heads,
-                     queries, keys, rate)
+  # keys against queries: the transposed scores and mask (equal segments are both padding or both not)
+  s_t, allowed_t = _masked_scores(k_ref[...], q, segk_ref[...], segq_ref[...], scale)            # [bk, T]
+  p_t = jnp.where(allowed_t, jnp.exp(s_t - lse_ref[...][None, :]), 0.0)
+  key = pl.program_id(2) * BLOCK + jnp.arange(BLOCK)[:, None]
+  keep_t = _program_keep(meta_ref, jnp.arange(queries)[None, :], key, queries, keys, rate)
   dropped_t = jnp.where(keep_t, p_t * (1.0 / (1.0 - rate)), 0.0)
   dv_ref[...] = jnp.dot(dropped_t.astype(do.dtype), do, preferred_element_type=jnp.float32).astype(dv_ref.dtype)
   d_dropped_t = jax.lax.dot_general(v_ref[...], do, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
@@ -136,7 +134,7 @@ def _forward(q, k, v, segment_ids, meta, rate, interpret):
   out_specs = [blocked, pl.BlockSpec((None, None, BLOCK), lambda b, n, i: (b, n, i))]
   out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((batch, heads, queries), jnp.float32)]
   return _call(_forward_kernel, (batch, heads, queries // BLOCK), in_specs, out_specs, out_shape, interpret,
-               scale=scale, rate=rate, shape=(heads, queries, keys))(meta, q, k, v, segment_ids, segment_ids)
+               scale=scale, rate=rate, shape=(queries, keys))(meta, q, k, v, segment_ids, segment_ids)
 
 
 def _backward(q, k, v, segment_ids, meta, out, lse, d_out, rate, interpret):
@@ -147,7 +145,7 @@ def _backward(q, k, v, segment_ids, meta, out, lse, d_out, rate, interpret):
   meta_spec = pl.BlockSpec((2,), lambda b, n, i: (0,))
   blocked = pl.BlockSpec((None, BLOCK, None, depth), lambda b, n, i: (b, i, n, 0))
   stats_blocked = pl.BlockSpec((None, None, BLOCK), lambda b, n, i: (b, n, i))
-  params = dict(scale=scale, rate=rate, shape=(heads, queries, keys))
+  params = dict(scale=scale, rate=rate, shape=(queries, keys))
 
   whole_keys = pl.BlockSpec((None, keys, None, depth), lambda b, n, i: (b, 0, n, 0))
   dq = _call(_dq_kernel, (batch, heads, queries // BLOCK),

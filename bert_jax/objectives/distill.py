@@ -85,7 +85,6 @@ def cosine_sums(student_BxTxH, teacher_BxTxH, weights_BxT):
   return {"cos_sum": jnp.sum((1.0 - cos) * weights_BxT.astype(jnp.float32))}
 
 
-
 class Distillation(base.Objective):
   name = "distill"
   heads = ("mlm",)

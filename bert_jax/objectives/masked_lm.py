@@ -46,7 +46,6 @@ def sentence_sums(logits_Bx2, labels_B, weights_B=None):
   return {"loss_sum": jnp.sum(xent * weights), "correct_sum": jnp.sum(correct * weights), "count": jnp.sum(weights)}
 
 
-
 class MaskedLM(base.Objective):
   def __init__(self, config: EncoderConfig, seq_len: int, predictions: int, sentence_task: str | None = None):
     if sentence_task not in (None, "nsp", "sop"):

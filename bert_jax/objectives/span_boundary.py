@@ -59,7 +59,6 @@ def span_boundaries(positions_BxP, weights_BxP, input_mask_BxT, attention_segmen
   return SpanBoundaries(left_in, right_in, jnp.clip(offset, 0, MAX_SPAN_TARGETS - 1), weights)
 
 
-
 class SpanBoundaryObjective(base.Objective):
   name = "mlm_sbo"
   batch_keys = MLM_KEYS
