@@ -15,7 +15,7 @@ import jax
 
 
 def _import_tensorboardx_without_torch():
-  """tensorboardX imports torch when it is installed (about 1 s and 300 MB per training process) only so that it
+  """tensorboardX imports torch when it is installed (about a second per training process) only so that it
   can accept torch tensors; we write Python floats. A None entry in sys.modules makes that import fail, which
   tensorboardX handles; the entry is removed again so that a later `import torch` works as usual."""
   if "torch" in sys.modules:
