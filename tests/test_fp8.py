@@ -10,7 +10,7 @@ import pytest
 
 from bert_jax.convert import workdir as workdir_lib
 from bert_jax.core import param_rules, sharding
-from bert_jax.models import pretraining
+from bert_jax.models import name_tables, pretraining
 from bert_jax.models.bert import BertConfig
 from tests import train_helpers as th
 
@@ -164,3 +164,32 @@ def test_sharded_fp8_steps_equal_one_device():
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
   for path, value in ref_meta.items():
     np.testing.assert_allclose(meta[path], value, rtol=1e-5, err_msg=path)
+
+
+def test_scanned_layers_keep_each_layers_statistics_as_unrolled_layers_do():
+  """Under model.scan_layers the statistics are stacked like the weights, one history per layer: from the same
+  weights, a scanned run's losses and statistics are those of the unrolled run."""
+  mesh, cfg = _one_device_mesh(), th.config()
+  batches = [th.random_batch(8, seed=s) for s in range(3)]
+  runs = {}
+  for scan in (False, True):
+    state, step_fn, _, rules = th.build(cfg, mesh, dataclasses.replace(FP8, scan_layers=scan))
+    if scan:
+      stacked = name_tables.scan_params(unrolled_start, FP8.num_layers)
+      state = state.replace(params=jax.tree_util.tree_map(
+          lambda like, value: jax.device_put(np.asarray(value), like.sharding), state.params, stacked))
+    else:
+      unrolled_start = jax.device_get(state.params)  # the step donates its state
+    losses = []
+    with nn.logical_axis_rules(rules):
+      for batch in batches:
+        state, metrics = step_fn(state, sharding.global_batch(batch, mesh))
+        losses.append(float(metrics["loss"]))
+    runs[scan] = losses, _meta(name_tables.unscan_params(jax.device_get(state.params), FP8.num_layers))
+  (ref_losses, ref_meta), (losses, meta) = runs[False], runs[True]
+  np.testing.assert_allclose(losses, ref_losses, rtol=1e-6)
+  assert sorted(meta) == sorted(ref_meta)
+  for path, value in ref_meta.items():
+    np.testing.assert_allclose(meta[path], value, rtol=1e-6, err_msg=path)
+  query = "encoder/layer_{}/attention/query/fp8_meta/kernel_amax_history"
+  assert not np.array_equal(meta[query.format(0)], meta[query.format(1)])  # not one history shared by the stack
