@@ -66,7 +66,7 @@ def masking_fields(d) -> dict:
   """InstanceOptions' masking fields from config.data (beyond whole_word_masking and max_ngram)."""
   return {"masking": d.masking, "span_geometric_p": d.span_geometric_p, "max_span_length": d.max_span_length,
           "knowledge_mix": d.knowledge_mix, "segmenter": d.segmenter, "entity_file": d.entity_file,
-          "phrase_chunker": d.phrase_chunker}
+          "phrase_chunker": d.phrase_chunker, "replacement": d.replacement}
 
 
 def masking_options(d) -> masking.MaskingOptions:

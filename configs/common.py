@@ -51,6 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
   d.whole_word_masking = False        # units are whole words (token/ngram masking), when preparing and in dynamic masking
   d.max_ngram = 1                     # mask n-grams of up to this many words/tokens, p(k) ~ 1/k (ALBERT: 3)
   d.masking = "token"                 # token (BERT) | ngram (ALBERT; token with max_ngram > 1 means ngram) | span (SpanBERT) | knowledge (ERNIE): data/masking.py
+  d.replacement = "mask:0.8,random:0.1,keep:0.1"  # what masked positions show: [MASK] | a random token | themselves (BERT 80/10/10)
   d.span_geometric_p = 0.2            # span masking: span lengths in words ~ Geometric(p) (SpanBERT: 0.2)
   d.max_span_length = 10              # span masking: spans clipped at this many words (SpanBERT: 10)
   d.segmenter = ""                    # word boundaries for whole-word/span/knowledge masking: '' (vocabulary's) | jieba (Chinese) | pkg.module:function

@@ -28,6 +28,7 @@ def electra_recipe(c: ml_collections.ConfigDict, max_seq_length: int, max_predic
   c.data.mode = "full_sentences"        # contiguous text, no sentence task (ELECTRA has no NSP)
   c.data.dupe_factor = 1                # masks come from dynamic masking instead
   c.data.dynamic_masking = True         # re-mask every epoch
+  c.data.replacement = "mask:0.85,keep:0.15"  # google-research/electra's generator input: no random tokens
   c.data.max_seq_length = max_seq_length
   c.data.max_predictions_per_seq = max_predictions_per_seq  # int((mask rate + 0.005) x seq), as google-research/electra
   c.train.objective = "electra"         # generator MLM + replaced-token detection

@@ -2,6 +2,7 @@
 (ElectraForMaskedLM), sampling and replaced labels, no gradient through the sample, the exported models equal
 the trained pair, the pair back from HF, and sharded = single device."""
 
+import glob
 import json
 import os
 import signal
@@ -17,8 +18,10 @@ import pytest
 import torch
 import transformers
 
+from bert_jax import inputs
 from bert_jax.convert import hf_dir, hf_params, workdir
 from bert_jax.core import configlib
+from bert_jax.data import masking
 from bert_jax.finetune import heads, task_export
 from bert_jax.models import electra
 from bert_jax.objectives import electra as electra_objective
@@ -99,6 +102,10 @@ def test_generator_config_follows_google_research_electra():
     electra.generator_config(small, 0.0)
   with pytest.raises(ValueError, match="unknown electra settings"):
     objectives.make_objective("electra", small, 16, 4, {"generator_size": 0.25})
+  for name in ("electra_tiny", "electra_small", "electra_base", "electra_large"):  # the generator's input:
+    data = configlib.load(name).data  # [MASK] 85%, the token itself 15%, no random tokens
+    assert masking.parse_replacement(data.replacement) == (0.85, 0.0, 0.15), name
+    assert inputs.masking_options(data).replacement_thresholds == (0.85, 0.85), name
 
 
 def test_samples_only_at_masked_positions_and_labels_are_where_they_differ(pair):
@@ -396,5 +403,8 @@ def test_pydocs_run_learns_to_rank_replaced_tokens_on_held_out_text(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   evals = [r for r in _records(tmp_path) if r.get("split") == "eval"]
   assert [r["step"] for r in evals] == [0, 200]
+  manifest, = glob.glob(str(tmp_path / "data" / "*" / "manifest.json"))
+  with open(manifest) as f:
+    assert json.load(f)["masking"]["replacement"] == {"mask": 0.85, "random": 0.0, "keep": 0.15}
   assert evals[-1]["rtd_auc"] > 0.55, evals
   assert evals[-1]["rtd_loss"] < evals[0]["rtd_loss"] and evals[-1]["mlm_accuracy"] > evals[0]["mlm_accuracy"]

@@ -126,7 +126,11 @@ def masking_statistics(rows, out, opts) -> dict:
   np.testing.assert_array_equal(out["masked_lm_ids"][w], rows["ids"][np.nonzero(w)[0], pos[w]])
   seen = np.take_along_axis(out["input_ids"], pos, 1)[w]
   stats = {"rate": k.sum() / n.sum(), "mask": np.mean(seen == MASK), "kept": np.mean(seen == out["masked_lm_ids"][w])}
-  assert abs(stats["mask"] - 0.8) < 0.015 and abs(stats["kept"] - 0.1) < 0.015, stats
+  p_mask, p_random, p_keep = masking.parse_replacement(opts.replacement)
+  # A random token equals the original 1 time in ~1,000 here, so it counts as kept that often.
+  assert abs(stats["mask"] - p_mask) < 0.015 and abs(stats["kept"] - p_keep) < 0.015, stats
+  if p_random == 0:
+    assert np.all((seen == MASK) | (seen == out["masked_lm_ids"][w])), "no random tokens"
   unmasked = rows["ids"].copy()
   unmasked[np.nonzero(w)[0], pos[w]] = 0
   assert np.array_equal(np.where(masked, 0, out["input_ids"]), unmasked), "only the chosen positions change"
@@ -159,6 +163,7 @@ MODES = {
     "token": masking.MaskingOptions(max_predictions_per_seq=PRED),
     "token_wwm": masking.MaskingOptions(max_predictions_per_seq=PRED, whole_word_masking=True),
     "ngram": masking.MaskingOptions(mode="ngram", max_ngram=3, max_predictions_per_seq=PRED),
+    "token_electra": masking.MaskingOptions(max_predictions_per_seq=PRED, replacement="mask:0.85,keep:0.15"),
     "span": masking.MaskingOptions(mode="span", max_predictions_per_seq=PRED),
     "knowledge": masking.MaskingOptions(mode="knowledge", max_predictions_per_seq=PRED, entity_file="entities.txt",
                                         knowledge_mix="token:0.4,phrase:0.3,entity:0.3"),
@@ -171,7 +176,7 @@ def test_static_and_dynamic_masking_agree_on_10k_instances(rows, mode):
   static, dynamic = (masking_statistics(rows, _mask_with_numpy(rows, opts), opts),
                      masking_statistics(rows, _mask_with_tf_data(rows, opts), opts))
   assert abs(static["rate"] - dynamic["rate"]) < 0.002, (static, dynamic)
-  assert abs(static["mask"] - dynamic["mask"]) < 0.02
+  assert abs(static["mask"] - dynamic["mask"]) < 0.02 and abs(static["kept"] - dynamic["kept"]) < 0.02
   assert 0.5 * np.abs(static["run_tokens"] - dynamic["run_tokens"]).sum() < 0.03, (static, dynamic)
   if mode == "span":
     assert abs(static["span_words"] - dynamic["span_words"]) < 0.1, (static, dynamic)
@@ -393,6 +398,8 @@ def test_entity_list_errors_name_the_line(tmp_path):
     (dict(masking="knowledge", knowledge_mix="token:0.5,words:0.5"), r"'words:0.5' is not LEVEL:WEIGHT"),
     (dict(masking="knowledge", knowledge_mix="token:0.5,phrase:0.3"), r"sum to 0.8"),
     (dict(masking="whole"), r"masking 'whole' is not one of"),
+    (dict(replacement="mask:0.8,random:0.1"), r"replacement 'mask:0.8,random:0.1': the weights sum to 0.9"),
+    (dict(replacement="mask:0.9,swap:0.1"), r"'swap:0.1' is not KIND:WEIGHT with KIND one of \('mask', 'random'"),
 ])
 def test_bad_masking_options_say_what_to_fix(kwargs, message):
   with pytest.raises(ValueError, match=message):

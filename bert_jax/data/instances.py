@@ -35,6 +35,7 @@ import dataclasses
 import numpy as np
 
 from bert_jax.data import masking
+from bert_jax.data.masking import BERT_REPLACEMENT  # the field `masking` hides the module in the class body
 from bert_jax.data.masking import VocabIds  # noqa: F401  (callers build instances with it)
 
 FEATURES = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
@@ -59,6 +60,7 @@ class InstanceOptions:
   segmenter: str = ""
   entity_file: str = ""
   phrase_chunker: str = ""
+  replacement: str = BERT_REPLACEMENT  # what masked positions show: [MASK], a random token, or themselves
 
   def __post_init__(self):
     if self.mode not in MODES:
@@ -77,7 +79,7 @@ class InstanceOptions:
         whole_word_masking=self.whole_word_masking, max_ngram=self.max_ngram,
         span_geometric_p=self.span_geometric_p, max_span_length=self.max_span_length,
         knowledge_mix=self.knowledge_mix, segmenter=self.segmenter, entity_file=self.entity_file,
-        phrase_chunker=self.phrase_chunker)
+        phrase_chunker=self.phrase_chunker, replacement=self.replacement)
 
 
 def truncate_seq_pair(tokens_a: list, tokens_b: list, max_num_tokens: int, rng: np.random.Generator):

@@ -33,8 +33,9 @@ The algorithm, for the tokens of one instance:
      of the tokens on rows of 24-128 tokens; on 510-token rows the spans average 3.7 words). Computed
      without a loop over units: list the tiles' positions in order, take the prefix that fits the count,
      drop the unit it cuts through and close that tile; repeat while a unit was cut (a few passes).
-  5. Replacement: [MASK] 80%, a random non-special token 10%, unchanged 10%: per token, except span mode,
-     where one draw decides for the whole span (SpanBERT).
+  5. Replacement (data.replacement): BERT's [MASK] 80%, a random non-special token 10%, unchanged 10%
+     (google-research/electra: [MASK] 85%, unchanged 15%): per token, except span mode, where one draw
+     decides for the whole span (SpanBERT).
 
 Mode knowledge (ERNIE 1.0) picks one level per instance (token, phrase or entity, by knowledge_mix) and masks
 that level's units. ERNIE's paper applies the levels as successive training stages; its released reader
@@ -59,26 +60,37 @@ UNIT_FEATURE = "mask_unit_start"                        # optional int64[max_seq
 WORD_BIT, PHRASE_BIT, ENTITY_BIT = 1, 2, 4              # its bits: a unit of that level starts here
 LEVEL_BITS = (WORD_BIT, PHRASE_BIT, ENTITY_BIT)         # in LEVELS order
 UNIT_BITS = 3                                           # bits a packed token key keeps for the unit bits
-REPLACEMENT = {"mask": 0.8, "random": 0.1, "keep": 0.1}
+REPLACEMENTS = ("mask", "random", "keep")              # what a chosen position shows: [MASK], a random token, itself
+BERT_REPLACEMENT = "mask:0.8,random:0.1,keep:0.1"      # BERT's 80/10/10 (google-research/electra: mask:0.85,keep:0.15)
 
 
-def parse_knowledge_mix(text: str) -> tuple[float, ...]:
-  """'token:0.4,phrase:0.3,entity:0.3' -> probabilities in LEVELS order (levels left out get 0)."""
-  probs = dict.fromkeys(LEVELS, 0.0)
+def _parse_weights(text: str, names: tuple[str, ...], field: str, kind: str, example: str) -> tuple[float, ...]:
+  """'a:0.4,b:0.6' -> weights in `names` order (names left out get 0), checked to be >= 0 and sum to 1."""
+  weights = dict.fromkeys(names, 0.0)
   for part in (p.strip() for p in text.split(",") if p.strip()):
-    level, sep, value = part.partition(":")
+    name, sep, value = part.partition(":")
     try:
       weight = float(value)
     except ValueError:
       weight = -1.0
-    if not sep or level.strip() not in probs or weight < 0:
-      raise ValueError(f"knowledge_mix {text!r}: {part!r} is not LEVEL:WEIGHT with LEVEL one of {LEVELS} and "
-                       f"WEIGHT >= 0 (e.g. data.knowledge_mix='token:0.4,phrase:0.3,entity:0.3')")
-    probs[level.strip()] = weight
-  total = sum(probs.values())
+    if not sep or name.strip() not in weights or weight < 0:
+      raise ValueError(f"{field.split('.')[-1]} {text!r}: {part!r} is not {kind}:WEIGHT with {kind} one of {names} "
+                       f"and WEIGHT >= 0 (e.g. {field}='{example}')")
+    weights[name.strip()] = weight
+  total = sum(weights.values())
   if abs(total - 1.0) > 1e-6:
-    raise ValueError(f"knowledge_mix {text!r}: the weights sum to {total:g}, not 1")
-  return tuple(probs[level] for level in LEVELS)
+    raise ValueError(f"{field.split('.')[-1]} {text!r}: the weights sum to {total:g}, not 1 ({field})")
+  return tuple(weights[name] for name in names)
+
+
+def parse_knowledge_mix(text: str) -> tuple[float, ...]:
+  """'token:0.4,phrase:0.3,entity:0.3' -> probabilities in LEVELS order (levels left out get 0)."""
+  return _parse_weights(text, LEVELS, "data.knowledge_mix", "LEVEL", "token:0.4,phrase:0.3,entity:0.3")
+
+
+def parse_replacement(text: str) -> tuple[float, ...]:
+  """'mask:0.8,random:0.1,keep:0.1' -> probabilities in REPLACEMENTS order (kinds left out get 0)."""
+  return _parse_weights(text, REPLACEMENTS, "data.replacement", "KIND", BERT_REPLACEMENT)
 
 
 def geometric_span_probs(p: float, max_length: int) -> np.ndarray:
@@ -108,6 +120,7 @@ class MaskingOptions:
   segmenter: str = ""                   # word boundaries from a segmenter (segmenters.py); '' the vocabulary's
   entity_file: str = ""                 # knowledge: entity list, one per line
   phrase_chunker: str = ""              # knowledge: phrase chunker (knowledge.py); '' the default
+  replacement: str = BERT_REPLACEMENT   # what chosen positions show (per span in span mode): [MASK], random, kept
 
   def __post_init__(self):
     if self.mode not in MODES:
@@ -127,10 +140,17 @@ class MaskingOptions:
       raise ValueError(f"span_geometric_p must be in (0, 1], got {self.span_geometric_p}")
     if self.max_span_length < 1:
       raise ValueError(f"max_span_length must be >= 1, got {self.max_span_length}")
+    parse_replacement(self.replacement)
     probs = parse_knowledge_mix(self.knowledge_mix)
     if self.mode == "knowledge" and probs[LEVELS.index("entity")] > 0 and not self.entity_file:
       raise ValueError(f"knowledge_mix {self.knowledge_mix!r} masks entities, but no entity list is given: set "
                        f"data.entity_file (--entity_file; one entity per line), or give entity weight 0")
+
+  @property
+  def replacement_thresholds(self) -> tuple[float, float]:
+    """(u below which a chosen position shows [MASK], u below which it shows a random token) for u ~ U[0, 1)."""
+    mask, random, _ = parse_replacement(self.replacement)
+    return mask, mask + random
 
   @property
   def level_probs(self) -> np.ndarray:
@@ -163,7 +183,8 @@ class MaskingOptions:
     """The manifest's record of the masking; check_settings compares a config's with it."""
     out = {"mode": self.mode, "masked_lm_prob": self.masked_lm_prob, "whole_word_masking": self.whole_word_masking,
            "max_ngram": self.max_ngram, "segmenter": self.segmenter, "unit_feature": self.unit_feature,
-           "replacement": dict(REPLACEMENT), "replacement_per": "span" if self.mode == "span" else "token"}
+           "replacement": dict(zip(REPLACEMENTS, parse_replacement(self.replacement))),
+           "replacement_per": "span" if self.mode == "span" else "token"}
     if self.mode == "ngram":
       out["ngram_probs"] = [round(float(p), 6) for p in ngram_probs(self.max_ngram)]
     if self.mode == "span":
@@ -337,8 +358,9 @@ def mask_numpy(tokens: np.ndarray, unit_bits: np.ndarray | None, opts: MaskingOp
   else:
     u = rng.random(len(positions))
   masked = tokens.copy()
-  masked[positions[u < 0.8]] = vocab.mask_id
-  random_pick = (u >= 0.8) & (u < 0.9)
+  to_mask, to_random = opts.replacement_thresholds
+  masked[positions[u < to_mask]] = vocab.mask_id
+  random_pick = (u >= to_mask) & (u < to_random)
   masked[positions[random_pick]] = rng.choice(vocab.normal_ids, int(random_pick.sum()))
   return masked, positions, labels
 
@@ -473,7 +495,8 @@ def tf_remask_fn(masking: DynamicMasking, max_seq_length: int, max_predictions_p
     else:
       u = tf.random.stateless_uniform([k], s[3])
     random_ids = tf.gather(normal, tf.random.stateless_uniform([k], s[4], 0, tf.shape(normal)[0], tf.int32))
-    replacement = tf.where(u < 0.8, tf.fill([k], vocab.mask_id), tf.where(u < 0.9, random_ids, labels))
+    to_mask, to_random = opts.replacement_thresholds
+    replacement = tf.where(u < to_mask, tf.fill([k], vocab.mask_id), tf.where(u < to_random, random_ids, labels))
     masked = tf.tensor_scatter_nd_update(ids, chosen[:, None], replacement)
     pad = [[0, pred - k]]
     return {**ex, "input_ids": masked,

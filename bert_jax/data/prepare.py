@@ -368,7 +368,8 @@ def _main(pipeline_args):
       masked_lm_prob=f.masked_lm_prob, short_seq_prob=f.short_seq_prob, dupe_factor=f.dupe_factor,
       whole_word_masking=f.whole_word_masking, mode=f.mode, max_ngram=f.max_ngram, masking=f.masking,
       span_geometric_p=f.span_geometric_p, max_span_length=f.max_span_length, knowledge_mix=f.knowledge_mix,
-      segmenter=f.segmenter, entity_file=f.entity_file or "", phrase_chunker=f.phrase_chunker)
+      segmenter=f.segmenter, entity_file=f.entity_file or "", phrase_chunker=f.phrase_chunker,
+      replacement=f.replacement)
   if f.runner:
     if f.num_tasks != 1:
       sys.exit("error: --num_tasks splits the local path over machines; with --runner the engine distributes the work")
@@ -415,6 +416,8 @@ def cli():
   flags.DEFINE_integer("max_span_length", 10, "span masking: longest span, in words")
   flags.DEFINE_string("knowledge_mix", "token:0.4,phrase:0.3,entity:0.3",
                       "knowledge masking: share of instances masked at each level")
+  flags.DEFINE_string("replacement", masking.BERT_REPLACEMENT,
+                      "what masked positions show: [MASK], a random token or themselves (ELECTRA: mask:0.85,keep:0.15)")
   flags.DEFINE_string("segmenter", "", "word boundaries from a segmenter: jieba (Chinese) or pkg.module:function")
   flags.DEFINE_string("entity_file", None, "knowledge masking: entity list, one per line (UTF-8, '#' comments)")
   flags.DEFINE_string("phrase_chunker", "", "knowledge masking: rake, segmenter or pkg.module:function "
