@@ -2,7 +2,6 @@
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -157,7 +156,7 @@ def test_round_trip_to_hf_logits_and_tokenizer(tiny_workdir, tmp_path):
   assert np.max(np.abs(np.asarray(ours["mlm_logits"]) - theirs.prediction_logits.numpy())) <= 1e-4
   assert np.max(np.abs(np.asarray(ours["nsp_logits"]) - theirs.seq_relationship_logits.numpy())) <= 1e-4
 
-  from bert_jax.data import corpora, tokenizer as tokenizer_lib
+  from bert_jax.data import tokenizer as tokenizer_lib
   manifest = json.load(open(next((tiny_workdir / "data").glob("*/manifest.json"))))
   tok = tokenizer_lib.load(manifest["vocab"]["file"])
   hf_tok = transformers.AutoTokenizer.from_pretrained(str(out))

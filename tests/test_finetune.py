@@ -474,7 +474,6 @@ def test_fill_mask_cli_ranks_a_word_the_model_learned_in_its_top_5(pretrained, s
   import subprocess
   import sys
   import jax
-  from bert_jax.convert import workdir
   from bert_jax.finetune import predict
   from bert_jax.models.pretraining import EncoderWithHeads
   lines = [s.replace(" the ", " [MASK] ", 1) for s in sentences if " the " in s][:3]

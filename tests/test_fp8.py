@@ -171,15 +171,15 @@ def test_scanned_layers_keep_each_layers_statistics_as_unrolled_layers_do():
   weights, a scanned run's losses and statistics are those of the unrolled run."""
   mesh, cfg = _one_device_mesh(), th.config()
   batches = [th.random_batch(8, seed=s) for s in range(3)]
-  runs = {}
+  runs, start = {}, None
   for scan in (False, True):
     state, step_fn, _, rules = th.build(cfg, mesh, dataclasses.replace(FP8, scan_layers=scan))
     if scan:
-      stacked = name_tables.scan_params(unrolled_start, FP8.num_layers)
+      stacked = name_tables.scan_params(start, FP8.num_layers)
       state = state.replace(params=jax.tree_util.tree_map(
           lambda like, value: jax.device_put(np.asarray(value), like.sharding), state.params, stacked))
     else:
-      unrolled_start = jax.device_get(state.params)  # the step donates its state
+      start = jax.device_get(state.params)  # the unrolled weights, kept before the step donates them
     losses = []
     with nn.logical_axis_rules(rules):
       for batch in batches:

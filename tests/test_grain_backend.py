@@ -1,6 +1,5 @@
 """The Grain/ArrayRecord input backend: same examples and batches as tf.data, sharding, exact resume after
 SIGKILL, and the train CLI with TensorFlow unimportable."""
-import hashlib
 import json
 import os
 import shutil

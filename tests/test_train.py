@@ -13,7 +13,7 @@ from bert_jax.core import configlib, optim, sharding
 from bert_jax.core.train_state import state_functions
 from bert_jax.objectives import registry as objectives
 from bert_jax.trainers import pretrain
-from train_helpers import PRED, SEQ, SMALL, build, config, objective_for, random_batch, run_steps
+from train_helpers import SMALL, build, config, objective_for, random_batch, run_steps
 
 
 def _mesh(shape):

@@ -1,9 +1,5 @@
 """Small configs and batches for training tests."""
-import dataclasses
-
-import jax
 import numpy as np
-import optax
 
 from bert_jax.core import configlib, optim, sharding
 from bert_jax.core.train_state import create_train_state
