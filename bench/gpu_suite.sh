@@ -5,6 +5,7 @@
 #   bash bench/gpu_suite.sh grain      # train large with the grain backend, no TensorFlow; kill, resume, to_hf
 #   bash bench/gpu_suite.sh defaults   # --config=large as shipped vs HF eager, torch.compile and KerasHub (#16)
 #   bash bench/gpu_suite.sh fp8        # model.fp8 vs bf16: step time at seq 128/512, loss curves on pydocs (#16)
+#   bash bench/gpu_suite.sh families   # ELECTRA and DistilBERT steps vs HF PyTorch; electra_small on held-out text (#18)
 # Each run is a separate process (peak memory is per process) under a time limit, so one failure
 # (an OOM, say) is recorded and the rest still run.
 set -uo pipefail
@@ -137,6 +138,36 @@ print(json.dumps({"bench": "grain_train_cli", "config": sys.argv[2], "last_step"
                   "loss": train[-1]["loss"], "eval": [r for r in lines if r.get("split") == "eval"][-1]}))
 PY
     PYTHONPATH=$noTF:$PWD run 150 bench/train_bench.py --config=$cfg --seq=128 --batch=$batch --dtype=bfloat16 --steps=10 --warmup=2
+    ;;
+  families)  # #18: both two-model steps against HF PyTorch's in the same process, bf16; then whether a GPU-sized
+    # discriminator (ELECTRA-Small) beats the all-original baseline on held-out documents, which the 2-layer CPU
+    # demo never does. Corpus: the installed packages' docstrings (bench/sitedocs_corpus.py; pydocs is too small,
+    # a 12-layer model memorises it), its own 8k SentencePiece, the grain backend (no TensorFlow there).
+    # FAMILY_STEPS/FAMILY_BATCH/FAMILY_LIMIT/FAMILY_BENCH shrink it for a CPU rehearsal (e.g. 60, 8, 600,
+    # "--batch=2 --steps=2 --warmup=1").
+    steps=${FAMILY_STEPS:-6000}; batch=${FAMILY_BATCH:-128}; limit=${FAMILY_LIMIT:-420}
+    B="bench/train_bench.py --seq=128 --dtype=bfloat16 --compare_torch ${FAMILY_BENCH:---batch=64 --steps=10 --warmup=2}"
+    run 300 $B --config=electra_base
+    run 300 $B --config=distilbert_base
+    w="${OUT:-.}/electra_small_run"
+    python3 bench/sitedocs_corpus.py --output="${OUT:-.}/sitedocs.txt" | tee -a "$log"
+    echo "### electra_small on sitedocs, $steps steps, batch $batch, at most ${limit}s" | tee -a "$log"
+    timeout "$limit" python3 -m bert_jax.train --config=electra_small --workdir="$w" \
+        --config.data.corpus="${OUT:-.}/sitedocs.txt" --config.data.vocab_size=8000 --config.model.vocab_size=8000 \
+        --config.data.lower_case=False --config.data.backend=grain --config.train.steps=$steps \
+        --config.train.batch_size=$batch --config.optim.warmup_steps=$((steps / 10)) \
+        --config.train.log_every=$((steps / 20 > 0 ? steps / 20 : 1)) --config.train.eval_every=$((steps / 6)) \
+        --config.train.eval_batches=20 --config.checkpoint.every_steps=$steps >>"$log" 2>&1 \
+        || echo '{"failed": "electra_small run (or its time limit)"}' | tee -a "$out"
+    python3 - "$w/metrics.jsonl" <<'PY' | tee -a "$out"
+import json, sys
+lines = [json.loads(line) for line in open(sys.argv[1])]
+keys = ("step", "rtd_accuracy", "replaced_fraction", "rtd_auc", "rtd_precision", "rtd_recall", "rtd_loss",
+        "mlm_accuracy")
+print(json.dumps({"bench": "electra_small_held_out", "evals": [
+    {**{k: r.get(k) for k in keys}, "all_original": 1 - r["replaced_fraction"]}
+    for r in lines if r.get("split") == "eval"]}))
+PY
     ;;
   memory)
     run 90 $L512 --batch=64 --attention=cudnn --attention_dropout=0 --prng_impl=unsafe_rbg --remat=full

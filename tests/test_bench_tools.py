@@ -1,0 +1,43 @@
+"""bench/ scripts whose figures RESULTS.md quotes and that a CPU can check."""
+import importlib.util
+import os
+
+import numpy as np
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+
+
+def _load(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(BENCH, f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _records(rng, rows, seq, vocab, mask_id):
+  """Rows of a text where token t is always followed by t + 1 (mod vocab, past the 5 special ids), each with 3
+  masked positions shown as [MASK], never side by side, and 8 padding slots."""
+  start = rng.integers(5, vocab, rows)
+  ids = 5 + (start[:, None] - 5 + np.arange(seq)[None]) % (vocab - 5)
+  mask = np.ones((rows, seq), np.int64)
+  mask[:, -8:] = 0
+  ids = ids * mask
+  positions = np.sort(np.stack([rng.choice(np.arange(1, seq - 9, 2), 3, replace=False) for _ in range(rows)]), 1)
+  labels = np.take_along_axis(ids, positions, 1)
+  masked = ids.copy()
+  np.put_along_axis(masked, positions, mask_id, 1)
+  return {"input_ids": masked, "input_mask": mask, "masked_lm_positions": positions, "masked_lm_ids": labels,
+          "masked_lm_weights": np.ones((rows, 3), np.float32)}, ids
+
+
+def test_ngram_baseline_unmasks_counts_neighbours_and_predicts_a_deterministic_text():
+  baseline = _load("ngram_mlm_baseline")
+  rng, vocab = np.random.default_rng(0), 50
+  train, original = _records(rng, 200, 24, vocab, mask_id=4)
+  np.testing.assert_array_equal(baseline.unmasked(train), original)
+  next_given, unigram = baseline.bigram_tables(original, train["input_mask"], vocab, 0.3)
+  np.testing.assert_allclose(next_given.sum(1), 1.0, rtol=1e-5)  # rows never seen (the special ids) too
+  result = baseline.score(_records(rng, 50, 24, vocab, mask_id=4)[0], next_given, unigram)
+  # Each masked token is fixed by its neighbours; no single token is right more than ~1/45 of the time.
+  assert result["positions"] == 150 and result["bigram_accuracy"] == 1.0, result
+  assert result["unigram_accuracy"] < 0.1 and result["bigram_loss"] < result["unigram_loss"], result
