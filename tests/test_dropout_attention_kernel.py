@@ -1,14 +1,22 @@
 """The Pallas attention kernel with dropout inside (interpret mode on CPU): the explicit formula with the same
-mask in value and gradient, padded and packed rows; the mask's statistics; one mask on any mesh."""
+mask in value and gradient, padded and packed rows; the mask's statistics; one mask on any mesh, also inside
+the trainer's step."""
+import dataclasses
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from bert_jax.core import sharding
+from bert_jax.core import optim, sharding
+from bert_jax.core.train_state import create_train_state
 from bert_jax.layers import attention
 from bert_jax.layers import dropout_attention_kernel as kernel
+from bert_jax.objectives import registry as objectives
+from bert_jax.trainers import pretrain
+from tests import train_helpers as th
 
 B, T, N, D = 2, 128, 2, 16
 
@@ -99,3 +107,33 @@ def test_a_mesh_gives_the_single_device_output_and_gradients():
   for got, want in zip(sharded_grads, single_grads):
     np.testing.assert_allclose(got, want, atol=1e-5)
   assert not np.array_equal(np.asarray(single)[:2], np.asarray(single)[2:4])  # equal rows, other masks
+
+
+def test_the_trainers_step_runs_the_kernel_per_batch_shard():
+  """The pretraining step (no JAX mesh context: sharding.kernel_mesh) on 8 data-parallel devices runs the kernel
+  per batch shard, so XLA gathers nothing to feed it, and two steps with attention dropout give one device's
+  losses."""
+  model_config = dataclasses.replace(th.SMALL, attention_impl="pallas", attention_dropout=0.1,
+                                     max_position_embeddings=64)
+  cfg = th.config(**{"train.deterministic": False})
+  rules = sharding.rules_from_config(cfg.mesh.logical_axis_rules)
+  batches = []
+  for seed in (0, 1):  # 64 tokens: two 32-token random rows side by side
+    b = th.random_batch(16, seed)
+    batches.append({**b, **{k: np.concatenate([b[k], b[k]], 1) for k in ("input_ids", "input_mask", "segment_ids")}})
+  runs = {}
+  for devices in (1, 8):
+    mesh = sharding.create_mesh({"data": devices, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:devices])
+    objective = objectives.make_objective(cfg.train.objective, model_config, 64, th.PRED)
+    tx, schedule = optim.make_optimizer(cfg.optim, cfg.train.steps)
+    with nn.logical_axis_rules(rules):
+      state, shardings = create_train_state(objective.init_params, tx, mesh, rules, 0)
+      step_fn, _ = pretrain.make_step_functions(cfg, objective, tx, schedule, mesh, shardings)
+      compiled = step_fn.lower(state, sharding.global_batch(batches[0], mesh)).compile().as_text()
+      losses = []
+      for b in batches:
+        state, metrics = step_fn(state, sharding.global_batch(b, mesh))
+        losses.append(float(metrics["loss"]))
+    runs[devices] = losses, compiled.count("all-gather")
+  assert runs[8][1] == 0, "the kernel's inputs were gathered to every device"
+  np.testing.assert_allclose(runs[8][0], runs[1][0], rtol=1e-5)

@@ -4,6 +4,10 @@ Logical axes used by the model: vocab, embed, mlp, heads, kv, layers, and activa
 Rules map each to a mesh axis, a tuple of mesh axes, or None (replicated).
 """
 
+import contextlib
+import contextvars
+import functools
+
 import jax
 import numpy as np
 from jax.experimental import mesh_utils
@@ -25,6 +29,7 @@ DEFAULT_RULES = (
     ("layers",            None),
 )
 BATCH_AXES = ("data", "fsdp")
+_KERNEL_MESH = contextvars.ContextVar("bert_jax_kernel_mesh", default=None)
 
 
 def rules_from_config(rules) -> tuple:
@@ -102,3 +107,34 @@ def shardings_by_path(tree, param_shardings: dict, default):
         return by_suffix[keys[-n:]]
     return default
   return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+@contextlib.contextmanager
+def kernel_mesh(mesh: Mesh):
+  """Within it, Pallas attention kernels (which XLA cannot partition) run per batch shard of `mesh` under
+  shard_map instead of on arrays gathered to every device. Unlike jax.set_mesh it leaves flax's logical
+  constraints inactive, as the trainers run them: shardings propagate from the parameters' and the batch's."""
+  token = _KERNEL_MESH.set(mesh)
+  try:
+    yield
+  finally:
+    _KERNEL_MESH.reset(token)
+
+
+def with_kernel_mesh(mesh: Mesh, fn):
+  """fn traced under kernel_mesh(mesh): wrap a step before jax.jit so that every trace of it sees the mesh."""
+  @functools.wraps(fn)
+  def traced(*args, **kwargs):
+    with kernel_mesh(mesh):
+      return fn(*args, **kwargs)
+  return traced
+
+
+def mesh_for_kernels():
+  """The mesh a Pallas kernel shards over: JAX's mesh context if one is set, else kernel_mesh's when it has
+  more than one device; None: call the kernel on whole arrays."""
+  abstract = jax.sharding.get_abstract_mesh()
+  if not abstract.empty:
+    return abstract
+  mesh = _KERNEL_MESH.get()
+  return mesh if mesh is not None and mesh.size > 1 else None

@@ -123,8 +123,9 @@ def _splash_kernel(seq_len: int, heads: int, interpret: bool):
 def _splash_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS):
   """Splash attention per example (vmap), full mask restricted by segment ids.
 
-  Under a mesh context (jax.sharding.use_mesh) the kernel runs inside shard_map over the batch axes, since
-  XLA cannot partition a Pallas call; without one it is called on whole arrays (one device).
+  Under a mesh (sharding.mesh_for_kernels: the trainers' kernel_mesh, or JAX's mesh context) the kernel runs
+  inside shard_map over the batch axes, since XLA cannot partition a Pallas call; without one it is called on
+  whole arrays (one device).
   """
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
   _, seq_len, heads, depth = q_BxTxNxD.shape
@@ -140,8 +141,8 @@ def _splash_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS):
                            segment_ids=splash.SegmentIds(q=seg, kv=seg))
     return to_heads_first(out)
 
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty:
+  mesh = sharding.mesh_for_kernels()
+  if mesh is None:
     return attend(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS.astype(jnp.int32))
   spec = jax.sharding.PartitionSpec(sharding.BATCH_AXES)
   return jax.shard_map(attend, mesh=mesh, in_specs=(spec, spec, spec, spec), out_specs=spec)(
@@ -152,8 +153,8 @@ def _pallas_dropout_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS, 
   """The dropout kernel; under a mesh inside shard_map over the batch axes (XLA cannot partition a Pallas call),
   each shard told its first global row so that the mask is the one a single device draws."""
   rng = dropout_rng if dropout_rng is not None else jax.random.key(0)  # rate 0: the key draws nothing
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty:
+  mesh = sharding.mesh_for_kernels()
+  if mesh is None:
     return dropout_attention_kernel.dropout_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS, rate, rng)
 
   def attend(q, k, v, seg):

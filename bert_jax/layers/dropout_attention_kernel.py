@@ -11,11 +11,13 @@ kernel runs per (row, head, query block) and saves the log-sum-exp; one backward
 one per key block gives dk and dv. Off a GPU the kernels run in Pallas interpret mode (slow; for tests).
 Whether it beats the explicit path on a GPU is measured in bench/gpu_suite.sh before anything selects it.
 
-XLA cannot partition a Pallas call. Inside a mesh context (jax.set_mesh) layers/attention.py runs the kernel per
-batch shard under shard_map, each shard told its first global row, so the mask is the one a single device draws
-(tested). The trainer does not enter that context yet (under jax.set_mesh, flax's logical constraints reject
-the query/key/value projections' reshaped kernels, at init and in the step), so in a multi-device run XLA gathers
-the kernel's inputs: correct, but no faster than one device. The GPU stages are single-GPU.
+XLA cannot partition a Pallas call. Under a mesh (core/sharding.mesh_for_kernels) layers/attention.py runs the
+kernel per batch shard under shard_map, each shard told its first global row, so the mask is the one a single
+device draws (tested). The trainers trace their steps under sharding.kernel_mesh rather than jax.set_mesh:
+under jax.set_mesh flax would apply its logical constraints, and they reject the query/key/value projections'
+reshaped kernels (flax checks each param's shape with its initialiser, which unboxes the flat 2-D kernel under
+its 3 axis names). Heads are not sharded inside the kernel: a tensor-parallel mesh gathers them. The GPU stages
+are single-GPU.
 """
 
 import functools

@@ -359,10 +359,11 @@ def _finetune(config, workdir: str, init_checkpoint: str) -> dict:
       return jax.jit(init_state, out_shardings=state_shardings)(rng, params)
 
     state = ckpt.restore_or_init(abstract_state, state_shardings, init=start)
-    step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx, spec=spec, trainable_rules=trainable_rules),
+    step_fn = jax.jit(sharding.with_kernel_mesh(mesh, functools.partial(
+        train_step, model=model, tx=tx, spec=spec, trainable_rules=trainable_rules)),
                       in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                       out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
-    predict_fn = jax.jit(functools.partial(predict_step, model=model, spec=spec),
+    predict_fn = jax.jit(sharding.with_kernel_mesh(mesh, functools.partial(predict_step, model=model, spec=spec)),
                          in_shardings=(state_shardings.params, sharding.batch_sharding(mesh)))
     start_step = int(jax.device_get(state.step))
     dropped = writer.resume_from(start_step)

@@ -104,9 +104,9 @@ def make_step_functions(config, objective, tx, schedule, mesh, state_shardings):
   batch_sharding = sharding.batch_sharding(mesh)
   step_fn = functools.partial(train_step, objective=objective, tx=tx, schedule=schedule, mesh=mesh,
                               microbatches=config.train.microbatches, deterministic=config.train.deterministic)
-  train_step_fn = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
+  train_step_fn = jax.jit(sharding.with_kernel_mesh(mesh, step_fn), in_shardings=(state_shardings, batch_sharding),
                           out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
-  eval_step_fn = jax.jit(functools.partial(eval_step, objective=objective),
+  eval_step_fn = jax.jit(sharding.with_kernel_mesh(mesh, functools.partial(eval_step, objective=objective)),
                          in_shardings=(state_shardings.params, batch_sharding),
                          out_shardings=sharding.replicated(mesh))
   return train_step_fn, eval_step_fn
