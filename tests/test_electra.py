@@ -390,8 +390,9 @@ def test_finetuned_discriminator_exports_as_hf_electra_sequence_classifier():
 
 def test_pydocs_run_learns_to_rank_replaced_tokens_on_held_out_text(tmp_path):
   """electra_tiny on the offline corpus, 200 short steps: on held-out documents the discriminator scores replaced
-  tokens above original ones (rtd_auc 0.583, 0.583 and 0.603 with seeds 0, 1 and 2 on 2026-11-26; chance is 0.5,
-  its standard error on these ~1,100 replaced tokens about 0.01). Its accuracy stays on the all-original baseline at this size: it never gets
+  tokens above original ones (rtd_auc 0.559, 0.543 and 0.586 with train.seed 0, 1 and 2 on 2026-11-27, with
+  google-research/electra's masking; chance is 0.5, its standard error on these ~1,000 replaced tokens about 0.01,
+  so the bound 0.53 is 3 of them). Its accuracy stays on the all-original baseline at this size: it never gets
   sure enough to flag a token (bench/RESULTS.md)."""
   args = ["--config=electra_tiny", f"--workdir={tmp_path}", "--config.train.steps=200",
           "--config.train.batch_size=16", "--config.optim.warmup_steps=30", "--config.train.eval_every=200",
@@ -406,5 +407,5 @@ def test_pydocs_run_learns_to_rank_replaced_tokens_on_held_out_text(tmp_path):
   manifest, = glob.glob(str(tmp_path / "data" / "*" / "manifest.json"))
   with open(manifest) as f:
     assert json.load(f)["masking"]["replacement"] == {"mask": 0.85, "random": 0.0, "keep": 0.15}
-  assert evals[-1]["rtd_auc"] > 0.55, evals
+  assert evals[-1]["rtd_auc"] > 0.53, evals
   assert evals[-1]["rtd_loss"] < evals[0]["rtd_loss"] and evals[-1]["mlm_accuracy"] > evals[0]["mlm_accuracy"]
