@@ -112,7 +112,19 @@ class SentencePieceTokenizer(Tokenizer):
     return np.array([p.startswith("\u2581") or self._is_special(p) for p in self.pieces])
 
 
-class WordPieceTokenizer(Tokenizer):
+class _HfTokenizersEncoding(Tokenizer):
+  """encode and encode_with_offsets through an HF `tokenizers` object in self._tok, without special tokens."""
+  _tok = None
+
+  def encode(self, text: str) -> list[int]:
+    return self._tok.encode(text, add_special_tokens=False).ids
+
+  def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    encoding = self._tok.encode(text, add_special_tokens=False)
+    return encoding.ids, [tuple(o) for o in encoding.offsets]
+
+
+class WordPieceTokenizer(_HfTokenizersEncoding):
   """An original BERT vocab.txt through HF `tokenizers` (BERT normalizer + WordPiece)."""
   kind = "wordpiece"
 
@@ -124,13 +136,6 @@ class WordPieceTokenizer(Tokenizer):
     super().__init__(pieces)
     self._tok = BertWordPieceTokenizer(vocab_file, lowercase=lower_case, strip_accents=lower_case,
                                        clean_text=True, handle_chinese_chars=True)
-
-  def encode(self, text: str) -> list[int]:
-    return self._tok.encode(text, add_special_tokens=False).ids
-
-  def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    encoding = self._tok.encode(text, add_special_tokens=False)
-    return encoding.ids, [tuple(o) for o in encoding.offsets]
 
   def word_start_table(self) -> np.ndarray:
     return np.array([not p.startswith("##") for p in self.pieces])
@@ -145,7 +150,7 @@ def _lowercases(normalizer: dict | None) -> bool:
   return normalizer.get("type") == "Lowercase" or bool(normalizer.get("lowercase"))
 
 
-class BpeTokenizer(Tokenizer):
+class BpeTokenizer(_HfTokenizersEncoding):
   """A byte-level BPE tokenizer.json (RoBERTa/GPT-2 style) through HF `tokenizers`.
 
   A word starts where a piece carries the byte-level space 'Ġ'. With add_prefix_space=False (RoBERTa) the
@@ -175,13 +180,6 @@ class BpeTokenizer(Tokenizer):
   def backend(self):
     """The `tokenizers.Tokenizer` used by encode (lower-casing included)."""
     return self._tok
-
-  def encode(self, text: str) -> list[int]:
-    return self._tok.encode(text, add_special_tokens=False).ids
-
-  def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    encoding = self._tok.encode(text, add_special_tokens=False)
-    return encoding.ids, [tuple(o) for o in encoding.offsets]
 
   def word_start_table(self) -> np.ndarray:
     return np.array([p.startswith(BYTE_LEVEL_SPACE) or self._is_special(p) for p in self.pieces])
