@@ -168,6 +168,9 @@ print(json.dumps({"bench": "electra_small_held_out", "evals": [
     {**{k: r.get(k) for k in keys}, "all_original": 1 - r["replaced_fraction"]}
     for r in lines if r.get("split") == "eval"]}))
 PY
+    # the generator's eval MLM accuracy beside what counting neighbours gets on the same data
+    run 300 bench/ngram_mlm_baseline.py --data_dir="$(dirname "$(ls "$w"/data/*/manifest.json | head -1)")" \
+        --workdir="$w"
     ;;
   memory)
     run 90 $L512 --batch=64 --attention=cudnn --attention_dropout=0 --prng_impl=unsafe_rbg --remat=full

@@ -2,6 +2,8 @@
 
   python bench/ngram_mlm_baseline.py --data_dir=runs/tiny/data/pydocs-<hash> [--workdir=runs/tiny]
 
+Reads TFRecord or ArrayRecord splits without TensorFlow.
+
 Counts bigrams over the train split (its records unmasked), then predicts every masked eval token from the two
 tokens beside it in the masked input, as the model sees them: argmax over w of P(w | left) P(right | w), each
 bigram interpolated with the unigram (--unigram_weight). It never reads the token at the masked position, so it
@@ -16,21 +18,22 @@ import json
 import os
 
 import numpy as np
-import tensorflow as tf
 
-from bert_jax.data import schema
+from bert_jax.data import array_record_io, schema
+
+FEATURES = ("input_ids", "input_mask", "masked_lm_positions", "masked_lm_ids", "masked_lm_weights")
 
 MAX_VOCAB = 16384  # the two [V, V] float32 tables below must fit in memory
 
 
-def read_split(data_dir: str, split: str, manifest: dict) -> dict[str, np.ndarray]:
-  files = sorted(glob.glob(os.path.join(data_dir, split, "*.tfrecord")))
+def read_split(data_dir: str, split: str) -> dict[str, np.ndarray]:
+  """The split's records (ArrayRecord if prepared so, else TFRecord; no TensorFlow needed) as stacked arrays."""
+  files = sorted(glob.glob(os.path.join(data_dir, split, f"*{array_record_io.SUFFIX}")))
+  files = files or sorted(glob.glob(os.path.join(data_dir, split, "*.tfrecord")))
   if not files:
-    raise SystemExit(f"no {split}/*.tfrecord under {data_dir}: pass a prepared directory (it holds manifest.json)")
-  spec = schema.feature_spec(manifest["max_seq_length"], manifest["max_predictions_per_seq"])
-  ds = tf.data.TFRecordDataset(files).map(lambda r: tf.io.parse_single_example(r, spec)).batch(4096)
-  parts = [{k: v.numpy() for k, v in batch.items()} for batch in ds]
-  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    raise SystemExit(f"no {split}/ records under {data_dir}: pass a prepared directory (it holds manifest.json)")
+  rows = [array_record_io.parse(r) for f in files for r in array_record_io.iter_records(f)]
+  return {k: np.stack([row[k] for row in rows]) for k in FEATURES}
 
 
 def unmasked(records: dict[str, np.ndarray]) -> np.ndarray:
@@ -86,10 +89,10 @@ def main():
   vocab = int(manifest["vocab"]["size"])
   if vocab > MAX_VOCAB:
     raise SystemExit(f"vocabulary of {vocab} tokens: the dense [V, V] tables need V <= {MAX_VOCAB}")
-  train = read_split(args.data_dir, "train", manifest)
+  train = read_split(args.data_dir, "train")
   next_given, unigram = bigram_tables(unmasked(train), train["input_mask"], vocab, args.unigram_weight)
   result = {"bench": "ngram_mlm_baseline", "data_dir": args.data_dir, "train_instances": len(train["input_ids"]),
-            **score(read_split(args.data_dir, "eval", manifest), next_given, unigram)}
+            **score(read_split(args.data_dir, "eval"), next_given, unigram)}
   if args.workdir:
     with open(os.path.join(args.workdir, "metrics.jsonl")) as f:
       evals = [r for r in map(json.loads, f) if r.get("split") == "eval"]
