@@ -70,6 +70,8 @@ def test_the_mask_drops_the_rate_and_changes_with_seed_row_head_and_position():
   assert abs(np.mean(~keep & ~other_seed) - 0.01) < 0.002
   shifted = np.asarray(kernel.keep_mask_BxNxTxS(np.uint32(12345), 4, 4, 128, 128, 0.1, row_offset=4))
   np.testing.assert_array_equal(shifted, keep[4:])  # a shard told its first row draws the single device's rows
+  heads_2_3 = np.asarray(kernel.keep_mask_BxNxTxS(np.uint32(12345), 8, 2, 128, 128, 0.1, head_offset=2))
+  np.testing.assert_array_equal(heads_2_3, keep[:, 2:])  # and its first head, where the heads are split
   assert np.all(np.asarray(kernel.keep_mask_BxNxTxS(np.uint32(1), 1, 1, 64, 64, 0.0)))
   # 2^32 / (16 heads x 128 x 128) = 16384 rows: a counter over (row, head, query, key) would wrap onto row 3 there
   far = np.asarray(kernel.keep_mask_BxNxTxS(np.uint32(7), 1, 16, 128, 128, 0.1, row_offset=16384 + 3))
@@ -83,9 +85,11 @@ def test_bad_rate_is_refused():
     kernel.dropout_attention(q, k, v, segments, 1.0, jax.random.key(0))
 
 
-def test_a_mesh_gives_the_single_device_output_and_gradients():
-  """Under a 4 x 2 (data x fsdp) mesh the kernel runs per batch shard; each shard's rows draw the mask a single
-  device would, so the outputs and gradients equal the unsharded call."""
+@pytest.mark.parametrize("mesh_shape", [(4, 2, 1), (2, 2, 2)], ids=["data_fsdp", "heads_split"])
+def test_a_mesh_gives_the_single_device_output_and_gradients(mesh_shape):
+  """Under a data x fsdp (x tensor) mesh the kernel runs per batch (and, with the logical rules, per heads)
+  shard; each shard's rows and heads draw the mask a single device would, so the outputs and gradients equal
+  the unsharded call."""
   q, k, v, segments = _inputs(True)
   q, k, v, segments = (jnp.concatenate([x] * 4) for x in (q, k, v, segments))  # 8 rows
   mask = attention.AttentionMask(None, None, segments)
@@ -99,8 +103,9 @@ def test_a_mesh_gives_the_single_device_output_and_gradients():
 
   step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
   (_, single), single_grads = step(q, k, v, mask.segment_ids_BxS)
-  mesh = jax.make_mesh((4, 2, 1), ("data", "fsdp", "tensor"))
-  with jax.set_mesh(mesh):
+  mesh = jax.make_mesh(mesh_shape, ("data", "fsdp", "tensor"))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):  # heads -> tensor
+    assert sharding.kernel_axes() == (sharding.BATCH_AXES, "tensor")
     shard = lambda x: jax.device_put(x, NamedSharding(mesh, P(sharding.BATCH_AXES)))
     (_, sharded), sharded_grads = step(shard(q), shard(k), shard(v), shard(segments))
   np.testing.assert_allclose(sharded, single, atol=1e-6)
@@ -112,7 +117,7 @@ def test_a_mesh_gives_the_single_device_output_and_gradients():
 def test_the_trainers_step_runs_the_kernel_per_batch_shard():
   """The pretraining step (no JAX mesh context: sharding.kernel_mesh) on 8 data-parallel devices runs the kernel
   per batch shard, so XLA gathers nothing to feed it, and two steps with attention dropout give one device's
-  losses."""
+  losses; so do 4 x 2 devices with the heads split over the second axis (the default rules: heads -> tensor)."""
   model_config = dataclasses.replace(th.SMALL, attention_impl="pallas", attention_dropout=0.1,
                                      max_position_embeddings=64)
   cfg = th.config(**{"train.deterministic": False})
@@ -122,8 +127,8 @@ def test_the_trainers_step_runs_the_kernel_per_batch_shard():
     b = th.random_batch(16, seed)
     batches.append({**b, **{k: np.concatenate([b[k], b[k]], 1) for k in ("input_ids", "input_mask", "segment_ids")}})
   runs = {}
-  for devices in (1, 8):
-    mesh = sharding.create_mesh({"data": devices, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:devices])
+  for data, tensor in ((1, 1), (8, 1), (4, 2)):
+    mesh = sharding.create_mesh({"data": data, "fsdp": 1, "tensor": tensor}, devices=jax.devices()[:data * tensor])
     objective = objectives.make_objective(cfg.train.objective, model_config, 64, th.PRED)
     tx, schedule = optim.make_optimizer(cfg.optim, cfg.train.steps)
     with nn.logical_axis_rules(rules):
@@ -134,6 +139,7 @@ def test_the_trainers_step_runs_the_kernel_per_batch_shard():
       for b in batches:
         state, metrics = step_fn(state, sharding.global_batch(b, mesh))
         losses.append(float(metrics["loss"]))
-    runs[devices] = losses, compiled.count("all-gather")
-  assert runs[8][1] == 0, "the kernel's inputs were gathered to every device"
-  np.testing.assert_allclose(runs[8][0], runs[1][0], rtol=1e-5)
+    runs[data, tensor] = losses, compiled.count("all-gather")
+  assert runs[8, 1][1] == 0, "the kernel's inputs were gathered to every device"
+  np.testing.assert_allclose(runs[8, 1][0], runs[1, 1][0], rtol=1e-5)
+  np.testing.assert_allclose(runs[4, 2][0], runs[1, 1][0], rtol=1e-5)

@@ -138,3 +138,13 @@ def mesh_for_kernels():
     return abstract
   mesh = _KERNEL_MESH.get()
   return mesh if mesh is not None and mesh.size > 1 else None
+
+
+def kernel_axes() -> tuple:
+  """(batch mesh axes, heads mesh axes or None) that a per-shard attention kernel splits [B, T, N, D] over: the
+  active logical rules' 'activation_batch' and 'heads' (the trainers' rules), else the batch axes alone."""
+  import flax.linen as nn
+  if not nn.get_logical_axis_rules():
+    return BATCH_AXES, None
+  batch, heads = nn.logical_to_mesh_axes(("activation_batch", "heads"))
+  return batch, heads

@@ -120,23 +120,41 @@ def _splash_kernel(seq_len: int, heads: int, interpret: bool):
                                 block_sizes=_splash_block_sizes(seq_len))
 
 
+def _kernel_specs(mesh):
+  """shard_map specs for [B, T, N, D] and [B, S], and the (batch, heads) mesh axes, per sharding.kernel_axes."""
+  batch_axes, head_axes = sharding.kernel_axes()
+  P = jax.sharding.PartitionSpec
+  return P(batch_axes, None, head_axes, None), P(batch_axes), batch_axes, head_axes
+
+
+def _per_shard(attend, mesh, q, k, v, segment_ids, **shard_map_args):
+  """attend(q, k, v, segment_ids) inside shard_map over the kernel axes, the inputs first laid out so."""
+  spec, seg_spec, _, _ = _kernel_specs(mesh)
+  explicit = all(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)  # jax.make_mesh's default
+  lay_out = jax.sharding.reshard if explicit else jax.lax.with_sharding_constraint
+  place = lambda x, s: lay_out(x, jax.sharding.NamedSharding(mesh, s))
+  args = (place(q, spec), place(k, spec), place(v, spec), place(segment_ids.astype(jnp.int32), seg_spec))
+  return jax.shard_map(attend, mesh=mesh, in_specs=(spec, spec, spec, seg_spec), out_specs=spec,
+                       **shard_map_args)(*args)
+
+
 def _splash_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS):
   """Splash attention per example (vmap), full mask restricted by segment ids.
 
   Under a mesh (sharding.mesh_for_kernels: the trainers' kernel_mesh, or JAX's mesh context) the kernel runs
-  inside shard_map over the batch axes, since XLA cannot partition a Pallas call; without one it is called on
-  whole arrays (one device).
+  inside shard_map over the batch and heads axes, since XLA cannot partition a Pallas call; without one it is
+  called on whole arrays (one device).
   """
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
-  _, seq_len, heads, depth = q_BxTxNxD.shape
+  seq_len, depth = q_BxTxNxD.shape[1], q_BxTxNxD.shape[3]
   on_tpu = jax.default_backend() == "tpu"
   if not on_tpu:
     _log_once(f"attention: splash runs in Pallas interpret mode on backend {jax.default_backend()!r} (slow)")
-  kernel = _splash_kernel(seq_len, heads, not on_tpu)
   to_heads_first = lambda x: jnp.swapaxes(x, 1, 2)  # [B, T, N, D] -> [B, N, T, D]
   scale = jnp.asarray(depth ** -0.5, q_BxTxNxD.dtype)
 
   def attend(q, k, v, seg):
+    kernel = _splash_kernel(seq_len, q.shape[2], not on_tpu)  # this shard's heads
     out = jax.vmap(kernel)(to_heads_first(q * scale), to_heads_first(k), to_heads_first(v),
                            segment_ids=splash.SegmentIds(q=seg, kv=seg))
     return to_heads_first(out)
@@ -144,26 +162,25 @@ def _splash_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS):
   mesh = sharding.mesh_for_kernels()
   if mesh is None:
     return attend(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS.astype(jnp.int32))
-  spec = jax.sharding.PartitionSpec(sharding.BATCH_AXES)
-  return jax.shard_map(attend, mesh=mesh, in_specs=(spec, spec, spec, spec), out_specs=spec)(
-      q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS.astype(jnp.int32))
+  return _per_shard(attend, mesh, q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS)
 
 
 def _pallas_dropout_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS, rate, dropout_rng):
-  """The dropout kernel; under a mesh inside shard_map over the batch axes (XLA cannot partition a Pallas call),
-  each shard told its first global row so that the mask is the one a single device draws."""
+  """The dropout kernel; under a mesh inside shard_map over the batch and heads axes (XLA cannot partition a
+  Pallas call), each shard told its first global row and head so that the mask is the one a single device
+  draws."""
   rng = dropout_rng if dropout_rng is not None else jax.random.key(0)  # rate 0: the key draws nothing
   mesh = sharding.mesh_for_kernels()
   if mesh is None:
     return dropout_attention_kernel.dropout_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS, rate, rng)
+  _, _, batch_axes, head_axes = _kernel_specs(mesh)
 
   def attend(q, k, v, seg):
-    row_offset = jax.lax.axis_index(sharding.BATCH_AXES) * q.shape[0]
-    return dropout_attention_kernel.dropout_attention(q, k, v, seg, rate, rng, row_offset)
-  spec = jax.sharding.PartitionSpec(sharding.BATCH_AXES)
+    row_offset = jax.lax.axis_index(batch_axes) * q.shape[0]
+    head_offset = 0 if head_axes is None else jax.lax.axis_index(head_axes) * q.shape[2]
+    return dropout_attention_kernel.dropout_attention(q, k, v, seg, rate, rng, row_offset, head_offset)
   # check_vma=False: pallas_call's outputs carry no varying-axes annotation to check
-  return jax.shard_map(attend, mesh=mesh, in_specs=(spec, spec, spec, spec), out_specs=spec, check_vma=False)(
-      q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS.astype(jnp.int32))
+  return _per_shard(attend, mesh, q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS, check_vma=False)
 
 
 def _resolve(implementation: str, q_BxTxNxD) -> str:

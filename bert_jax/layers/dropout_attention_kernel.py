@@ -13,11 +13,11 @@ Whether it beats the explicit path on a GPU is measured in bench/gpu_suite.sh be
 
 XLA cannot partition a Pallas call. Under a mesh (core/sharding.mesh_for_kernels) layers/attention.py runs the
 kernel per batch shard under shard_map, each shard told its first global row, so the mask is the one a single
-device draws (tested). The trainers trace their steps under sharding.kernel_mesh rather than jax.set_mesh:
+device draws; a mesh that splits the heads (tensor parallelism) tells it its first head too (tested). The
+trainers trace their steps under sharding.kernel_mesh rather than jax.set_mesh:
 under jax.set_mesh flax would apply its logical constraints, and they reject the query/key/value projections'
 reshaped kernels (flax checks each param's shape with its initialiser, which unboxes the flat 2-D kernel under
-its 3 axis names). Heads are not sharded inside the kernel: a tensor-parallel mesh gathers them. The GPU stages
-are single-GPU.
+its 3 axis names). The GPU stages are single-GPU.
 """
 
 import functools
@@ -49,10 +49,11 @@ def keep_mask(seed, row, head, query, key, queries: int, keys: int, rate: float)
   return bits >= jnp.uint32(min(int(rate * 2.0 ** 32), 2 ** 32 - 1))
 
 
-def keep_mask_BxNxTxS(seed, batch: int, heads: int, queries: int, keys: int, rate: float, row_offset=0):
+def keep_mask_BxNxTxS(seed, batch: int, heads: int, queries: int, keys: int, rate: float, row_offset=0,
+                      head_offset=0):
   """The whole mask the kernels draw, in plain JAX (tests compare against it)."""
   row = jnp.arange(batch)[:, None, None, None] + row_offset
-  head = jnp.arange(heads)[None, :, None, None]
+  head = jnp.arange(heads)[None, :, None, None] + head_offset
   query = jnp.arange(queries)[None, None, :, None]
   key = jnp.arange(keys)[None, None, None, :]
   return keep_mask(jnp.uint32(seed), row, head, query, key, queries, keys, rate)
@@ -66,8 +67,9 @@ def _masked_scores(q, k, seg_q, seg_k, scale):
 
 
 def _program_keep(meta_ref, query, key, queries, keys, rate):
-  """keep_mask for this program's (row, head) and the given query/key indices; meta = (seed, first row)."""
-  row, head = pl.program_id(0) + meta_ref[1], pl.program_id(1)
+  """keep_mask for this program's (row, head) and the given query/key indices; meta = (seed, first row, first
+  head, unused)."""
+  row, head = pl.program_id(0) + meta_ref[1], pl.program_id(1) + meta_ref[2]
   return keep_mask(meta_ref[0].astype(jnp.uint32), row, head, query, key, queries, keys, rate)
 
 
@@ -130,7 +132,7 @@ def _forward(q, k, v, segment_ids, meta, rate, interpret):
   scale = depth ** -0.5
   blocked = pl.BlockSpec((None, BLOCK, None, depth), lambda b, n, i: (b, i, n, 0))
   whole = pl.BlockSpec((None, keys, None, depth), lambda b, n, i: (b, 0, n, 0))
-  meta_spec = pl.BlockSpec((2,), lambda b, n, i: (0,))
+  meta_spec = pl.BlockSpec((4,), lambda b, n, i: (0,))
   in_specs = [meta_spec, blocked, whole, whole, pl.BlockSpec((None, BLOCK), lambda b, n, i: (b, i)),
               pl.BlockSpec((None, keys), lambda b, n, i: (b, 0))]
   out_specs = [blocked, pl.BlockSpec((None, None, BLOCK), lambda b, n, i: (b, n, i))]
@@ -144,7 +146,7 @@ def _backward(q, k, v, segment_ids, meta, out, lse, d_out, rate, interpret):
   keys = k.shape[1]
   scale = depth ** -0.5
   delta = jnp.transpose(jnp.sum(out.astype(jnp.float32) * d_out.astype(jnp.float32), axis=-1), (0, 2, 1))
-  meta_spec = pl.BlockSpec((2,), lambda b, n, i: (0,))
+  meta_spec = pl.BlockSpec((4,), lambda b, n, i: (0,))
   blocked = pl.BlockSpec((None, BLOCK, None, depth), lambda b, n, i: (b, i, n, 0))
   stats_blocked = pl.BlockSpec((None, None, BLOCK), lambda b, n, i: (b, n, i))
   params = dict(scale=scale, rate=rate, shape=(queries, keys))
@@ -198,15 +200,16 @@ def supports(q_BxTxNxD, k_BxSxNxD) -> bool:
 
 
 def dropout_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS, rate: float, dropout_rng,
-                      row_offset=0, interpret=None):
+                      row_offset=0, head_offset=0, interpret=None):
   """softmax(q k^T / sqrt(D)) with inverted dropout at `rate`, times v; a query attends to keys of its own
-  segment (0 = padding). row_offset: the global index of this shard's first row (the mask is the same on any
-  mesh)."""
+  segment (0 = padding). row_offset, head_offset: the global indices of this shard's first row and head (the
+  mask is the same on any mesh)."""
   if not 0.0 <= rate < 1.0:
     raise ValueError(f"attention dropout rate must be in [0, 1), got {rate}")
   if interpret is None:
     interpret = jax.default_backend() != "gpu"
   seed = jax.lax.bitcast_convert_type(jax.random.bits(dropout_rng, (), jnp.uint32), jnp.int32)
-  meta = jnp.stack([seed, jnp.asarray(row_offset, jnp.int32)])
+  # 4 entries, the last unused: Triton blocks have power-of-2 sizes
+  meta = jnp.stack([seed, jnp.asarray(row_offset, jnp.int32), jnp.asarray(head_offset, jnp.int32), jnp.int32(0)])
   return _attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS.astype(jnp.int32), meta, float(rate),
                     bool(interpret))
