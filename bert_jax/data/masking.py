@@ -50,6 +50,7 @@ How this differs from the code it replaces (instances.mask_tokens, pipeline._dyn
 """
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -146,7 +147,7 @@ class MaskingOptions:
       raise ValueError(f"knowledge_mix {self.knowledge_mix!r} masks entities, but no entity list is given: set "
                        f"data.entity_file (--entity_file; one entity per line), or give entity weight 0")
 
-  @property
+  @functools.cached_property  # parsed once: mask_numpy asks per instance
   def replacement_thresholds(self) -> tuple[float, float]:
     """(u below which a chosen position shows [MASK], u below which it shows a random token) for u ~ U[0, 1)."""
     mask, random, _ = parse_replacement(self.replacement)

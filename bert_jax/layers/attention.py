@@ -120,16 +120,12 @@ def _splash_kernel(seq_len: int, heads: int, interpret: bool):
                                 block_sizes=_splash_block_sizes(seq_len))
 
 
-def _kernel_specs(mesh):
-  """shard_map specs for [B, T, N, D] and [B, S], and the (batch, heads) mesh axes, per sharding.kernel_axes."""
-  batch_axes, head_axes = sharding.kernel_axes()
-  P = jax.sharding.PartitionSpec
-  return P(batch_axes, None, head_axes, None), P(batch_axes), batch_axes, head_axes
-
-
-def _per_shard(attend, mesh, q, k, v, segment_ids, **shard_map_args):
-  """attend(q, k, v, segment_ids) inside shard_map over the kernel axes, the inputs first laid out so."""
-  spec, seg_spec, _, _ = _kernel_specs(mesh)
+def _per_shard(attend, mesh, axes, q, k, v, segment_ids, **shard_map_args):
+  """attend(q, k, v, segment_ids) inside shard_map over axes = (batch mesh axes, heads mesh axes or None), the
+  inputs first laid out so."""
+  batch_axes, head_axes = axes
+  spec = jax.sharding.PartitionSpec(batch_axes, None, head_axes, None)  # [B, T, N, D]
+  seg_spec = jax.sharding.PartitionSpec(batch_axes)
   explicit = all(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)  # jax.make_mesh's default
   lay_out = jax.sharding.reshard if explicit else jax.lax.with_sharding_constraint
   place = lambda x, s: lay_out(x, jax.sharding.NamedSharding(mesh, s))
@@ -162,7 +158,7 @@ def _splash_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS):
   mesh = sharding.mesh_for_kernels()
   if mesh is None:
     return attend(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS.astype(jnp.int32))
-  return _per_shard(attend, mesh, q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS)
+  return _per_shard(attend, mesh, sharding.kernel_axes(), q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS)
 
 
 def _pallas_dropout_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS, rate, dropout_rng):
@@ -173,14 +169,14 @@ def _pallas_dropout_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS, 
   mesh = sharding.mesh_for_kernels()
   if mesh is None:
     return dropout_attention_kernel.dropout_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS, rate, rng)
-  _, _, batch_axes, head_axes = _kernel_specs(mesh)
+  batch_axes, head_axes = axes = sharding.kernel_axes()
 
   def attend(q, k, v, seg):
     row_offset = jax.lax.axis_index(batch_axes) * q.shape[0]
     head_offset = 0 if head_axes is None else jax.lax.axis_index(head_axes) * q.shape[2]
     return dropout_attention_kernel.dropout_attention(q, k, v, seg, rate, rng, row_offset, head_offset)
   # check_vma=False: pallas_call's outputs carry no varying-axes annotation to check
-  return _per_shard(attend, mesh, q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS, check_vma=False)
+  return _per_shard(attend, mesh, axes, q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, segment_ids_BxS, check_vma=False)
 
 
 def _resolve(implementation: str, q_BxTxNxD) -> str:
