@@ -6,11 +6,16 @@
 #   bash bench/gpu_suite.sh defaults   # --config=large as shipped vs HF eager, torch.compile and KerasHub (#16)
 #   bash bench/gpu_suite.sh fp8        # model.fp8 vs bf16: step time at seq 128/512, loss curves on pydocs (#16)
 #   bash bench/gpu_suite.sh families   # ELECTRA and DistilBERT steps vs HF PyTorch; electra_small on held-out text (#18)
+#   bash bench/gpu_suite.sh kernel_check  # attention dropout inside our Pallas kernel and inside cuDNN's (#16)
+# defaults = defaults_a (shipped large vs HF eager, and with our pallas kernel, at 128) + defaults_b (the rest);
+# families = families_bench + families_heldout. WORK (default: OUT) holds the training workdirs: a prepared
+# data dir already under WORK/<run>/data/ (copied from another machine, say) is reused, not prepared again.
 # Each run is a separate process (peak memory is per process) under a time limit, so one failure
 # (an OOM, say) is recorded and the rest still run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-.}/gpu.jsonl"
+work="${WORK:-${OUT:-.}}"
 log="${OUT:-.}/gpu.log"
 run() {
   local limit=$1; shift
@@ -59,20 +64,25 @@ case "${1:-core}" in
     run 100 $L512 --batch=64 $U --compare_torch
     run 150 $L128 --batch=256 $U --scan_layers=false --compare_torch
     ;;
-  defaults)  # #16: --config=large as shipped (platform defaults: scan, remat, PRNG at auto; attention dropout 0.1)
-    D="bench/train_bench.py --config=large --dtype=bfloat16 --steps=10 --warmup=2"
+  kernel_check)  # #16 item 2: attention dropout inside a fused kernel, checked as bench/attention_dropout_check.py says
+    run 90 bench/attention_dropout_check.py --impl=pallas   # our kernel (layers/dropout_attention_kernel.py), Triton
     # can cuDNN's fused dropout train? (a new mask per call, per layer and per key; fwd/bwd masks paired in a scan)
     run 90 bench/attention_dropout_check.py --impl=cudnn
-    run 90 bench/attention_dropout_check.py --impl=pallas   # our kernel (layers/dropout_attention_kernel.py), Triton
-    run 240 $D --seq=128 --batch=256 --compare_torch
-    run 400 $D --seq=128 --batch=256 --compare_torch --torch_compile
-    run 240 $D --seq=512 --batch=64 --compare_torch
-    run 400 $D --seq=512 --batch=64 --compare_torch --torch_compile
-    KERAS_BACKEND=jax run 300 $D --seq=128 --batch=256 --compare_keras   # needs keras-hub (bench/keras_peer.py)
-    # attention dropout 0.1 inside our Pallas kernel vs the explicit path, unrolled without remat (the fast layout)
-    run 240 $D --seq=128 --batch=256 --scan_layers=false --remat=none --attention=pallas
-    run 240 $D --seq=128 --batch=256 --scan_layers=false --remat=none --attention=xla
-    run 240 $D --seq=512 --batch=64 --scan_layers=false --remat=none --attention=pallas
+    ;;
+  defaults|defaults_a|defaults_b)  # #16: --config=large as shipped (platform defaults; attention dropout 0.1)
+    D="bench/train_bench.py --config=large --dtype=bfloat16 --steps=10 --warmup=2"
+    if [ "$1" != defaults_b ]; then
+      run 240 $D --seq=128 --batch=256 --compare_torch
+      # attention dropout 0.1 inside our Pallas kernel vs the explicit path, unrolled without remat (the fast layout)
+      run 240 $D --seq=128 --batch=256 --scan_layers=false --remat=none --attention=pallas
+    fi
+    if [ "$1" != defaults_a ]; then
+      run 240 $D --seq=512 --batch=64 --compare_torch
+      run 240 $D --seq=512 --batch=64 --scan_layers=false --remat=none --attention=pallas
+      run 400 $D --seq=128 --batch=256 --compare_torch --torch_compile
+      run 400 $D --seq=512 --batch=64 --compare_torch --torch_compile
+      KERAS_BACKEND=jax run 300 $D --seq=128 --batch=256 --compare_keras   # needs keras-hub (bench/keras_peer.py)
+    fi
     ;;
   fp8)  # #16 item 4: FP8 with delayed scaling vs bf16, same process settings, shipped defaults then fused ones
     D="bench/train_bench.py --config=large --dtype=bfloat16 --steps=10 --warmup=2"
@@ -104,10 +114,10 @@ case "${1:-core}" in
     # checkpoints; SIGKILL mid-run and resume; to_hf; then train_bench at the same settings (tokens/s ratio).
     # GRAIN_CONFIG/GRAIN_STEPS/GRAIN_BATCH/GRAIN_WORKERS shrink it for a CPU rehearsal (e.g. tiny, 60, 16, 1).
     cfg=${GRAIN_CONFIG:-large}; steps=${GRAIN_STEPS:-300}; batch=${GRAIN_BATCH:-256}; workers=${GRAIN_WORKERS:-8}
-    w="${OUT:-.}/grain_run"; noTF="${OUT:-.}/no_tf"; mkdir -p "$noTF"
+    w="$work/grain_run"; noTF="$work/no_tf"; mkdir -p "$noTF"
     printf 'import sys\nsys.modules["tensorflow"] = None\nsys.modules["tensorflow_datasets"] = None\n' \
         > "$noTF/sitecustomize.py"
-    T="env PYTHONPATH=$noTF:$PWD"
+    T="env PYTHONPATH=$noTF:$PWD${PYTHONPATH:+:$PYTHONPATH}"  # keeps carried packages (PYTHONPATH) importable
     A="-m bert_jax.train --config=$cfg --workdir=$w --config.data.backend=grain --config.data.corpus=pydocs
        --config.data.vocab_size=8000 --config.model.vocab_size=8000 --config.data.dupe_factor=5
        --config.data.grain_workers=$workers --config.train.steps=$steps --config.train.batch_size=$batch
@@ -125,8 +135,9 @@ case "${1:-core}" in
     echo "### grain: resume to step $steps" | tee -a "$log"
     $T timeout 400 python3 $A >>"$log" 2>&1 || echo '{"failed": "grain resume"}' | tee -a "$out"
     grep -E "resumed|eval  step|reusing|WARNING" "$log" | tail -8
-    $T timeout 200 python3 -m bert_jax.convert to_hf --workdir="$w" --output="${OUT:-.}/grain_hf" >>"$log" 2>&1 \
+    $T timeout 200 python3 -m bert_jax.convert to_hf --workdir="$w" --output="$work/grain_hf" >>"$log" 2>&1 \
         || echo '{"failed": "grain to_hf"}' | tee -a "$out"
+    ls -l "$work/grain_hf" | tee -a "$log"
     python3 - "$w/metrics.jsonl" "$cfg" <<'PY' | tee -a "$out"
 import json, statistics, sys
 lines = [json.loads(line) for line in open(sys.argv[1])]
@@ -137,9 +148,9 @@ print(json.dumps({"bench": "grain_train_cli", "config": sys.argv[2], "last_step"
                   "median_tokens_per_sec": statistics.median(rates) if rates else None,
                   "loss": train[-1]["loss"], "eval": [r for r in lines if r.get("split") == "eval"][-1]}))
 PY
-    PYTHONPATH=$noTF:$PWD run 150 bench/train_bench.py --config=$cfg --seq=128 --batch=$batch --dtype=bfloat16 --steps=10 --warmup=2
+    PYTHONPATH=$noTF:$PWD${PYTHONPATH:+:$PYTHONPATH} run 150 bench/train_bench.py --config=$cfg --seq=128 --batch=$batch --dtype=bfloat16 --steps=10 --warmup=2
     ;;
-  families)  # #18: both two-model steps against HF PyTorch's in the same process, bf16; then whether a GPU-sized
+  families|families_bench|families_heldout)  # #18: both two-model steps against HF PyTorch's in the same process, bf16; then whether a GPU-sized
     # discriminator (ELECTRA-Small) beats the all-original baseline on held-out documents, which the 2-layer CPU
     # demo never does. Corpus: the installed packages' docstrings (bench/sitedocs_corpus.py; pydocs is too small,
     # a 12-layer model memorises it), its own 8k SentencePiece, the grain backend (no TensorFlow there).
@@ -147,14 +158,22 @@ PY
     # "--batch=2 --steps=2 --warmup=1").
     steps=${FAMILY_STEPS:-6000}; batch=${FAMILY_BATCH:-128}; limit=${FAMILY_LIMIT:-420}
     B="bench/train_bench.py --seq=128 --dtype=bfloat16 --compare_torch ${FAMILY_BENCH:---batch=64 --steps=10 --warmup=2}"
-    run 300 $B --config=electra_base
-    run 300 $B --config=distilbert_base
-    w="${OUT:-.}/electra_small_run"
-    python3 bench/sitedocs_corpus.py --output="${OUT:-.}/sitedocs.txt" | tee -a "$log"
+    if [ "$1" != families_heldout ]; then
+      run 300 $B --config=electra_base
+      run 300 $B --config=distilbert_base
+    fi
+    [ "$1" = families_bench ] && exit 0
+    w="$work/electra_small_run"; corpus="$work/sitedocs.txt"
+    if [ -f "$corpus" ]; then
+      echo "### reusing $corpus (its package versions are in the line that wrote it)" | tee -a "$log"
+    else
+      python3 bench/sitedocs_corpus.py --output="$corpus" | tee -a "$log"
+    fi
     echo "### electra_small on sitedocs, $steps steps, batch $batch, at most ${limit}s" | tee -a "$log"
     timeout "$limit" python3 -m bert_jax.train --config=electra_small --workdir="$w" \
-        --config.data.corpus="${OUT:-.}/sitedocs.txt" --config.data.vocab_size=8000 --config.model.vocab_size=8000 \
+        --config.data.corpus="$corpus" --config.data.vocab_size=8000 --config.model.vocab_size=8000 \
         --config.data.lower_case=False --config.data.backend=grain --config.train.steps=$steps \
+        --config.data.grain_workers=${FAMILY_WORKERS:-8} \
         --config.train.batch_size=$batch --config.optim.warmup_steps=$((steps / 10)) \
         --config.train.log_every=$((steps / 20 > 0 ? steps / 20 : 1)) --config.train.eval_every=$((steps / 6)) \
         --config.train.eval_batches=20 --config.checkpoint.every_steps=$steps >>"$log" 2>&1 \

@@ -3,6 +3,7 @@ import collections
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -116,6 +117,22 @@ def test_manifest_records_settings(pydocs_data):
   assert on_disk["seed"] == 12345 and on_disk["masking"]["masked_lm_prob"] == 0.15
   counted = sum(sum(1 for _ in tf.data.TFRecordDataset(f)) for f in glob.glob(str(out / "train" / "*")))
   assert counted == on_disk["splits"]["train"]["instances"]
+
+
+def test_copied_data_dir_finds_its_vocab(pydocs_data, tmp_path):
+  """A prepared directory copied elsewhere (another machine) still resolves the vocabulary it trained."""
+  out, manifest = pydocs_data
+  copy = tmp_path / "moved"
+  shutil.copytree(out, copy)
+  recorded = json.load(open(copy / schema.MANIFEST_NAME))["vocab"]["file"]
+  json_path = copy / schema.MANIFEST_NAME
+  gone = json.load(open(json_path))
+  gone["vocab"]["file"] = "/no/such/machine/" + os.path.relpath(recorded, out)  # as written on the other machine
+  json_path.write_text(json.dumps(gone))
+  found = schema.find_manifest(glob.glob(str(copy / "train" / "*")))
+  assert found["vocab"]["file"] == str(copy / os.path.relpath(recorded, out))
+  assert tokenizer_lib.file_sha256(found["vocab"]["file"]) == manifest["vocab"]["sha256"]
+  assert schema.find_manifest(glob.glob(str(out / "train" / "*")))["vocab"]["file"] == recorded  # present: kept
 
 
 def _small_corpus(tmp_path, n_docs=40):

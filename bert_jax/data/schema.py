@@ -94,8 +94,21 @@ def find_manifest(files: list[str]) -> dict | None:
       manifest = json.loads(path.read_text())
       if manifest.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"{path}: schema_version {manifest.get('schema_version')} is not {SCHEMA_VERSION}")
-      return manifest
+      return _follow_moved_vocab(manifest, epath.Path(directory))
   return None
+
+
+def _follow_moved_vocab(manifest: dict, data_dir: epath.Path) -> dict:
+  """The manifest records its trained vocabulary by absolute path; a prepared directory that was copied or moved
+  (to another machine, say) still holds it under vocab/, so point there when the recorded path is gone."""
+  vocab = manifest.get("vocab") or {}
+  recorded = vocab.get("file")
+  if not recorded or epath.Path(recorded).exists():
+    return manifest
+  moved = data_dir / "vocab" / os.path.basename(recorded)
+  if moved.exists():
+    return {**manifest, "vocab": {**vocab, "file": str(moved)}}
+  return manifest
 
 
 def check_manifest(manifest: dict, *, max_seq_length: int, max_predictions_per_seq: int,
