@@ -152,6 +152,7 @@ def write_peft_dir(params, model_config, spec, output_dir: str, vocab_file=None,
   return adapter_dir
 
 
+@hf_dir.full_float32
 def check_peft_dir(params, model_config, spec, output_dir: str, tolerance: float = 1e-4) -> float:
   """Loads output_dir/base in transformers and output_dir/adapter in peft; returns the max logit difference
   from ours on a fixed padded batch (fails above tolerance)."""

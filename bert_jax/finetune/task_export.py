@@ -103,6 +103,7 @@ def logit_difference(ours: dict, theirs, mask_BxT, kind: str) -> float:
   return max(float(np.max(np.abs(a - b))) for a, b in pairs)
 
 
+@hf_dir.full_float32
 def check_hf_dir(model, params, spec, output_dir: str, tolerance: float = 1e-4) -> float | None:
   """Reloads output_dir in transformers and compares its logits with ours on a fixed padded batch. For a class
   the installed transformers lacks (NEZHA since v5): checks that the weights file holds the params bit for bit
