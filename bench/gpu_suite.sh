@@ -10,6 +10,7 @@
 # defaults = defaults_a (shipped large vs HF eager, and with our pallas kernel, at 128) + defaults_b (the rest);
 # families = families_bench + families_heldout. WORK (default: OUT) holds the training workdirs: a prepared
 # data dir already under WORK/<run>/data/ (copied from another machine, say) is reused, not prepared again.
+# A host with JAX and PyTorch but none of our other packages and no network: bench/offline_wheels.sh.
 # Each run is a separate process (peak memory is per process) under a time limit, so one failure
 # (an OOM, say) is recorded and the rest still run.
 set -uo pipefail
