@@ -16,7 +16,7 @@ import dataclasses
 
 # Measured peaks over the estimate below, on an H200 at 256 x 128 with explicit attention (bench/RESULTS.md):
 # BERT-large 53.7 GiB against 38.0 (1.41x), BERT-base 20.7 against 14.0 (1.48x); XLA's temporaries, the bf16
-# weight copies and the fp32 logits are not in the formula. Activations must fit the allocator's limit after this.
+# weight copies and the fp32 logits are not in the formula. The estimate times this must fit what JAX may allocate.
 PEAK_OVER_ESTIMATE = 1.5
 
 
