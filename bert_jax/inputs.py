@@ -138,12 +138,14 @@ def resolve(config, workdir: str, log=print):
   tok = tokenizer_lib.load(vocab_file, d.lower_case) if vocab_file and os.path.exists(vocab_file) else None
   sha = tokenizer_lib.file_sha256(d.vocab_file) if d.vocab_file else None
   check_files_match = grain_pipeline.check_files_match if use_grain else pipeline.check_files_match
-  dynamic = masking_options(d) if d.dynamic_masking else None
+  masks = masking_options(d)
   for what, files in (("train", train_files), ("eval", eval_files)):
+    dynamic = what == "train" and d.dynamic_masking  # eval masks are always the prepared ones
     if files:  # also fails on files without examples, which would hang the repeating pipeline
       check_files_match(files, max_seq_length=d.max_seq_length, max_predictions_per_seq=d.max_predictions_per_seq,
                         vocab_size=config.model.vocab_size, vocab_sha256=sha, process_count=jax.process_count(),
-                        what=what, dynamic_masking=dynamic if what == "train" else None)
+                        what=what, dynamic_masking=masks if dynamic else None,
+                        static_masking=None if dynamic else masks)
   return train_files, eval_files, manifest, tok
 
 

@@ -14,6 +14,8 @@ import tensorflow as tf
 from bert_jax.data import (corpora, grain_pipeline, instances, knowledge, masking, pipeline, prepare, schema,
                            segmenters)
 from bert_jax.data import tokenizer as tokenizer_lib
+from bert_jax import inputs
+from bert_jax.core import configlib
 
 SEQ, PRED, N, VOCAB = 128, 20, 10_000, 1000
 CLS, SEP, MASK = 2, 3, 4
@@ -324,6 +326,21 @@ def test_prepare_writes_the_unit_feature_and_both_paths_read_it(chinese, tmp_pat
   with pytest.raises(ValueError, match=r"masking segmenter: config has '', data manifest has 'jieba'"):
     grain_pipeline.check_files_match(grain_cfg.files, max_seq_length=64, max_predictions_per_seq=10,
                                      dynamic_masking=no_segmenter)
+  # static masks: the records carry the data's masks, so a config asking for others is refused too
+  pipeline.check_files_match(files, max_seq_length=64, max_predictions_per_seq=10,
+                             static_masking=opts.masking_options)
+  for check, shards in ((pipeline.check_files_match, files), (grain_pipeline.check_files_match, grain_cfg.files)):
+    with pytest.raises(ValueError, match=r"masking mode: config has 'span', data manifest has 'token' \(static "
+                                         r"masks: the records hold the data's; set the config's data.masking"):
+      check(shards, max_seq_length=64, max_predictions_per_seq=10, static_masking=other)
+  # and a run's start-up passes its config's masking for static data
+  run = {"data.train_files": os.path.join(out, "train", "*.tfrecord"), "data.max_seq_length": 64,
+         "data.max_predictions_per_seq": 10, "data.vocab_file": chinese["vocab_file"], "data.lower_case": True,
+         "model.vocab_size": 1024, "data.whole_word_masking": True, "data.segmenter": "jieba"}
+  inputs.resolve(configlib.load("tiny", run), str(tmp_path))
+  with pytest.raises(ValueError, match=r"masking mode: config has 'span', data manifest has 'token' \(static"):
+    inputs.resolve(configlib.load("tiny", {**run, "data.masking": "span", "data.mode": "full_sentences"}),
+                   str(tmp_path))
 
 
 def test_offsets_give_the_ids_of_encode_for_every_vocabulary_kind(chinese, tmp_path):

@@ -256,12 +256,14 @@ def find_files(patterns) -> tuple[str, ...]:
 
 def check_files_match(files, *, max_seq_length: int, max_predictions_per_seq: int, vocab_size: int | None = None,
                       vocab_sha256: str | None = None, process_count: int = 1, what: str = "train",
-                      dynamic_masking: masking.MaskingOptions | None = None) -> dict | None:
+                      dynamic_masking: masking.MaskingOptions | None = None,
+                      static_masking: masking.MaskingOptions | None = None) -> dict | None:
   """Start-up checks as pipeline.check_files_match: the manifest or the first record, and no empty share."""
   manifest = schema.find_manifest(list(files))
   if manifest is not None:
     schema.check_manifest(manifest, max_seq_length=max_seq_length, max_predictions_per_seq=max_predictions_per_seq,
-                          vocab_size=vocab_size, vocab_sha256=vocab_sha256, dynamic_masking=dynamic_masking)
+                          vocab_size=vocab_size, vocab_sha256=vocab_sha256, dynamic_masking=dynamic_masking,
+                          static_masking=static_masking)
   counts = {}
 
   def has_examples(f):

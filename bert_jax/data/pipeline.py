@@ -171,7 +171,8 @@ def resolve_files(patterns) -> tuple[str, ...]:
 
 def check_files_match(files, *, max_seq_length: int, max_predictions_per_seq: int, vocab_size: int | None = None,
                       vocab_sha256: str | None = None, process_count: int = 1, what: str = "train",
-                      dynamic_masking: masking.MaskingOptions | None = None) -> dict | None:
+                      dynamic_masking: masking.MaskingOptions | None = None,
+                      static_masking: masking.MaskingOptions | None = None) -> dict | None:
   """Start-up check of the data against the config: the manifest if there is one, else the first record.
 
   Also fails when the files (or one process's share of them) hold no examples: the repeating pipeline would
@@ -181,7 +182,8 @@ def check_files_match(files, *, max_seq_length: int, max_predictions_per_seq: in
   manifest = schema.find_manifest(list(files))
   if manifest is not None:
     schema.check_manifest(manifest, max_seq_length=max_seq_length, max_predictions_per_seq=max_predictions_per_seq,
-                          vocab_size=vocab_size, vocab_sha256=vocab_sha256, dynamic_masking=dynamic_masking)
+                          vocab_size=vocab_size, vocab_sha256=vocab_sha256, dynamic_masking=dynamic_masking,
+                          static_masking=static_masking)
   counts = manifest_counts(files, manifest)
   first_record = {}
 

@@ -113,9 +113,12 @@ def _follow_moved_vocab(manifest: dict, data_dir: epath.Path) -> dict:
 
 def check_manifest(manifest: dict, *, max_seq_length: int, max_predictions_per_seq: int,
                    vocab_size: int | None = None, vocab_sha256: str | None = None, where: str = "data",
-                   dynamic_masking: masking.MaskingOptions | None = None) -> None:
-  """Fails at start-up, naming both values, when the run's settings differ from the data's (with dynamic
-  masking, the masking too: the records' unit bits and layout were made for the data's masking)."""
+                   dynamic_masking: masking.MaskingOptions | None = None,
+                   static_masking: masking.MaskingOptions | None = None) -> None:
+  """Fails at start-up, naming both values, when the run's settings differ from the data's. The masking too: with
+  dynamic masking the records' unit bits and layout were made for the data's masking; with static masks
+  (`static_masking`: the config's masking) the records carry the data's masks, and a config that asks for other
+  ones (span masking for SpanBERT's SBO head, say) would otherwise train on them without a word."""
   problems = []
   def compare(name, config_value, data_value):
     if config_value is not None and data_value is not None and config_value != data_value:
@@ -127,6 +130,10 @@ def check_manifest(manifest: dict, *, max_seq_length: int, max_predictions_per_s
   compare("vocab sha256", vocab_sha256, vocab.get("sha256"))
   if dynamic_masking is not None and manifest.get("masking") is not None:
     problems += masking.check_settings(dynamic_masking.settings(), manifest["masking"], f"{where} manifest")
+  elif static_masking is not None and manifest.get("masking") is not None:
+    problems += [f"{p} (static masks: the records hold the data's; set the config's data.masking fields to "
+                 f"match, or prepare again)"
+                 for p in masking.check_settings(static_masking.settings(), manifest["masking"], f"{where} manifest")]
   if problems:
     raise ValueError("training settings do not match the data:\n  " + "\n  ".join(problems) +
                      "\nFix the config (e.g. --config.data.max_seq_length=...) or re-prepare the data.")
