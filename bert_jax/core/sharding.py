@@ -8,6 +8,7 @@ import contextlib
 import contextvars
 import functools
 
+import flax.linen as nn
 import jax
 import numpy as np
 from jax.experimental import mesh_utils
@@ -70,7 +71,6 @@ def create_mesh(sizes: dict, dcn_data: int = 1, devices=None) -> Mesh:
 
 def logical_to_sharding(logical_specs, mesh: Mesh, rules):
   """Tree of logical PartitionSpecs -> tree of NamedShardings."""
-  import flax.linen as nn
   return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
 
 
@@ -143,7 +143,6 @@ def mesh_for_kernels():
 def kernel_axes() -> tuple:
   """(batch mesh axes, heads mesh axes or None) that a per-shard attention kernel splits [B, T, N, D] over: the
   active logical rules' 'activation_batch' and 'heads' (the trainers' rules), else the batch axes alone."""
-  import flax.linen as nn
   if not nn.get_logical_axis_rules():
     return BATCH_AXES, None
   batch, heads = nn.logical_to_mesh_axes(("activation_batch", "heads"))

@@ -128,12 +128,12 @@ def check_manifest(manifest: dict, *, max_seq_length: int, max_predictions_per_s
   vocab = manifest.get("vocab", {})
   compare("vocab size", vocab_size, vocab.get("size"))
   compare("vocab sha256", vocab_sha256, vocab.get("sha256"))
-  if dynamic_masking is not None and manifest.get("masking") is not None:
-    problems += masking.check_settings(dynamic_masking.settings(), manifest["masking"], f"{where} manifest")
-  elif static_masking is not None and manifest.get("masking") is not None:
-    problems += [f"{p} (static masks: the records hold the data's; set the config's data.masking fields to "
-                 f"match, or prepare again)"
-                 for p in masking.check_settings(static_masking.settings(), manifest["masking"], f"{where} manifest")]
+  config_masking = dynamic_masking or static_masking
+  if config_masking is not None and manifest.get("masking") is not None:
+    hint = "" if dynamic_masking else (" (static masks: the records hold the data's; set the config's data.masking "
+                                       "fields to match, or prepare again)")
+    problems += [p + hint for p in masking.check_settings(config_masking.settings(), manifest["masking"],
+                                                          f"{where} manifest")]
   if problems:
     raise ValueError("training settings do not match the data:\n  " + "\n  ".join(problems) +
                      "\nFix the config (e.g. --config.data.max_seq_length=...) or re-prepare the data.")
