@@ -41,3 +41,32 @@ def test_ngram_baseline_unmasks_counts_neighbours_and_predicts_a_deterministic_t
   # Each masked token is fixed by its neighbours; no single token is right more than ~1/45 of the time.
   assert result["positions"] == 150 and result["bigram_accuracy"] == 1.0, result
   assert result["unigram_accuracy"] < 0.1 and result["bigram_loss"] < result["unigram_loss"], result
+
+
+def test_hf_curve_auc_is_the_pairwise_probability_with_ties_half():
+  hf_curve = _load("hf_curve")
+  rng = np.random.default_rng(0)
+  scores, labels = rng.integers(0, 6, 300).astype(np.float32), rng.random(300) < 0.3  # many ties
+  pos, neg = scores[labels], scores[~labels]
+  brute = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg))
+  assert abs(hf_curve.auc(scores, labels) - brute) < 1e-12
+
+
+def test_hf_curve_electra_peer_replaces_only_the_real_masked_slots():
+  """The HF peer corrupts what our objective corrupts: each masked position with a weight (padded slots, which
+  point at position 0, write nothing), labels exactly where the sample differs from the original."""
+  import torch
+  from bert_jax.core import configlib
+  hf_curve = _load("hf_curve")
+  peer = hf_curve.ElectraPeer(configlib.load("electra_tiny", {"train.steps": 10, "optim.warmup_steps": 1}))
+  rng = np.random.default_rng(0)
+  ids = rng.integers(5, 8000, (2, 16))
+  batch = {"input_ids": ids, "input_mask": np.ones((2, 16), np.int64), "segment_ids": np.zeros((2, 16), np.int64),
+           "masked_lm_positions": np.array([[1, 3, 0], [2, 5, 0]]), "masked_lm_ids": ids[:, [1, 3, 0]],
+           "masked_lm_weights": np.array([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]], np.float32)}
+  torch.manual_seed(0)
+  loss, sums = peer.sums(hf_curve.torch_batch(batch))
+  labels = sums["rtd_labels"].numpy().reshape(2, 16)
+  # an untrained generator samples from ~8k tokens: every real slot's sample differs from its original
+  np.testing.assert_array_equal(np.argwhere(labels), [[0, 1], [0, 3], [1, 2], [1, 5]])
+  assert float(sums["replaced"]) == 4 and float(sums["real"]) == 32 and np.isfinite(float(loss))
