@@ -170,13 +170,27 @@ def test_precision_recall_and_auc_match_their_definitions_and_add_across_batches
   assert 0 < flagged.sum() < len(s)  # the data exercise both precision's and recall's denominators
   assert float(out["rtd_precision"]) == pytest.approx((flagged & (y == 1)).sum() / flagged.sum(), rel=1e-6)
   assert float(out["rtd_recall"]) == pytest.approx((flagged & (y == 1)).sum() / (y == 1).sum(), rel=1e-6)
-  # the histogram's 1/43-logit bins make ties of near neighbours: within a few thousandths of the exact AUC
+  # the histogram's 1/51-logit bins make ties of near neighbours: within a few thousandths of the exact AUC
   exact = _brute_force_auc(s, y)
   assert 0.75 < exact < 0.95 and float(out["rtd_auc"]) == pytest.approx(exact, abs=3e-3)
   # ranks are what count: any monotone shift of the scores leaves the AUC where it is; reversing them mirrors it
   flipped = electra_objective.rtd_sums(jnp.asarray(-logits), jnp.asarray(labels), jnp.asarray(mask))
   mirrored = electra_objective.auc_from_histograms(flipped["replaced_hist"], flipped["original_hist"])
   assert float(mirrored) == pytest.approx(1.0 - float(out["rtd_auc"]), abs=1e-6)
+
+
+def test_auc_resolves_a_confident_discriminator_far_below_zero():
+  """A trained discriminator scores original tokens around -15 and replaced ones higher but still negative: the
+  histogram must still rank them (with [-12, 12] bins all of them tied in the bottom bin: AUC 0.5)."""
+  rng = np.random.default_rng(1)
+  labels = (rng.random((8, 64)) < 0.15).astype(np.int32)
+  logits = rng.normal(-16.0, 1.5, labels.shape) + 2.0 * labels
+  mask = np.ones_like(labels)
+  sums = electra_objective.rtd_sums(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask))
+  exact = _brute_force_auc(logits.ravel(), labels.ravel())
+  assert exact > 0.8
+  assert float(electra_objective.auc_from_histograms(sums["replaced_hist"], sums["original_hist"])) == pytest.approx(
+      exact, abs=3e-3)
 
 
 def test_exported_models_are_the_trained_pair_and_join_back(pair):
