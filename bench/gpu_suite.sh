@@ -10,7 +10,10 @@
 # defaults = defaults_a (shipped large vs HF eager, and with our pallas kernel, at 128) + defaults_b (the rest);
 # families = families_bench + families_heldout. WORK (default: OUT) holds the training workdirs: a prepared
 # data dir already under WORK/<run>/data/ (copied from another machine, say) is reused, not prepared again.
-# A host with JAX and PyTorch but none of our other packages and no network: bench/offline_wheels.sh.
+# PREPARE_ONLY=1 with grain or families_heldout prepares that stage's data under WORK here and stops (no
+# TensorFlow, as on the device), so a GPU session carries WORK and spends no device time preparing.
+# A host with JAX and PyTorch but none of our other packages and no network: bench/offline_wheels.sh; one device
+# call that installs them and runs stages in order: bench/gpu_session.sh.
 # Each run is a separate process (peak memory is per process) under a time limit, so one failure
 # (an OOM, say) is recorded and the rest still run.
 set -uo pipefail
@@ -28,6 +31,14 @@ run() {
     echo "{\"failed\": \"$*\"}" | tee -a "$out"
     tail -5 "$log"
   fi
+}
+# A directory whose sitecustomize makes TensorFlow unimportable, as on a GPU image without it; echoes its path.
+no_tf() {
+  local dir="$work/no_tf"
+  mkdir -p "$dir"
+  printf 'import sys\nsys.modules["tensorflow"] = None\nsys.modules["tensorflow_datasets"] = None\n' \
+      > "$dir/sitecustomize.py"
+  echo "$dir"
 }
 L128="bench/train_bench.py --config=large --seq=128 --dtype=bfloat16 --remat=none --steps=10 --warmup=2"
 L512="bench/train_bench.py --config=large --seq=512 --dtype=bfloat16 --remat=none --steps=10 --warmup=2"
@@ -121,16 +132,16 @@ case "${1:-core}" in
     # checkpoints; SIGKILL mid-run and resume; to_hf; then train_bench at the same settings (tokens/s ratio).
     # GRAIN_CONFIG/GRAIN_STEPS/GRAIN_BATCH/GRAIN_WORKERS shrink it for a CPU rehearsal (e.g. tiny, 60, 16, 1).
     cfg=${GRAIN_CONFIG:-large}; steps=${GRAIN_STEPS:-300}; batch=${GRAIN_BATCH:-256}; workers=${GRAIN_WORKERS:-8}
-    w="$work/grain_run"; noTF="$work/no_tf"; mkdir -p "$noTF"
-    printf 'import sys\nsys.modules["tensorflow"] = None\nsys.modules["tensorflow_datasets"] = None\n' \
-        > "$noTF/sitecustomize.py"
+    w="$work/grain_run"; noTF=$(no_tf)
     T="env PYTHONPATH=$noTF:$PWD${PYTHONPATH:+:$PYTHONPATH}"  # keeps carried packages (PYTHONPATH) importable
-    A="-m bert_jax.train --config=$cfg --workdir=$w --config.data.backend=grain --config.data.corpus=pydocs
+    ARGS="--config=$cfg --workdir=$w --config.data.backend=grain --config.data.corpus=pydocs
        --config.data.vocab_size=8000 --config.model.vocab_size=8000 --config.data.dupe_factor=5
        --config.data.grain_workers=$workers --config.train.steps=$steps --config.train.batch_size=$batch
        --config.optim.warmup_steps=$((steps / 10)) --config.train.log_every=$((steps / 30 > 0 ? steps / 30 : 1))
        --config.train.eval_every=$((steps / 3)) --config.train.eval_batches=5
        --config.checkpoint.every_steps=$((steps / 3))"
+    A="-m bert_jax.train $ARGS"
+    if [ -n "${PREPARE_ONLY:-}" ]; then $T python3 bench/prepare_run_data.py $ARGS; exit $?; fi
     echo "### grain: first run, killed after step $((steps / 2))" | tee -a "$log"
     $T python3 $A >>"$log" 2>&1 &   # env execs python: $! is the trainer itself, so kill -9 reaches it
     pid=$!
@@ -165,7 +176,7 @@ PY
     # "--batch=2 --steps=2 --warmup=1").
     steps=${FAMILY_STEPS:-6000}; batch=${FAMILY_BATCH:-128}; limit=${FAMILY_LIMIT:-420}
     B="bench/train_bench.py --seq=128 --dtype=bfloat16 --compare_torch ${FAMILY_BENCH:---batch=64 --steps=10 --warmup=2}"
-    if [ "$1" != families_heldout ]; then
+    if [ "$1" != families_heldout ] && [ -z "${PREPARE_ONLY:-}" ]; then
       run 300 $B --config=electra_base
       run 300 $B --config=distilbert_base
     fi
@@ -176,14 +187,18 @@ PY
     else
       python3 bench/sitedocs_corpus.py --output="$corpus" | tee -a "$log"
     fi
+    ARGS="--config=electra_small --workdir=$w
+        --config.data.corpus=$corpus --config.data.vocab_size=8000 --config.model.vocab_size=8000
+        --config.data.lower_case=False --config.data.backend=grain --config.train.steps=$steps
+        --config.data.grain_workers=${FAMILY_WORKERS:-8}
+        --config.train.batch_size=$batch --config.optim.warmup_steps=$((steps / 10))
+        --config.train.log_every=$((steps / 20 > 0 ? steps / 20 : 1)) --config.train.eval_every=$((steps / 6))
+        --config.train.eval_batches=20 --config.checkpoint.every_steps=$steps"
+    if [ -n "${PREPARE_ONLY:-}" ]; then  # as the device prepares it: no TensorFlow, so ArrayRecord only
+      PYTHONPATH=$(no_tf):$PWD${PYTHONPATH:+:$PYTHONPATH} python3 bench/prepare_run_data.py $ARGS; exit $?
+    fi
     echo "### electra_small on sitedocs, $steps steps, batch $batch, at most ${limit}s" | tee -a "$log"
-    timeout "$limit" python3 -m bert_jax.train --config=electra_small --workdir="$w" \
-        --config.data.corpus="$corpus" --config.data.vocab_size=8000 --config.model.vocab_size=8000 \
-        --config.data.lower_case=False --config.data.backend=grain --config.train.steps=$steps \
-        --config.data.grain_workers=${FAMILY_WORKERS:-8} \
-        --config.train.batch_size=$batch --config.optim.warmup_steps=$((steps / 10)) \
-        --config.train.log_every=$((steps / 20 > 0 ? steps / 20 : 1)) --config.train.eval_every=$((steps / 6)) \
-        --config.train.eval_batches=20 --config.checkpoint.every_steps=$steps >>"$log" 2>&1 \
+    timeout "$limit" python3 -m bert_jax.train $ARGS >>"$log" 2>&1 \
         || echo '{"failed": "electra_small run (or its time limit)"}' | tee -a "$out"
     python3 - "$w/metrics.jsonl" <<'PY' | tee -a "$out"
 import json, sys
