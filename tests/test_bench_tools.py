@@ -52,13 +52,56 @@ def test_hf_curve_auc_is_the_pairwise_probability_with_ties_half():
   assert abs(hf_curve.auc(scores, labels) - brute) < 1e-12
 
 
-def test_hf_curve_electra_peer_replaces_only_the_real_masked_slots():
+def _mlm_batch(rows=4, seq=32, vocab=8000, predictions=5):
+  """Random ids with a padded tail on every other row, masked slots at real positions (the last slot padded)."""
+  rng = np.random.default_rng(0)
+  ids = rng.integers(5, vocab, (rows, seq))
+  mask = np.ones((rows, seq), np.int64)
+  mask[1::2, seq // 2:] = 0
+  positions = np.sort(np.stack([rng.choice(np.arange(1, seq // 2), predictions, replace=False)
+                                for _ in range(rows)]), 1)
+  weights = np.ones((rows, predictions), np.float32)
+  weights[:, -1] = 0.0
+  positions[:, -1] = 0
+  return {"input_ids": ids * mask, "input_mask": mask, "segment_ids": (np.arange(seq)[None] >= 10) * mask,
+          "masked_lm_positions": positions, "masked_lm_ids": rng.integers(5, vocab, (rows, predictions)),
+          "masked_lm_weights": weights, "next_sentence_labels": rng.integers(0, 2, (rows, 1))}
+
+
+def test_hf_curve_peer_starts_from_our_weights_with_our_loss(tmp_path):
+  """The HF peer loaded from write_start's directory gives our objective's eval losses on the same batch, so the
+  two curves start from one point and measure one loss."""
+  import jax
+  import jax.numpy as jnp
+  import torch
+  from bert_jax.core import checkpoint as checkpoint_lib
+  from bert_jax.core import configlib
+  from bert_jax.trainers import pretrain
+  hf_curve = _load("hf_curve")
+  config = configlib.load("tiny", {"train.steps": 10, "optim.warmup_steps": 1})
+  init = hf_curve.write_start(config, str(tmp_path))
+  peer = hf_curve.MaskedLmPeer(config, str(tmp_path / hf_curve.INIT_HF))
+  batch = _mlm_batch()
+  peer.modules.train(False)
+  with torch.no_grad():
+    theirs = peer.summaries({k: v[None] for k, v in peer.sums(hf_curve.torch_batch(batch))[1].items()})
+  _, objective = pretrain.build(config)
+  sums = objective.loss_sums(checkpoint_lib.load_params(init), jax.tree_util.tree_map(jnp.asarray, batch),
+                             jax.random.key(0), True)
+  ours = objective.summaries(sums)
+  for key in ("mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy"):
+    assert abs(float(ours[key]) - theirs[key]) < 1e-4, (key, float(ours[key]), theirs[key])
+
+
+def test_hf_curve_electra_peer_replaces_only_the_real_masked_slots(tmp_path):
   """The HF peer corrupts what our objective corrupts: each masked position with a weight (padded slots, which
   point at position 0, write nothing), labels exactly where the sample differs from the original."""
   import torch
   from bert_jax.core import configlib
   hf_curve = _load("hf_curve")
-  peer = hf_curve.ElectraPeer(configlib.load("electra_tiny", {"train.steps": 10, "optim.warmup_steps": 1}))
+  config = configlib.load("electra_tiny", {"train.steps": 10, "optim.warmup_steps": 1})
+  hf_curve.write_start(config, str(tmp_path))
+  peer = hf_curve.ElectraPeer(config, str(tmp_path / hf_curve.INIT_HF))
   rng = np.random.default_rng(0)
   ids = rng.integers(5, 8000, (2, 16))
   batch = {"input_ids": ids, "input_mask": np.ones((2, 16), np.int64), "segment_ids": np.zeros((2, 16), np.int64),
