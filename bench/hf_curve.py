@@ -29,9 +29,20 @@ import os
 import sys
 import time
 
+import flax.linen as nn
+import jax
+import numpy as np
+import torch
+import transformers
 from absl import flags
+from scipy import stats
 
-from bert_jax.core import configlib
+from bert_jax import inputs
+from bert_jax.convert import hf_dir
+from bert_jax.core import checkpoint as checkpoint_lib
+from bert_jax.core import configlib, optim
+from bert_jax.models import registry
+from bert_jax.trainers import pretrain
 
 OBJECTIVES = ("mlm", "mlm_nsp", "mlm_sop", "electra")
 RUN_CONFIG = "hf_curve_config.json"  # the config our run in WORKDIR was trained with, written by this script
@@ -59,11 +70,6 @@ def our_evals(config, workdir: str) -> dict:
 
 def write_start(config, workdir: str) -> str:
   """Our initial params as a params checkpoint (returned) and as HF directories under WORKDIR/INIT_HF."""
-  import flax.linen as nn
-  import jax
-  from bert_jax.convert import hf_dir
-  from bert_jax.core import checkpoint as checkpoint_lib
-  from bert_jax.trainers import pretrain
   _, objective = pretrain.build(config)
   params = jax.device_get(nn.meta.unbox(objective.init_params(jax.random.key(config.train.seed))))
   path = os.path.join(os.path.abspath(workdir), INIT_PARAMS)
@@ -74,8 +80,6 @@ def write_start(config, workdir: str) -> str:
 
 
 def hf_model(directory: str):
-  import torch
-  import transformers
   with open(os.path.join(directory, "config.json")) as f:
     architecture = json.load(f)["architectures"][0]
   if not hasattr(transformers, architecture):
@@ -84,17 +88,19 @@ def hf_model(directory: str):
 
 
 def torch_batch(batch):
-  import numpy as np
-  import torch
   return {k: torch.from_numpy(np.asarray(v).astype(np.int64) if np.asarray(v).dtype.kind in "iu" else np.asarray(v))
           for k, v in batch.items()}
 
 
-def masked_lm_sums(logits_BxTxV, b) -> dict:
-  """Cross-entropy sums at the masked positions from logits at every position."""
-  import torch
-  positions, ids, w = b["masked_lm_positions"], b["masked_lm_ids"], b["masked_lm_weights"].float()
-  logits = torch.gather(logits_BxTxV, 1, positions[..., None].expand(-1, -1, logits_BxTxV.shape[-1]))
+def at_masks(logits_BxTxV, b):
+  """Logits at the masked positions [B, P, V] (HF's classes compute them at every position)."""
+  positions = b["masked_lm_positions"]
+  return torch.gather(logits_BxTxV, 1, positions[..., None].expand(-1, -1, logits_BxTxV.shape[-1]))
+
+
+def masked_lm_sums(logits_BxPxV, b) -> dict:
+  """Cross-entropy sums over the masked positions' logits."""
+  ids, w, logits = b["masked_lm_ids"], b["masked_lm_weights"].float(), logits_BxPxV
   xent = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids.flatten(), reduction="none").view_as(w)
   return {"mlm_loss_sum": (xent * w).sum(), "mlm_correct": ((logits.argmax(-1) == ids) * w).sum(),
           "mlm_weight": w.sum()}
@@ -102,8 +108,6 @@ def masked_lm_sums(logits_BxTxV, b) -> dict:
 
 def auc(scores, labels) -> float:
   """P(score of a positive > score of a negative), ties half (Mann-Whitney, exact)."""
-  import numpy as np
-  from scipy import stats
   ranks = stats.rankdata(scores)
   positives = labels > 0
   n_pos, n_neg = positives.sum(), (~positives).sum()
@@ -114,12 +118,10 @@ class Peer:
   """HF models trained as our trainer trains ours: AdamW over `self.modules`' parameters, our schedule, clipping."""
 
   def __init__(self, config, hf_root: str):
-    import torch
-    from bert_jax.core import optim
-    from bert_jax.trainers import pretrain
     torch.manual_seed(config.train.seed)
     self.config = config
     self.model_config, self.objective = pretrain.build(config)
+    self.family = registry.family_of(self.model_config)
     self.modules = self.load(hf_root)  # a torch.nn.ModuleDict: tensors shared between models are listed once
     o = config.optim
     decayed = lambda name: not (name.endswith("bias") or "LayerNorm" in name)  # our weight_decay_mask, HF names
@@ -131,7 +133,6 @@ class Peer:
                                                  o.decay, o.power, o.end_learning_rate)
 
   def train_step(self, step: int, batch) -> float:
-    import torch
     for group in self.opt.param_groups:
       group["lr"] = float(self.schedule(step))  # optax's schedule at the step being taken, as our train_step reads it
     self.modules.train(True)
@@ -144,7 +145,6 @@ class Peer:
     return float(loss.detach())
 
   def evaluate(self, batches) -> dict:
-    import torch
     self.modules.train(False)
     totals = {}
     with torch.no_grad():
@@ -165,18 +165,14 @@ class MaskedLmPeer(Peer):
   """The family's HF class for the objective's heads; loss as objectives/masked_lm.py."""
 
   def load(self, hf_root):
-    import torch
-    from bert_jax.models import registry
-    self.family = registry.family_of(self.model_config)
     architecture, self.model = hf_model(hf_root)
     self.outputs = self.family.hf_output_names(architecture)
     self.task = self.objective.sentence_task
     return torch.nn.ModuleDict({"model": self.model})
 
   def sums(self, b):
-    import torch
     out = self.model(**self.trunk_inputs(b))
-    sums = masked_lm_sums(getattr(out, self.outputs["mlm_logits"]), b)
+    sums = masked_lm_sums(at_masks(getattr(out, self.outputs["mlm_logits"]), b), b)
     loss = sums["mlm_loss_sum"] / sums["mlm_weight"].clamp(min=1e-5)
     if self.task:
       logits = getattr(out, self.outputs[f"{self.task}_logits"])
@@ -201,9 +197,6 @@ class ElectraPeer(Peer):
   Gumbel samples at the masked positions, loss = MLM + rtd_weight x RTD over real tokens: objectives/electra.py."""
 
   def load(self, hf_root):
-    import torch
-    from bert_jax.models import registry
-    self.family = registry.family_of(self.model_config)
     _, self.disc = hf_model(os.path.join(hf_root, "discriminator"))
     _, self.gen = hf_model(os.path.join(hf_root, "generator"))
     self.gen.electra.embeddings = self.disc.electra.embeddings
@@ -211,13 +204,11 @@ class ElectraPeer(Peer):
     return torch.nn.ModuleDict({"discriminator": self.disc, "generator": self.gen})
 
   def sums(self, b):
-    import torch
     positions, w = b["masked_lm_positions"], b["masked_lm_weights"].float()
-    gen_logits = self.gen(**self.trunk_inputs(b)).logits
+    gen_logits = at_masks(self.gen(**self.trunk_inputs(b)).logits, b)
     out = masked_lm_sums(gen_logits, b)
     with torch.no_grad():
-      at_masks = torch.gather(gen_logits, 1, positions[..., None].expand(-1, -1, gen_logits.shape[-1]))
-      sampled = torch.distributions.Categorical(logits=at_masks).sample()
+      sampled = torch.distributions.Categorical(logits=gen_logits).sample()
       real_slots = w > 0  # padded slots write nothing
       original, corrupted = b["input_ids"].clone(), b["input_ids"].clone()
       rows = torch.arange(positions.shape[0])[:, None].expand_as(positions)
@@ -252,8 +243,6 @@ def emit(row: dict, output: str) -> None:
 
 
 def main(config, flag_values):
-  from bert_jax import inputs
-  from bert_jax.trainers import pretrain
   check_config(config)
   if config.model.scan_layers is None:  # our exporter and the init checkpoint take either layout; pick one here
     config.model.scan_layers = False
