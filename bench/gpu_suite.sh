@@ -172,6 +172,10 @@ PY
     # discriminator (ELECTRA-Small) beats the all-original baseline on held-out documents, which the 2-layer CPU
     # demo never does. Corpus: the installed packages' docstrings (bench/sitedocs_corpus.py; pydocs is too small,
     # a 12-layer model memorises it), its own 8k SentencePiece, the grain backend (no TensorFlow there).
+    # The learning rate follows the paper's schedule (10k warmup steps of a 1M-step run) over the run's first
+    # FAMILY_STEPS: a warmup of 10% of a short run lets the generator learn the unigram within a few hundred steps,
+    # and the discriminator, which learns only while the generator's samples are easy to tell, then never does
+    # (H200 and cpu-2, 2026-11-27, bench/RESULTS.md).
     # FAMILY_STEPS/FAMILY_BATCH/FAMILY_LIMIT/FAMILY_BENCH shrink it for a CPU rehearsal (e.g. 60, 8, 600,
     # "--batch=2 --steps=2 --warmup=1").
     steps=${FAMILY_STEPS:-6000}; batch=${FAMILY_BATCH:-128}; limit=${FAMILY_LIMIT:-420}
@@ -191,7 +195,7 @@ PY
         --config.data.corpus=$corpus --config.data.vocab_size=8000 --config.model.vocab_size=8000
         --config.data.lower_case=False --config.data.backend=grain --config.train.steps=$steps
         --config.data.grain_workers=${FAMILY_WORKERS:-8}
-        --config.train.batch_size=$batch --config.optim.warmup_steps=$((steps / 10))
+        --config.train.batch_size=$batch --config.optim.schedule_steps=1000000
         --config.train.log_every=$((steps / 20 > 0 ? steps / 20 : 1)) --config.train.eval_every=$((steps / 6))
         --config.train.eval_batches=20 --config.checkpoint.every_steps=$steps"
     if [ -n "${PREPARE_ONLY:-}" ]; then  # as the device prepares it: no TensorFlow, so ArrayRecord only

@@ -129,8 +129,9 @@ class Peer:
     groups = [{"params": [p for n, p in named.items() if decayed(n) == d],
                "weight_decay": o.weight_decay if d else 0.0} for d in (True, False)]
     self.opt = torch.optim.AdamW(groups, lr=0.0, betas=(o.b1, o.b2), eps=o.eps)
-    self.schedule = optim.learning_rate_schedule(o.peak_learning_rate, o.warmup_steps, config.train.steps,
-                                                 o.decay, o.power, o.end_learning_rate)
+    self.schedule = optim.learning_rate_schedule(o.peak_learning_rate, o.warmup_steps,
+                                                 optim.schedule_steps(o, config.train.steps), o.decay, o.power,
+                                                 o.end_learning_rate)
 
   def train_step(self, step: int, batch) -> float:
     for group in self.opt.param_groups:

@@ -88,7 +88,8 @@ def bench_jax(config, predictions):
                                        _untrained_teacher(config))
   mesh = sharding.create_mesh({"data": -1, "fsdp": 1, "tensor": 1})
   rules = sharding.rules_from_config(config.mesh.logical_axis_rules)
-  tx, schedule = optim.make_optimizer(config.optim, config.train.steps, objective.param_rules())
+  tx, schedule = optim.make_optimizer(config.optim, optim.schedule_steps(config.optim, config.train.steps),
+                                      objective.param_rules())
   with nn.logical_axis_rules(rules):
     state, shardings = create_train_state(objective.init_params, tx, mesh, rules, 0)
     step_fn, _ = pretrain.make_step_functions(config, objective, tx, schedule, mesh, shardings)

@@ -89,7 +89,8 @@ def get_config() -> ml_collections.ConfigDict:
   o.name = "adamw"                    # adamw | lamb
   o.peak_learning_rate = 1e-4         # after warmup
   o.warmup_steps = 10000              # linear warmup from 0
-  o.decay = "linear"                  # linear | polynomial, to end_learning_rate at train.steps
+  o.decay = "linear"                  # linear | polynomial, to end_learning_rate at the schedule's end
+  o.schedule_steps = 0                # steps warmup + decay span (0: train.steps); more: the run stops early in a longer recipe
   o.power = 1.0                       # polynomial decay power
   o.end_learning_rate = 0.0           # learning rate at the last step
   o.b1 = 0.9                          # Adam beta1

@@ -83,6 +83,14 @@ def test_schedule_values():
   assert float(poly(60)) == pytest.approx(1e-3 * 0.5 ** 0.5, rel=1e-4)
 
 
+def test_schedule_steps_span_the_run_unless_set_and_never_end_before_it():
+  assert optim.schedule_steps(configlib.load("tiny").optim, 1500) == 1500
+  cfg = configlib.load("tiny", {"optim.schedule_steps": 10000}).optim
+  assert optim.schedule_steps(cfg, 1500) == 10000
+  with pytest.raises(ValueError, match=r"optim.schedule_steps \(10000\) is shorter than train.steps \(20000\)"):
+    optim.schedule_steps(cfg, 20000)
+
+
 def test_weight_decay_mask_excludes_exactly_layer_norm_and_biases():
   params = nn.unbox(objective_for(config(), SMALL).init_params(jax.random.key(0)))
   mask = optim.weight_decay_mask(params)

@@ -78,8 +78,10 @@ RESUME_STEPS = 40
 
 
 def _resume_args(workdir, records, fp8):
+  # the schedule spans twice the run, so the run stops halfway through its decay
   return _args(workdir, records, RESUME_STEPS, **{"train.eval_every": 20, "model.fp8": fp8,
-                                                  "model.fp8_amax_history": 16})
+                                                  "model.fp8_amax_history": 16,
+                                                  "optim.schedule_steps": 2 * RESUME_STEPS})
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +112,9 @@ def test_run_writes_the_metrics_contract(uninterrupted):
   assert train_lines[-1]["seq_per_sec"] > 0 and train_lines[-1]["tokens_per_sec"] == pytest.approx(
       train_lines[-1]["seq_per_sec"] * 32)
   assert [l["step"] for l in eval_lines] == [0, 20, 40]
+  # step k logs the rate its update used, schedule(k - 1): warmup 2, then linear from tiny's 1e-3 to 0 at step 80
+  expected = [1e-3 * min(k / 2, 1 - (k - 2) / (2 * RESUME_STEPS - 2)) for k in range(RESUME_STEPS)]
+  assert [l["learning_rate"] for l in train_lines] == pytest.approx(expected, rel=1e-5)
   assert {"mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy"} <= set(eval_lines[0])
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tensorboard"))
   assert f"train step {RESUME_STEPS}/{RESUME_STEPS}: loss" in stdout and "eta" in stdout

@@ -28,6 +28,18 @@ def weight_decay_mask(params):
   return param_rules.decay_mask(params, ())
 
 
+def schedule_steps(c, train_steps: int) -> int:
+  """Steps the learning-rate schedule spans: the `optim` section's schedule_steps, or the run's length when 0. A
+  longer schedule lets a run train the first train_steps of a longer recipe (ELECTRA's first 6k of 1M, say)."""
+  if not c.schedule_steps:
+    return train_steps
+  if c.schedule_steps < train_steps:
+    raise ValueError(f"optim.schedule_steps ({c.schedule_steps}) is shorter than train.steps ({train_steps}): the "
+                     f"learning rate would reach its end before the run does; set it to at least {train_steps}, or "
+                     f"to 0 to span the run")
+  return c.schedule_steps
+
+
 def make_optimizer(c, total_steps: int, rules=()):
   """(optax transform, schedule) from the config's `optim` section. `rules` (param_rules.ParamRule) freeze
   parameters (no optimizer state, never updated) or set their weight decay; clipping sees trainable grads only."""

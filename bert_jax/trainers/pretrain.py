@@ -236,7 +236,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     family.check_vocab_kind(tok.kind, tok.vocab_file)
   init_sources.check_vocabulary(sources, tok, log)
   objective.check_data(manifest)
-  tx, schedule = optim.make_optimizer(config.optim, config.train.steps, objective.param_rules())
+  tx, schedule = optim.make_optimizer(config.optim, optim.schedule_steps(config.optim, config.train.steps),
+                                      objective.param_rules())
   d = config.data
   with nn.logical_axis_rules(rules):
     state, state_shardings = create_train_state(objective.init_params, tx, mesh, rules, config.train.seed)
