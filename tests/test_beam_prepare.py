@@ -17,15 +17,12 @@ import tensorflow as tf
 from bert_jax.data import beam_plan, beam_pipeline, corpora, instances, prepare
 from bert_jax.data import tokenizer as tokenizer_lib
 from data_helpers import pydocs_docs
+from cli_helpers import cli_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEQ, PRED = 64, 10
 SETTINGS = dict(seed=7, num_train_shards=3, num_eval_shards=2, eval_fraction=0.1, docs_per_chunk=16)
 PART_SIZE = "20K"  # four files of ~50 KB: several parts, read by different Beam workers
-
-
-def _env():
-  return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +47,11 @@ def prepared(tmp_path_factory):
          "--direct_running_mode=multi_threading", f"--corpus={pattern}", f"--output_dir={root / 'beam'}",
          f"--vocab_file={vocab}", f"--part_size={PART_SIZE}", f"--max_seq_length={SEQ}",
          f"--max_predictions_per_seq={PRED}", "--dupe_factor=2"] + [f"--{k}={v}" for k, v in SETTINGS.items()]
-  result = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+  result = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   # The records through the engine's own shuffle (what Dataflow, Spark and Flink get by default).
   engine = subprocess.run([c.replace(str(root / "beam"), str(root / "beam_engine")) for c in cmd] +
-                          ["--beam_shuffle=engine"], capture_output=True, text=True, env=_env(), timeout=300)
+                          ["--beam_shuffle=engine"], capture_output=True, text=True, env=cli_env(), timeout=300)
   assert engine.returncode == 0, engine.stderr[-3000:]
   with open(root / "beam" / "manifest.json") as f:
     beam = json.load(f)
@@ -142,7 +139,7 @@ def test_train_cli_trains_on_beam_output(prepared, tmp_path):
                "train.log_every": 1, "optim.warmup_steps": 1, "checkpoint.every_steps": 10**6}
   cmd = [sys.executable, "-m", "bert_jax.train", "--config=tiny", f"--workdir={tmp_path}"] + [
       f"--config.{k}={v}" for k, v in overrides.items()]
-  result = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+  result = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   with open(tmp_path / "metrics.jsonl") as f:
     train = [json.loads(l) for l in f]
@@ -155,7 +152,7 @@ def test_launchers_dry_run_print_dataflow_and_spark_commands(prepared):
            "--corpus_bytes=100G", "--target_hours=4"]
   dataflow = subprocess.run([f"{ROOT}/launch/beam_dataflow.sh", "--project=my-proj", "--region=europe-west4",
                              "--bucket=gs://my-bucket", "--dry-run", "--"] + flags,
-                            capture_output=True, text=True, env=_env(), timeout=120)
+                            capture_output=True, text=True, env=cli_env(), timeout=120)
   assert dataflow.returncode == 0, dataflow.stderr[-3000:]
   workers, _ = beam_plan.estimate(100 * 2**30, 5, 4, beam_plan.DATAFLOW_CORES)
   out = dataflow.stdout
@@ -167,7 +164,7 @@ def test_launchers_dry_run_print_dataflow_and_spark_commands(prepared):
     assert option in command, (option, command)
   assert "--corpus_bytes" not in command and "--target_hours" not in command  # planning flags stay out
   spark = subprocess.run([f"{ROOT}/launch/beam_spark.sh", "--master=spark://head:7077", "--image=reg/beam:1",
-                          "--dry-run", "--"] + flags, capture_output=True, text=True, env=_env(), timeout=120)
+                          "--dry-run", "--"] + flags, capture_output=True, text=True, env=cli_env(), timeout=120)
   assert spark.returncode == 0, spark.stderr[-3000:]
   command = spark.stdout.split("# Spark command:\n", 1)[1]
   for option in ("--runner=SparkRunner", "--spark_master_url=spark://head:7077", "--environment_type=DOCKER",

@@ -17,8 +17,9 @@ from bert_jax.core import checkpoint as checkpoint_lib
 from bert_jax.core import sharding
 from bert_jax.models.pretraining import EncoderWithHeads
 from train_helpers import SMALL, build, config, pretrain_tiny, random_batch
+from cli_helpers import cli_env
 
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+ENV = cli_env()
 PRETRAINING_SECTIONS = ("encoder", "pooler", "mlm", "nsp")
 
 

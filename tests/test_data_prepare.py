@@ -14,6 +14,7 @@ import tensorflow as tf
 from bert_jax.data import corpora, instances, masking, prepare, schema
 from bert_jax.data import manifest as manifest_lib
 from bert_jax.data import tokenizer as tokenizer_lib
+from cli_helpers import cli_env
 
 SEQ, PRED = 128, 20
 
@@ -275,7 +276,7 @@ def test_tfds_corpus_reads_mock_data():
 def test_prepare_cli_prints_statistics(pydocs_data, tmp_path):
   _, manifest = pydocs_data
   corpus_path = _small_corpus(tmp_path, 30)
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+  env = cli_env()
   result = subprocess.run(
       [sys.executable, "-m", "bert_jax.data.prepare", f"--corpus={corpus_path}", f"--output_dir={tmp_path/'cli'}",
        f"--vocab_file={manifest['vocab']['file']}", "--max_seq_length=64", "--max_predictions_per_seq=10",

@@ -13,6 +13,7 @@ from bert_jax.data import instances, masking, pipeline, prepare, schema
 from bert_jax.data import manifest as manifest_lib
 from bert_jax.data import tokenizer as tokenizer_lib
 from data_helpers import ListCorpus, masked_run_lengths, pydocs_docs, restore_originals
+from cli_helpers import cli_env
 
 LAW3 = np.array([6, 3, 2]) / 11  # p(k) ~ 1/k for k = 1, 2, 3
 
@@ -237,7 +238,7 @@ def test_config_fields_reach_the_prepare_cache_and_the_manifest(tmp_path):
 def test_cli_flags_reach_the_vocabulary_and_the_records(tmp_path):
   corpus = tmp_path / "corpus.txt"
   corpus.write_text("\n\n".join("\n".join(d) for d in pydocs_docs()[:30]) + "\n")
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+  env = cli_env()
   vocab = subprocess.run([sys.executable, "-m", "bert_jax.data.tokenizer", f"--corpus={corpus}", "--vocab_type=bpe",
                           "--vocab_size=800", f"--output={tmp_path / 'v' / 'bpe'}"],
                          capture_output=True, text=True, env=env, timeout=120)

@@ -31,6 +31,7 @@ from bert_jax.trainers import pretrain
 import hf_helpers
 import train_helpers
 from data_helpers import write_google_style_records
+from cli_helpers import cli_env
 
 
 def _hf_config(embedding_size):
@@ -287,7 +288,7 @@ def test_sharded_equals_single_device(overrides, mesh):
 # --- the CLIs end to end (google-research/bert-style records, no corpus to prepare): both models' metrics,
 # exact resume after SIGKILL, export of both models, and the pair back as one checkpoint ------------------------
 
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+ENV = cli_env()
 STEPS = 12
 
 

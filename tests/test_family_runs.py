@@ -19,8 +19,9 @@ from bert_jax.data import schema
 from bert_jax.data import tokenizer as tokenizer_lib
 from bert_jax.models import name_tables as nt
 from test_train_loop import _wait_for_checkpoint
+from cli_helpers import cli_env
 
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+ENV = cli_env()
 STEPS = 120
 # family config -> (its sentence task or None, the HF class to_hf writes)
 FAMILIES = {"albert_tiny": ("sop", "AlbertForPreTraining"), "bert_tiny": ("nsp", "BertForPreTraining"),

@@ -16,6 +16,7 @@ from bert_jax.finetune import task_metrics, tasks
 from bert_jax.models.bert import BertConfig
 from bert_jax.trainers import finetune
 from train_helpers import pretrain_tiny
+from cli_helpers import cli_env
 
 
 
@@ -387,7 +388,7 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(pretrained, digit_tas
   overrides = {**digit_task, **ROBUST}
   args = [sys.executable, "-m", "bert_jax.finetune", "--config=finetune", f"--workdir={killed}",
           f"--init_checkpoint={pretrained}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_DEFAULT_MATMUL_PRECISION": "highest"}
+  env = cli_env(JAX_DEFAULT_MATMUL_PRECISION="highest")
   proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
   deadline = time.time() + 300
   while not (killed / "checkpoints" / "4").is_dir() and not (killed / "checkpoints" / "8").is_dir():
@@ -479,7 +480,7 @@ def test_fill_mask_cli_ranks_a_word_the_model_learned_in_its_top_5(pretrained, s
   lines = [s.replace(" the ", " [MASK] ", 1) for s in sentences if " the " in s][:3]
   result = subprocess.run([sys.executable, "-m", "bert_jax.predict", "fill-mask", f"--workdir={pretrained}",
                            "--top_k=5"], input="\n".join(lines) + "\n", capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                          timeout=300, env=cli_env())
   assert result.returncode == 0, result.stderr[-3000:]
   records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
   assert [r["text"] for r in records] == lines

@@ -16,6 +16,7 @@ from bert_jax.core import metrics
 from bert_jax.data import array_record_io, grain_pipeline, instances, masking, packing, pipeline, prepare, schema
 from bert_jax.data import tokenizer as tokenizer_lib
 from data_helpers import ListCorpus, pydocs_docs, write_google_style_records
+from cli_helpers import cli_env
 
 SEQ, PRED = 64, 10
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -285,7 +286,7 @@ def test_metrics_writer_events_read_back_in_tensorboard(tmp_path):
 
 
 def _train(workdir, corpus, steps, backend="grain", block_tf=True, workers=0, extra=()):
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"}
+  env = cli_env(JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
   if block_tf:
     blocker = os.path.join(workdir, "block_tf")

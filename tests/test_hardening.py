@@ -14,13 +14,10 @@ from bert_jax.data import instances, pipeline, prepare, schema
 from bert_jax.data import manifest as manifest_lib
 from bert_jax.trainers import finetune
 from data_helpers import ListCorpus, write_google_style_records
+from cli_helpers import cli_env
 
 SEQ, PRED = 32, 5
 WORDS = "the a of to is in it and run data text one two three more here".split()
-
-
-def _env():
-  return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 
 
 def _empty_tfrecord(path):
@@ -56,7 +53,7 @@ def test_prepare_cli_refuses_a_corpus_without_documents(tmp_path, vocab_txt, con
   corpus.write_text(contents)
   args = [sys.executable, "-m", "bert_jax.data.prepare", f"--corpus={corpus}", f"--output_dir={tmp_path / 'out'}",
           "--vocab_size=100", "--workers=1"] + ([f"--vocab_file={vocab_txt}"] if with_vocab else [])
-  result = subprocess.run(args, capture_output=True, text=True, env=_env(), timeout=120)
+  result = subprocess.run(args, capture_output=True, text=True, env=cli_env(), timeout=120)
   assert result.returncode != 0, result.stdout[-2000:]
   assert f"error: corpus {corpus} holds no documents" in result.stderr, result.stderr[-3000:]
   assert "empty or whitespace only" in result.stderr and "Traceback" not in result.stderr
@@ -115,7 +112,7 @@ def test_train_cli_refuses_files_without_examples_before_compiling(tmp_path, cas
     train_files, eval_files, what = str(tmp_path / "train.tfrecord"), named, "eval"
   # Before the fix the manifest case never reached step 1 (tf.data repeat() over nothing): the timeout catches it.
   result = subprocess.run(_train(tmp_path / "run", train_files, eval_files), capture_output=True, text=True,
-                          env=_env(), timeout=150)
+                          env=cli_env(), timeout=150)
   assert result.returncode != 0, result.stdout[-2000:]
   assert f"the {what} files hold no examples" in result.stderr, result.stderr[-3000:]
   assert named in result.stderr and "Fix:" in result.stderr
@@ -126,7 +123,7 @@ def test_train_cli_on_a_whitespace_corpus_fails_in_prepare_and_leaves_no_manifes
   corpus = tmp_path / "blank.txt"
   corpus.write_text(" \n\n\t\n")
   args = _train(tmp_path / "run", "", **{"data.corpus": str(corpus), "data.vocab_size": 100})
-  result = subprocess.run(args, capture_output=True, text=True, env=_env(), timeout=150)
+  result = subprocess.run(args, capture_output=True, text=True, env=cli_env(), timeout=150)
   assert result.returncode != 0 and f"corpus {corpus} holds no documents" in result.stderr, result.stderr[-3000:]
   assert not list((tmp_path / "run").glob(f"data/*/{schema.MANIFEST_NAME}")), "a later run must not reuse it"
 
@@ -167,11 +164,11 @@ def test_second_train_on_a_live_workdir_is_refused_and_a_killed_run_leaves_no_st
   write_google_style_records(str(tmp_path / "train.tfrecord"), 64, SEQ, PRED)
   workdir = tmp_path / "run"
   args = _train(workdir, str(tmp_path / "train.tfrecord"), steps=10**6)
-  first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+  first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
   try:
     _wait_for_lock(workdir, first)
     start = time.time()
-    second = subprocess.run(args, capture_output=True, text=True, env=_env(), timeout=120)
+    second = subprocess.run(args, capture_output=True, text=True, env=cli_env(), timeout=120)
     assert second.returncode != 0, second.stdout[-2000:]
     assert f"workdir {workdir} is in use by another run: pid {first.pid} on {socket.gethostname()}" in second.stderr, \
         second.stderr[-3000:]
@@ -180,7 +177,7 @@ def test_second_train_on_a_live_workdir_is_refused_and_a_killed_run_leaves_no_st
   finally:
     first.send_signal(signal.SIGKILL)
     first.wait()
-  third = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+  third = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
   try:
     _wait_for_lock(workdir, third)  # the SIGKILLed run's lock died with it
   finally:

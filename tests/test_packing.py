@@ -1,6 +1,5 @@
 """Sequence packing: nothing lost, same logits as unpacked, read by the pipeline, trained end to end."""
 import json
-import os
 import subprocess
 import sys
 
@@ -13,6 +12,7 @@ from bert_jax.data import packing, pipeline, schema
 from bert_jax.models.bert import BertConfig
 from bert_jax.models.pretraining import EncoderWithHeads
 from data_helpers import write_google_style_records
+from cli_helpers import cli_env
 
 SEQ, PRED = 32, 5
 
@@ -164,7 +164,7 @@ def test_train_on_packed_rows_end_to_end(packed_dir, tmp_path):
           "train.eval_every": 1000, "train.eval_batches": 1, "optim.warmup_steps": 2,
           "checkpoint.every_steps": 100}.items()]
   result = subprocess.run(args, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                          env=cli_env())
   assert result.returncode == 0, result.stderr[-3000:]
   with open(tmp_path / "metrics.jsonl") as f:
     lines = [json.loads(l) for l in f]

@@ -14,6 +14,7 @@ from bert_jax.core.train_state import state_functions
 from bert_jax.objectives import registry as objectives
 from bert_jax.trainers import pretrain
 from train_helpers import SMALL, build, config, objective_for, random_batch, run_steps
+from cli_helpers import cli_env
 
 
 def _mesh(shape):
@@ -151,7 +152,7 @@ def test_bad_batch_size_fails_with_the_reason():
 def test_typo_in_override_lists_close_keys():
   with pytest.raises(KeyError, match=r"unknown config key 'train.bach_size'; closest: train.batch_size"):
     configlib.load("tiny", {"train.bach_size": 3})
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+  env = cli_env()
   result = subprocess.run([sys.executable, "-m", "bert_jax.train", "--config=tiny", "--workdir=/tmp/unused",
                            "--config.optim.peak_learnig_rate=1e-3"], capture_output=True, text=True, env=env,
                           timeout=120)

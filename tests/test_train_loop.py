@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from cli_helpers import cli_env
 from data_helpers import write_google_style_records
 
 TRAIN_KEYS = {"step", "loss", "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy", "learning_rate", "grad_norm",
@@ -35,8 +36,10 @@ def _args(workdir, records, steps, **extra):
       f"--config.{k}={v}" for k, v in overrides.items()]
 
 
-def _env():
-  return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+# The whole and the killed runs without FP8 run on 8 devices: the resumed state and data order of a sharded run
+# must be exact too. FP8's statistics under sharding are tested in test_fp8.py.
+def _resume_devices(fp8):
+  return 1 if fp8 else 8
 
 
 def _lines(workdir):
@@ -46,14 +49,14 @@ def _lines(workdir):
 
 def test_nonfinite_loss_stops_naming_the_step(records, tmp_path):
   result = subprocess.run(_args(tmp_path, records, 6, **{"data.train_files": f"{records}/nan-*.tfrecord"}),
-                          capture_output=True, text=True, env=_env(), timeout=300)
+                          capture_output=True, text=True, env=cli_env(), timeout=300)
   assert result.returncode != 0
   assert "loss is nan at step 1" in result.stderr
 
 
 def test_config_and_data_mismatch_fails_at_start(records, tmp_path):
   result = subprocess.run(_args(tmp_path, records, 6, **{"data.max_predictions_per_seq": 20}),
-                          capture_output=True, text=True, env=_env(), timeout=300)
+                          capture_output=True, text=True, env=cli_env(), timeout=300)
   assert result.returncode != 0
   assert "masked_lm_ids: config needs length 20" in result.stderr and "has 5" in result.stderr
 
@@ -92,8 +95,8 @@ def uninterrupted(records, tmp_path_factory):
   def get(fp8):
     if fp8 not in runs:
       workdir = tmp_path_factory.mktemp("whole_fp8" if fp8 else "whole")
-      result = subprocess.run(_resume_args(workdir, records, fp8), capture_output=True, text=True, env=_env(),
-                              timeout=600)
+      result = subprocess.run(_resume_args(workdir, records, fp8), capture_output=True, text=True,
+                              env=cli_env(_resume_devices(fp8)), timeout=600)
       assert result.returncode == 0, result.stderr[-3000:]
       runs[fp8] = workdir, result.stdout
     return runs[fp8]
@@ -128,14 +131,15 @@ def test_resume_after_sigkill_matches_uninterrupted(records, uninterrupted, tmp_
 
   killed_dir = tmp_path / "killed"
   proc = subprocess.Popen(_resume_args(killed_dir, records, fp8), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, env=_env())
+                          text=True, env=cli_env(_resume_devices(fp8)))
   _wait_for_checkpoint(killed_dir, proc)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  resumed = subprocess.run(_resume_args(killed_dir, records, fp8), capture_output=True, text=True, env=_env(),
-                           timeout=600)
+  resumed = subprocess.run(_resume_args(killed_dir, records, fp8), capture_output=True, text=True,
+                           env=cli_env(_resume_devices(fp8)), timeout=600)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resumed from checkpoint at step" in resumed.stdout
+  assert f"devices: {_resume_devices(fp8)} x cpu" in resumed.stdout
   resumed_from = int(resumed.stdout.split("resumed from checkpoint at step ")[1].split()[0])
   assert 0 < resumed_from < RESUME_STEPS, "the kill must land mid-run"
   # metrics.jsonl holds every step once (lines past the checkpoint were dropped and written again), each
@@ -148,7 +152,8 @@ def test_resume_after_sigkill_matches_uninterrupted(records, uninterrupted, tmp_
     assert loss == reference[step], (step, loss, reference[step])
   if fp8:  # the export holds the weights alone, and transformers (no FP8) reproduces the full-precision logits
     exported = subprocess.run([sys.executable, "-m", "bert_jax.convert", "to_hf", f"--workdir={killed_dir}",
-                               f"--output={tmp_path / 'hf'}"], capture_output=True, text=True, env=_env(), timeout=600)
+                               f"--output={tmp_path / 'hf'}"], capture_output=True, text=True, env=cli_env(),
+                              timeout=600)
     assert exported.returncode == 0, exported.stderr[-3000:]
     assert "checked: max |logit difference| vs transformers" in exported.stdout
 
@@ -156,7 +161,7 @@ def test_resume_after_sigkill_matches_uninterrupted(records, uninterrupted, tmp_
 def test_sigterm_saves_at_the_next_step_and_exits_zero(records, tmp_path):
   steps = 400
   proc = subprocess.Popen(_args(tmp_path, records, steps, **{"checkpoint.every_steps": 1000}),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
   deadline = time.time() + 240
   while time.time() < deadline:
     if os.path.exists(tmp_path / "metrics.jsonl") and any(l.get("step", 0) >= 3 for l in _lines(tmp_path)):
@@ -169,6 +174,6 @@ def test_sigterm_saves_at_the_next_step_and_exits_zero(records, tmp_path):
   assert 3 <= saved < steps
   assert str(saved) in os.listdir(tmp_path / "checkpoints")
   resumed = subprocess.run(_args(tmp_path, records, saved + 2, **{"checkpoint.every_steps": 1000}),
-                           capture_output=True, text=True, env=_env(), timeout=300)
+                           capture_output=True, text=True, env=cli_env(), timeout=300)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"resumed from checkpoint at step {saved}" in resumed.stdout

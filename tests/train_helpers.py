@@ -6,6 +6,7 @@ from bert_jax.core.train_state import create_train_state
 from bert_jax.models.bert import BertConfig
 from bert_jax.objectives import registry as objectives
 from bert_jax.trainers import pretrain
+from cli_helpers import cli_env
 
 # Every sharded dim divides by 8: heads 8, embed 128, mlp 512, vocab 1024.
 SMALL = BertConfig(vocab_size=1024, hidden_size=128, num_layers=2, num_heads=8, intermediate_size=512,
@@ -62,14 +63,12 @@ def run_steps(cfg, mesh, batches, model_config=SMALL):
 
 def pretrain_tiny(workdir, steps):
   """Pretrains `tiny` for a few steps on pydocs through the CLI (seq 64, vocabulary 8000); returns workdir."""
-  import os
   import subprocess
   import sys
   args = [sys.executable, "-m", "bert_jax.train", "--config=tiny", f"--workdir={workdir}",
           f"--config.train.steps={steps}", "--config.optim.warmup_steps=1", "--config.train.eval_batches=1",
           "--config.data.max_seq_length=64", "--config.data.max_predictions_per_seq=10",
           "--config.data.dupe_factor=1", "--config.train.batch_size=16"]
-  result = subprocess.run(args, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  result = subprocess.run(args, capture_output=True, text=True, timeout=600, env=cli_env())
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir
