@@ -95,7 +95,7 @@ def prepare_cached(d, workdir: str, log=print) -> str:
   if jax.process_index() == 0 and not os.path.exists(done):
     log(f"preparing corpus {d.corpus!r} into {out} (once; later runs reuse it)")
     corpus = corpora.from_spec(d.corpus, data_dir=d.tfds_data_dir or None, text_column=d.text_column,
-                               cache_dir=os.path.join(workdir, "data"))
+                               cache_dir=corpora.run_cache_dir(os.path.join(workdir, "data")))
     opts = instances.InstanceOptions(
         max_seq_length=d.max_seq_length, max_predictions_per_seq=d.max_predictions_per_seq,
         masked_lm_prob=d.masked_lm_prob, short_seq_prob=d.short_seq_prob, dupe_factor=d.dupe_factor,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Real multi-controller training on one machine: N processes joined by jax.distributed on 127.0.0.1,
-# CPU collectives (gloo), M simulated CPU devices each. The same code path as a TPU pod or GPU cluster.
+# CPU collectives (gloo), M simulated CPU devices each (added to any XLA_FLAGS you set). The same code path
+# as a TPU pod or GPU cluster.
 #
 #   launch/local_multiprocess.sh NUM_PROCESSES DEVICES_PER_PROCESS -- [train flags...]
 #   launch/local_multiprocess.sh 2 4 -- --config=tiny --workdir=runs/tiny-mp
@@ -20,7 +21,7 @@ mkdir -p "$log_dir"
 pids=()
 for ((i = 0; i < num; i++)); do
   run=(env JAX_COORDINATOR_ADDRESS="127.0.0.1:$port" JAX_NUM_PROCESSES="$num" JAX_PROCESS_ID="$i"
-       JAX_PLATFORMS=cpu XLA_FLAGS="--xla_force_host_platform_device_count=$devices"
+       JAX_PLATFORMS=cpu XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=$devices"
        "$python" -m bert_jax.train "$@")
   if [ "$i" -eq 0 ]; then
     "${run[@]}" 2>&1 | tee "$log_dir/process_0.log" &

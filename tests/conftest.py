@@ -1,17 +1,26 @@
 """Test set-up: 8 simulated CPU devices for this process, forced before JAX starts, and one for the CLI
-subprocesses unless a test asks for more (cli_helpers.cli_env); TF kept off accelerators; one persistent JAX compilation cache
-for the run's processes; XLA's backend at optimization level 1."""
+subprocesses unless a test asks for more (cli_helpers.cli_env); TF kept off accelerators; one persistent JAX
+compilation cache and one corpus cache for the run's processes; XLA's backend at optimization level 1."""
+import atexit
 import getpass
 import os
+import shutil
 import tempfile
 
 # LLVM at -O1 compiles XLA:CPU programs in under half the time of the default -O2, and the tiny models' steps run
 # as fast (2-layer train step: compile 11.2 -> 4.9 s, step 18.7 -> 18.1 ms); matmuls are library calls either way.
-_FLAGS = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=1").strip()
+_FLAGS = os.environ.get("XLA_FLAGS", "")
+if "--xla_backend_optimization_level" not in _FLAGS:  # xdist workers inherit it from the controller
+  _FLAGS = f"{_FLAGS} --xla_backend_optimization_level=1".strip()
 os.environ["XLA_FLAGS"] = _FLAGS + " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# The CLI runs share one pydocs build (corpora.run_cache_dir), new for each test run so that it is always the
+# current code's: made here by the pytest process that is not an xdist worker; the workers inherit it.
+if "PYTEST_XDIST_WORKER" not in os.environ:
+  os.environ["BERT_JAX_CACHE"] = tempfile.mkdtemp(prefix="bert_jax_test_cache_")
+  atexit.register(shutil.rmtree, os.environ["BERT_JAX_CACHE"], True)
 # The CLI tests start dozens of train/convert processes that compile the same tiny programs again (a resumed run,
 # the killed run beside the whole one, the same config in several files); XLA:CPU executables cached on disk
 # cut their start-up. The key is the program, the JAX version and the flags, so a stale entry is never used.

@@ -69,6 +69,9 @@ def test_pretraining_learns_and_logs_the_objectives_fields(pretrained):
   assert sentence_keys == ({f"{task}_loss", f"{task}_accuracy"} if task else set())
   if task:  # SOP is learnable only slowly at this size; its labels are balanced, so it starts near chance
     assert 0.3 < evals[0][f"{task}_accuracy"] < 0.7
+  # $BERT_JAX_CACHE (set by conftest) holds the corpus the run built, shared with the other runs
+  assert glob.glob(os.path.join(os.environ["BERT_JAX_CACHE"], "pydocs-py3.*.txt"))
+  assert not glob.glob(os.path.join(workdir, "data", "pydocs-py3.*.txt"))
 
 
 @pytest.fixture(scope="module")

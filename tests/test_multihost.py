@@ -15,7 +15,9 @@ LAUNCH = os.path.join(ROOT, "launch")
 
 
 def _env(**extra):
-  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") and k != "XLA_FLAGS"}
+  """No JAX_ settings of this process (platform, distributed) but its compilation cache; its XLA_FLAGS (conftest's,
+  without a device count) for the launcher to add to."""
+  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") or k == "JAX_COMPILATION_CACHE_DIR"}
   env.update(TF_CPP_MIN_LOG_LEVEL="3", PYTHON=sys.executable, PYTHONUNBUFFERED="1", **extra)
   return env
 
@@ -44,7 +46,8 @@ def _multi(num, devices, flags, timeout=600, **env):
 
 
 def _single(devices, flags, timeout=600):
-  env = _env(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env = _env(JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}")
   return subprocess.run([sys.executable, "-m", "bert_jax.train"] + flags, capture_output=True, text=True,
                         env=env, timeout=timeout, cwd=ROOT)
 

@@ -498,6 +498,12 @@ def default_cache_dir() -> str:
   return os.environ.get("BERT_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "bert_jax"))
 
 
+def run_cache_dir(workdir_data: str) -> str:
+  """Where a training run keeps a built corpus (pydocs): $BERT_JAX_CACHE when set, shared between runs;
+  otherwise the run's own WORKDIR/data, so that a workdir holds everything it was trained from."""
+  return os.environ.get("BERT_JAX_CACHE") or workdir_data
+
+
 def from_spec(spec: str, *, data_dir: str | None = None, text_key: str = "text", one_doc_per_line: bool = False,
               cache_dir: str | None = None, text_column: str | None = None, part_bytes: int = PART_BYTES):
   """A corpus from a string: 'pydocs', 'tfds:NAME[:SPLIT]', 'hf:NAME[:CONFIG][:SPLIT]' (or hf:DIR), or a
