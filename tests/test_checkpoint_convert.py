@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ import transformers
 from bert_jax.convert import hf_dir, hf_params, tf1, workdir
 from bert_jax.core import checkpoint as checkpoint_lib
 from bert_jax.core import sharding
+from bert_jax.data import corpora
 from bert_jax.models.pretraining import EncoderWithHeads
 from train_helpers import SMALL, build, config, pretrain_tiny, random_batch
 from cli_helpers import cli_env
@@ -161,7 +163,7 @@ def test_round_trip_to_hf_logits_and_tokenizer(tiny_workdir, tmp_path):
   manifest = json.load(open(next((tiny_workdir / "data").glob("*/manifest.json"))))
   tok = tokenizer_lib.load(manifest["vocab"]["file"])
   hf_tok = transformers.AutoTokenizer.from_pretrained(str(out))
-  corpus_file = next((tiny_workdir / "data").glob("pydocs-*.txt"))
+  corpus_file = next(pathlib.Path(corpora.run_cache_dir(str(tiny_workdir / "data"))).glob("pydocs-*.txt"))
   sentences = [l for l in open(corpus_file, encoding="utf-8").read().splitlines() if l][::150][:100]
   assert len(sentences) == 100
   for s in sentences:

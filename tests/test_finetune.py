@@ -62,7 +62,7 @@ def pretrained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sentences(pretrained):
-  docs = corpora.from_spec("pydocs", cache_dir=os.path.join(pretrained, "data"))
+  docs = corpora.from_spec("pydocs", cache_dir=corpora.run_cache_dir(os.path.join(pretrained, "data")))
   out = []
   for doc in docs.iter_documents(collections.Counter()):
     out += [s for s in doc if 30 < len(s) < 200]
@@ -233,8 +233,8 @@ def test_checkpoint_without_an_encoder_fails_clearly(tmp_path):
 
 
 def test_vocabulary_not_matching_the_checkpoint_fails_clearly(pretrained, tmp_path):
-  small = tokenizer_lib.train_sentencepiece(corpora.from_spec("pydocs", cache_dir=str(pretrained / "data")),
-                                            str(tmp_path / "small"), 500, max_sentences=3000)
+  pydocs = corpora.from_spec("pydocs", cache_dir=corpora.run_cache_dir(str(pretrained / "data")))
+  small = tokenizer_lib.train_sentencepiece(pydocs, str(tmp_path / "small"), 500, max_sentences=3000)
   config = configlib.load("finetune", {"data.vocab_file": small, "train.max_steps": 1})
   with pytest.raises(ValueError, match=r"has \d+ entries but the checkpoint's model has vocab_size 8000"):
     finetune.finetune(config, str(tmp_path / "run"), str(pretrained))
