@@ -406,9 +406,9 @@ def test_finetuned_discriminator_exports_as_hf_electra_sequence_classifier():
 def test_pydocs_run_learns_to_rank_replaced_tokens_on_held_out_text(tmp_path):
   """electra_tiny on the offline corpus (one masked copy), 200 short steps: on held-out documents the discriminator
   scores replaced tokens above original ones (rtd_auc 0.561, 0.544 and 0.587 with train.seed 0, 1 and 2 on
-  2026-11-27, with google-research/electra's masking; chance is 0.5, its standard error on these ~1,000 replaced tokens about 0.01,
-  so the bound 0.53 is 3 of them). Its accuracy stays on the all-original baseline at this size: it never gets
-  sure enough to flag a token (bench/RESULTS.md)."""
+  2026-11-27, with google-research/electra's masking; chance is 0.5, its standard error on these ~1,000 replaced
+  tokens about 0.01, so the bound 0.53 is 3 of them). Its accuracy stays on the all-original baseline at this
+  size: it never gets sure enough to flag a token (bench/RESULTS.md)."""
   args = ["--config=electra_tiny", f"--workdir={tmp_path}", "--config.train.steps=200",
           "--config.train.batch_size=16", "--config.optim.warmup_steps=30", "--config.train.eval_every=200",
           "--config.train.eval_batches=8", "--config.train.log_every=50", "--config.checkpoint.every_steps=200",
