@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from cli_helpers import xla_flags
 from data_helpers import write_google_style_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,8 +47,7 @@ def _multi(num, devices, flags, timeout=600, **env):
 
 
 def _single(devices, flags, timeout=600):
-  env = _env(JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}")
+  env = _env(JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(devices))
   return subprocess.run([sys.executable, "-m", "bert_jax.train"] + flags, capture_output=True, text=True,
                         env=env, timeout=timeout, cwd=ROOT)
 
