@@ -215,10 +215,12 @@ def _single_device_losses(name, overrides):
 _E32 = {"model.embedding_size": 32}
 
 
+# One case per property: ALBERT's shared layer scanned on every axis, its E=64 factorised embeddings on a
+# two-axis mesh, RoBERTa scanned with the fused projection; the layer-sharing modes are compared on one device
+# (test_albert_shared_scan_equals_unrolled_and_sharing_modes_differ_in_size).
 @pytest.mark.parametrize("name,overrides,mesh", [
     ("albert_tiny", {**_E32, "model.scan_layers": True}, (2, 2, 2)),
-    ("albert_tiny", {**_E32, "model.layer_sharing": "none", "model.scan_layers": True}, (2, 2, 2)),
-    ("albert_tiny", {}, (2, 2, 1)), ("albert_tiny", {}, (1, 2, 2)),
+    ("albert_tiny", {}, (2, 2, 1)),
     pytest.param("albert_tiny", {}, (2, 2, 2), marks=pytest.mark.xfail(strict=True, reason=(
         "E=64 on the full 2x2x2 mesh: same loss, gradients tens of percent off on XLA:CPU (both partitioners) while "
         "E=32/128/256 and every two-axis mesh match; see the README's known issue"))),

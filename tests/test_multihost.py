@@ -58,25 +58,25 @@ def _losses(workdir):
 
 
 def test_two_processes_match_one_process_and_checkpoints_cross_between_them(records, tmp_path):
-  """2 processes x 4 devices and 1 process x 8 give the same losses; each run then resumes under the other
+  """2 processes x 2 devices and 1 process x 4 give the same losses; each run then resumes under the other
   process count (the checkpoint is resharded), and the two continuations still agree."""
   two, one = tmp_path / "two", tmp_path / "one"
-  first = _multi(2, 4, _flags(records, two, 6))
+  first = _multi(2, 2, _flags(records, two, 6))
   assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-  assert "pre-flight ok: 2 process(es), 4 local x cpu (8 devices)" in first.stdout
+  assert "pre-flight ok: 2 process(es), 2 local x cpu (4 devices)" in first.stdout
   assert not os.path.exists(two / ".preflight-1")
-  single = _single(8, _flags(records, one, 6))
+  single = _single(4, _flags(records, one, 6))
   assert single.returncode == 0, single.stderr[-3000:]
   a, b = _losses(two), _losses(one)
   assert sorted(a) == list(range(1, 7))
   for step in a:
     assert a[step] == pytest.approx(b[step], rel=1e-5), step
 
-  to_one = _single(8, _flags(records, two, 9))
+  to_one = _single(4, _flags(records, two, 9))
   assert to_one.returncode == 0, to_one.stderr[-3000:]
   assert "resumed from checkpoint at step 6" in to_one.stdout
   assert "saved by a different number of processes" in to_one.stdout
-  to_two = _multi(2, 4, _flags(records, one, 9))
+  to_two = _multi(2, 2, _flags(records, one, 9))
   assert to_two.returncode == 0, to_two.stdout[-3000:] + to_two.stderr[-3000:]
   assert "resumed from checkpoint at step 6" in to_two.stdout
   a, b = _losses(two), _losses(one)

@@ -26,7 +26,9 @@ def test_meshes_give_the_same_losses_as_one_device():
   batches = [random_batch(16, seed=s) for s in range(3)]
   _, reference = run_steps(config(), _mesh((1, 1, 1)), batches)
   assert reference[0] > reference[-1] or reference[0] != reference[-1]
-  for shape in [(8, 1, 1), (2, 2, 2), (1, 8, 1), (1, 1, 8)]:
+  # every axis at once, and each parameter-sharding axis alone across all 8 devices (data parallelism alone against
+  # one device: test_dropout_attention_kernel's 8-device step)
+  for shape in [(2, 2, 2), (1, 8, 1), (1, 1, 8)]:
     _, got = run_steps(config(), _mesh(shape), batches)
     np.testing.assert_allclose(got, reference, rtol=1e-5, err_msg=str(shape))
 

@@ -170,8 +170,8 @@ def check_peft_dir(params, model_config, spec, output_dir: str, tolerance: float
     out = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
              token_type_ids=torch.from_numpy(segments))
   fp32 = dataclasses.replace(model_config, dtype="float32", lora_dropout=0.0)
-  ours = heads.MODELS[spec.kind](fp32, num_labels=spec.num_labels).apply({"params": _numpy(params)}, ids, mask,
-                                                                            segments)
+  model = heads.MODELS[spec.kind](fp32, num_labels=spec.num_labels)
+  ours = jax.jit(model.apply)({"params": _numpy(params)}, ids, mask, segments)  # one compile, not one per op
   diff = task_export.logit_difference(ours, out, mask, spec.kind)
   if diff > tolerance:
     raise ValueError(f"HF peft model logits differ from ours by {diff:.3g} > {tolerance:g} ({output_dir})")

@@ -8,6 +8,7 @@ with a pooler).
 import json
 import os
 
+import jax
 import numpy as np
 
 from bert_jax.convert import hf_dir, hf_params
@@ -124,7 +125,7 @@ def check_hf_dir(model, params, spec, output_dir: str, tolerance: float = 1e-4) 
   with torch.no_grad():
     out = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
              token_type_ids=torch.from_numpy(segments))
-  ours = model.apply({"params": params}, ids, mask, segments)
+  ours = jax.jit(model.apply)({"params": params}, ids, mask, segments)  # one compile, not one per op
   diff = logit_difference(ours, out, mask, spec.kind)
   if diff > tolerance:
     raise ValueError(f"HF {name} logits differ from ours by {diff:.3g} > {tolerance:g}")
