@@ -112,12 +112,15 @@ def _splash_block_sizes(seq_len: int):
 
 @functools.cache
 def _splash_kernel(seq_len: int, heads: int, interpret: bool):
-  """Built once per shape: the kernel precomputes its mask block tables in numpy (every layer would redo it)."""
+  """Built once per shape: the kernel precomputes its mask block tables (every layer would redo it). They are
+  built as concrete arrays even when the first call is inside a jit trace: the cached kernel outlives that trace,
+  and its tables held as that trace's values would leak into the next (UnexpectedTracerError)."""
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
   mask = splash_mask.MultiHeadMask([splash_mask.FullMask((seq_len, seq_len)) for _ in range(heads)])
-  return splash.make_splash_mha(mask, head_shards=1, q_seq_shards=1, interpret=interpret,
-                                block_sizes=_splash_block_sizes(seq_len))
+  with jax.ensure_compile_time_eval():
+    return splash.make_splash_mha(mask, head_shards=1, q_seq_shards=1, interpret=interpret,
+                                  block_sizes=_splash_block_sizes(seq_len))
 
 
 def _per_shard(attend, mesh, axes, q, k, v, segment_ids, **shard_map_args):
