@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS=torch,test bash scripts/setup.sh
 . .venv/bin/activate
-exec python -m pytest -n "${PYTEST_WORKERS:-2}" --dist=loadfile "$@"
+exec python -m pytest -n "${PYTEST_WORKERS:-2}" --dist=loadfile --no-loadscope-reorder "$@"

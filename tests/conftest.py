@@ -36,3 +36,17 @@ assert jax.device_count() == 8, f"conftest expected 8 simulated devices, got {ja
 # a third, and the sharded steps are tested in this process (each objective's sharded = one device).
 os.environ["XLA_FLAGS"] = _FLAGS
 
+
+
+# pytest-xdist hands each worker whole files in collection order (scripts/test.sh: --dist=loadfile
+# --no-loadscope-reorder). The end-to-end files go first, longest first, so that the last files handed out are short
+# ones and the workers finish together; by its default order (most tests first) the CLI files came last and one
+# worker ran them alone for minutes. Worker-seconds per file of a full run on 2 cores (2026-11-27), longest first:
+LONGEST_FIRST = ("test_family_runs.py", "test_variant_runs.py", "test_finetune.py", "test_train_loop.py",
+                 "test_electra.py", "test_families.py", "test_multihost.py", "test_checkpoint_convert.py",
+                 "test_fp8.py", "test_train.py", "test_distill.py", "test_peft.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order

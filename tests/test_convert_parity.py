@@ -165,7 +165,7 @@ def test_query_kernel_gradient_matches_torch():
     n = masked_lm.sentence_sums(out["nsp_logits"], b["next_sentence_labels"])
     return m["loss_sum"] / jnp.maximum(m["weight_sum"], 1e-5) + n["loss_sum"] / n["count"]
 
-  ours = np.asarray(jax.grad(loss_fn)(params)["encoder"]["layer_1"]["attention"]["query"]["kernel"])
+  ours = np.asarray(jax.jit(jax.grad(loss_fn))(params)["encoder"]["layer_1"]["attention"]["query"]["kernel"])
 
   out = hf(input_ids=torch.from_numpy(b["input_ids"]), attention_mask=torch.from_numpy(b["input_mask"]),
            token_type_ids=torch.from_numpy(b["segment_ids"]))

@@ -136,9 +136,11 @@ def test_finetuning_starts_from_the_family_checkpoint(pretrained, tmp_path):
   assert FAMILIES[name][1].replace("ForPreTraining", "").replace("ForMaskedLM", "") + "ForSequenceClassification" in out
 
 
+# The check reads the family from the saved config, the same for every family: one pair of them.
+@pytest.mark.parametrize("pretrained", ["albert_tiny"], indirect=True)
 def test_resuming_with_another_family_names_both(pretrained):
   name, workdir, _ = pretrained
-  other = "roberta_tiny" if name != "roberta_tiny" else "albert_tiny"
+  other = "roberta_tiny"
   result = subprocess.run([sys.executable, "-m", "bert_jax.train", f"--config={other}", f"--workdir={workdir}",
                            "--config.train.steps=2", *SHORT], capture_output=True, text=True, timeout=600, env=ENV)
   assert result.returncode != 0

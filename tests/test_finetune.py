@@ -15,7 +15,7 @@ from bert_jax.finetune import predict as predict_lib
 from bert_jax.finetune import task_metrics, tasks
 from bert_jax.models.bert import BertConfig
 from bert_jax.trainers import finetune
-from train_helpers import pretrain_tiny
+from train_helpers import pretrained_tiny
 from cli_helpers import cli_env
 
 
@@ -55,9 +55,9 @@ def test_tagging_and_squad_metrics_by_hand():
 # ---- task files from real text ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
+def pretrained():
   """A tiny model pretrained on pydocs through the CLI (vocabulary 8000); 150 steps teach it the commonest words."""
-  return pretrain_tiny(tmp_path_factory.mktemp("pretrain"), steps=150)
+  return pretrained_tiny(steps=150)
 
 
 @pytest.fixture(scope="module")

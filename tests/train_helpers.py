@@ -1,4 +1,11 @@
 """Small configs and batches for training tests."""
+import fcntl
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 
 from bert_jax.core import configlib, optim, sharding
@@ -61,10 +68,23 @@ def run_steps(cfg, mesh, batches, model_config=SMALL):
   return state, losses
 
 
+def pretrained_tiny(steps=150):
+  """`tiny` pretrained for `steps` on pydocs through the CLI (seq 64, vocabulary 8000), once per test run: the test
+  files that only read a pretrained workdir (fine-tuning, prediction, export) share it across xdist workers. The
+  first to ask builds it in $BERT_JAX_CACHE (conftest: new for each run) under a file lock; the others wait for
+  it, then reuse it. Returns the workdir (a pathlib.Path)."""
+  workdir = pathlib.Path(os.environ["BERT_JAX_CACHE"]) / f"pretrained-tiny-{steps}"
+  with open(f"{workdir}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (workdir / "COMPLETE").exists():
+      shutil.rmtree(workdir, ignore_errors=True)  # a build that failed part-way
+      pretrain_tiny(workdir, steps)
+      (workdir / "COMPLETE").touch()
+  return workdir
+
+
 def pretrain_tiny(workdir, steps):
   """Pretrains `tiny` for a few steps on pydocs through the CLI (seq 64, vocabulary 8000); returns workdir."""
-  import subprocess
-  import sys
   args = [sys.executable, "-m", "bert_jax.train", "--config=tiny", f"--workdir={workdir}",
           f"--config.train.steps={steps}", "--config.optim.warmup_steps=1", "--config.train.eval_batches=1",
           "--config.data.max_seq_length=64", "--config.data.max_predictions_per_seq=10",
