@@ -37,14 +37,14 @@ assert jax.device_count() == 8, f"conftest expected 8 simulated devices, got {ja
 os.environ["XLA_FLAGS"] = _FLAGS
 
 
-
 # pytest-xdist hands each worker whole files in collection order (scripts/test.sh: --dist=loadfile
 # --no-loadscope-reorder). The end-to-end files go first, longest first, so that the last files handed out are short
-# ones and the workers finish together; by its default order (most tests first) the CLI files came last and one
-# worker ran them alone for minutes. Worker-seconds per file of a full run on 2 cores (2026-11-27), longest first:
-LONGEST_FIRST = ("test_family_runs.py", "test_variant_runs.py", "test_finetune.py", "test_train_loop.py",
-                 "test_electra.py", "test_families.py", "test_multihost.py", "test_checkpoint_convert.py",
-                 "test_fp8.py", "test_train.py", "test_distill.py", "test_peft.py")
+# ones and the workers finish together; xdist's default order (most tests first) put these files, which hold few
+# tests, last, where one of them can keep a worker busy for minutes while the other has nothing left. By the
+# worker-seconds each took in a full run on 2 cores (2026-11-27), longest first:
+LONGEST_FIRST = ("test_family_runs.py", "test_finetune.py", "test_variant_runs.py", "test_electra.py",
+                 "test_train_loop.py", "test_families.py", "test_multihost.py", "test_checkpoint_convert.py",
+                 "test_fp8.py", "test_train.py", "test_peft.py", "test_distill.py")
 
 
 def pytest_collection_modifyitems(items):
