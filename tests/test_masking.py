@@ -5,6 +5,7 @@ knowledge units, the unit feature in records, and the errors for bad input."""
 import collections
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -381,6 +382,46 @@ def test_rake_phrases_and_entities_become_units(tmp_path):
   assert units["token"] == words
   assert "standard library" in units["phrase"] and "fast http server" in units["phrase"]
   assert "http server" in units["entity"] and "python" in units["entity"] and "fast" in units["entity"]
+
+
+def _entity_regex(entities, lower_case):
+  """The plain statement of the matching rule: one alternation, longest entity first, ASCII word characters at an
+  entity's edge bounded by \\w lookarounds."""
+  alternatives = []
+  for entity in sorted(entities, key=len, reverse=True):
+    pattern = re.escape(entity)
+    if re.match(r"\w", entity, re.ASCII):
+      pattern = r"(?<!\w)" + pattern
+    if re.search(r"\w$", entity, re.ASCII):
+      pattern += r"(?!\w)"
+    alternatives.append(pattern)
+  return re.compile("|".join(alternatives), re.IGNORECASE if lower_case else 0)
+
+
+def test_entity_spans_are_what_one_regex_alternation_finds(tmp_path):
+  """EntityList walks a trie; on pydocs with ernie_tiny's entity list, and on random text and entities over an
+  alphabet of word and non-word characters, case pairs and characters whose case rules are special (σ/ς/Σ, the
+  Kelvin sign, dotted İ, CJK), it finds exactly the regex's spans, case-sensitive and not."""
+  entity_file = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "ernie_pydocs_entities.txt")
+  docs = corpora.from_spec("pydocs", cache_dir=corpora.run_cache_dir(str(tmp_path)))
+  sentences = [s for doc in docs.iter_documents(collections.Counter()) for s in doc][:1000]
+  for lower_case in (False, True):
+    entities = knowledge.EntityList(entity_file, lower_case)
+    regex = _entity_regex(entities.entities, lower_case)
+    found = [entities.find(s) for s in sentences]
+    assert found == [[m.span() for m in regex.finditer(s)] for s in sentences]
+    assert sum(map(len, found)) > 30, "the check must see mentions"
+  rng = np.random.default_rng(0)
+  alphabet = list("aAbB_1 .-+é漢字İKΣσς")
+  random_text = lambda low, high: "".join(rng.choice(alphabet, rng.integers(low, high + 1)))
+  for trial in range(200):
+    path = tmp_path / f"entities{trial}.txt"
+    path.write_text("\n".join(random_text(1, 4) for _ in range(rng.integers(1, 9))) + "\nab\n", encoding="utf-8")
+    for lower_case in (False, True):
+      entities = knowledge.EntityList(str(path), lower_case)
+      text = random_text(0, 40)
+      assert entities.find(text) == [m.span() for m in _entity_regex(entities.entities, lower_case).finditer(text)], (
+          text, entities.entities, lower_case)
 
 
 # --- bad input ---------------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ Entity list file (data.entity_file): UTF-8, one entity per line, optionally `ENT
 read and ignored); blank lines and lines starting with '#' are skipped. A line that does not parse (invalid
 UTF-8, an empty entity, more than one TAB) fails naming the file and the line number. Mentions are found
 longest first; entities made of word characters must stand as whole words (no 'Paris' inside 'Parisian').
-Matching is one regular expression, fine for lists of tens of thousands of names.
+Matching walks a character trie from each position, so its cost grows with the text and the longest entity, not
+with the number of entities (one regular-expression alternation of them tried every entity at every position).
 
 Phrase chunkers (data.phrase_chunker), pluggable:
   ''/'auto'   'segmenter' when a segmenter is set (Chinese: its multi-character words are the phrases, as
@@ -72,6 +73,28 @@ def load_phrase_chunker(spec: str, segmenter=None):
                      f"it or use 'rake'") from None
 
 
+_END = ""  # trie key of a node where an entity ends (no text character is the empty string)
+
+
+def _is_word_char(ch: str) -> bool:
+  """Python's re `\\w` for one character of a str pattern."""
+  return ch.isalnum() or ch == "_"
+
+
+def _fold_char(ch: str) -> str:
+  for folded in (ch.casefold(), ch.lower()):
+    if len(folded) == 1:
+      return folded
+  return ch
+
+
+def _fold_keeping_length(text: str) -> str:
+  """Each character case-folded, as re.IGNORECASE compares them (σ, ς and Σ alike), where that is one character;
+  else lower-cased where that is one character ('ß'), else as it is ('İ')."""
+  folded = text.casefold()  # no character folds to nothing, so the same length means one character each
+  return folded if len(folded) == len(text) else "".join(map(_fold_char, text))
+
+
 class EntityList:
   """Entities of a data.entity_file, found in text as character spans."""
 
@@ -79,15 +102,15 @@ class EntityList:
     self.path, self.entities = path, self._read(path)
     if not self.entities:
       raise ValueError(f"entity list {path} holds no entities (one per line, '#' starts a comment)")
-    alternatives = []
-    for entity in sorted(self.entities, key=len, reverse=True):
-      pattern = re.escape(entity)
-      if re.match(r"\w", entity, re.ASCII):
-        pattern = r"(?<!\w)" + pattern
-      if re.search(r"\w$", entity, re.ASCII):
-        pattern += r"(?!\w)"
-      alternatives.append(pattern)
-    self._pattern = re.compile("|".join(alternatives), re.IGNORECASE if lower_case else 0)
+    self._fold = _fold_keeping_length if lower_case else (lambda text: text)
+    # char -> child node; node[_END] = (must start a word, must end a word): an ASCII word character at an
+    # entity's edge must not continue a word of the text there.
+    self._trie: dict = {}
+    for entity in self.entities:
+      node = self._trie
+      for ch in self._fold(entity):
+        node = node.setdefault(ch, {})
+      node[_END] = (bool(re.match(r"\w", entity, re.ASCII)), bool(re.search(r"\w$", entity, re.ASCII)))
 
   @staticmethod
   def _read(path: str) -> list[str]:
@@ -109,7 +132,23 @@ class EntityList:
     return sorted(set(entities))
 
   def find(self, text: str) -> list[tuple[int, int]]:
-    return [m.span() for m in self._pattern.finditer(text)]
+    """Spans of the mentions, left to right without overlaps, the longest entity that matches at each start."""
+    folded, spans, start, n = self._fold(text), [], 0, len(text)
+    while start < n:
+      node, end, longest = self._trie.get(folded[start]), start, 0
+      while node is not None:
+        end += 1
+        edges = node.get(_END)
+        if edges is not None and not (edges[0] and start > 0 and _is_word_char(text[start - 1])) and not (
+            edges[1] and end < n and _is_word_char(text[end])):
+          longest = end
+        node = node.get(folded[end]) if end < n else None
+      if longest:
+        spans.append((start, longest))
+        start = longest
+      else:
+        start += 1
+    return spans
 
 
 @functools.lru_cache(maxsize=8)

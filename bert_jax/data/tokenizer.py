@@ -103,10 +103,12 @@ class SentencePieceTokenizer(Tokenizer):
   def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
     """Offsets into text.lower() when lower-casing (the same length for almost all text)."""
     text = text.lower() if self.lower_case else text
-    proto = self._sp.encode(text, out_type="proto")
-    char_at = np.cumsum([0] + [len(ch.encode("utf-8")) for ch in text])  # byte offset -> character offset
-    to_char = lambda b: int(np.searchsorted(char_at, b))
-    return [p.id for p in proto.pieces], [(to_char(p.begin), to_char(p.end)) for p in proto.pieces]
+    pieces = self._sp.encode(text, out_type="proto").pieces
+    edges = [offset for p in pieces for offset in (p.begin, p.end)]  # UTF-8 byte offsets
+    if not text.isascii():  # byte offset -> character offset
+      char_at = np.cumsum([0] + [len(ch.encode("utf-8")) for ch in text])
+      edges = np.searchsorted(char_at, edges).tolist()
+    return [p.id for p in pieces], list(zip(edges[::2], edges[1::2]))
 
   def word_start_table(self) -> np.ndarray:
     return np.array([p.startswith("\u2581") or self._is_special(p) for p in self.pieces])
