@@ -26,6 +26,10 @@ if "PYTEST_XDIST_WORKER" not in os.environ:
 # cut their start-up. The key is the program, the JAX version and the flags, so a stale entry is never used.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"bert_jax_test_xla_cache_{getpass.getuser()}"))
+# Every program, not only those that took over JAX's default 1 s to compile: a tiny run's eval step, optimizer
+# init and data-side programs compile in under a second each, and a CLI run whose programs are all cached starts
+# about 3.5 s sooner (a 6-step `tiny` run on 2 cores, its second time: 17.4 -> 14.1 s).
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax  # noqa: E402  (must come after XLA_FLAGS)
 

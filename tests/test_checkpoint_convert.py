@@ -18,7 +18,7 @@ from bert_jax.core import checkpoint as checkpoint_lib
 from bert_jax.core import sharding
 from bert_jax.data import corpora
 from bert_jax.models.pretraining import EncoderWithHeads
-from train_helpers import SMALL, build, config, pretrained_tiny, random_batch
+from train_helpers import PYDOCS_STEPS, SMALL, build, config, pretrained_tiny, random_batch
 from cli_helpers import cli_env
 
 ENV = cli_env()
@@ -132,7 +132,7 @@ def test_checkpoint_of_another_structure_is_refused_not_moved(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_workdir():
   """A tiny model pretrained on pydocs through the CLI: the one test_finetune.py reads (built once per test run)."""
-  return pretrained_tiny(steps=150)
+  return pretrained_tiny()
 
 
 def test_round_trip_to_hf_logits_and_tokenizer(tiny_workdir, tmp_path):
@@ -145,7 +145,7 @@ def test_round_trip_to_hf_logits_and_tokenizer(tiny_workdir, tmp_path):
   assert json.load(open(out / "config.json"))["vocab_size"] == 8000  # padded 8064 cut back
 
   params, model_config, cfg, step = workdir.load_workdir_params(str(tiny_workdir))
-  assert step == 150
+  assert step == PYDOCS_STEPS
   hf = transformers.BertForPreTraining.from_pretrained(str(out)).eval()
   rng = np.random.default_rng(1)
   ids = rng.integers(5, 8000, (3, 40))

@@ -20,18 +20,12 @@ from bert_jax.data import tokenizer as tokenizer_lib
 from bert_jax.models import name_tables as nt
 from test_train_loop import _wait_for_checkpoint
 from cli_helpers import cli_env
+from train_helpers import PYDOCS_SHORT, PYDOCS_STEPS, pretrained_tiny
 
 ENV = cli_env()
-STEPS = 120
 # family config -> (its sentence task or None, the HF class to_hf writes)
 FAMILIES = {"albert_tiny": ("sop", "AlbertForPreTraining"), "bert_tiny": ("nsp", "BertForPreTraining"),
             "roberta_tiny": (None, "RobertaForMaskedLM")}
-SHORT = ["--config.train.batch_size=16", "--config.optim.warmup_steps=30", "--config.train.eval_every=60",
-         "--config.train.eval_batches=4", "--config.train.log_every=40", "--config.checkpoint.every_steps=60",
-         "--config.data.max_seq_length=64", "--config.data.max_predictions_per_seq=10",
-         # one masked copy of pydocs, prepared in the CLI's process: 5 s instead of 12 s, and 120 steps of 16 use
-         # a tenth of it
-         "--config.data.dupe_factor=1", "--config.data.prepare_workers=1"]
 
 
 def _run(module, *args, timeout=900):
@@ -49,17 +43,20 @@ def _records(workdir):
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def pretrained(request, tmp_path_factory):
   name = request.param
+  if name == "bert_tiny":  # the run test_finetune.py and test_checkpoint_convert.py read, built once per test run
+    return name, str(pretrained_tiny())
   workdir = str(tmp_path_factory.mktemp(name))
-  out = _run("bert_jax.train", f"--config={name}", f"--workdir={workdir}", f"--config.train.steps={STEPS}", *SHORT)
-  return name, workdir, out
+  _run("bert_jax.train", f"--config={name}", f"--workdir={workdir}", f"--config.train.steps={PYDOCS_STEPS}",
+       *PYDOCS_SHORT)
+  return name, workdir
 
 
 def test_pretraining_learns_and_logs_the_objectives_fields(pretrained):
-  name, workdir, out = pretrained
+  name, workdir = pretrained
   task, _ = FAMILIES[name]
   records = _records(workdir)
   evals = [r for r in records if r.get("split") == "eval"]
-  assert [r["step"] for r in evals] == [0, 60, STEPS]
+  assert [r["step"] for r in evals] == [0, 60, PYDOCS_STEPS]
   assert evals[-1]["mlm_accuracy"] > evals[0]["mlm_accuracy"] + 0.02, evals
   train = [r for r in records if r.get("split") != "eval"]
   for key in ("step", "loss", "learning_rate", "grad_norm", "seq_per_sec", "tokens_per_sec", "mfu",
@@ -76,13 +73,13 @@ def test_pretraining_learns_and_logs_the_objectives_fields(pretrained):
 
 @pytest.fixture(scope="module")
 def exported(pretrained, tmp_path_factory):
-  name, workdir, _ = pretrained
+  name, workdir = pretrained
   hf_dir = str(tmp_path_factory.mktemp(name + "_hf"))
   return hf_dir, _run("bert_jax.convert", "to_hf", f"--workdir={workdir}", f"--output={hf_dir}")
 
 
 def test_to_hf_loads_in_auto_classes_and_fills_masks(pretrained, exported):
-  name, workdir, _ = pretrained
+  name, workdir = pretrained
   hf_dir, out = exported
   assert f"({FAMILIES[name][1]})" in out and "checked: max |logit difference|" in out
   tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
@@ -109,12 +106,12 @@ def test_to_hf_loads_in_auto_classes_and_fills_masks(pretrained, exported):
 # every family.
 @pytest.mark.parametrize("pretrained", ["roberta_tiny"], indirect=True)
 def test_from_hf_then_init_checkpoint(pretrained, exported, tmp_path):
-  name, workdir, _ = pretrained
+  name, workdir = pretrained
   hf_dir, params_dir = exported[0], str(tmp_path / "params")
   _run("bert_jax.convert", "from_hf", f"--hf_dir={hf_dir}", f"--output={params_dir}")
   fresh = str(tmp_path / "fresh")
   out = _run("bert_jax.train", f"--config={name}", f"--workdir={fresh}", "--config.train.steps=2",
-             f"--config.checkpoint.init_checkpoint={params_dir}", *SHORT, "--config.optim.warmup_steps=1",
+             f"--config.checkpoint.init_checkpoint={params_dir}", *PYDOCS_SHORT, "--config.optim.warmup_steps=1",
              f"--config.data.train_files={workdir}/data/*/train/*.tfrecord",
              f"--config.data.eval_files={workdir}/data/*/eval/*.tfrecord")
   assert f"initialised params from {params_dir}" in out
@@ -125,7 +122,7 @@ def test_from_hf_then_init_checkpoint(pretrained, exported, tmp_path):
 
 @pytest.mark.parametrize("pretrained", ["roberta_tiny"], indirect=True)
 def test_finetuning_starts_from_the_family_checkpoint(pretrained, tmp_path):
-  name, workdir, _ = pretrained
+  name, workdir = pretrained
   ft = str(tmp_path / "ft")
   out = _run("bert_jax.finetune", "--config=finetune", f"--init_checkpoint={workdir}", f"--workdir={ft}",
              "--config.train.max_steps=12", "--config.train.batch_size=16", "--config.train.learning_rate=1e-3")
@@ -139,10 +136,11 @@ def test_finetuning_starts_from_the_family_checkpoint(pretrained, tmp_path):
 # The check reads the family from the saved config, the same for every family: one pair of them.
 @pytest.mark.parametrize("pretrained", ["albert_tiny"], indirect=True)
 def test_resuming_with_another_family_names_both(pretrained):
-  name, workdir, _ = pretrained
+  name, workdir = pretrained
   other = "roberta_tiny"
   result = subprocess.run([sys.executable, "-m", "bert_jax.train", f"--config={other}", f"--workdir={workdir}",
-                           "--config.train.steps=2", *SHORT], capture_output=True, text=True, timeout=600, env=ENV)
+                           "--config.train.steps=2", *PYDOCS_SHORT], capture_output=True, text=True, timeout=600,
+                          env=ENV)
   assert result.returncode != 0
   family = lambda n: n.split("_")[0]
   assert f"model.family={family(name)!r} run, but this config has model.family={family(other)!r}" in result.stderr
@@ -160,7 +158,7 @@ def test_distilbert_student_of_the_bert_run_approaches_it_and_resumes_bit_exact(
   """bert_tiny's run is the teacher of a 1-layer DistilBERT (configs/distilbert_tiny.py) on the same records: the
   student's eval MLM accuracy approaches the teacher's, and a run SIGKILLed after its first checkpoint resumes to the
   uninterrupted run's losses and params (student and teacher, one checkpoint) bit for bit."""
-  _, teacher, _ = pretrained
+  _, teacher = pretrained
   data = [f"--config.distill.teacher={teacher}", f"--config.data.train_files={teacher}/data/*/train/*.tfrecord",
           f"--config.data.eval_files={teacher}/data/*/eval/*.tfrecord"]
   whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")

@@ -56,8 +56,8 @@ def test_tagging_and_squad_metrics_by_hand():
 
 @pytest.fixture(scope="module")
 def pretrained():
-  """A tiny model pretrained on pydocs through the CLI (vocabulary 8000); 150 steps teach it the commonest words."""
-  return pretrained_tiny(steps=150)
+  """A tiny model pretrained on pydocs through the CLI (vocabulary 8000); 120 steps teach it the commonest words."""
+  return pretrained_tiny()
 
 
 @pytest.fixture(scope="module")
@@ -472,7 +472,7 @@ def test_early_stopping_exports_the_best_evals_params(pretrained, digit_task, tm
 # ---- inference: python -m bert_jax.predict ----------------------------------------------------------------------
 
 def test_fill_mask_cli_ranks_a_word_the_model_learned_in_its_top_5(pretrained, sentences):
-  """`the` is the commonest word of pydocs: 150 steps teach it, an untrained model ranks it at chance."""
+  """`the` is the commonest word of pydocs: 120 steps teach it, an untrained model ranks it at chance."""
   import subprocess
   import sys
   import jax

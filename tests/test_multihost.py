@@ -16,9 +16,10 @@ LAUNCH = os.path.join(ROOT, "launch")
 
 
 def _env(**extra):
-  """No JAX_ settings of this process (platform, distributed) but its compilation cache; its XLA_FLAGS (conftest's,
+  """No JAX_ settings of this process (platform, distributed) but its compilation cache's; its XLA_FLAGS (conftest's,
   without a device count) for the launcher to add to."""
-  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") or k == "JAX_COMPILATION_CACHE_DIR"}
+  cache = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
+  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") or k in cache}
   env.update(TF_CPP_MIN_LOG_LEVEL="3", PYTHON=sys.executable, PYTHONUNBUFFERED="1", **extra)
   return env
 

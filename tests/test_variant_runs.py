@@ -15,9 +15,9 @@ from bert_jax.convert import hf_dir as hf_dir_lib
 from bert_jax.core import checkpoint as checkpoint_lib
 from bert_jax.data import tokenizer as tokenizer_lib
 from bert_jax.models import name_tables as nt
-from test_family_runs import SHORT, _records, _run
+from test_family_runs import _records, _run
+from train_helpers import PYDOCS_SHORT, PYDOCS_STEPS
 
-STEPS = 120
 # config -> (masking mode in the manifest, extra metrics.jsonl fields, HF class written (None: not in transformers),
 #            a probe text in the corpus's language)
 VARIANTS = {
@@ -34,7 +34,8 @@ VARIANTS = {
 def run(request, tmp_path_factory):
   name = request.param
   workdir = str(tmp_path_factory.mktemp(name))
-  out = _run("bert_jax.train", f"--config={name}", f"--workdir={workdir}", f"--config.train.steps={STEPS}", *SHORT)
+  out = _run("bert_jax.train", f"--config={name}", f"--workdir={workdir}", f"--config.train.steps={PYDOCS_STEPS}",
+             *PYDOCS_SHORT)
   hf = str(tmp_path_factory.mktemp(name + "_hf"))
   exported = _run("bert_jax.convert", "to_hf", f"--workdir={workdir}", f"--output={hf}")
   return name, workdir, out, hf, exported
@@ -52,7 +53,7 @@ def test_learns_with_its_masking_and_logs_its_fields(run):
   assert _manifest(workdir)["masking"]["mode"] == masking
   records = _records(workdir)
   evals = [r for r in records if r.get("split") == "eval"]
-  assert [r["step"] for r in evals] == [0, 60, STEPS]
+  assert [r["step"] for r in evals] == [0, 60, PYDOCS_STEPS]
   assert evals[-1]["mlm_accuracy"] > evals[0]["mlm_accuracy"] + 0.02, evals
   train = [r for r in records if r.get("split") != "eval"]
   assert "grad_norm" in train[-1] and "learning_rate" in train[-1]
