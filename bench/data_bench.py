@@ -5,6 +5,7 @@ backends (tf.data over TFRecord against Grain over ArrayRecord) side by side.
   python bench/data_bench.py pipeline --seq_lengths=128,512 --batch_size=256
   python bench/data_bench.py backends --seq_lengths=128,512 --batch_size=256 --batches=40
   python bench/data_bench.py beam     --multiples=1,8 --workers=2
+  python bench/data_bench.py entities --entity_counts=214,2000,20000 --sentences=1000
 
 Each measurement prints one JSON line. `prepare` runs the real CLI in a subprocess on the pydocs
 corpus repeated k times and samples the RSS of the whole process tree (workers included) every
@@ -18,6 +19,10 @@ DirectRunner (as many worker processes; its default scratch-file shuffle, and --
 vocabulary and settings, and prints for each: docs/s (wall),
 CPU seconds of the process tree and corpus bytes per CPU-second (what --dry_run's worker estimate divides by;
 unlike wall time it holds on a shared machine), output bytes per corpus byte, and the peak RSS of the tree.
+`entities` times ERNIE's entity matching (data/knowledge.py's EntityList.find, a trie walk) against its peer, one
+regular-expression alternation of the same entities with the same rules, on pydocs sentences: ernie_tiny's list,
+grown to each count with word pairs and triples of pydocs (real phrases, so they are found). Both must give the
+same spans.
 """
 
 import argparse
@@ -32,6 +37,8 @@ import tempfile
 import time
 
 import psutil
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tree_rss(proc: psutil.Process) -> dict[int, int]:
@@ -228,9 +235,54 @@ def bench_backends(seq_lengths, batch_size, batches, grain_workers, workdir):
         del it
 
 
+def entity_regex(entities, lower_case):
+  """The peer: one alternation of the entities, longest first, word characters at an entity's edge bounded by
+  \\w lookarounds (what EntityList.find did before it walked a trie)."""
+  import re
+  alternatives = []
+  for entity in sorted(entities, key=len, reverse=True):
+    pattern = re.escape(entity)
+    if re.match(r"\w", entity, re.ASCII):
+      pattern = r"(?<!\w)" + pattern
+    if re.search(r"\w$", entity, re.ASCII):
+      pattern += r"(?!\w)"
+    alternatives.append(pattern)
+  return re.compile("|".join(alternatives), re.IGNORECASE if lower_case else 0)
+
+
+def bench_entities(counts, num_sentences, workdir):
+  import random
+  import re
+  from bert_jax.data import corpora, knowledge
+  docs = corpora.from_spec("pydocs", cache_dir=os.path.join(workdir, "cache"))
+  sentences = [s for doc in docs.iter_documents(collections.Counter()) for s in doc]
+  words = [re.findall(r"[A-Za-z]+", s) for s in sentences]
+  phrases = sorted({" ".join(w[i:i + n]) for w in words for n in (2, 3) for i in range(len(w) - n + 1)})
+  random.Random(0).shuffle(phrases)
+  base = knowledge.EntityList(os.path.join(ROOT, "configs", "ernie_pydocs_entities.txt")).entities
+  sample = sentences[:num_sentences]
+  for count in counts:
+    path = os.path.join(workdir, f"entities-{count}.txt")
+    with open(path, "w", encoding="utf-8") as f:
+      f.write("\n".join(base + phrases[:max(0, count - len(base))]) + "\n")
+    entities = knowledge.EntityList(path)
+    start = time.perf_counter()
+    found = [entities.find(s) for s in sample]
+    trie_s = time.perf_counter() - start
+    start = time.perf_counter()
+    regex = entity_regex(entities.entities, False)
+    expected = [[m.span() for m in regex.finditer(s)] for s in sample]
+    regex_s = time.perf_counter() - start
+    assert found == expected, f"{count} entities: the trie and the regex disagree"
+    print(json.dumps({"bench": "entities", "entities": len(entities.entities), "sentences": len(sample),
+                      "mentions": sum(map(len, found)), "trie_s": round(trie_s, 3),
+                      "regex_s": round(regex_s, 3), "regex_over_trie": round(regex_s / trie_s, 1),
+                      "load_avg_1m": round(os.getloadavg()[0], 1), "machine": _machine()}), flush=True)
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("what", choices=["prepare", "pipeline", "backends", "beam"])
+  p.add_argument("what", choices=["prepare", "pipeline", "backends", "beam", "entities"])
   p.add_argument("--multiples", default="1,4", help="corpus repeats for the prepare benchmark")
   p.add_argument("--workers", type=int, default=os.cpu_count())
   p.add_argument("--vocab_size", type=int, default=8000)
@@ -239,12 +291,16 @@ def main():
   p.add_argument("--batch_size", type=int, default=256)
   p.add_argument("--batches", type=int, default=100)
   p.add_argument("--grain_workers", type=int, default=2, help="backends: Grain worker processes (also runs 0)")
+  p.add_argument("--entity_counts", default="214,2000,20000", help="entities: sizes of the entity list")
+  p.add_argument("--sentences", type=int, default=1000, help="entities: pydocs sentences matched")
   a = p.parse_args()
   with tempfile.TemporaryDirectory() as workdir:
     if a.what == "prepare":
       bench_prepare([int(x) for x in a.multiples.split(",")], a.workers, a.vocab_size, workdir)
     elif a.what == "beam":
       bench_beam([int(x) for x in a.multiples.split(",")], a.workers, a.vocab_size, a.dupe_factor, workdir)
+    elif a.what == "entities":
+      bench_entities([int(x) for x in a.entity_counts.split(",")], a.sentences, workdir)
     elif a.what == "pipeline":
       bench_pipeline([int(x) for x in a.seq_lengths.split(",")], a.batch_size, a.batches, workdir)
     else:

@@ -7,7 +7,8 @@ read and ignored); blank lines and lines starting with '#' are skipped. A line t
 UTF-8, an empty entity, more than one TAB) fails naming the file and the line number. Mentions are found
 longest first; entities made of word characters must stand as whole words (no 'Paris' inside 'Parisian').
 Matching walks a character trie from each position, so its cost grows with the text and the longest entity, not
-with the number of entities (one regular-expression alternation of them tried every entity at every position).
+with the number of entities (one regular-expression alternation of them tried every entity at every position;
+bench/RESULTS.md compares the two).
 
 Phrase chunkers (data.phrase_chunker), pluggable:
   ''/'auto'   'segmenter' when a segmenter is set (Chinese: its multi-character words are the phrases, as
