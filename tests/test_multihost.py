@@ -1,7 +1,9 @@
 """Multi-process runs on one machine (real jax.distributed, gloo), pre-flight, and launcher dry runs."""
+import importlib.util
 import json
 import shlex
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -107,6 +109,28 @@ def test_preflight_rejects_unwritable_workdir(tmp_path):
   result = _single(1, ["--config=tiny", f"--workdir={blocker}/run"], timeout=120)
   assert result.returncode != 0
   assert f"workdir {blocker}/run is not writable from process 0" in result.stderr
+
+
+def test_code_hash_covers_every_module_of_the_package(tmp_path):
+  """The pre-flight's same-code check hashes all of bert_jax/: a change to any module changes it (it hashed only
+  bert_jax/core/ before, so processes running different models or data code passed)."""
+  from bert_jax.core import distributed
+  copy = tmp_path / "bert_jax"
+  shutil.copytree(os.path.join(ROOT, "bert_jax"), copy, ignore=shutil.ignore_patterns("__pycache__"))
+
+  def hash_of_copy():
+    spec = importlib.util.spec_from_file_location("distributed_of_copy", copy / "core" / "distributed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.code_hash()
+
+  assert hash_of_copy() == distributed.code_hash()
+  for changed in ("data/knowledge.py", "models/encoder.py", "core/sharding.py"):
+    source = (copy / changed).read_text()
+    (copy / changed).write_text(source + "\n# another version\n")
+    assert hash_of_copy() != distributed.code_hash(), changed
+    (copy / changed).write_text(source)
+  assert hash_of_copy() == distributed.code_hash()
 
 
 def test_preflight_rejects_different_config_across_processes(records, tmp_path):

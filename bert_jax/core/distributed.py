@@ -108,7 +108,7 @@ def initialize_from_env() -> bool:
 def code_hash() -> str:
   """sha256 over the package's Python sources: equal on every process running the same code."""
   h = hashlib.sha256()
-  root = pathlib.Path(__file__).parent
+  root = pathlib.Path(__file__).parent.parent  # bert_jax/, not only bert_jax/core/
   for path in sorted(root.rglob("*.py")):
     h.update(str(path.relative_to(root)).encode())
     h.update(path.read_bytes())
