@@ -1,5 +1,12 @@
-"""The environment of the CLI subprocesses that tests start."""
+"""Running the project's CLIs and bench/ scripts from tests: the CLI subprocesses' environment, a CLI run that
+must succeed, and a bench/ script loaded as a module."""
+import functools
+import importlib.util
 import os
+import subprocess
+import sys
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
 
 
 def cli_env(devices: int = 1, **extra) -> dict:
@@ -15,3 +22,21 @@ def xla_flags(devices: int) -> str:
   if devices > 1:
     flags = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
   return flags
+
+
+def run_module(module: str, *args: str, timeout: int = 900) -> str:
+  """`python -m module args...` on one device; fails the test, showing the output's end, unless it exits 0.
+  Returns its stdout followed by its stderr."""
+  result = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout,
+                          env=cli_env())
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+  return result.stdout + result.stderr
+
+
+@functools.cache
+def load_bench(name: str):
+  """bench/<name>.py as a module (bench/ is scripts, not a package)."""
+  spec = importlib.util.spec_from_file_location(name, os.path.join(BENCH, f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

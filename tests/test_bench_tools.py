@@ -1,17 +1,7 @@
 """bench/ scripts whose figures RESULTS.md quotes and that a CPU can check."""
-import importlib.util
-import os
-
 import numpy as np
 
-BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
-
-
-def _load(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(BENCH, f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from cli_helpers import load_bench
 
 
 def _records(rng, rows, seq, vocab, mask_id):
@@ -31,7 +21,7 @@ def _records(rng, rows, seq, vocab, mask_id):
 
 
 def test_ngram_baseline_unmasks_counts_neighbours_and_predicts_a_deterministic_text():
-  baseline = _load("ngram_mlm_baseline")
+  baseline = load_bench("ngram_mlm_baseline")
   rng, vocab = np.random.default_rng(0), 50
   train, original = _records(rng, 200, 24, vocab, mask_id=4)
   np.testing.assert_array_equal(baseline.unmasked(train), original)
@@ -44,7 +34,7 @@ def test_ngram_baseline_unmasks_counts_neighbours_and_predicts_a_deterministic_t
 
 
 def test_hf_curve_auc_is_the_pairwise_probability_with_ties_half():
-  hf_curve = _load("hf_curve")
+  hf_curve = load_bench("hf_curve")
   rng = np.random.default_rng(0)
   scores, labels = rng.integers(0, 6, 300).astype(np.float32), rng.random(300) < 0.3  # many ties
   pos, neg = scores[labels], scores[~labels]
@@ -77,7 +67,7 @@ def test_hf_curve_peer_starts_from_our_weights_with_our_loss(tmp_path):
   from bert_jax.core import checkpoint as checkpoint_lib
   from bert_jax.core import configlib
   from bert_jax.trainers import pretrain
-  hf_curve = _load("hf_curve")
+  hf_curve = load_bench("hf_curve")
   config = configlib.load("tiny", {"train.steps": 10, "optim.warmup_steps": 1})
   init = hf_curve.write_start(config, str(tmp_path))
   peer = hf_curve.MaskedLmPeer(config, str(tmp_path / hf_curve.INIT_HF))
@@ -98,7 +88,7 @@ def test_hf_curve_electra_peer_replaces_only_the_real_masked_slots(tmp_path):
   point at position 0, write nothing), labels exactly where the sample differs from the original."""
   import torch
   from bert_jax.core import configlib
-  hf_curve = _load("hf_curve")
+  hf_curve = load_bench("hf_curve")
   config = configlib.load("electra_tiny", {"train.steps": 10, "optim.warmup_steps": 1})
   hf_curve.write_start(config, str(tmp_path))
   peer = hf_curve.ElectraPeer(config, str(tmp_path / hf_curve.INIT_HF))

@@ -19,20 +19,13 @@ from bert_jax.data import schema
 from bert_jax.data import tokenizer as tokenizer_lib
 from bert_jax.models import name_tables as nt
 from test_train_loop import _wait_for_checkpoint
-from cli_helpers import cli_env
+from cli_helpers import cli_env, run_module
 from train_helpers import PYDOCS_SHORT, PYDOCS_STEPS, pretrained_tiny
 
 ENV = cli_env()
 # family config -> (its sentence task or None, the HF class to_hf writes)
 FAMILIES = {"albert_tiny": ("sop", "AlbertForPreTraining"), "bert_tiny": ("nsp", "BertForPreTraining"),
             "roberta_tiny": (None, "RobertaForMaskedLM")}
-
-
-def _run(module, *args, timeout=900):
-  result = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout,
-                          env=ENV)
-  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-  return result.stdout + result.stderr
 
 
 def _records(workdir):
@@ -46,7 +39,7 @@ def pretrained(request, tmp_path_factory):
   if name == "bert_tiny":  # the run test_finetune.py and test_checkpoint_convert.py read, built once per test run
     return name, str(pretrained_tiny())
   workdir = str(tmp_path_factory.mktemp(name))
-  _run("bert_jax.train", f"--config={name}", f"--workdir={workdir}", f"--config.train.steps={PYDOCS_STEPS}",
+  run_module("bert_jax.train", f"--config={name}", f"--workdir={workdir}", f"--config.train.steps={PYDOCS_STEPS}",
        *PYDOCS_SHORT)
   return name, workdir
 
@@ -75,7 +68,7 @@ def test_pretraining_learns_and_logs_the_objectives_fields(pretrained):
 def exported(pretrained, tmp_path_factory):
   name, workdir = pretrained
   hf_dir = str(tmp_path_factory.mktemp(name + "_hf"))
-  return hf_dir, _run("bert_jax.convert", "to_hf", f"--workdir={workdir}", f"--output={hf_dir}")
+  return hf_dir, run_module("bert_jax.convert", "to_hf", f"--workdir={workdir}", f"--output={hf_dir}")
 
 
 def test_to_hf_loads_in_auto_classes_and_fills_masks(pretrained, exported):
@@ -108,9 +101,9 @@ def test_to_hf_loads_in_auto_classes_and_fills_masks(pretrained, exported):
 def test_from_hf_then_init_checkpoint(pretrained, exported, tmp_path):
   name, workdir = pretrained
   hf_dir, params_dir = exported[0], str(tmp_path / "params")
-  _run("bert_jax.convert", "from_hf", f"--hf_dir={hf_dir}", f"--output={params_dir}")
+  run_module("bert_jax.convert", "from_hf", f"--hf_dir={hf_dir}", f"--output={params_dir}")
   fresh = str(tmp_path / "fresh")
-  out = _run("bert_jax.train", f"--config={name}", f"--workdir={fresh}", "--config.train.steps=2",
+  out = run_module("bert_jax.train", f"--config={name}", f"--workdir={fresh}", "--config.train.steps=2",
              f"--config.checkpoint.init_checkpoint={params_dir}", *PYDOCS_SHORT, "--config.optim.warmup_steps=1",
              f"--config.data.train_files={workdir}/data/*/train/*.tfrecord",
              f"--config.data.eval_files={workdir}/data/*/eval/*.tfrecord")
@@ -124,7 +117,7 @@ def test_from_hf_then_init_checkpoint(pretrained, exported, tmp_path):
 def test_finetuning_starts_from_the_family_checkpoint(pretrained, tmp_path):
   name, workdir = pretrained
   ft = str(tmp_path / "ft")
-  out = _run("bert_jax.finetune", "--config=finetune", f"--init_checkpoint={workdir}", f"--workdir={ft}",
+  out = run_module("bert_jax.finetune", "--config=finetune", f"--init_checkpoint={workdir}", f"--workdir={ft}",
              "--config.train.max_steps=12", "--config.train.batch_size=16", "--config.train.learning_rate=1e-3")
   with open(os.path.join(ft, "result.json")) as f:
     result = json.load(f)
@@ -162,7 +155,7 @@ def test_distilbert_student_of_the_bert_run_approaches_it_and_resumes_bit_exact(
   data = [f"--config.distill.teacher={teacher}", f"--config.data.train_files={teacher}/data/*/train/*.tfrecord",
           f"--config.data.eval_files={teacher}/data/*/eval/*.tfrecord"]
   whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
-  out = _run("bert_jax.train", f"--workdir={whole}", *DISTIL, *data)
+  out = run_module("bert_jax.train", f"--workdir={whole}", *DISTIL, *data)
   assert "loaded the teacher from" in out and "trainable)" in out
   evals = [r for r in _records(whole) if r.get("split") == "eval"]
   teacher_eval = [r for r in _records(teacher) if r.get("split") == "eval"][-1]
@@ -182,7 +175,7 @@ def test_distilbert_student_of_the_bert_run_approaches_it_and_resumes_bit_exact(
   _wait_for_checkpoint(killed, proc)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  out = _run("bert_jax.train", f"--workdir={killed}", *DISTIL, *data)
+  out = run_module("bert_jax.train", f"--workdir={killed}", *DISTIL, *data)
   resumed_from = int(out.split("resumed from checkpoint at step ")[1].split()[0])
   assert 0 < resumed_from < DISTIL_STEPS and "loaded the teacher" not in out
   train = lambda w: {r["step"]: r["loss"] for r in _records(w) if r.get("split") != "eval"}

@@ -3,8 +3,6 @@ and on the tf.data one (dynamic masking) over 10k instances per mode; units, Chi
 knowledge units, the unit feature in records, and the errors for bad input."""
 
 import collections
-import functools
-import importlib.util
 import json
 import os
 import sys
@@ -18,6 +16,7 @@ from bert_jax.data import (corpora, grain_pipeline, instances, knowledge, maskin
 from bert_jax.data import tokenizer as tokenizer_lib
 from bert_jax import inputs
 from bert_jax.core import configlib
+from cli_helpers import load_bench
 
 SEQ, PRED, N, VOCAB = 128, 20, 10_000, 1000
 CLS, SEP, MASK = 2, 3, 4
@@ -385,18 +384,9 @@ def test_rake_phrases_and_entities_become_units(tmp_path):
   assert "http server" in units["entity"] and "python" in units["entity"] and "fast" in units["entity"]
 
 
-@functools.cache
-def _data_bench():
-  spec = importlib.util.spec_from_file_location(
-      "data_bench", os.path.join(os.path.dirname(os.path.dirname(__file__)), "bench", "data_bench.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def _entity_regex(entities, lower_case):
   """The plain statement of the matching rule: bench/data_bench.py's peer, one regex alternation."""
-  return _data_bench().entity_regex(entities, lower_case)
+  return load_bench("data_bench").entity_regex(entities, lower_case)
 
 
 def test_entity_spans_are_what_one_regex_alternation_finds(tmp_path):

@@ -15,7 +15,8 @@ from bert_jax.convert import hf_dir as hf_dir_lib
 from bert_jax.core import checkpoint as checkpoint_lib
 from bert_jax.data import tokenizer as tokenizer_lib
 from bert_jax.models import name_tables as nt
-from test_family_runs import _records, _run
+from cli_helpers import run_module
+from test_family_runs import _records
 from train_helpers import PYDOCS_SHORT, PYDOCS_STEPS
 
 # config -> (masking mode in the manifest, extra metrics.jsonl fields, HF class written (None: not in transformers),
@@ -34,10 +35,10 @@ VARIANTS = {
 def run(request, tmp_path_factory):
   name = request.param
   workdir = str(tmp_path_factory.mktemp(name))
-  out = _run("bert_jax.train", f"--config={name}", f"--workdir={workdir}", f"--config.train.steps={PYDOCS_STEPS}",
+  out = run_module("bert_jax.train", f"--config={name}", f"--workdir={workdir}", f"--config.train.steps={PYDOCS_STEPS}",
              *PYDOCS_SHORT)
   hf = str(tmp_path_factory.mktemp(name + "_hf"))
-  exported = _run("bert_jax.convert", "to_hf", f"--workdir={workdir}", f"--output={hf}")
+  exported = run_module("bert_jax.convert", "to_hf", f"--workdir={workdir}", f"--output={hf}")
   return name, workdir, out, hf, exported
 
 

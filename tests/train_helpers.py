@@ -3,8 +3,6 @@ import fcntl
 import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 
@@ -13,7 +11,7 @@ from bert_jax.core.train_state import create_train_state
 from bert_jax.models.bert import BertConfig
 from bert_jax.objectives import registry as objectives
 from bert_jax.trainers import pretrain
-from cli_helpers import cli_env
+from cli_helpers import run_module
 
 # Every sharded dim divides by 8: heads 8, embed 128, mlp 512, vocab 1024.
 SMALL = BertConfig(vocab_size=1024, hidden_size=128, num_layers=2, num_heads=8, intermediate_size=512,
@@ -90,9 +88,7 @@ def pretrained_tiny():
     fcntl.flock(lock, fcntl.LOCK_EX)
     if not (workdir / "COMPLETE").exists():
       shutil.rmtree(workdir, ignore_errors=True)  # a build that failed part-way
-      args = [sys.executable, "-m", "bert_jax.train", "--config=bert_tiny", f"--workdir={workdir}",
-              f"--config.train.steps={PYDOCS_STEPS}", *PYDOCS_SHORT]
-      result = subprocess.run(args, capture_output=True, text=True, timeout=900, env=cli_env())
-      assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+      run_module("bert_jax.train", "--config=bert_tiny", f"--workdir={workdir}",
+                 f"--config.train.steps={PYDOCS_STEPS}", *PYDOCS_SHORT)
       (workdir / "COMPLETE").touch()
   return workdir
