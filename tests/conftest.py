@@ -1,6 +1,7 @@
 """Test set-up: 8 simulated CPU devices for this process, forced before JAX starts, and one for the CLI
 subprocesses unless a test asks for more (cli_helpers.cli_env); TF kept off accelerators; one persistent JAX
-compilation cache and one corpus cache for the run's processes; XLA's backend at optimization level 1."""
+compilation cache and one corpus cache for the run's processes; XLA's backend at optimization level 0 in the pytest
+processes and 1 in the CLI runs."""
 import atexit
 import getpass
 import os
@@ -9,10 +10,24 @@ import tempfile
 
 # LLVM at -O1 compiles XLA:CPU programs in under half the time of the default -O2, and the tiny models' steps run
 # as fast (2-layer train step: compile 11.2 -> 4.9 s, step 18.7 -> 18.1 ms); matmuls are library calls either way.
-_FLAGS = os.environ.get("XLA_FLAGS", "")
-if "--xla_backend_optimization_level" not in _FLAGS:  # xdist workers inherit it from the controller
-  _FLAGS = f"{_FLAGS} --xla_backend_optimization_level=1".strip()
-os.environ["XLA_FLAGS"] = _FLAGS + " --xla_force_host_platform_device_count=8"
+# The CLI runs train for up to 200 steps and keep -O1: at -O0 a tiny step (batch 16 of 32 tokens, dropout on) took
+# 98 ms instead of 36 (scratch timing, 2026-11-28). The tests in the pytest processes compile far more programs
+# than they run steps, and compile at -O0: test_train, test_families and test_fp8, cold cache, one worker each, the
+# two levels side by side on 2 cores: 595 s at -O1, 535 s at -O0; test_distill, test_peft, test_packing and
+# test_span_boundary: 382 and 329 s (2026-11-28).
+# XLA_FLAGS as the user gave them: the xdist workers inherit the controller's environment, changed below.
+_USER_FLAGS = os.environ.setdefault("BERT_JAX_TEST_USER_XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+
+
+def _at_level(level: int) -> str:
+  """The user's XLA_FLAGS, with the backend at `level` unless they chose one."""
+  if "--xla_backend_optimization_level" in _USER_FLAGS:
+    return _USER_FLAGS
+  return f"{_USER_FLAGS} --xla_backend_optimization_level={level}".strip()
+
+
+_FLAGS = _at_level(1)  # the CLI subprocesses'
+os.environ["XLA_FLAGS"] = _at_level(0) + " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
