@@ -9,16 +9,19 @@ import sys
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
 
 
-def cli_env(devices: int = 1, **extra) -> dict:
+def cli_env(devices: int = 1, compiled_as_tests: bool = False, **extra) -> dict:
   """os.environ for a CLI run on `devices` simulated CPU devices (conftest leaves XLA_FLAGS without a device
-  count, so one), with TensorFlow's logs quiet and output unbuffered."""
-  return {**os.environ, "XLA_FLAGS": xla_flags(devices), "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1",
-          **extra}
+  count, so one), with TensorFlow's logs quiet and output unbuffered. compiled_as_tests: XLA's backend at the
+  pytest process's optimization level, not the CLI runs' (conftest), for a run whose numbers a test compares bit
+  for bit with its own."""
+  return {**os.environ, "XLA_FLAGS": xla_flags(devices, compiled_as_tests), "TF_CPP_MIN_LOG_LEVEL": "3",
+          "PYTHONUNBUFFERED": "1", **extra}
 
 
-def xla_flags(devices: int) -> str:
-  """This process's XLA_FLAGS (conftest's, without a device count) for a run on `devices` simulated CPU devices."""
-  flags = os.environ.get("XLA_FLAGS", "")
+def xla_flags(devices: int, compiled_as_tests: bool = False) -> str:
+  """conftest's XLA_FLAGS for the CLI runs (or, compiled_as_tests, the pytest process's), without a device count,
+  for a run on `devices` simulated CPU devices."""
+  flags = os.environ["BERT_JAX_TEST_XLA_FLAGS"] if compiled_as_tests else os.environ.get("XLA_FLAGS", "")
   if devices > 1:
     flags = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
   return flags

@@ -27,6 +27,7 @@ def _at_level(level: int) -> str:
 
 
 _FLAGS = _at_level(1)  # the CLI subprocesses'
+os.environ["BERT_JAX_TEST_XLA_FLAGS"] = _at_level(0)  # this process's, less the device count (cli_helpers)
 os.environ["XLA_FLAGS"] = _at_level(0) + " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -388,8 +388,8 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(pretrained, digit_tas
   overrides = {**digit_task, **ROBUST}
   args = [sys.executable, "-m", "bert_jax.finetune", "--config=finetune", f"--workdir={killed}",
           f"--init_checkpoint={pretrained}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
-  # on this process's 8 devices, as the whole and the resumed runs (in-process) are
-  env = cli_env(8, JAX_DEFAULT_MATMUL_PRECISION="highest")
+  # on this process's 8 devices and compiled as its programs are, as the whole and the resumed runs (in-process) are
+  env = cli_env(8, compiled_as_tests=True, JAX_DEFAULT_MATMUL_PRECISION="highest")
   proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
   deadline = time.time() + 300
   while not (killed / "checkpoints" / "4").is_dir() and not (killed / "checkpoints" / "8").is_dir():
