@@ -40,7 +40,7 @@ def pretrained(request, tmp_path_factory):
     return name, str(pretrained_tiny())
   workdir = str(tmp_path_factory.mktemp(name))
   run_module("bert_jax.train", f"--config={name}", f"--workdir={workdir}", f"--config.train.steps={PYDOCS_STEPS}",
-       *PYDOCS_SHORT)
+             *PYDOCS_SHORT)
   return name, workdir
 
 
@@ -104,9 +104,9 @@ def test_from_hf_then_init_checkpoint(pretrained, exported, tmp_path):
   run_module("bert_jax.convert", "from_hf", f"--hf_dir={hf_dir}", f"--output={params_dir}")
   fresh = str(tmp_path / "fresh")
   out = run_module("bert_jax.train", f"--config={name}", f"--workdir={fresh}", "--config.train.steps=2",
-             f"--config.checkpoint.init_checkpoint={params_dir}", *PYDOCS_SHORT, "--config.optim.warmup_steps=1",
-             f"--config.data.train_files={workdir}/data/*/train/*.tfrecord",
-             f"--config.data.eval_files={workdir}/data/*/eval/*.tfrecord")
+                   f"--config.checkpoint.init_checkpoint={params_dir}", *PYDOCS_SHORT, "--config.optim.warmup_steps=1",
+                   f"--config.data.train_files={workdir}/data/*/train/*.tfrecord",
+                   f"--config.data.eval_files={workdir}/data/*/eval/*.tfrecord")
   assert f"initialised params from {params_dir}" in out
   step0 = [r for r in _records(fresh) if r.get("split") == "eval"][0]
   trained = [r for r in _records(workdir) if r.get("split") == "eval"][-1]  # the newest checkpoint's eval
@@ -118,7 +118,7 @@ def test_finetuning_starts_from_the_family_checkpoint(pretrained, tmp_path):
   name, workdir = pretrained
   ft = str(tmp_path / "ft")
   out = run_module("bert_jax.finetune", "--config=finetune", f"--init_checkpoint={workdir}", f"--workdir={ft}",
-             "--config.train.max_steps=12", "--config.train.batch_size=16", "--config.train.learning_rate=1e-3")
+                   "--config.train.max_steps=12", "--config.train.batch_size=16", "--config.train.learning_rate=1e-3")
   with open(os.path.join(ft, "result.json")) as f:
     result = json.load(f)
   assert result["init_checkpoint"] == workdir and 0.0 <= result["accuracy"] <= 1.0

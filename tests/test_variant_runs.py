@@ -36,7 +36,7 @@ def run(request, tmp_path_factory):
   name = request.param
   workdir = str(tmp_path_factory.mktemp(name))
   out = run_module("bert_jax.train", f"--config={name}", f"--workdir={workdir}", f"--config.train.steps={PYDOCS_STEPS}",
-             *PYDOCS_SHORT)
+                   *PYDOCS_SHORT)
   hf = str(tmp_path_factory.mktemp(name + "_hf"))
   exported = run_module("bert_jax.convert", "to_hf", f"--workdir={workdir}", f"--output={hf}")
   return name, workdir, out, hf, exported
