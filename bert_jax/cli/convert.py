@@ -24,7 +24,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Orbax is chatty at INFO
   command = argv[1] if len(argv) > 1 else None
   if command == "to_hf":
-    to_hf(f)
+    workdir.export_to_hf(f.workdir, f.output, step=f.step, dtype=f.dtype, vocab_file=f.vocab_file,
+                         lower_case=f.lower_case, tolerance=f.tolerance)
   elif command in ("from_hf", "from_tf"):
     if command == "from_hf":
       params, model_config = workdir.join_models(hf_dir.read_hf_models(f.hf_dir))
@@ -37,32 +38,6 @@ def main(argv):
           f"train from it with --config.checkpoint.init_checkpoint={f.output}")
   else:
     raise SystemExit("usage: python -m bert_jax.convert {to_hf|from_hf|from_tf} [flags]; see --help")
-
-
-def to_hf(f):
-  models, config, step = workdir.load_workdir_models(f.workdir, f.step)
-  vocab_file, lower_case = (f.vocab_file, f.lower_case) if f.vocab_file else workdir.find_vocab(config, f.workdir)
-  written = hf_dir.write_hf_dirs(models, f.output, f.dtype, vocab_file, lower_case)
-  for directory, (_, _, architecture) in written.items():
-    print(f"wrote {directory} ({architecture}) from {f.workdir} step {step}" + (
-        "" if vocab_file else " (no vocabulary found: pass --vocab_file for tokenizer files)"))
-  try:
-    import torch  # noqa: F401
-    import transformers
-  except ImportError:
-    print("transformers/torch not installed: skipped the logits check")
-    return
-  for directory, (params, model_config, architecture) in written.items():
-    if not hasattr(transformers, architecture):  # NEZHA: transformers >= 5 dropped it
-      diff = hf_dir.check_read_back(params, model_config, directory,
-                                    tolerance=f.tolerance if f.dtype == "float32" else 5e-2)
-      print(f"transformers {transformers.__version__} has no {architecture} class (transformers >= 5 dropped "
-            f"{type(model_config).family.upper()}; 4.x up to 4.40 loads this directory): checked by reading it back, "
-            f"max |logit difference| = {diff:.3g}")
-      continue
-    diff = hf_dir.check_hf_dir(params, model_config, directory,
-                               tolerance=f.tolerance if f.dtype == "float32" else 5e-2)
-    print(f"checked: max |logit difference| vs transformers = {diff:.3g}" + (f" ({directory})" if len(written) > 1 else ""))
 
 
 def cli():

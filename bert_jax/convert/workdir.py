@@ -6,6 +6,7 @@ names the models it exports).
   restore_params       init_checkpoint: a workdir or a params checkpoint, converted to the run's layout and
                        placed in its shardings; a checkpoint of another family fails naming both
   find_vocab           the vocabulary a run trained with
+  export_to_hf         a workdir's models as HF directories with tokenizer files, their logits checked in transformers
 """
 
 import dataclasses
@@ -214,3 +215,38 @@ def find_vocab(config, workdir: str) -> tuple[str | None, bool]:
     if manifest:
       return manifest["vocab"]["file"], manifest.get("lower_case", False)
   return None, False
+
+
+def export_to_hf(workdir: str, output: str, *, step: int | None = None, dtype: str = "float32",
+                 vocab_file: str | None = None, lower_case: bool = False, tolerance: float = 1e-4,
+                 log=print) -> dict:
+  """`convert to_hf`: the workdir's models (newest or given step) as the family's HF classes under output (ELECTRA:
+  output/discriminator and output/generator), with tokenizer files from vocab_file or the run's vocabulary; then
+  each directory read back by transformers (or, for a class transformers lacks, by our reader) and its logits
+  checked within tolerance (5e-2 for bfloat16 weights). Returns {directory: max |logit difference|}, empty when
+  torch or transformers is not installed."""
+  models, config, step = load_workdir_models(workdir, step)
+  vocab_file, lower_case = (vocab_file, lower_case) if vocab_file else find_vocab(config, workdir)
+  written = hf_dir.write_hf_dirs(models, output, dtype, vocab_file, lower_case)
+  for directory, (_, _, architecture) in written.items():
+    log(f"wrote {directory} ({architecture}) from {workdir} step {step}" + (
+        "" if vocab_file else " (no vocabulary found: pass --vocab_file for tokenizer files)"))
+  try:
+    import torch  # noqa: F401  (optional: the check needs it)
+    import transformers
+  except ImportError:
+    log("transformers/torch not installed: skipped the logits check")
+    return {}
+  tolerance = tolerance if dtype == "float32" else 5e-2
+  diffs = {}
+  for directory, (params, model_config, architecture) in written.items():
+    if not hasattr(transformers, architecture):  # NEZHA: transformers >= 5 dropped it
+      diffs[directory] = hf_dir.check_read_back(params, model_config, directory, tolerance=tolerance)
+      log(f"transformers {transformers.__version__} has no {architecture} class (transformers >= 5 dropped "
+          f"{type(model_config).family.upper()}; 4.x up to 4.40 loads this directory): checked by reading it back, "
+          f"max |logit difference| = {diffs[directory]:.3g}")
+      continue
+    diffs[directory] = hf_dir.check_hf_dir(params, model_config, directory, tolerance=tolerance)
+    log(f"checked: max |logit difference| vs transformers = {diffs[directory]:.3g}" + (
+        f" ({directory})" if len(written) > 1 else ""))
+  return diffs
