@@ -426,6 +426,28 @@ def _prose_paragraphs(docstring: str) -> Iterator[str]:
       yield text
 
 
+_DEFINITIONS = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+# Nodes that can hold statements, hence definitions; expressions, arguments and the like cannot (a lambda is not a
+# definition), and they are most of a module's nodes.
+_HOLDS_STATEMENTS = (ast.stmt, ast.excepthandler, ast.match_case)
+_STATEMENT_FIELDS = {"body", "orelse", "finalbody", "handlers", "cases"}
+
+
+def _definitions(tree: ast.AST) -> list[ast.AST]:
+  """The module, class and function nodes of a tree, in ast.walk's (breadth-first) order."""
+  found, queue = [], collections.deque([tree])
+  while queue:
+    node = queue.popleft()
+    if isinstance(node, _DEFINITIONS):
+      found.append(node)
+    for field in node._fields:  # in ast.iter_child_nodes's order
+      if field in _STATEMENT_FIELDS:
+        queue.extend(n for n in getattr(node, field) if isinstance(n, _HOLDS_STATEMENTS))
+  return found
+
+
 def source_docstrings(root: Path) -> Iterator[list[str]]:
   """For each Python source file under root (tests and the like left out), its docstrings in source order
   (module, classes, functions)."""
@@ -436,9 +458,7 @@ def source_docstrings(root: Path) -> Iterator[list[str]]:
       tree = ast.parse(path.read_bytes(), filename=str(path))
     except (SyntaxError, ValueError):
       continue
-    nodes = [n for n in ast.walk(tree)
-             if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
-    nodes.sort(key=lambda n: getattr(n, "lineno", 0))
+    nodes = sorted(_definitions(tree), key=lambda n: getattr(n, "lineno", 0))
     docs = [d for d in (ast.get_docstring(n, clean=False) for n in nodes) if d]
     if docs:
       yield docs
