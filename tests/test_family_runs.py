@@ -14,10 +14,13 @@ import pytest
 import torch
 import transformers
 
+from bert_jax.convert import workdir as workdir_lib
 from bert_jax.core import checkpoint as checkpoint_lib
+from bert_jax.core import configlib
 from bert_jax.data import schema
 from bert_jax.data import tokenizer as tokenizer_lib
 from bert_jax.models import name_tables as nt
+from bert_jax.trainers import finetune
 from test_train_loop import _wait_for_checkpoint
 from cli_helpers import cli_env, run_module
 from train_helpers import PYDOCS_SHORT, PYDOCS_STEPS, pretrained_tiny
@@ -68,7 +71,9 @@ def test_pretraining_learns_and_logs_the_objectives_fields(pretrained):
 def exported(pretrained, tmp_path_factory):
   name, workdir = pretrained
   hf_dir = str(tmp_path_factory.mktemp(name + "_hf"))
-  return hf_dir, run_module("bert_jax.convert", "to_hf", f"--workdir={workdir}", f"--output={hf_dir}")
+  lines = []  # what `convert to_hf --workdir=... --output=...` prints (the CLI runs in test_checkpoint_convert.py)
+  workdir_lib.export_to_hf(workdir, hf_dir, log=lines.append)
+  return hf_dir, "\n".join(lines)
 
 
 def test_to_hf_loads_in_auto_classes_and_fills_masks(pretrained, exported):
@@ -103,8 +108,10 @@ def test_from_hf_then_init_checkpoint(pretrained, exported, tmp_path):
   hf_dir, params_dir = exported[0], str(tmp_path / "params")
   run_module("bert_jax.convert", "from_hf", f"--hf_dir={hf_dir}", f"--output={params_dir}")
   fresh = str(tmp_path / "fresh")
+  # 2 steps of the pretraining run's schedule: its programs, which this run loads from the compilation cache
   out = run_module("bert_jax.train", f"--config={name}", f"--workdir={fresh}", "--config.train.steps=2",
-                   f"--config.checkpoint.init_checkpoint={params_dir}", *PYDOCS_SHORT, "--config.optim.warmup_steps=1",
+                   f"--config.optim.schedule_steps={PYDOCS_STEPS}",
+                   f"--config.checkpoint.init_checkpoint={params_dir}", *PYDOCS_SHORT,
                    f"--config.data.train_files={workdir}/data/*/train/*.tfrecord",
                    f"--config.data.eval_files={workdir}/data/*/eval/*.tfrecord")
   assert f"initialised params from {params_dir}" in out
@@ -114,11 +121,14 @@ def test_from_hf_then_init_checkpoint(pretrained, exported, tmp_path):
 
 
 @pytest.mark.parametrize("pretrained", ["roberta_tiny"], indirect=True)
-def test_finetuning_starts_from_the_family_checkpoint(pretrained, tmp_path):
+def test_finetuning_starts_from_the_family_checkpoint(pretrained, tmp_path, capsys):
   name, workdir = pretrained
   ft = str(tmp_path / "ft")
-  out = run_module("bert_jax.finetune", "--config=finetune", f"--init_checkpoint={workdir}", f"--workdir={ft}",
-                   "--config.train.max_steps=12", "--config.train.batch_size=16", "--config.train.learning_rate=1e-3")
+  # What `python -m bert_jax.finetune --config=finetune --init_checkpoint=... --workdir=...` runs, in this process
+  # (test_finetune.py runs the CLI itself).
+  config = configlib.load("finetune", {"train.max_steps": 12, "train.batch_size": 16, "train.learning_rate": 1e-3})
+  finetune.finetune(config, ft, workdir)
+  out = capsys.readouterr().out
   with open(os.path.join(ft, "result.json")) as f:
     result = json.load(f)
   assert result["init_checkpoint"] == workdir and 0.0 <= result["accuracy"] <= 1.0

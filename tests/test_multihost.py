@@ -39,7 +39,10 @@ def _flags(records, workdir, steps, **extra):
            "data.max_seq_length": 32, "data.max_predictions_per_seq": 5, "data.shuffle": False,
            "model.vocab_size": 2048, "train.steps": steps, "train.batch_size": 16, "train.log_every": 1,
            "train.deterministic": True, "train.eval_batches": 2, "optim.warmup_steps": 2,
-           "checkpoint.every_steps": 3, "checkpoint.async_save": False}
+           "checkpoint.every_steps": 3, "checkpoint.async_save": False,
+           # one schedule for 6 steps and their continuation to 9: the same programs, so the runs that continue
+           # load them from the compilation cache instead of compiling them again
+           "optim.schedule_steps": 9}
   flags.update(extra)
   return ["--config=tiny", f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in flags.items()]
 

@@ -49,8 +49,9 @@ def _lines(workdir):
 
 
 def test_nonfinite_loss_stops_naming_the_step(records, tmp_path):
-  result = subprocess.run(_args(tmp_path, records, 6, **{"data.train_files": f"{records}/nan-*.tfrecord"}),
-                          capture_output=True, text=True, env=cli_env(), timeout=300)
+  result = subprocess.run(_args(tmp_path, records, 6, **_program(fp8=False),
+                                **{"data.train_files": f"{records}/nan-*.tfrecord"}),
+                          capture_output=True, text=True, env=cli_env(_resume_devices(False)), timeout=300)
   assert result.returncode != 0
   assert "loss is nan at step 1" in result.stderr
 
@@ -87,11 +88,17 @@ def _resume_steps(fp8):
   return 20 if fp8 else RESUME_STEPS
 
 
+def _program(fp8):
+  """The overrides, beyond _args's, that fix the train step's program. The schedule spans twice the resume runs, so
+  they stop halfway through its decay. The runs without FP8 (the NaN, resume and SIGTERM tests') also share the
+  devices (_resume_devices) and hence one program: the first run compiles it, the others load it from the
+  compilation cache (conftest)."""
+  return {"model.fp8": fp8, "model.fp8_amax_history": 16, "optim.schedule_steps": 2 * _resume_steps(fp8)}
+
+
 def _resume_args(workdir, records, fp8):
-  # the schedule spans twice the run, so the run stops halfway through its decay
   steps = _resume_steps(fp8)
-  return _args(workdir, records, steps, **{"train.eval_every": steps // 2, "model.fp8": fp8,
-                                           "model.fp8_amax_history": 16, "optim.schedule_steps": 2 * steps})
+  return _args(workdir, records, steps, **{"train.eval_every": steps // 2, **_program(fp8)})
 
 
 @pytest.fixture(scope="module")
@@ -167,9 +174,11 @@ def test_resume_after_sigkill_matches_uninterrupted(records, uninterrupted, tmp_
 
 
 def test_sigterm_saves_at_the_next_step_and_exits_zero(records, tmp_path):
-  steps = 400
-  proc = subprocess.Popen(_args(tmp_path, records, steps, **{"checkpoint.every_steps": 1000}),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+  steps = 2 * RESUME_STEPS  # as long as the schedule (_program)
+  overrides = {"checkpoint.every_steps": 1000, **_program(fp8=False)}
+  env = cli_env(_resume_devices(False))
+  proc = subprocess.Popen(_args(tmp_path, records, steps, **overrides),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
   deadline = time.time() + 240
   while time.time() < deadline:
     if os.path.exists(tmp_path / "metrics.jsonl") and any(l.get("step", 0) >= 3 for l in _lines(tmp_path)):
@@ -181,7 +190,7 @@ def test_sigterm_saves_at_the_next_step_and_exits_zero(records, tmp_path):
   saved = int(out.split("SIGTERM: saving a checkpoint at step ")[1].split()[0])
   assert 3 <= saved < steps
   assert str(saved) in os.listdir(tmp_path / "checkpoints")
-  resumed = subprocess.run(_args(tmp_path, records, saved + 2, **{"checkpoint.every_steps": 1000}),
-                           capture_output=True, text=True, env=cli_env(), timeout=300)
+  resumed = subprocess.run(_args(tmp_path, records, saved + 2, **overrides), capture_output=True, text=True,
+                           env=env, timeout=300)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"resumed from checkpoint at step {saved}" in resumed.stdout

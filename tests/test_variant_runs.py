@@ -12,6 +12,7 @@ import pytest
 import transformers
 
 from bert_jax.convert import hf_dir as hf_dir_lib
+from bert_jax.convert import workdir as workdir_lib
 from bert_jax.core import checkpoint as checkpoint_lib
 from bert_jax.data import tokenizer as tokenizer_lib
 from bert_jax.models import name_tables as nt
@@ -38,8 +39,9 @@ def run(request, tmp_path_factory):
   out = run_module("bert_jax.train", f"--config={name}", f"--workdir={workdir}", f"--config.train.steps={PYDOCS_STEPS}",
                    *PYDOCS_SHORT)
   hf = str(tmp_path_factory.mktemp(name + "_hf"))
-  exported = run_module("bert_jax.convert", "to_hf", f"--workdir={workdir}", f"--output={hf}")
-  return name, workdir, out, hf, exported
+  lines = []  # what `convert to_hf --workdir=... --output=...` prints (the CLI runs in test_checkpoint_convert.py)
+  workdir_lib.export_to_hf(workdir, hf, log=lines.append)
+  return name, workdir, out, hf, "\n".join(lines)
 
 
 def _manifest(workdir):
