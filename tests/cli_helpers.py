@@ -1,10 +1,12 @@
 """Running the project's CLIs and bench/ scripts from tests: the CLI subprocesses' environment, a CLI run that
-must succeed, and a bench/ script loaded as a module."""
+must succeed, the to_hf CLI's work in the test's process, and a bench/ script loaded as a module."""
 import functools
 import importlib.util
 import os
 import subprocess
 import sys
+
+from bert_jax.convert import workdir as workdir_lib
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
 
@@ -34,6 +36,15 @@ def run_module(module: str, *args: str, timeout: int = 900) -> str:
                           env=cli_env())
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
   return result.stdout + result.stderr
+
+
+def to_hf_in_process(workdir: str, output: str) -> str:
+  """What `python -m bert_jax.convert to_hf --workdir=WORKDIR --output=OUTPUT` does and prints, run in this process
+  (without the CLI's start-up: the CLI itself runs in test_checkpoint_convert.py, test_electra.py and
+  test_train_loop.py)."""
+  lines = []
+  workdir_lib.export_to_hf(workdir, output, log=lines.append)
+  return "\n".join(lines)
 
 
 @functools.cache

@@ -14,7 +14,6 @@ import pytest
 import torch
 import transformers
 
-from bert_jax.convert import workdir as workdir_lib
 from bert_jax.core import checkpoint as checkpoint_lib
 from bert_jax.core import configlib
 from bert_jax.data import schema
@@ -22,7 +21,7 @@ from bert_jax.data import tokenizer as tokenizer_lib
 from bert_jax.models import name_tables as nt
 from bert_jax.trainers import finetune
 from test_train_loop import _wait_for_checkpoint
-from cli_helpers import cli_env, run_module
+from cli_helpers import cli_env, run_module, to_hf_in_process
 from train_helpers import PYDOCS_SHORT, PYDOCS_STEPS, pretrained_tiny
 
 ENV = cli_env()
@@ -71,9 +70,7 @@ def test_pretraining_learns_and_logs_the_objectives_fields(pretrained):
 def exported(pretrained, tmp_path_factory):
   name, workdir = pretrained
   hf_dir = str(tmp_path_factory.mktemp(name + "_hf"))
-  lines = []  # what `convert to_hf --workdir=... --output=...` prints (the CLI runs in test_checkpoint_convert.py)
-  workdir_lib.export_to_hf(workdir, hf_dir, log=lines.append)
-  return hf_dir, "\n".join(lines)
+  return hf_dir, to_hf_in_process(workdir, hf_dir)
 
 
 def test_to_hf_loads_in_auto_classes_and_fills_masks(pretrained, exported):

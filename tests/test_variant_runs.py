@@ -12,11 +12,10 @@ import pytest
 import transformers
 
 from bert_jax.convert import hf_dir as hf_dir_lib
-from bert_jax.convert import workdir as workdir_lib
 from bert_jax.core import checkpoint as checkpoint_lib
 from bert_jax.data import tokenizer as tokenizer_lib
 from bert_jax.models import name_tables as nt
-from cli_helpers import run_module
+from cli_helpers import run_module, to_hf_in_process
 from test_family_runs import _records
 from train_helpers import PYDOCS_SHORT, PYDOCS_STEPS
 
@@ -39,9 +38,7 @@ def run(request, tmp_path_factory):
   out = run_module("bert_jax.train", f"--config={name}", f"--workdir={workdir}", f"--config.train.steps={PYDOCS_STEPS}",
                    *PYDOCS_SHORT)
   hf = str(tmp_path_factory.mktemp(name + "_hf"))
-  lines = []  # what `convert to_hf --workdir=... --output=...` prints (the CLI runs in test_checkpoint_convert.py)
-  workdir_lib.export_to_hf(workdir, hf, log=lines.append)
-  return name, workdir, out, hf, "\n".join(lines)
+  return name, workdir, out, hf, to_hf_in_process(workdir, hf)
 
 
 def _manifest(workdir):
