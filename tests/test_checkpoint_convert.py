@@ -135,6 +135,23 @@ def tiny_workdir():
   return pretrained_tiny()
 
 
+def test_to_hf_without_the_export_packages_names_them_and_the_fix(tiny_workdir, tmp_path):
+  """The Quick start installs no transformers or safetensors; to_hf then fails before any work, naming both and the
+  pip command, without a traceback."""
+  blocker = tmp_path / "blocker"
+  blocker.mkdir()
+  (blocker / "sitecustomize.py").write_text(
+      "import sys\nfor name in ('transformers', 'safetensors', 'torch'):\n  sys.modules[name] = None\n")
+  env = {**ENV, "PYTHONPATH": os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")])}
+  out = tmp_path / "hf"
+  result = subprocess.run([sys.executable, "-m", "bert_jax.convert", "to_hf", f"--workdir={tiny_workdir}",
+                           f"--output={out}"], capture_output=True, text=True, env=env, timeout=300)
+  assert result.returncode != 0
+  assert "safetensors and transformers are not installed" in result.stderr, result.stderr[-3000:]
+  assert "Fix: pip install -e '.[torch]'" in result.stderr and "Traceback" not in result.stderr
+  assert not out.exists()
+
+
 def test_round_trip_to_hf_logits_and_tokenizer(tiny_workdir, tmp_path):
   out = tmp_path / "hf"
   result = subprocess.run([sys.executable, "-m", "bert_jax.convert", "to_hf", f"--workdir={tiny_workdir}",

@@ -1,5 +1,6 @@
 """Numerical parity with HF PyTorch BertForPreTraining through the conversion table."""
 import dataclasses
+import json
 
 import flax.linen as nn
 import jax
@@ -202,6 +203,23 @@ def test_parity_check_runs_our_side_at_full_float32(tmp_path, monkeypatch):
     assert hf_dir.check_hf_dir(params, config, str(tmp_path)) < 1e-4
     assert hf_dir.check_read_back(params, config, str(tmp_path)) < 1e-4
   assert seen and set(seen) == {"highest"}, seen
+
+
+def test_bfloat16_export_holds_torchs_rounding_of_the_weights(tmp_path):
+  """to_hf --dtype=bfloat16 writes BF16 tensors (through safetensors' numpy API, so torch is not needed to write)
+  that are exactly torch's rounding of the float32 export, and config.json says bfloat16."""
+  from safetensors.torch import load_file
+  config = _config("tiny")
+  params = _init(config)
+  hf_dir.write_hf_dir(params, config, str(tmp_path / "f32"))
+  hf_dir.write_hf_dir(params, config, str(tmp_path / "bf16"), dtype="bfloat16")
+  f32, bf16 = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("f32", "bf16"))
+  assert sorted(f32) == sorted(bf16) and len(f32) > 20
+  for name, value in f32.items():
+    assert value.dtype == torch.float32 and bf16[name].dtype == torch.bfloat16, name
+    assert torch.equal(bf16[name], value.to(torch.bfloat16)), name
+  with open(tmp_path / "bf16" / "config.json") as f:
+    assert json.load(f)["torch_dtype"] == "bfloat16"
 
 
 def test_state_dict_problems_name_the_key():

@@ -24,8 +24,11 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Orbax is chatty at INFO
   command = argv[1] if len(argv) > 1 else None
   if command == "to_hf":
-    workdir.export_to_hf(f.workdir, f.output, step=f.step, dtype=f.dtype, vocab_file=f.vocab_file,
-                         lower_case=f.lower_case, tolerance=f.tolerance)
+    try:
+      workdir.export_to_hf(f.workdir, f.output, step=f.step, dtype=f.dtype, vocab_file=f.vocab_file,
+                           lower_case=f.lower_case, tolerance=f.tolerance)
+    except ModuleNotFoundError as e:  # the export extra missing: its message names the fix
+      raise SystemExit(f"error: {e}") from None
   elif command in ("from_hf", "from_tf"):
     if command == "from_hf":
       params, model_config = workdir.join_models(hf_dir.read_hf_models(f.hf_dir))

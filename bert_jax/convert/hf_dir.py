@@ -31,13 +31,13 @@ def write_hf_dir(params, model_config, output_dir: str, dtype: str = "float32", 
                  lower_case: bool = False, log=print) -> str:
   """Writes the directory; returns the HF architecture name. Sections no HF class holds (the family's side_files,
   e.g. SpanBERT's SBO head) go to files of their own beside model.safetensors, and `log` says so."""
-  import torch
-  from safetensors.torch import save_file
+  from safetensors.numpy import save_file  # the export extra's (EXPORT_NEEDS)
   os.makedirs(output_dir, exist_ok=True)
   sections = _exportable_sections(params, model_config)
   state = hf_params.params_to_hf(params, model_config, sections)
-  torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
-  tensors = {k: torch.from_numpy(np.asarray(v, np.float32)).to(torch_dtype).contiguous() for k, v in state.items()}
+  # bfloat16 is ml_dtypes' (JAX's), which safetensors writes as BF16, rounded to nearest even as torch rounds
+  np_dtype = {"float32": np.float32, "bfloat16": jax.numpy.bfloat16}[dtype]
+  tensors = {k: np.ascontiguousarray(np.asarray(v, np.float32).astype(np_dtype)) for k, v in state.items()}
   hf = hf_config_dict(model_config, sections)
   family = registry.family_of(model_config)
   for section, file_name in family.side_files.items():

@@ -11,6 +11,7 @@ names the models it exports).
 
 import dataclasses
 import glob
+import importlib
 import json
 import os
 
@@ -217,6 +218,22 @@ def find_vocab(config, workdir: str) -> tuple[str | None, bool]:
   return None, False
 
 
+def check_export_installed() -> None:
+  """Writing an HF directory needs safetensors (the weights) and transformers (the tokenizer files), which the core
+  install leaves out: fails before any work, naming what is missing and the fix."""
+  missing = []
+  for name in ("safetensors.numpy", "transformers"):
+    try:
+      importlib.import_module(name)
+    except ImportError:
+      missing.append(name.split(".")[0])
+  if missing:
+    raise ModuleNotFoundError(
+        f"an HF export writes its weights with safetensors and its tokenizer files with transformers; "
+        f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed. Fix: pip install -e '.[torch]' "
+        f"(both, and torch for the logits check), or pip install safetensors transformers")
+
+
 def export_to_hf(workdir: str, output: str, *, step: int | None = None, dtype: str = "float32",
                  vocab_file: str | None = None, lower_case: bool = False, tolerance: float = 1e-4,
                  log=print) -> dict:
@@ -225,6 +242,7 @@ def export_to_hf(workdir: str, output: str, *, step: int | None = None, dtype: s
   each directory read back by transformers (or, for a class transformers lacks, by our reader) and its logits
   checked within tolerance (5e-2 for bfloat16 weights). Returns {directory: max |logit difference|}, empty when
   torch or transformers is not installed."""
+  check_export_installed()
   models, config, step = load_workdir_models(workdir, step)
   vocab_file, lower_case = (vocab_file, lower_case) if vocab_file else find_vocab(config, workdir)
   written = hf_dir.write_hf_dirs(models, output, dtype, vocab_file, lower_case)
