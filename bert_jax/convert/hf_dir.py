@@ -31,7 +31,7 @@ def write_hf_dir(params, model_config, output_dir: str, dtype: str = "float32", 
                  lower_case: bool = False, log=print) -> str:
   """Writes the directory; returns the HF architecture name. Sections no HF class holds (the family's side_files,
   e.g. SpanBERT's SBO head) go to files of their own beside model.safetensors, and `log` says so."""
-  from safetensors.numpy import save_file  # the export extra's (EXPORT_NEEDS)
+  from safetensors.numpy import save_file  # the torch extra brings it (workdir.check_export_installed)
   os.makedirs(output_dir, exist_ok=True)
   sections = _exportable_sections(params, model_config)
   state = hf_params.params_to_hf(params, model_config, sections)
