@@ -241,7 +241,7 @@ def export_to_hf(workdir: str, output: str, *, step: int | None = None, dtype: s
   output/discriminator and output/generator), with tokenizer files from vocab_file or the run's vocabulary; then
   each directory read back by transformers (or, for a class transformers lacks, by our reader) and its logits
   checked within tolerance (5e-2 for bfloat16 weights). Returns {directory: max |logit difference|}, empty when
-  torch or transformers is not installed."""
+  torch (which only the check needs) is not installed."""
   check_export_installed()
   models, config, step = load_workdir_models(workdir, step)
   vocab_file, lower_case = (vocab_file, lower_case) if vocab_file else find_vocab(config, workdir)
@@ -250,11 +250,11 @@ def export_to_hf(workdir: str, output: str, *, step: int | None = None, dtype: s
     log(f"wrote {directory} ({architecture}) from {workdir} step {step}" + (
         "" if vocab_file else " (no vocabulary found: pass --vocab_file for tokenizer files)"))
   try:
-    import torch  # noqa: F401  (optional: the check needs it)
-    import transformers
+    import torch  # noqa: F401  (optional: only the check needs it)
   except ImportError:
-    log("transformers/torch not installed: skipped the logits check")
+    log("torch not installed: skipped the logits check")
     return {}
+  import transformers  # installed: check_export_installed
   tolerance = tolerance if dtype == "float32" else 5e-2
   diffs = {}
   for directory, (params, model_config, architecture) in written.items():
