@@ -2,6 +2,7 @@
 a wrong name mapping, so every weight is drawn at random on both sides."""
 
 import jax
+import numpy as np
 import torch
 
 
@@ -16,7 +17,8 @@ def randomize_torch(model, seed=0):
 
 
 def perturb_params(params, seed=1, scale=0.1):
-  """Flax params with Gaussian noise on every leaf."""
-  leaves, tree = jax.tree_util.tree_flatten(params)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  return jax.tree_util.tree_unflatten(tree, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+  """Flax params with Gaussian noise on every leaf, as numpy arrays (drawn on the host: jax.random op by op compiles
+  a program for each leaf's shape)."""
+  rng = np.random.default_rng(seed)
+  return jax.tree_util.tree_map(
+      lambda x: (np.asarray(x) + scale * rng.standard_normal(np.shape(x))).astype(np.asarray(x).dtype), params)

@@ -77,7 +77,7 @@ def _our_logits(config, params, b):
 
 def _init(config, seed=0):
   ids = jnp.zeros((1, 8), jnp.int32)
-  return nn.unbox(BertForPreTraining(config).init(jax.random.key(seed), ids, ids, ids)["params"])
+  return nn.unbox(jax.jit(BertForPreTraining(config).init)(jax.random.key(seed), ids, ids, ids)["params"])
 
 
 @pytest.mark.parametrize("size,scan,fused", [("tiny", False, False), ("tiny", True, False), ("base", False, False),

@@ -123,9 +123,7 @@ def test_student_exports_to_hf_distilbert_with_tokenizer_and_reads_back(referenc
   """The student of a distillation params tree (teacher left out, as exported_models gives it) written as
   DistilBertForMaskedLM with tokenizer files; transformers' logits equal ours, and the directory reads back."""
   objective, initial, *_ = reference
-  leaves, tree = jax.tree_util.tree_flatten(initial)
-  keys = jax.random.split(jax.random.key(3), len(leaves))
-  params = jax.tree_util.tree_unflatten(tree, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+  params = hf_helpers.perturb_params(initial, seed=3)
   (name, (student, config)), = objective.exported_models(params).items()
   assert name == "" and sorted(student) == ["encoder", "mlm"] and config == STUDENT
   out = str(tmp_path / "hf")
@@ -145,7 +143,7 @@ def test_finetuned_student_exports_as_hf_distilbert_sequence_classifier():
   into DistilBertForSequenceClassification with our logits."""
   model = heads.SequenceClassifier(STUDENT, num_labels=3)
   ids, mask, _ = hf_dir.probe_batch(STUDENT)
-  params = nn.unbox(model.init(jax.random.key(0), ids, mask, np.zeros_like(ids))["params"])
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), ids, mask, np.zeros_like(ids))["params"])
   params = hf_helpers.perturb_params(params)
   assert task_export.hf_class(STUDENT, "classification") == "DistilBertForSequenceClassification"
   hf = transformers.DistilBertForSequenceClassification(transformers.DistilBertConfig(
@@ -155,7 +153,7 @@ def test_finetuned_student_exports_as_hf_distilbert_sequence_classifier():
   assert not result.unexpected_keys and set(result.missing_keys) <= {"distilbert.embeddings.position_ids"}, result
   with torch.no_grad():
     theirs = hf.eval()(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
-  ours = np.asarray(model.apply({"params": params}, ids, mask, np.zeros_like(ids))["logits"])
+  ours = np.asarray(jax.jit(model.apply)({"params": params}, ids, mask, np.zeros_like(ids))["logits"])
   assert np.max(np.abs(ours - theirs)) < 1e-4
 
 

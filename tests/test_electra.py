@@ -388,7 +388,7 @@ def test_finetuned_discriminator_exports_as_hf_electra_sequence_classifier():
   config = electra.ElectraConfig.from_size("tiny", vocab_size=300, embedding_size=64)
   model = heads.SequenceClassifier(config, num_labels=3)
   ids, mask, segments = hf_dir.probe_batch(config)
-  params = nn.unbox(model.init(jax.random.key(0), ids, mask, segments)["params"])
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), ids, mask, segments)["params"])
   params = hf_helpers.perturb_params(params)
   assert task_export.hf_class(config, "classification") == "ElectraForSequenceClassification"
   hf = transformers.ElectraForSequenceClassification(transformers.ElectraConfig(
@@ -399,7 +399,7 @@ def test_finetuned_discriminator_exports_as_hf_electra_sequence_classifier():
   with torch.no_grad():
     theirs = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
                 token_type_ids=torch.from_numpy(segments)).logits.numpy()
-  ours = np.asarray(model.apply({"params": params}, ids, mask, segments)["logits"])
+  ours = np.asarray(jax.jit(model.apply)({"params": params}, ids, mask, segments)["logits"])
   assert np.max(np.abs(ours - theirs)) < 1e-4
 
 

@@ -82,7 +82,7 @@ def test_encoder_exports_as_ernie_model_and_a_bare_one_reads_back(tmp_path):
   config = hf_dir.config_from_hf_json(_hf_config(3).to_dict())
   ids, mask, segments = hf_dir.probe_batch(config)
   model = EncoderWithHeads(config, ("nsp",))  # the NSP head creates the pooler; only encoder/ is exported
-  params = hf_helpers.perturb_params(nn.unbox(model.init(jax.random.key(0), ids, mask, segments)["params"]))
+  params = hf_helpers.perturb_params(nn.unbox(jax.jit(model.init)(jax.random.key(0), ids, mask, segments)["params"]))
   encoder_only = {"encoder": params["encoder"]}
   assert hf_dir.write_hf_dir(encoder_only, config, str(tmp_path / "ours")) == "ErnieModel"
   assert hf_dir.check_hf_dir(encoder_only, config, str(tmp_path / "ours")) < 1e-4
@@ -98,7 +98,7 @@ def test_finetuned_model_exports_as_hf_ernie_sequence_classifier():
   config = hf_dir.config_from_hf_json(_hf_config(3).to_dict())
   model = heads.SequenceClassifier(config, num_labels=3)
   ids, mask, segments = hf_dir.probe_batch(config)
-  params = hf_helpers.perturb_params(nn.unbox(model.init(jax.random.key(0), ids, mask, segments)["params"]))
+  params = hf_helpers.perturb_params(nn.unbox(jax.jit(model.init)(jax.random.key(0), ids, mask, segments)["params"]))
   assert task_export.hf_class(config, "classification") == "ErnieForSequenceClassification"
   hf = transformers.ErnieForSequenceClassification(transformers.ErnieConfig(
       **hf_dir.hf_config_dict(config, ["encoder"]), num_labels=3)).eval()
@@ -106,7 +106,7 @@ def test_finetuned_model_exports_as_hf_ernie_sequence_classifier():
   result = hf.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=False)
   assert not result.unexpected_keys and set(result.missing_keys) <= ernie.FAMILY.ignored_hf_keys, result
   theirs = _logits(hf, ids, mask, segments).logits.numpy()
-  ours = np.asarray(model.apply({"params": params}, ids, mask, segments)["logits"])
+  ours = np.asarray(jax.jit(model.apply)({"params": params}, ids, mask, segments)["logits"])
   assert np.max(np.abs(ours - theirs)) < 1e-4
 
 

@@ -87,10 +87,8 @@ def test_ours_to_hf_logits(case):
   config = hf_dir.config_from_hf_json(hf_config.to_dict())
   ids, mask, segments = hf_dir.probe_batch(config)
   model = EncoderWithHeads(config, heads)
-  params = nn.unbox(model.init(jax.random.key(1), ids, mask, segments)["params"])
-  leaves, tree = jax.tree_util.tree_flatten(params)
-  keys = jax.random.split(jax.random.key(2), len(leaves))
-  params = jax.tree_util.tree_unflatten(tree, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+  params = hf_helpers.perturb_params(nn.unbox(jax.jit(model.init)(jax.random.key(1), ids, mask, segments)["params"]),
+                                     seed=2)
   hf = hf_cls(hf_config)
   result = hf.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in
                                hf_params.params_to_hf(params, config).items()}, strict=False)
@@ -98,7 +96,7 @@ def test_ours_to_hf_logits(case):
   assert not result.unexpected_keys
   assert set(result.missing_keys) <= set(family.tied_hf_keys) | family.ignored_hf_keys, result.missing_keys
   hf.tie_weights()
-  ours = model.apply({"params": params}, ids, mask, segments, None)
+  ours = jax.jit(model.apply)({"params": params}, ids, mask, segments, None)
   assert _compare(ours, _hf_outputs(hf.eval(), ids, mask, segments), heads) < 1e-4
 
 
@@ -115,8 +113,8 @@ def test_albert_shared_scan_equals_unrolled_and_sharing_modes_differ_in_size():
   for scan in (False, True):
     config = registry.encoder_config({**base, "layer_sharing": "all", "scan_layers": scan})
     model = EncoderWithHeads(config, ("mlm",))
-    params = model.init(jax.random.key(0), ids, jnp.ones_like(ids), jnp.zeros_like(ids))["params"]
-    outs.append(model.apply({"params": params}, ids, jnp.ones_like(ids), jnp.zeros_like(ids))["mlm_logits"])
+    params = jax.jit(model.init)(jax.random.key(0), ids, jnp.ones_like(ids), jnp.zeros_like(ids))["params"]
+    outs.append(jax.jit(model.apply)({"params": params}, ids, jnp.ones_like(ids), jnp.zeros_like(ids))["mlm_logits"])
   np.testing.assert_allclose(outs[0], outs[1], atol=1e-5)
 
 

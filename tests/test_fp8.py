@@ -31,10 +31,10 @@ def _one_device_mesh():
 def test_statistics_sit_on_the_layer_projections_only():
   model = pretraining.EncoderWithHeads(FP8, ("mlm", "nsp"))
   ids = jnp.ones((2, th.SEQ), jnp.int32)
-  params = nn.unbox(model.init(jax.random.key(0), ids, ids, ids, jnp.zeros((2, th.PRED), jnp.int32))["params"])
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), ids, ids, ids, jnp.zeros((2, th.PRED), jnp.int32))["params"])
   scopes = sorted({p.rsplit("/fp8_meta/", 1)[0] for p in _meta(params)})
   assert scopes == sorted(f"encoder/layer_{i}/{proj}" for i in range(2) for proj in PROJECTIONS)
-  plain = nn.unbox(pretraining.EncoderWithHeads(th.SMALL, ("mlm", "nsp")).init(
+  plain = nn.unbox(jax.jit(pretraining.EncoderWithHeads(th.SMALL, ("mlm", "nsp")).init)(
       jax.random.key(0), ids, ids, ids, jnp.zeros((2, th.PRED), jnp.int32))["params"])
   # Statistics are all the model adds: the trained parameters and their count are those of the bf16 model.
   assert jax.tree_util.tree_structure(param_rules.without_overwritten(params)) == jax.tree_util.tree_structure(plain)
@@ -46,9 +46,9 @@ def test_fp8_outputs_track_the_full_precision_model():
   model = pretraining.EncoderWithHeads(th.SMALL, ("mlm",))
   b = th.random_batch(4)
   args = (b["input_ids"], b["input_mask"], b["segment_ids"], b["masked_lm_positions"])
-  params = nn.unbox(model_fp8.init(jax.random.key(0), *args)["params"])
-  fp8_out = model_fp8.apply({"params": params}, *args)["mlm_logits"]
-  ref = model.apply({"params": param_rules.without_overwritten(params)}, *args)["mlm_logits"]
+  params = nn.unbox(jax.jit(model_fp8.init)(jax.random.key(0), *args)["params"])
+  fp8_out = jax.jit(model_fp8.apply)({"params": params}, *args)["mlm_logits"]
+  ref = jax.jit(model.apply)({"params": param_rules.without_overwritten(params)}, *args)["mlm_logits"]
   rel = float(jnp.linalg.norm(fp8_out - ref) / jnp.linalg.norm(ref))
   # e4m3 keeps 3 mantissa bits (relative rounding error up to 1/16), so the logits differ, but only by that much.
   assert 1e-4 < rel < 0.1, rel
