@@ -494,7 +494,7 @@ def test_fill_mask_cli_ranks_a_word_the_model_learned_in_its_top_5(pretrained, s
   # the same lines on an untrained model of the same shape: `the` is not among its top 5
   params, model_config, tok, _ = predict.load(str(pretrained))
   ids = np.zeros((1, 8), np.int32)
-  fresh = EncoderWithHeads(model_config, heads=("mlm",)).init(jax.random.key(0), ids, ids, ids)["params"]
+  fresh = jax.jit(EncoderWithHeads(model_config, heads=("mlm",)).init)(jax.random.key(0), ids, ids, ids)["params"]
   fresh = jax.tree_util.tree_map(np.asarray, __import__("flax").linen.meta.unbox(fresh))
   for r in predict.fill_mask(fresh, model_config, tok, lines, top_k=5):
     assert "the" not in [p["token"] for p in r["masks"][0]["predictions"]]
