@@ -71,7 +71,7 @@ def our_evals(config, workdir: str) -> dict:
 def write_start(config, workdir: str) -> str:
   """Our initial params as a params checkpoint (returned) and as HF directories under WORKDIR/INIT_HF."""
   _, objective = pretrain.build(config)
-  params = jax.device_get(nn.meta.unbox(objective.init_params(jax.random.key(config.train.seed))))
+  params = jax.device_get(nn.meta.unbox(jax.jit(objective.init_params)(jax.random.key(config.train.seed))))
   path = os.path.join(os.path.abspath(workdir), INIT_PARAMS)
   checkpoint_lib.save_params(path, params)
   hf_dir.write_hf_dirs(objective.exported_models(params), os.path.join(workdir, INIT_HF),

@@ -76,8 +76,8 @@ def test_hf_curve_peer_starts_from_our_weights_with_our_loss(tmp_path):
   with torch.no_grad():
     theirs = peer.summaries({k: v[None] for k, v in peer.sums(hf_curve.torch_batch(batch))[1].items()})
   _, objective = pretrain.build(config)
-  sums = objective.loss_sums(checkpoint_lib.load_params(init), jax.tree_util.tree_map(jnp.asarray, batch),
-                             jax.random.key(0), True)
+  sums = jax.jit(lambda p, b, k: objective.loss_sums(p, b, k, True))(
+      checkpoint_lib.load_params(init), jax.tree_util.tree_map(jnp.asarray, batch), jax.random.key(0))
   ours = objective.summaries(sums)
   for key in ("mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy"):
     assert abs(float(ours[key]) - theirs[key]) < 1e-4, (key, float(ours[key]), theirs[key])
