@@ -20,5 +20,7 @@ def perturb_params(params, seed=1, scale=0.1):
   """Flax params with Gaussian noise on every leaf, as numpy arrays (drawn on the host: jax.random op by op compiles
   a program for each leaf's shape)."""
   rng = np.random.default_rng(seed)
-  return jax.tree_util.tree_map(
-      lambda x: (np.asarray(x) + scale * rng.standard_normal(np.shape(x))).astype(np.asarray(x).dtype), params)
+  def perturb(x):
+    x = np.asarray(x)
+    return (x + scale * rng.standard_normal(x.shape)).astype(x.dtype)
+  return jax.tree_util.tree_map(perturb, params)
