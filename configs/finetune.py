@@ -22,11 +22,11 @@ def get_config() -> ml_collections.ConfigDict:
   t.text_keys = "text"                # files: text field(s), comma-separated (a,b for pairs; question,context)
   t.label_key = "label"               # files: label field (tags list for tagging, answers for qa)
   t.label_names = ""                  # files: comma-separated label set (empty: collected from train_file)
-  t.metric = ""                       # files: accuracy_f1 | mcc | pearson_spearman | tagging | squad (empty: by kind)
+  t.metric = ""                       # files: accuracy_f1 | mcc | pearson_spearman | tagging | squad | squad_v2 (unanswerable questions) (empty: by kind)
 
   c.data = d = ml_collections.ConfigDict()
   d.max_seq_length = 128              # tokens per row
-  d.doc_stride = 128                  # qa: tokens between the starts of context windows
+  d.doc_stride = 128                  # qa: tokens between the starts of context windows (at most a window's length)
   d.max_query_length = 64             # qa: question tokens kept
   d.vocab_file = ""                   # must be the checkpoint's vocabulary (empty: found from the checkpoint)
   d.lower_case = False                # lower-case text (empty vocab_file: the checkpoint's setting)

@@ -276,7 +276,8 @@ def qa(params, info: dict, tok, texts, batch_size: int = 32) -> list[dict]:
     examples.append({"id": str(n), "question": question, "context": context, "answers": [], "answer_start": -1})
   features = tasks.qa_features(examples, tok, info["max_seq_length"], info["doc_stride"], info["max_query_length"])
   out = _task_outputs(params, info, features, batch_size)
-  answers = tasks.qa_decode(examples, features, out["start_logits"], out["end_logits"])
+  answers = tasks.qa_decode(examples, features, out["start_logits"], out["end_logits"],
+                            null_answers=info["spec"].metric == "squad_v2")
   return [{"question": e["question"], "answer": answers[e["id"]]} for e in examples]
 
 

@@ -41,22 +41,29 @@ def pearson_spearman(predictions, labels) -> dict:
   return {"pearson": float(stats.pearsonr(p, y)[0]), "spearman": float(stats.spearmanr(p, y)[0])}
 
 
-def tagging_scores(predictions, labels, label_names) -> dict:
-  """Token accuracy over labelled first sub-tokens, and entity-level F1 (exact span and type; BIO or IO tags)."""
+def tagging_scores(predictions, labels, label_names, sentence_ids=None) -> dict:
+  """Token accuracy over labelled first sub-tokens, and entity-level F1 (exact span and type; BIO or IO tags).
+  sentence_ids: each word's sentence, so that no entity runs across two sentences (as seqeval and conlleval,
+  which score sentence by sentence); None: one sentence."""
   p, y = list(predictions), list(labels)
   out = {"accuracy": accuracy(p, y)}
-  gold, pred = _entities(y, label_names), _entities(p, label_names)
+  gold, pred = _entities(y, label_names, sentence_ids), _entities(p, label_names, sentence_ids)
   tp = len(gold & pred)
   out["f1"] = 0.0 if tp == 0 else 2 * tp / (len(gold) + len(pred))
   return out
 
 
-def _entities(tag_ids, label_names) -> set:
-  """{(start, end, type)} from a flat tag sequence; 'O' (or a name without a type) is outside."""
+def _entities(tag_ids, label_names, sentence_ids=None) -> set:
+  """{(start, end, type)} from a flat tag sequence; 'O' (or a name without a type) is outside, and so is every
+  change of sentence id."""
   spans, start, kind = set(), None, None
+  sentence = list(sentence_ids) if sentence_ids is not None else [0] * len(tag_ids)
   for i, t in enumerate(list(tag_ids) + [None]):
     name = label_names[t] if t is not None else "O"
     prefix, _, typ = name.partition("-") if "-" in name else ("I" if name != "O" else "O", "", name)
+    if start is not None and 0 < i < len(sentence) and sentence[i] != sentence[i - 1]:
+      spans.add((start, i, kind))  # the sentence ended
+      start = None
     if start is not None and (prefix != "I" or typ != kind):
       spans.add((start, i, kind))
       start = None
@@ -74,12 +81,14 @@ def normalize_answer(text: str) -> str:
 
 
 def squad_scores(predictions: dict, gold_answers: dict) -> dict:
-  """predictions: id -> text; gold_answers: id -> [texts]. Percent exact match and token F1 (max over golds)."""
+  """predictions: id -> text; gold_answers: id -> [texts]. Percent exact match and token F1 (max over golds).
+  A question without gold answers (SQuAD 2.0) scores 1 only for the empty answer, as SQuAD 2.0's script."""
   missing = sorted(set(gold_answers) - set(predictions))
   if missing:
     raise ValueError(f"no prediction for {len(missing)} question(s), e.g. {missing[:3]}")
   em = f = 0.0
   for qid, golds in gold_answers.items():
+    golds = golds or [""]
     guess = normalize_answer(predictions[qid])
     em += max(float(guess == normalize_answer(g)) for g in golds)
     f += max(_token_f1(guess, normalize_answer(g)) for g in golds)

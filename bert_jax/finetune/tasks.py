@@ -9,9 +9,12 @@ Task kinds and their example dicts:
 Sources: TFDS by name (the GLUE tasks, squad, conll2003) read from a data_dir, or local TSV (header row)
 and JSONL files. Features are numpy dicts with input_ids/input_mask/segment_ids [N, T] plus
   classification: label [N] (int32; float32 for regression)
-  tagging:        labels [N, T] (label of each word's first sub-token), label_weights [N, T]
+  tagging:        labels [N, T] (label of each word's first sub-token), label_weights [N, T], example_index [N]
   qa:             start_positions, end_positions [N] (0 = [CLS] when the answer is not in the window),
-                  and, for decoding, example_index [N] and token_word [N, T] (-1 outside the context)
+                  and, for decoding, example_index [N], token_start/token_end [N, T] (each token's characters
+                  in the context; -1 outside it) and max_context [N, T] (1 where this window gives the token
+                  the most context of all windows holding it)
+QA metrics: squad (every question has an answer: SQuAD 1.1) or squad_v2 (questions without one, answered "").
 """
 
 import ast
@@ -20,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import sysconfig
 from pathlib import Path
 
@@ -28,6 +32,8 @@ import numpy as np
 from bert_jax.data import corpora
 
 KINDS = ("classification", "regression", "tagging", "qa")
+METRICS = {"classification": ("accuracy_f1", "mcc"), "regression": ("pearson_spearman",), "tagging": ("tagging",),
+           "qa": ("squad", "squad_v2")}  # the first: a kind's default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +43,7 @@ class TaskSpec:
   text_keys: tuple[str, ...] = ("text_a", "text_b")  # source field names, in order
   label_key: str = "label"
   label_names: tuple[str, ...] = ()                  # classification/tagging; empty for regression/qa
-  metric: str = "accuracy_f1"                        # accuracy_f1 | mcc | pearson_spearman | tagging | squad
+  metric: str = "accuracy_f1"                        # one of METRICS[kind]
   train_split: str = "train"
   eval_split: str = "validation"
 
@@ -62,6 +68,7 @@ TFDS_TASKS = {t.name: t for t in (
     _glue("rte", ("sentence1", "sentence2"), ("entailment", "not_entailment")),
     _glue("wnli", ("sentence1", "sentence2"), ("not_entailment", "entailment")),
     TaskSpec("squad", "qa", ("question", "context"), "answers", (), "squad"),
+    TaskSpec("squad/v2.0", "qa", ("question", "context"), "answers", (), "squad_v2"),
     TaskSpec("conll2003", "tagging", ("tokens",), "ner",
              ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"), "tagging",
              "train", "dev"),
@@ -79,11 +86,11 @@ def _label_index(spec: TaskSpec, value, where: str):
       return float(value)
     except (TypeError, ValueError):
       raise ValueError(f"{where}: label {value!r} is not a number (regression task {spec.name})") from None
-  if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-    if 0 <= int(value) < len(spec.label_names):
-      return int(value)
-  elif _text(value) in spec.label_names:
+  if _text(value) in spec.label_names:  # a named label, or an integer label of a file task (names are its digits)
     return spec.label_names.index(_text(value))
+  if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+    if 0 <= int(value) < len(spec.label_names):  # TFDS's ClassLabel: the index into its names
+      return int(value)
   raise ValueError(f"{where}: label {value!r} is not in the label set {list(spec.label_names)} of task "
                    f"{spec.name}; fix the example or set task.label_names")
 
@@ -107,9 +114,13 @@ def _to_example(spec: TaskSpec, record: dict, where: str) -> dict:
   texts = answers.get("text", []) if isinstance(answers, dict) else answers
   starts = answers.get("answer_start", []) if isinstance(answers, dict) else record.get("answer_start", [])
   starts = list(np.atleast_1d(starts)) if starts is not None else []
+  texts = [_text(t) for t in np.atleast_1d(texts)]
+  if not texts and spec.metric != "squad_v2":
+    raise ValueError(f"{where}: question without an answer; for data with unanswerable questions (SQuAD 2.0) "
+                     f"set task.metric=squad_v2, which answers them with an empty string")
   return {"id": _text(record.get("id", where)), "question": _text(get(spec.text_keys[0])),
-          "context": _text(get(spec.text_keys[1])), "answers": [_text(t) for t in np.atleast_1d(texts)],
-          "answer_start": int(starts[0]) if len(starts) else -1}
+          "context": _text(get(spec.text_keys[1])), "answers": texts,
+          "answer_start": int(starts[0]) if len(starts) and texts else -1}
 
 
 def read_tfds(spec: TaskSpec, split: str, data_dir: str | None) -> list[dict]:
@@ -153,10 +164,11 @@ def file_spec(name: str, kind: str, text_keys: str, label_key: str, label_names:
   if not names and kind in ("classification", "tagging"):
     rows = _read_records(train_file)
     values = ({str(v) for r in rows for v in r[label_key]} if kind == "tagging" else {str(r[label_key]) for r in rows})
-    names = tuple(sorted(values))
-  default_metric = {"classification": "accuracy_f1", "regression": "pearson_spearman", "tagging": "tagging",
-                    "qa": "squad"}[kind]
-  return TaskSpec(name, kind, keys, label_key, names, metric or default_metric)
+    numeric = all(re.fullmatch(r"-?\d+", v) for v in values)
+    names = tuple(sorted(values, key=int) if numeric else sorted(values))  # 2 before 10
+  if metric and metric not in METRICS[kind]:
+    raise ValueError(f"task.metric={metric!r} does not score a {kind} task; use one of {METRICS[kind]}")
+  return TaskSpec(name, kind, keys, label_key, names, metric or METRICS[kind][0])
 
 
 # ---- features -------------------------------------------------------------------------------------------
@@ -205,10 +217,12 @@ def classification_features(examples, tok, max_seq_length: int, regression: bool
 
 def tagging_features(examples, tok, max_seq_length: int) -> dict:
   """Label on each word's first sub-token; a sentence too long for one row continues in the next row."""
-  rows = {"input_ids": [], "input_mask": [], "segment_ids": [], "labels": [], "label_weights": []}
+  rows = {"input_ids": [], "input_mask": [], "segment_ids": [], "labels": [], "label_weights": [],
+          "example_index": []}
 
   def emit(ids, labels, weights):
     ids, labels, weights = [tok.cls_id] + ids + [tok.sep_id], [0] + labels + [0], [0] + weights + [0]
+    rows["example_index"].append(index)
     rows["input_ids"].append(_pad(ids, max_seq_length))
     rows["input_mask"].append(_pad([1] * len(ids), max_seq_length))
     rows["segment_ids"].append([0] * max_seq_length)
@@ -216,7 +230,7 @@ def tagging_features(examples, tok, max_seq_length: int) -> dict:
     rows["label_weights"].append(_pad(weights, max_seq_length))
 
   room = max_seq_length - 2
-  for ex in examples:
+  for index, ex in enumerate(examples):
     ids, labels, weights = [], [], []
     for word, label in zip(ex["words"], ex["labels"]):
       pieces = encode_word(tok, word)
@@ -246,75 +260,123 @@ def _context_words(context: str):
   return words, spans
 
 
+def encode_word_with_offsets(tok, word: str) -> tuple[list[int], list[tuple[int, int]]]:
+  """encode_word's pieces and each one's (start, end) characters in `word`."""
+  if tok.kind == "bpe":
+    ids, offsets = tok.encode_with_offsets(" " + word)
+    offsets = [(s - 1, e - 1) for s, e in offsets]  # the added space is not in the word
+  else:
+    ids, offsets = tok.encode_with_offsets(word)
+  if not ids:
+    return [tok.unk_id], [(0, len(word))]
+  clip = lambda x: min(max(x, 0), len(word))
+  return ids, [(clip(s), clip(e)) for s, e in offsets]
+
+
+def _context_tokens(tok, context: str) -> tuple[list[int], list[tuple[int, int]]]:
+  """The context's token ids, word by word, and each token's (start, end) characters in the context."""
+  ids, chars = [], []
+  for word, (w0, _) in zip(*_context_words(context)):
+    pieces, offsets = encode_word_with_offsets(tok, word)
+    ids += pieces
+    chars += [(w0 + s, w0 + e) for s, e in offsets]
+  return ids, chars
+
+
+def _answer_tokens(example: dict, token_chars) -> tuple[int, int] | None:
+  """(first, last) context tokens overlapping the first answer's characters, or None (no answer, or none
+  overlapping): the answer's own sub-tokens, so "Tesla" in "Tesla's" is labelled without the "'s"."""
+  if example["answer_start"] < 0 or not example["answers"]:
+    return None
+  a0 = example["answer_start"]
+  a1 = a0 + len(example["answers"][0])
+  hit = [t for t, (s, e) in enumerate(token_chars) if s < a1 and e > a0]
+  return (hit[0], hit[-1]) if hit else None
+
+
+def _windows(num_tokens: int, window: int, doc_stride: int) -> list[range]:
+  """Context windows of at most `window` tokens, starting min(doc_stride, window) tokens apart, so no token is
+  left out (run_squad's rule) and the last ends at the context's end."""
+  chunks, start = [], 0
+  while True:
+    chunks.append(range(start, min(start + window, num_tokens)))
+    if start + window >= num_tokens:
+      return chunks
+    start += min(doc_stride, window)
+
+
+def _max_context_window(chunks: list[range], num_tokens: int) -> np.ndarray:
+  """For each token, the window giving it the most context: the largest min(left, right) context, plus 0.01 per
+  window token, the first window on a tie (run_squad's _check_is_max_context)."""
+  best, best_score = np.zeros(num_tokens, np.int64), np.full(num_tokens, -np.inf)
+  for c, chunk in enumerate(chunks):
+    t = np.arange(chunk.start, chunk.stop)
+    score = np.minimum(t - chunk.start, chunk.stop - 1 - t) + 0.01 * len(chunk)
+    better = score > best_score[t]
+    best[t[better]], best_score[t[better]] = c, score[better]
+  return best
+
+
 def qa_features(examples, tok, max_seq_length: int, doc_stride: int, max_query_length: int) -> dict:
-  """Windows of the context `doc_stride` tokens apart; each window is [CLS] question [SEP] window [SEP]."""
+  """Windows of the context (_windows); each window is [CLS] question [SEP] window [SEP]."""
   rows = {k: [] for k in ("input_ids", "input_mask", "segment_ids", "start_positions", "end_positions",
-                          "example_index", "token_word")}
+                          "example_index", "token_start", "token_end", "max_context")}
   for index, ex in enumerate(examples):
     question = tok.encode(ex["question"])[:max_query_length]
-    words, spans = _context_words(ex["context"])
-    token_ids, token_word = [], []
-    for w, word in enumerate(words):
-      pieces = encode_word(tok, word)
-      token_ids += pieces
-      token_word += [w] * len(pieces)
-    answer_tokens = None
-    if ex["answer_start"] >= 0 and ex["answers"]:
-      a0, a1 = ex["answer_start"], ex["answer_start"] + len(ex["answers"][0]) - 1
-      hit = [w for w, (s, e) in enumerate(spans) if s <= a1 and e > a0]
-      if hit:
-        first = token_word.index(hit[0])
-        last = len(token_word) - 1 - token_word[::-1].index(hit[-1])
-        answer_tokens = (first, last)
+    token_ids, token_chars = _context_tokens(tok, ex["context"])
+    answer_tokens = _answer_tokens(ex, token_chars)
     between = pair_separator(tok)
     window = max_seq_length - len(question) - 2 - len(between)
     if window < 1:
       raise ValueError(f"max_seq_length {max_seq_length} leaves no room for the context after a "
                        f"{len(question)}-token question; raise it or lower max_query_length")
-    start = 0
-    while True:
-      chunk = slice(start, min(start + window, len(token_ids)))
-      ids = [tok.cls_id] + question + between + token_ids[chunk] + [tok.sep_id]
-      offset = len(question) + 1 + len(between)
+    chunks = _windows(len(token_ids), window, doc_stride)
+    best = _max_context_window(chunks, len(token_ids))
+    offset = len(question) + 1 + len(between)
+    for c, chunk in enumerate(chunks):
+      ids = [tok.cls_id] + question + between + token_ids[chunk.start:chunk.stop] + [tok.sep_id]
       seg = [0] * offset + [1] * (len(ids) - offset)
-      words_here = [-1] * offset + token_word[chunk] + [-1]
+      starts = [-1] * offset + [token_chars[t][0] for t in chunk] + [-1]
+      ends = [-1] * offset + [token_chars[t][1] for t in chunk] + [-1]
+      max_context = [0] * offset + [int(best[t] == c) for t in chunk] + [0]
       s = e = 0
       if answer_tokens and chunk.start <= answer_tokens[0] and answer_tokens[1] < chunk.stop:
         s, e = answer_tokens[0] - chunk.start + offset, answer_tokens[1] - chunk.start + offset
       for key, value in (("input_ids", _pad(ids, max_seq_length)), ("input_mask", _pad([1] * len(ids), max_seq_length)),
                          ("segment_ids", _pad(seg, max_seq_length)), ("start_positions", s), ("end_positions", e),
-                         ("example_index", index), ("token_word", _pad(words_here, max_seq_length, -1))):
+                         ("example_index", index), ("token_start", _pad(starts, max_seq_length, -1)),
+                         ("token_end", _pad(ends, max_seq_length, -1)),
+                         ("max_context", _pad(max_context, max_seq_length))):
         rows[key].append(value)
-      if chunk.stop >= len(token_ids):
-        break
-      start += doc_stride
   return {k: np.asarray(v, np.int32) for k, v in rows.items()}
 
 
-def qa_decode(examples, features, start_logits, end_logits, max_answer_tokens: int = 30) -> dict:
-  """Best span over all windows of each example -> {id: answer text from the original context}."""
-  best = {}
+def qa_decode(examples, features, start_logits, end_logits, max_answer_tokens: int = 30,
+              null_answers: bool = False) -> dict:
+  """Best span over all windows of each example -> {id: answer text from the original context}, as run_squad:
+  a span starts at a token in the window that gives it the most context, ends at or after its start, within
+  max_answer_tokens. null_answers (SQuAD 2.0): "" wherever [CLS]'s score (start + end logit; the lowest over
+  the example's windows) beats the best span's."""
+  best, null = {}, {}
   for f in range(len(start_logits)):
-    words = features["token_word"][f]
-    valid = np.flatnonzero(words >= 0)
-    if not len(valid):
-      continue
-    s_top = valid[np.argsort(start_logits[f][valid])[::-1][:20]]
-    e_top = valid[np.argsort(end_logits[f][valid])[::-1][:20]]
     ex = int(features["example_index"][f])
+    null[ex] = min(null.get(ex, np.inf), float(start_logits[f][0] + end_logits[f][0]))
+    context = features["token_start"][f] >= 0
+    starts, ends = np.flatnonzero(context & (features["max_context"][f] > 0)), np.flatnonzero(context)
+    s_top = starts[np.argsort(start_logits[f][starts])[::-1][:20]]
+    e_top = ends[np.argsort(end_logits[f][ends])[::-1][:20]]
     for s in s_top:
       for e in e_top:
         if s <= e < s + max_answer_tokens:
           score = float(start_logits[f][s] + end_logits[f][e])
           if ex not in best or score > best[ex][0]:
-            best[ex] = (score, int(words[s]), int(words[e]))
+            best[ex] = (score, int(features["token_start"][f][s]), int(features["token_end"][f][e]))
   out = {}
   for i, ex in enumerate(examples):
-    if i in best:
-      _, spans = _context_words(ex["context"])
-      out[ex["id"]] = ex["context"][spans[best[i][1]][0]:spans[best[i][2]][1]]
-    else:
+    if i not in best or (null_answers and null[i] > best[i][0]):
       out[ex["id"]] = ""
+    else:
+      out[ex["id"]] = ex["context"][best[i][1]:best[i][2]]
   return out
 
 
@@ -346,6 +408,10 @@ class TrainOrder:
       self._order = np.random.default_rng((self.seed, self._epoch)).permutation(self.num_rows)
     start = where["batch"] * self.batch_size
     return self._order[start:start + self.batch_size]
+
+
+# Feature keys that decoding and metrics read, never the model.
+DECODE_KEYS = ("example_index", "token_start", "token_end", "max_context")
 
 
 def featurize(spec: TaskSpec, examples, tok, max_seq_length: int, doc_stride: int = 128,

@@ -84,21 +84,27 @@ def check_vocab(tok, model_config: EncoderConfig, vocab_file: str, checkpoint_vo
                      f"({checkpoint_vocab}): same size, different pieces")
 
 
-def task_loss(spec, out, batch):
-  """(mean loss, predictions) for a batch."""
+def task_losses(spec, out, batch):
+  """(loss_B, weight_B, predictions): each row's summed loss and how many labels it holds (1 a row; a tagging
+  row's labelled words), so a loss over any set of rows is sum(loss) / sum(weight)."""
   if spec.kind == "classification":
-    loss = optax.softmax_cross_entropy_with_integer_labels(out["logits"], batch["label"]).mean()
-    return loss, jnp.argmax(out["logits"], -1)
+    loss = optax.softmax_cross_entropy_with_integer_labels(out["logits"], batch["label"])
+    return loss, jnp.ones_like(loss), jnp.argmax(out["logits"], -1)
   if spec.kind == "regression":
     pred = out["logits"][..., 0]
-    return jnp.mean((pred - batch["label"]) ** 2), pred
+    loss = (pred - batch["label"]) ** 2
+    return loss, jnp.ones_like(loss), pred
   if spec.kind == "tagging":
     xent = optax.softmax_cross_entropy_with_integer_labels(out["logits"], batch["labels"])
     w = batch["label_weights"]
-    return jnp.sum(xent * w) / jnp.maximum(jnp.sum(w), 1.0), jnp.argmax(out["logits"], -1)
-  xent = lambda logits, pos: optax.softmax_cross_entropy_with_integer_labels(logits, pos).mean()
+    return jnp.sum(xent * w, -1), jnp.sum(w, -1), jnp.argmax(out["logits"], -1)
+  xent = optax.softmax_cross_entropy_with_integer_labels
   loss = 0.5 * (xent(out["start_logits"], batch["start_positions"]) + xent(out["end_logits"], batch["end_positions"]))
-  return loss, (out["start_logits"], out["end_logits"])
+  return loss, jnp.ones_like(loss), (out["start_logits"], out["end_logits"])
+
+
+def mean_loss(loss_B, weight_B):
+  return jnp.sum(loss_B) / jnp.maximum(jnp.sum(weight_B), 1.0)
 
 
 def _apply(model, params, batch, deterministic, rng=None):
@@ -112,7 +118,7 @@ def train_step(state: TrainState, batch, *, model, tx, spec, trainable_rules=())
   rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
   def loss_fn(params):
-    return task_loss(spec, _apply(model, params, batch, False, rng), batch)[0]
+    return mean_loss(*task_losses(spec, _apply(model, params, batch, False, rng), batch)[:2])
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -124,7 +130,8 @@ def train_step(state: TrainState, batch, *, model, tx, spec, trainable_rules=())
 
 
 def predict_step(params, batch, *, model, spec):
-  return task_loss(spec, _apply(model, params, batch, True), batch)
+  """(loss_B, weight_B, predictions) of an eval batch: evaluate drops its padding rows before averaging."""
+  return task_losses(spec, _apply(model, params, batch, True), batch)
 
 
 def method_of(config) -> str:
@@ -161,6 +168,18 @@ def make_optimizer(config, total_steps: int, rules=()):
   return optim.make_optimizer(settings, max(total_steps, warmup + 1), rules)
 
 
+def check_batch_sizes(train_config, mesh) -> None:
+  """Each global batch splits evenly over the batch-parallel devices and the processes (_local), or fails
+  naming the field; a remainder would be dropped from every batch."""
+  batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+  for field in ("batch_size", "eval_batch_size"):
+    size = train_config[field]
+    for count, what in ((batch_devices, f"the batch-parallel devices (data x fsdp = {batch_devices})"),
+                        (jax.process_count(), f"the process count {jax.process_count()}")):
+      if size % count:
+        raise ValueError(f"train.{field}={size} must divide by {what}")
+
+
 def _eval_batches(features, batch_size):
   """Index arrays covering all rows in order, the last batch padded with row 0."""
   n = len(next(iter(features.values())))
@@ -172,7 +191,7 @@ def _local(features, idx):
   """This process's share of a global batch (its contiguous block of rows)."""
   per = len(idx) // jax.process_count()
   mine = idx[jax.process_index() * per:(jax.process_index() + 1) * per]
-  return {k: v[mine] for k, v in features.items() if k not in ("example_index", "token_word")}
+  return {k: v[mine] for k, v in features.items() if k not in tasks.DECODE_KEYS}
 
 
 def evaluate(predict_fn, params, spec, examples, features, batch_size, mesh) -> tuple[dict, list]:
@@ -181,13 +200,12 @@ def evaluate(predict_fn, params, spec, examples, features, batch_size, mesh) -> 
   from jax.experimental import multihost_utils
   n = len(features["input_ids"])
   chunks = []
-  losses = []
   for idx in _eval_batches(features, batch_size):
-    loss, pred = predict_fn(params, sharding.global_batch(_local(features, idx), mesh))
-    chunks.append(jax.tree_util.tree_map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), pred))
-    losses.append(float(loss))
-  preds = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs)[:n], *chunks)
-  out = {"eval_loss": float(np.mean(losses))}
+    outputs = predict_fn(params, sharding.global_batch(_local(features, idx), mesh))
+    chunks.append(jax.tree_util.tree_map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)),
+                                         outputs))
+  loss, weight, preds = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs)[:n], *chunks)  # no padding rows
+  out = {"eval_loss": float(np.sum(loss, dtype=np.float64) / max(np.sum(weight, dtype=np.float64), 1.0))}
   if spec.kind == "classification":
     y = features["label"]
     out.update(accuracy=task_metrics.accuracy(preds, y))
@@ -201,9 +219,10 @@ def evaluate(predict_fn, params, spec, examples, features, batch_size, mesh) -> 
     return out, [float(p) for p in preds]
   if spec.kind == "tagging":
     keep = features["label_weights"] > 0
-    out.update(task_metrics.tagging_scores(preds[keep], features["labels"][keep], spec.label_names))
+    sentence = np.broadcast_to(features["example_index"][:, None], keep.shape)[keep]
+    out.update(task_metrics.tagging_scores(preds[keep], features["labels"][keep], spec.label_names, sentence))
     return out, [int(p) for p in preds[keep]]
-  answers = tasks.qa_decode(examples, features, preds[0], preds[1])
+  answers = tasks.qa_decode(examples, features, preds[0], preds[1], null_answers=spec.metric == "squad_v2")
   out.update(task_metrics.squad_scores(answers, {e["id"]: e["answers"] for e in examples}))
   return out, answers
 
@@ -242,8 +261,10 @@ def _model_config(config, pretrained: EncoderConfig | None, vocab_size: int, max
 # Run-config keys that decide the parameter tree or the batches: checkpoints resume only a run agreeing on all.
 RESUME_KEYS = (("init_checkpoint",), ("task", "name"), ("task", "train_file"), ("task", "kind"),
                ("task", "text_keys"), ("task", "label_key"), ("task", "label_names"), ("data", "max_seq_length"),
-               ("data", "vocab_file"), ("train", "batch_size"), ("train", "seed"), ("train", "method"),
-               ("train", "freeze_encoder"), ("train", "param_rules"), ("model", "pooling"))
+               ("data", "doc_stride"), ("data", "max_query_length"), ("data", "vocab_file"),
+               ("train", "batch_size"), ("train", "seed"), ("train", "method"), ("train", "freeze_encoder"),
+               ("train", "param_rules"), ("model", "pooling"), ("peft", "adapter_size"), ("peft", "lora_rank"),
+               ("peft", "lora_alpha"), ("peft", "lora_dropout"), ("peft", "lora_targets"), ("peft", "prompt_length"))
 
 
 def check_resumable(ckpt, config, workdir: str) -> None:
@@ -329,6 +350,7 @@ def _finetune(config, workdir: str, init_checkpoint: str) -> dict:
       f"{'from ' + init_checkpoint if init_checkpoint else 'from scratch'}; method {method}")
 
   mesh = sharding.create_mesh({a: config.mesh[a] for a in sharding.MESH_AXES})
+  check_batch_sizes(r, mesh)
   rules = sharding.rules_from_config(config.mesh.logical_axis_rules)
   model = heads.MODELS[spec.kind](model_config, num_labels=spec.num_labels)
   ids = jnp.zeros((1, d.max_seq_length), jnp.int32)

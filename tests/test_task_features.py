@@ -1,0 +1,203 @@
+"""Fine-tuning features, decoding and scoring without a pretrained model: QA windows and spans (run_squad's rules,
+SQuAD 2.0's empty answers), integer label sets, entities per sentence, and an eval loss free of padding rows."""
+import functools
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from bert_jax.core import sharding
+from bert_jax.data import tokenizer as tokenizer_lib
+from bert_jax.finetune import heads, task_metrics, tasks
+from bert_jax.trainers import finetune
+from train_helpers import SMALL
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+class WordTok:
+  """One piece per whitespace word (its id from the word), with character offsets: long contexts made cheaply."""
+  cls_id, sep_id, unk_id, kind = 2, 3, 1, "wordpiece"
+
+  def encode(self, text):
+    return self.encode_with_offsets(text)[0]
+
+  def encode_with_offsets(self, text):
+    words = text.split()
+    offsets, at = [], 0
+    for w in words:
+      at = text.index(w, at)
+      offsets.append((at, at + len(w)))
+      at += len(w)
+    return [5 + int(w[1:]) % 50 if w[1:].isdigit() else 4 for w in words], offsets
+
+
+@pytest.fixture(scope="module")
+def wordpiece(tmp_path_factory):
+  """A real WordPiece tokenizer (HF tokenizers, BERT's normalizer and punctuation split) over a small vocab.txt."""
+  words = ("the engineer tesla lab burned down in it was an anglo saxon kingdom war lasted from 1850 1855 total "
+           "he born paris france ' s - , . what who when where").split()
+  path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
+  path.write_text("\n".join(SPECIALS + words) + "\n")
+  return tokenizer_lib.load(str(path), True)
+
+
+def _oracle_logits(features):
+  """Start/end logits peaked on each row's labelled span."""
+  start = np.full(features["input_ids"].shape, -10.0)
+  end = np.full(features["input_ids"].shape, -10.0)
+  rows = np.arange(len(start))
+  start[rows, features["start_positions"]] = 10.0
+  end[rows, features["end_positions"]] = 10.0
+  return start, end
+
+
+def test_qa_windows_keep_every_token_when_the_stride_is_longer_than_a_window():
+  context = " ".join(f"w{i}" for i in range(300))
+  answer_start = context.index("w97 ")
+  ex = {"id": "x", "question": "w1 w2", "context": context, "answers": ["w97 w98"], "answer_start": answer_start}
+  # window: 32 - 2 question tokens - [CLS] [SEP] [SEP] = 27 context tokens, each start min(128, 27) after the last
+  feats = tasks.qa_features([ex], WordTok(), max_seq_length=32, doc_stride=128, max_query_length=8)
+  covered = set()
+  for starts in feats["token_start"]:
+    covered |= {int(s) for s in starts if s >= 0}
+  word_starts = _word_starts(context)
+  assert covered == set(word_starts)
+  assert len(feats["input_ids"]) == -(-300 // 27)
+  labelled = np.flatnonzero(feats["start_positions"] > 0)
+  assert len(labelled) == 1
+  f = labelled[0]
+  s, e = feats["token_start"][f][feats["start_positions"][f]], feats["token_end"][f][feats["end_positions"][f]]
+  assert context[s:e] == "w97 w98"
+  assert sorted(_max_context_starts(feats)) == word_starts  # each token has one window of most context
+
+
+def _word_starts(text):
+  return [i for i, ch in enumerate(text) if ch != " " and (i == 0 or text[i - 1] == " ")]
+
+
+def _max_context_starts(feats):
+  """The first character of every token flagged max_context, over all windows."""
+  return [int(s) for starts, flags in zip(feats["token_start"], feats["max_context"])
+          for s, m in zip(starts, flags) if s >= 0 and m]
+
+
+def test_qa_overlapping_windows_label_the_answer_and_flag_the_middle_window():
+  context = " ".join(f"w{i}" for i in range(40))
+  ex = {"id": "x", "question": "where", "context": context, "answers": ["w25 w26"],
+        "answer_start": context.index("w25")}
+  feats = tasks.qa_features([ex], WordTok(), max_seq_length=16, doc_stride=6, max_query_length=4)
+  assert len(feats["input_ids"]) > 3  # windows of 12 tokens, 6 apart: every token in two
+  for f in np.flatnonzero(feats["start_positions"] > 0):
+    s, e = feats["token_start"][f][feats["start_positions"][f]], feats["token_end"][f][feats["end_positions"][f]]
+    assert context[s:e] == "w25 w26"
+  # w15 sits in windows [6, 18) (left 9, right 2) and [12, 24) (left 3, right 8): its max context is the second
+  where = context.index("w15")
+  flagged = [f for f in range(len(feats["input_ids"]))
+             if any(s == where and m for s, m in zip(feats["token_start"][f], feats["max_context"][f]))]
+  assert flagged == [2] and sorted(_max_context_starts(feats)) == _word_starts(context)
+
+
+def test_qa_decode_starts_only_where_the_window_gives_the_most_context():
+  context = " ".join(f"w{i}" for i in range(40))
+  ex = {"id": "x", "question": "where", "context": context, "answers": ["w19"], "answer_start": context.index("w19")}
+  feats = tasks.qa_features([ex], WordTok(), max_seq_length=16, doc_stride=6, max_query_length=4)
+  start, end = np.full(feats["input_ids"].shape, -10.0), np.full(feats["input_ids"].shape, -10.0)
+  column = lambda f, word: list(feats["token_start"][f]).index(context.index(word))
+  # Windows of 12 tokens, 6 apart. Window 1 ([6, 18)) holds w17 at its right edge, window 2 ([12, 24)) holds w17
+  # and w19 with context on both sides. w17 alone in window 1 scores highest, but its most context is in window 2,
+  # so no span may start there in window 1 (run_squad); w19 in window 2 wins.
+  start[1, column(1, "w17")] = end[1, column(1, "w17")] = 9.0
+  start[2, column(2, "w19")] = end[2, column(2, "w19")] = 5.0
+  assert tasks.qa_decode([ex], feats, start, end) == {"x": "w19"}
+
+
+def test_qa_answers_inside_words_are_their_own_subtokens(wordpiece):
+  cases = [("The engineer Tesla's lab burned down.", "Tesla"), ("It was an Anglo-Saxon kingdom.", "Saxon"),
+           ("The war lasted from 1850-1855 in total.", "1855"), ("He was born in Paris, France.", "Paris")]
+  examples = [{"id": str(i), "question": "what", "context": c, "answers": [a], "answer_start": c.index(a)}
+              for i, (c, a) in enumerate(cases)]
+  feats = tasks.qa_features(examples, wordpiece, max_seq_length=32, doc_stride=16, max_query_length=8)
+  answers = tasks.qa_decode(examples, feats, *_oracle_logits(feats))
+  assert answers == {str(i): a for i, (_, a) in enumerate(cases)}
+  assert task_metrics.squad_scores(answers, {e["id"]: e["answers"] for e in examples})["exact_match"] == 100.0
+
+
+def test_squad_v2_answers_unanswerable_questions_with_the_empty_string():
+  context = "w1 w2 w3 w4"
+  examples = [{"id": "a", "question": "w1", "context": context, "answers": ["w3"], "answer_start": 6},
+              {"id": "b", "question": "w2", "context": context, "answers": [], "answer_start": -1}]
+  feats = tasks.qa_features(examples, WordTok(), max_seq_length=16, doc_stride=8, max_query_length=4)
+  assert (feats["start_positions"][1], feats["end_positions"][1]) == (0, 0)  # trained to point at [CLS]
+  start, end = _oracle_logits(feats)
+  start[1, 0] = end[1, 0] = 12.0  # [CLS] beats every span of b; a's span beats its [CLS]
+  assert tasks.qa_decode(examples, feats, start, end, null_answers=True) == {"a": "w3", "b": ""}
+  v1 = tasks.qa_decode(examples, feats, start, end)
+  assert v1["a"] == "w3" and v1["b"] != ""  # SQuAD 1.1 always answers with a span
+  golds = {"a": ["w3"], "b": []}
+  assert task_metrics.squad_scores({"a": "w3", "b": ""}, golds) == {"exact_match": 100.0, "f1": 100.0}
+  assert task_metrics.squad_scores({"a": "w3", "b": "w1"}, golds) == {"exact_match": 50.0, "f1": 50.0}
+
+
+def test_a_question_without_an_answer_needs_squad_v2(tmp_path):
+  path = tmp_path / "qa.jsonl"
+  path.write_text(json.dumps({"id": "q", "question": "who", "context": "nobody here",
+                              "answers": {"text": [], "answer_start": []}}) + "\n")
+  spec = tasks.file_spec("f", "qa", "question,context", "answers", "", "", str(path))
+  with pytest.raises(ValueError, match=r"qa.jsonl example 0: question without an answer; .* task.metric=squad_v2"):
+    tasks.read_file(spec, str(path))
+  v2 = tasks.file_spec("f", "qa", "question,context", "answers", "", "squad_v2", str(path))
+  assert tasks.read_file(v2, str(path))[0]["answers"] == []
+  with pytest.raises(ValueError, match=r"task.metric='mcc' does not score a qa task"):
+    tasks.file_spec("f", "qa", "question,context", "answers", "", "mcc", str(path))
+
+
+def test_integer_labels_are_named_in_numeric_order(tmp_path):
+  path = tmp_path / "train.jsonl"
+  path.write_text("".join(json.dumps({"text": f"t{i}", "label": i + 1}) + "\n" for i in range(11)))  # 1..11
+  spec = tasks.file_spec("f", "classification", "text", "label", "", "", str(path))
+  assert spec.label_names == tuple(str(i) for i in range(1, 12))
+  examples = tasks.read_file(spec, str(path))
+  assert [spec.label_names[e["label"]] for e in examples] == [str(i) for i in range(1, 12)]
+
+
+def test_entities_end_where_their_sentence_ends():
+  names = ("O", "B-PER", "I-PER")
+  gold = [0, 1, 1, 2]  # sentence 0: O B-PER | sentence 1: B-PER I-PER
+  pred = [0, 1, 2, 2]  # sentence 1 starts with I-PER: an entity of its own, not the end of sentence 0's
+  sentences = [0, 0, 1, 1]
+  assert task_metrics.tagging_scores(pred, gold, names, sentences)["f1"] == 1.0
+  assert task_metrics.tagging_scores(pred, gold, names)["f1"] == 0.0  # as one sentence the spans differ
+  feats = tasks.tagging_features([{"words": ["w1", "w2"], "labels": [0, 1]}, {"words": ["w3"], "labels": [1]}],
+                                 WordTok(), 8)
+  assert list(feats["example_index"]) == [0, 1]
+
+
+def test_eval_loss_counts_each_row_once_whatever_the_batch_size():
+  spec = tasks.TaskSpec("t", "classification", label_names=("a", "b"))
+  model = heads.MODELS["classification"](SMALL, num_labels=2)
+  rng = np.random.default_rng(0)
+  n = 65
+  features = {"input_ids": rng.integers(5, 1024, (n, 16)).astype(np.int32),
+              "input_mask": np.ones((n, 16), np.int32), "segment_ids": np.zeros((n, 16), np.int32),
+              "label": rng.integers(0, 2, n).astype(np.int32)}
+  params = jax.jit(model.init)(jax.random.key(0), *(features[k][:1] for k in ("input_ids", "input_mask",
+                                                                                "segment_ids")))["params"]
+  mesh = sharding.create_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
+  predict_fn = jax.jit(functools.partial(finetune.predict_step, model=model, spec=spec))
+  losses = []
+  for batch_size in (n, 8, 64):  # no padding, 7 rows of padding, 63
+    result, predictions = finetune.evaluate(predict_fn, params, spec, None, features, batch_size, mesh)
+    losses.append(result["eval_loss"])
+    assert len(predictions) == n
+  assert losses[1] == pytest.approx(losses[0], rel=1e-5) and losses[2] == pytest.approx(losses[0], rel=1e-5)
+
+
+def test_batch_sizes_must_split_over_the_batch_devices():
+  mesh = sharding.create_mesh({"data": 4, "fsdp": 2, "tensor": 1}, devices=jax.devices())
+  train = {"batch_size": 32, "eval_batch_size": 12}
+  with pytest.raises(ValueError, match=r"train.eval_batch_size=12 must divide by the batch-parallel devices "
+                                       r"\(data x fsdp = 8\)"):
+    finetune.check_batch_sizes(train, mesh)
+  finetune.check_batch_sizes({"batch_size": 32, "eval_batch_size": 16}, mesh)
