@@ -4,6 +4,8 @@ import json
 import shlex
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -89,6 +91,36 @@ def test_two_processes_match_one_process_and_checkpoints_cross_between_them(reco
   assert sorted(a) == sorted(b) == list(range(1, 10))
   for step in (7, 8, 9):
     assert a[step] == pytest.approx(b[step], rel=1e-5), step
+
+
+def test_sigterm_to_one_process_saves_on_all_at_one_step_and_exits_zero(records, tmp_path):
+  """A scheduler's SIGTERM may reach one process only (or each at another step): the processes agree on it and
+  all enter the collective save at the same step, instead of one waiting in it forever."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  flags = _flags(records, tmp_path, 300, **{"optim.schedule_steps": 0, "checkpoint.every_steps": 1000})
+  procs = []
+  for i in range(2):
+    env = _env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i),
+               JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(1))
+    procs.append(subprocess.Popen([sys.executable, "-m", "bert_jax.train"] + flags, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT))
+  try:
+    deadline = time.time() + 300
+    while time.time() < deadline and not (os.path.exists(tmp_path / "metrics.jsonl")
+                                          and len(_losses(tmp_path)) >= 3):
+      assert all(p.poll() is None for p in procs), procs[0].communicate()[0][-3000:]
+      time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+  finally:  # a run stuck in the save would outlive the test
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+  saved = int(outs[0].split("SIGTERM: saving a checkpoint at step ")[1].split()[0])
+  assert 3 <= saved < 300 and str(saved) in os.listdir(tmp_path / "checkpoints")
 
 
 def test_missing_process_fails_fast_naming_it(tmp_path):

@@ -5,7 +5,9 @@ import sys
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -108,6 +110,35 @@ def test_weight_decay_mask_excludes_exactly_layer_norm_and_biases():
   assert "encoder/layer_1/attention/query/bias" in excluded
   assert "encoder/layer_1/attention/query/kernel" in included
   assert "encoder/embeddings/word_embeddings/embedding" in included
+
+
+@pytest.mark.parametrize("key", ["train.log_every", "train.eval_every", "train.microbatches",
+                                 "checkpoint.every_steps", "checkpoint.keep"])
+def test_zero_intervals_and_keep_fail_at_start_naming_the_field(key):
+  with pytest.raises(ValueError, match=rf"{key}=0 must be at least 1"):
+    pretrain.check_intervals(config(**{key: 0}))
+
+
+def test_lamb_gives_biases_and_layer_norms_adams_step_and_weights_the_trust_ratio():
+  """As google-research/albert's LAMB: the trust ratio |w| / |u| scales the decayed weights' steps only. With it on
+  a zero-initialised bias, the bias would move by lr * |b| a step and stay near zero."""
+  cfg = configlib.load("tiny", {"optim.name": "lamb", "optim.warmup_steps": 1, "optim.weight_decay": 0.0,
+                                "optim.clip_norm": 0.0, "optim.peak_learning_rate": 1e-2}).optim
+  tx, schedule = optim.make_optimizer(cfg, 100)
+  params = {"dense": {"kernel": jnp.full((4, 4), 2.0), "bias": jnp.zeros(4)}}
+  grads = {"dense": {"kernel": jnp.ones((4, 4)), "bias": jnp.ones(4)}}
+  state = tx.init(params)
+  for _ in range(3):
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  # constant gradients: Adam's step is 1 per entry, so the bias falls by the learning rate of steps 1 and 2
+  lr = [float(schedule(k)) for k in range(3)]
+  np.testing.assert_allclose(params["dense"]["bias"], -(lr[1] + lr[2]), rtol=1e-4)
+  # the kernel's step is scaled to its own norm: each update is lr * |w| / |u| * u, with |u| = 4 (16 ones)
+  kernel = 2.0
+  for k in range(3):
+    kernel -= lr[k] * (4 * kernel) / 4
+  np.testing.assert_allclose(params["dense"]["kernel"], kernel, rtol=1e-4)
 
 
 def test_fused_qkv_kernel_is_sharded_and_decayed_like_the_separate_ones():

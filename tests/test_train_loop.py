@@ -48,12 +48,17 @@ def _lines(workdir):
     return [json.loads(l) for l in f]
 
 
-def test_nonfinite_loss_stops_naming_the_step(records, tmp_path):
+def test_nonfinite_loss_stops_naming_the_step_and_is_never_saved(records, tmp_path):
+  # a checkpoint every step, written before the next step starts, and no metrics line before step 1000: the save
+  # at step 1 must check the loss itself
   result = subprocess.run(_args(tmp_path, records, 6, **_program(fp8=False),
-                                **{"data.train_files": f"{records}/nan-*.tfrecord"}),
+                                **{"data.train_files": f"{records}/nan-*.tfrecord", "checkpoint.every_steps": 1,
+                                   "checkpoint.async_save": False, "train.log_every": 1000}),
                           capture_output=True, text=True, env=cli_env(_resume_devices(False)), timeout=300)
   assert result.returncode != 0
   assert "loss is nan at step 1" in result.stderr
+  saved = os.listdir(tmp_path / "checkpoints") if os.path.isdir(tmp_path / "checkpoints") else []
+  assert not [name for name in saved if name.isdigit()], saved
 
 
 def test_config_and_data_mismatch_fails_at_start(records, tmp_path):
@@ -194,3 +199,9 @@ def test_sigterm_saves_at_the_next_step_and_exits_zero(records, tmp_path):
                            env=env, timeout=300)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"resumed from checkpoint at step {saved}" in resumed.stdout
+  # the same command on the finished workdir trains nothing and writes nothing: still one line per step
+  lines = _lines(tmp_path)
+  again = subprocess.run(_args(tmp_path, records, saved + 2, **overrides), capture_output=True, text=True,
+                         env=env, timeout=300)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert _lines(tmp_path) == lines

@@ -51,7 +51,13 @@ def make_optimizer(c, total_steps: int, rules=()):
     tx = optax.adamw(schedule, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay, mask=decay_mask,
                      mu_dtype=mu_dtype)
   elif c.name == "lamb":
-    tx = optax.lamb(schedule, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay, mask=decay_mask)
+    # optax.lamb scales every tensor's step by its trust ratio |w| / |step|. A zero-initialised bias then moves by
+    # lr * |b| a step and stays near zero for thousands of steps. google-research/albert's LAMB excludes biases and
+    # LayerNorm from the layer adaptation as from weight decay: they take Adam's step.
+    tx = optax.chain(optax.scale_by_adam(b1=c.b1, b2=c.b2, eps=c.eps, mu_dtype=mu_dtype),
+                     optax.add_decayed_weights(c.weight_decay, decay_mask),
+                     optax.masked(optax.scale_by_trust_ratio(), decay_mask),
+                     optax.scale_by_learning_rate(schedule))
   else:
     raise ValueError(f"optimizer {c.name!r} is not 'adamw' or 'lamb'")
   if c.clip_norm and c.clip_norm > 0:

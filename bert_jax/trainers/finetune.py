@@ -428,7 +428,7 @@ def _finetune(config, workdir: str, init_checkpoint: str) -> dict:
             log(f"early stop at step {step}: {stopper.metric} has not improved for {stopper.evals_since_best} "
                 f"evals (best {stopper.best_value:.4f} at step {stopper.best_step})")
             stopped_early = True
-        if preempted.requested:
+        if preempted.requested_anywhere():
           log(f"SIGTERM: saving a checkpoint at step {step} and exiting")
           ckpt.save(step, state, force=True)
           ckpt.wait()

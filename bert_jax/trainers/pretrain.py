@@ -6,7 +6,6 @@ encoder inputs. Start order: resume from the workdir > init_checkpoint > scratch
 
 import functools
 import os
-import signal
 import time
 
 import flax.linen as nn
@@ -18,6 +17,7 @@ import optax
 from bert_jax import inputs
 from bert_jax.convert import workdir as workdir_lib
 from bert_jax.core import checkpoint as checkpoint_lib
+from bert_jax.core import preemption as preemption_lib
 from bert_jax.core import distributed, metrics, optim, param_rules, platform_defaults, sharding, workdir_lock
 from bert_jax.core.train_state import TrainState, create_train_state
 from bert_jax.models import registry
@@ -125,6 +125,18 @@ def check_batch(config, mesh) -> None:
     raise ValueError(f"train.eval_batch_size={eval_batch} must divide by data x fsdp = {batch_devices}")
 
 
+def check_intervals(config) -> None:
+  """Step counts the loop divides by, and the checkpoints kept, must be at least 1: checked at start, not after
+  the data is prepared and the first step compiled."""
+  for section, key in (("train", "microbatches"), ("train", "log_every"), ("train", "eval_every"),
+                       ("checkpoint", "every_steps"), ("checkpoint", "keep")):
+    value = config[section][key]
+    if value < 1:
+      raise ValueError(f"{section}.{key}={value} must be at least 1" + (
+          " (Orbax would delete every checkpoint, the final one too)" if key == "keep" else
+          f"; to do it rarely, set it to train.steps ({config.train.steps})" if key != "microbatches" else ""))
+
+
 def evaluate(eval_step_fn, params, eval_iter_factory, num_batches: int, mesh, objective) -> dict:
   totals = None
   it = eval_iter_factory()
@@ -165,21 +177,6 @@ class NonFiniteLossError(FloatingPointError):
   pass
 
 
-class _Preemption:
-  """Turns SIGTERM into a request to save at the next step boundary and exit cleanly."""
-
-  def __init__(self):
-    self.requested = False
-    try:
-      signal.signal(signal.SIGTERM, self._handler)
-    except ValueError:  # not the main thread (e.g. inside some test runners)
-      pass
-
-  def _handler(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-
 def use_prng_impl(name: str) -> None:
   """Sets the PRNG behind init and dropout keys; threefry's bit generation is slow on accelerators."""
   choices = ("threefry2x32", "rbg", "unsafe_rbg")
@@ -217,6 +214,7 @@ def with_platform_defaults(config, mesh, log):
 def _train_and_evaluate(config, workdir: str) -> dict:
   writer = metrics.MetricsWriter(workdir)
   log = writer.log
+  check_intervals(config)
   mesh = sharding.create_mesh({a: config.mesh[a] for a in sharding.MESH_AXES}, config.mesh.dcn_data)
   check_batch(config, mesh)
   config = with_platform_defaults(config, mesh, log)
@@ -271,7 +269,6 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   flops_per_seq = objective.flops_per_sequence()
   peak = metrics.peak_flops_per_device(jax.devices()[0].device_kind, config.train.peak_flops)
   throughput = metrics.Throughput()
-  preemption = _Preemption()
   last_train, last_eval = {}, {}
   pending = None  # (step, device metrics) checked one step late so the host never stalls the device
   t0 = time.time()
@@ -292,52 +289,58 @@ def _train_and_evaluate(config, workdir: str) -> dict:
                                f"(try a lower optim.peak_learning_rate, more warmup, or float32 compute)")
     return loss
 
-  if start_step == 0:
-    run_eval(0)
-  step = start_step
-  with nn.logical_axis_rules(rules):
-    while step < config.train.steps:
-      if step == config.train.profile_start_step:
-        jax.profiler.start_trace(os.path.join(workdir, "profile"))
-      local_batch = next(train_iter)
-      if step == start_step:
-        objective.check_batch_keys(local_batch)
-      batch = sharding.global_batch(local_batch, mesh)
-      state, step_metrics = train_step_fn(state, batch)
-      if step == start_step:  # throughput excludes the first step's compilation
-        jax.block_until_ready(step_metrics)
-        throughput.update(step + 1, config.train.batch_size, d.max_seq_length)
+  with preemption_lib.Preemption() as preemption:  # SIGTERM from here on: save at the next step, exit 0
+    if start_step == 0:
+      run_eval(0)
+    step = start_step
+    with nn.logical_axis_rules(rules):
+      while step < config.train.steps:
+        if step == config.train.profile_start_step:
+          jax.profiler.start_trace(os.path.join(workdir, "profile"))
+        local_batch = next(train_iter)
+        if step == start_step:
+          objective.check_batch_keys(local_batch)
+        batch = sharding.global_batch(local_batch, mesh)
+        state, step_metrics = train_step_fn(state, batch)
+        if step == start_step:  # throughput excludes the first step's compilation
+          jax.block_until_ready(step_metrics)
+          throughput.update(step + 1, config.train.batch_size, d.max_seq_length)
+        if pending is not None:
+          check_finite(*pending)
+        step += 1
+        pending = (step, step_metrics)
+        if config.train.profile_start_step >= 0 and step == config.train.profile_start_step + config.train.profile_steps:
+          jax.profiler.stop_trace()
+        if step % config.train.log_every == 0 or step == config.train.steps:
+          m = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+          check_finite(step, m)
+          rates = throughput.update(step, config.train.batch_size, d.max_seq_length)
+          seq_s, tok_s, _ = rates if rates else (None, None, None)
+          mfu = (flops_per_seq * seq_s / (peak * jax.device_count())) if (peak and seq_s) else None
+          last_train = {"step": step, **m, "seq_per_sec": seq_s, "tokens_per_sec": tok_s, "mfu": mfu}
+          writer.write(last_train)
+          eta = (time.time() - t0) / max(step - start_step, 1) * (config.train.steps - step)
+          log(f"train step {step}/{config.train.steps}: loss {m['loss']:.4f} {_fields(m, objective.log_fields)} "
+              f"lr {m['learning_rate']:.2e} "
+              f"{f'{seq_s:.1f}' if seq_s else '-'} seq/s eta {metrics.format_eta(eta)}")
+        if step % config.train.eval_every == 0 and step != config.train.steps:
+          run_eval(step)
+        preempted = preemption.requested_anywhere()
+        if pending is not None and (preempted or step % config.checkpoint.every_steps == 0):
+          check_finite(*pending)  # a non-finite step's params are never saved, or every resume would start from them
+          pending = None
+        if preempted:
+          log(f"SIGTERM: saving a checkpoint at step {step} and exiting")
+          ckpt.save(step, state, train_iter, force=True)
+          ckpt.wait()
+          writer.close()
+          return {"train": last_train, "eval": last_eval, "preempted": True}
+        ckpt.save(step, state, train_iter)
       if pending is not None:
         check_finite(*pending)
-      step += 1
-      pending = (step, step_metrics)
-      if config.train.profile_start_step >= 0 and step == config.train.profile_start_step + config.train.profile_steps:
-        jax.profiler.stop_trace()
-      if step % config.train.log_every == 0 or step == config.train.steps:
-        m = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-        check_finite(step, m)
-        rates = throughput.update(step, config.train.batch_size, d.max_seq_length)
-        seq_s, tok_s, _ = rates if rates else (None, None, None)
-        mfu = (flops_per_seq * seq_s / (peak * jax.device_count())) if (peak and seq_s) else None
-        last_train = {"step": step, **m, "seq_per_sec": seq_s, "tokens_per_sec": tok_s, "mfu": mfu}
-        writer.write(last_train)
-        eta = (time.time() - t0) / max(step - start_step, 1) * (config.train.steps - step)
-        log(f"train step {step}/{config.train.steps}: loss {m['loss']:.4f} {_fields(m, objective.log_fields)} "
-            f"lr {m['learning_rate']:.2e} "
-            f"{f'{seq_s:.1f}' if seq_s else '-'} seq/s eta {metrics.format_eta(eta)}")
-      if step % config.train.eval_every == 0 and step != config.train.steps:
-        run_eval(step)
-      if preemption.requested:
-        log(f"SIGTERM: saving a checkpoint at step {step} and exiting")
-        ckpt.save(step, state, train_iter, force=True)
-        ckpt.wait()
-        writer.close()
-        return {"train": last_train, "eval": last_eval, "preempted": True}
-      ckpt.save(step, state, train_iter)
-    if pending is not None:
-      check_finite(*pending)
-  run_eval(step)
-  ckpt.save(step, state, train_iter, force=True)
-  ckpt.wait()
-  writer.close()
-  return {"train": last_train, "eval": last_eval}
+    if step > start_step or start_step == 0:  # a rerun of a finished workdir has its final eval line already
+      run_eval(step)
+    ckpt.save(step, state, train_iter, force=True)
+    ckpt.wait()
+    writer.close()
+    return {"train": last_train, "eval": last_eval}
