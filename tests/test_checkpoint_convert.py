@@ -18,6 +18,7 @@ from bert_jax.core import checkpoint as checkpoint_lib
 from bert_jax.core import sharding
 from bert_jax.data import corpora
 from bert_jax.models.pretraining import EncoderWithHeads
+import hf_helpers
 from train_helpers import PYDOCS_STEPS, SMALL, build, config, pretrained_tiny, random_batch
 from cli_helpers import cli_env
 
@@ -232,6 +233,28 @@ def test_hf_dir_whose_config_disagrees_with_weights_fails_clearly(tmp_path):
   json.dump(cfg, open(tmp_path / "config.json", "w"))
   with pytest.raises(ValueError, match=r"intermediate\.dense\.weight' has shape \(512, 128\) but this config needs \(256, 128\)"):
     hf_dir.read_hf_dir(str(tmp_path))
+
+
+def test_legacy_layernorm_gamma_beta_names_import_as_transformers_loads_them(tmp_path):
+  """Older hub BERT checkpoints (bert-base-uncased's pytorch_model.bin) name LayerNorm weights gamma/beta."""
+  hf = hf_helpers.randomize_torch(transformers.BertForPreTraining(transformers.BertConfig(
+      vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+      max_position_embeddings=64)))
+  hf.save_pretrained(str(tmp_path))
+  os.remove(tmp_path / "model.safetensors")
+  legacy = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+            for k, v in hf.state_dict().items()}
+  assert any(k.endswith("LayerNorm.gamma") for k in legacy) and any(k.endswith("LayerNorm.beta") for k in legacy)
+  torch.save(legacy, tmp_path / "pytorch_model.bin")
+  params, model_config = hf_dir.read_hf_dir(str(tmp_path))
+  ids, mask, segments = hf_dir.probe_batch(model_config)
+  with jax.default_matmul_precision("highest"):
+    ours = EncoderWithHeads(model_config, ("mlm", "nsp")).apply({"params": params}, ids, mask, segments, None)
+  with torch.no_grad():
+    out = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+             token_type_ids=torch.from_numpy(segments))
+  np.testing.assert_allclose(np.asarray(ours["mlm_logits"]), out.prediction_logits.numpy(), atol=1e-4)
+  np.testing.assert_allclose(np.asarray(ours["nsp_logits"]), out.seq_relationship_logits.numpy(), atol=1e-4)
 
 
 def test_tf1_checkpoint_import_matches_hf_conversion(tmp_path):
