@@ -170,6 +170,33 @@ def test_checkpoint_of_another_family_names_both(tmp_path):
   np.testing.assert_array_equal(again["mlm"]["output_bias"], params["mlm"]["output_bias"])
 
 
+def _tiny_hf_config(name):
+  """config.json fields of a tiny model of this family, as export writes them."""
+  fam = registry.get_family(name)
+  return fam.hf_config(fam.config_cls(vocab_size=99, hidden_size=32, num_layers=1, num_heads=4, intermediate_size=37))
+
+
+@pytest.mark.parametrize("name", sorted(registry.FAMILIES))
+@pytest.mark.parametrize("field, value, named", [("is_decoder", True, "is_decoder=true"),
+                                                 ("add_cross_attention", True, "add_cross_attention=true"),
+                                                 ("position_embedding_type", "relative_key",
+                                                  "position_embedding_type='relative_key'")])
+def test_hf_decoders_and_relative_positions_are_refused_naming_the_field(name, field, value, named):
+  hf = _tiny_hf_config(name)
+  assert type(hf_dir.config_from_hf_json({**hf, "is_decoder": False, "add_cross_attention": False,
+                                          "position_embedding_type": "absolute"})).family == name
+  with pytest.raises(ValueError, match=named):
+    hf_dir.config_from_hf_json({**hf, field: value})
+
+
+def test_hf_causal_lm_directory_is_refused_not_read_as_an_encoder(tmp_path):
+  hf = transformers.BertLMHeadModel(transformers.BertConfig(
+      vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37, is_decoder=True))
+  hf.save_pretrained(str(tmp_path))
+  with pytest.raises(ValueError, match="is_decoder=true.*bidirectional encoders only"):
+    hf_dir.read_hf_dir(str(tmp_path))
+
+
 def test_roberta_positions_start_after_the_padding_index():
   config = roberta.RobertaConfig.from_size("tiny", vocab_size=100, max_position_embeddings=20)
   assert config.max_sequence_length == 18

@@ -48,6 +48,7 @@ def hf_config(config: DistilBertConfig) -> dict:
 
 
 def config_from_hf(hf, **overrides) -> DistilBertConfig:
+  family.check_hf_encoder(hf)  # DistilBERT has its own field names, not common_fields_from_hf
   defaults = DistilBertConfig()
   act = hf.get("activation", defaults.hidden_act)
   if act not in ("gelu", "gelu_new"):
