@@ -197,6 +197,24 @@ def test_hf_causal_lm_directory_is_refused_not_read_as_an_encoder(tmp_path):
     hf_dir.read_hf_dir(str(tmp_path))
 
 
+@pytest.mark.parametrize("name", sorted(set(registry.FAMILIES) - {"distilbert"}))
+def test_no_token_types_is_refused_at_config_for_families_whose_hf_classes_have_them(name):
+  """Their HF export needs a token-type table: refused at the start, not with a KeyError after training."""
+  with pytest.raises(ValueError, match=rf"model.type_vocab_size must be >= 1 for model.family='{name}'"):
+    registry.encoder_config({"family": name, "size": "tiny", "vocab_size": 99, "type_vocab_size": 0})
+  assert registry.encoder_config({"family": name, "size": "tiny", "vocab_size": 99, "type_vocab_size": 1})
+
+
+def test_distilbert_keeps_no_token_types_and_exports(tmp_path):
+  config = registry.encoder_config({"family": "distilbert", "size": "tiny", "vocab_size": 99})
+  assert config.type_vocab_size == 0
+  ids = jnp.ones((1, 8), jnp.int32)
+  params = nn.unbox(EncoderWithHeads(config, ("mlm",)).init(jax.random.key(0), ids, ids, ids)["params"])
+  assert "token_type_embeddings" not in params["encoder"]["embeddings"]
+  assert hf_dir.write_hf_dir(params, config, str(tmp_path), log=lambda *a: None) == "DistilBertForMaskedLM"
+  assert hf_dir.check_hf_dir(params, config, str(tmp_path)) < 1e-4
+
+
 def test_roberta_positions_start_after_the_padding_index():
   config = roberta.RobertaConfig.from_size("tiny", vocab_size=100, max_position_embeddings=20)
   assert config.max_sequence_length == 18
