@@ -125,6 +125,22 @@ def _param_count(name):
   return common.count_params(abstract), nn.unbox(abstract)
 
 
+def test_one_layer_unshared_albert_exports_and_reads_back(tmp_path):
+  """One unshared layer is one HF group too: export must still take its params from layer_0, not shared_layer."""
+  config = albert.AlbertConfig(vocab_size=99, hidden_size=32, num_layers=1, num_heads=4, intermediate_size=37,
+                               embedding_size=16, layer_sharing="none")
+  ids = jnp.ones((1, 8), jnp.int32)
+  params = hf_helpers.perturb_params(
+      nn.unbox(EncoderWithHeads(config, ("mlm", "sop")).init(jax.random.key(0), ids, ids, ids)["params"]))
+  assert "layer_0" in params["encoder"]
+  assert hf_dir.write_hf_dir(params, config, str(tmp_path), log=lambda *a: None) == "AlbertForPreTraining"
+  assert hf_dir.check_hf_dir(params, config, str(tmp_path)) < 1e-4
+  back, back_config = hf_dir.read_hf_dir(str(tmp_path), layer_sharing="none")
+  assert back_config == config
+  for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(back)):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_parameter_counts_match_the_papers():
   albert_count, albert_params = _param_count("albert_base")
   assert 11e6 < albert_count < 13e6, albert_count       # ALBERT-base: 12M
