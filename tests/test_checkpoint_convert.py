@@ -18,6 +18,7 @@ from bert_jax.core import checkpoint as checkpoint_lib
 from bert_jax.core import sharding
 from bert_jax.data import corpora
 from bert_jax.models.pretraining import EncoderWithHeads
+import hf_helpers
 from train_helpers import PYDOCS_STEPS, SMALL, build, config, pretrained_tiny, random_batch
 from cli_helpers import cli_env
 
@@ -224,6 +225,35 @@ def test_from_hf_writes_an_init_checkpoint(tmp_path):
     workdir.restore_params(str(tmp_path / "ckpt"), wrong, shardings, model_config)
 
 
+def test_init_checkpoint_of_a_larger_vocabulary_is_refused_not_truncated(tmp_path):
+  hf = transformers.BertForMaskedLM(transformers.BertConfig(
+      vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37,
+      max_position_embeddings=64))
+  hf.save_pretrained(str(tmp_path / "hf"))
+  params, saved_config = hf_dir.read_hf_dir(str(tmp_path / "hf"))
+  padded = hf_params.to_layout(params, dataclasses.replace(saved_config, vocab_pad_multiple=128))
+  workdir.write_params_checkpoint(str(tmp_path / "ckpt"), padded, saved_config)  # 128 rows for 99 tokens
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+  def restore(vocab_size, pad):
+    config = dataclasses.replace(saved_config, vocab_size=vocab_size, vocab_pad_multiple=pad)
+    ids = np.zeros((1, 4), np.int32)
+    like = nn.unbox(jax.eval_shape(EncoderWithHeads(config, ("mlm",)).init, jax.random.key(0), ids, ids, ids))["params"]
+    return workdir.restore_params(str(tmp_path / "ckpt"), like, jax.tree_util.tree_map(lambda _: device, like),
+                                  config)
+
+  for smaller in ((90, 1), (90, 8), (100, 128)):  # 100 pads to 128 too: the rows alone cannot tell
+    with pytest.raises(ValueError, match=r"128 rows \(vocab_size 99\).*model.vocab_size is \d+.*data.vocab_file"):
+      restore(*smaller)
+  # The same vocabulary under another padding is converted, the real rows kept.
+  got = restore(99, 8)["encoder"]["embeddings"]["word_embeddings"]["embedding"]
+  assert got.shape == (104, 32)
+  np.testing.assert_array_equal(np.asarray(got)[:99], params["encoder"]["embeddings"]["word_embeddings"]["embedding"])
+  # Without the saved vocab_size only the run's own padding counts as padding.
+  with pytest.raises(ValueError, match=r"does not fit this model: its word table has 128 rows \(an unknown"):
+    hf_params.to_layout(padded, dataclasses.replace(saved_config, vocab_size=90), where="init_checkpoint X")
+
+
 def test_hf_dir_whose_config_disagrees_with_weights_fails_clearly(tmp_path):
   hf = transformers.BertForPreTraining(transformers.BertConfig(**_hf_config_dict(SMALL)))
   hf.save_pretrained(str(tmp_path))
@@ -232,6 +262,28 @@ def test_hf_dir_whose_config_disagrees_with_weights_fails_clearly(tmp_path):
   json.dump(cfg, open(tmp_path / "config.json", "w"))
   with pytest.raises(ValueError, match=r"intermediate\.dense\.weight' has shape \(512, 128\) but this config needs \(256, 128\)"):
     hf_dir.read_hf_dir(str(tmp_path))
+
+
+def test_legacy_layernorm_gamma_beta_names_import_as_transformers_loads_them(tmp_path):
+  """Older hub BERT checkpoints (bert-base-uncased's pytorch_model.bin) name LayerNorm weights gamma/beta."""
+  hf = hf_helpers.randomize_torch(transformers.BertForPreTraining(transformers.BertConfig(
+      vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+      max_position_embeddings=64)))
+  hf.save_pretrained(str(tmp_path))
+  os.remove(tmp_path / "model.safetensors")
+  legacy = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+            for k, v in hf.state_dict().items()}
+  assert any(k.endswith("LayerNorm.gamma") for k in legacy) and any(k.endswith("LayerNorm.beta") for k in legacy)
+  torch.save(legacy, tmp_path / "pytorch_model.bin")
+  params, model_config = hf_dir.read_hf_dir(str(tmp_path))
+  ids, mask, segments = hf_dir.probe_batch(model_config)
+  with jax.default_matmul_precision("highest"):
+    ours = EncoderWithHeads(model_config, ("mlm", "nsp")).apply({"params": params}, ids, mask, segments, None)
+  with torch.no_grad():
+    out = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+             token_type_ids=torch.from_numpy(segments))
+  np.testing.assert_allclose(np.asarray(ours["mlm_logits"]), out.prediction_logits.numpy(), atol=1e-4)
+  np.testing.assert_allclose(np.asarray(ours["nsp_logits"]), out.seq_relationship_logits.numpy(), atol=1e-4)
 
 
 def test_tf1_checkpoint_import_matches_hf_conversion(tmp_path):

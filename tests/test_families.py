@@ -125,6 +125,22 @@ def _param_count(name):
   return common.count_params(abstract), nn.unbox(abstract)
 
 
+def test_one_layer_unshared_albert_exports_and_reads_back(tmp_path):
+  """One unshared layer is one HF group too: export must still take its params from layer_0, not shared_layer."""
+  config = albert.AlbertConfig(vocab_size=99, hidden_size=32, num_layers=1, num_heads=4, intermediate_size=37,
+                               embedding_size=16, layer_sharing="none")
+  ids = jnp.ones((1, 8), jnp.int32)
+  params = hf_helpers.perturb_params(
+      nn.unbox(EncoderWithHeads(config, ("mlm", "sop")).init(jax.random.key(0), ids, ids, ids)["params"]))
+  assert "layer_0" in params["encoder"]
+  assert hf_dir.write_hf_dir(params, config, str(tmp_path), log=lambda *a: None) == "AlbertForPreTraining"
+  assert hf_dir.check_hf_dir(params, config, str(tmp_path)) < 1e-4
+  back, back_config = hf_dir.read_hf_dir(str(tmp_path), layer_sharing="none")
+  assert back_config == config
+  for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(back)):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_parameter_counts_match_the_papers():
   albert_count, albert_params = _param_count("albert_base")
   assert 11e6 < albert_count < 13e6, albert_count       # ALBERT-base: 12M
@@ -168,6 +184,51 @@ def test_checkpoint_of_another_family_names_both(tmp_path):
   again = workdir.restore_params(str(tmp_path / "albert"), params, jax.tree_util.tree_map(lambda x: x.sharding, params),
                                  albert_config)
   np.testing.assert_array_equal(again["mlm"]["output_bias"], params["mlm"]["output_bias"])
+
+
+def _tiny_hf_config(name):
+  """config.json fields of a tiny model of this family, as export writes them."""
+  fam = registry.get_family(name)
+  return fam.hf_config(fam.config_cls(vocab_size=99, hidden_size=32, num_layers=1, num_heads=4, intermediate_size=37))
+
+
+@pytest.mark.parametrize("name", sorted(registry.FAMILIES))
+@pytest.mark.parametrize("field, value, named", [("is_decoder", True, "is_decoder=true"),
+                                                 ("add_cross_attention", True, "add_cross_attention=true"),
+                                                 ("position_embedding_type", "relative_key",
+                                                  "position_embedding_type='relative_key'")])
+def test_hf_decoders_and_relative_positions_are_refused_naming_the_field(name, field, value, named):
+  hf = _tiny_hf_config(name)
+  assert type(hf_dir.config_from_hf_json({**hf, "is_decoder": False, "add_cross_attention": False,
+                                          "position_embedding_type": "absolute"})).family == name
+  with pytest.raises(ValueError, match=named):
+    hf_dir.config_from_hf_json({**hf, field: value})
+
+
+def test_hf_causal_lm_directory_is_refused_not_read_as_an_encoder(tmp_path):
+  hf = transformers.BertLMHeadModel(transformers.BertConfig(
+      vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37, is_decoder=True))
+  hf.save_pretrained(str(tmp_path))
+  with pytest.raises(ValueError, match="is_decoder=true.*bidirectional encoders only"):
+    hf_dir.read_hf_dir(str(tmp_path))
+
+
+@pytest.mark.parametrize("name", sorted(set(registry.FAMILIES) - {"distilbert"}))
+def test_no_token_types_is_refused_at_config_for_families_whose_hf_classes_have_them(name):
+  """Their HF export needs a token-type table: refused at the start, not with a KeyError after training."""
+  with pytest.raises(ValueError, match=rf"model.type_vocab_size must be >= 1 for model.family='{name}'"):
+    registry.encoder_config({"family": name, "size": "tiny", "vocab_size": 99, "type_vocab_size": 0})
+  assert registry.encoder_config({"family": name, "size": "tiny", "vocab_size": 99, "type_vocab_size": 1})
+
+
+def test_distilbert_keeps_no_token_types_and_exports(tmp_path):
+  config = registry.encoder_config({"family": "distilbert", "size": "tiny", "vocab_size": 99})
+  assert config.type_vocab_size == 0
+  ids = jnp.ones((1, 8), jnp.int32)
+  params = nn.unbox(EncoderWithHeads(config, ("mlm",)).init(jax.random.key(0), ids, ids, ids)["params"])
+  assert "token_type_embeddings" not in params["encoder"]["embeddings"]
+  assert hf_dir.write_hf_dir(params, config, str(tmp_path), log=lambda *a: None) == "DistilBertForMaskedLM"
+  assert hf_dir.check_hf_dir(params, config, str(tmp_path)) < 1e-4
 
 
 def test_roberta_positions_start_after_the_padding_index():

@@ -176,15 +176,30 @@ def load_safetensors(path: str) -> dict:
     return {k: v.float().numpy() for k, v in load_torch(path).items()}
 
 
+# Older hub checkpoints (bert-base-uncased, ...) name LayerNorm weights as TF did; transformers renames them on load
+# (its "legacy" WeightRenaming), so the same directory must load here.
+LEGACY_HF_SUFFIXES = (("LayerNorm.gamma", "LayerNorm.weight"), ("LayerNorm.beta", "LayerNorm.bias"))
+
+
+def _modern_name(key: str) -> str:
+  for legacy, modern in LEGACY_HF_SUFFIXES:
+    if key.endswith(legacy):
+      return key[:-len(legacy)] + modern
+  return key
+
+
 def load_state_dict(hf_dir: str) -> dict:
+  """The directory's weights by their current HF names (legacy LayerNorm gamma/beta renamed as transformers does)."""
   st = os.path.join(hf_dir, "model.safetensors")
   if os.path.exists(st):
-    return load_safetensors(st)
-  if os.path.exists(os.path.join(hf_dir, "pytorch_model.bin")):
+    state = load_safetensors(st)
+  elif os.path.exists(os.path.join(hf_dir, "pytorch_model.bin")):
     import torch
-    return {k: v.float().numpy() for k, v in
-            torch.load(os.path.join(hf_dir, "pytorch_model.bin"), map_location="cpu", weights_only=True).items()}
-  raise FileNotFoundError(f"{hf_dir} has neither model.safetensors nor pytorch_model.bin")
+    state = {k: v.float().numpy() for k, v in
+             torch.load(os.path.join(hf_dir, "pytorch_model.bin"), map_location="cpu", weights_only=True).items()}
+  else:
+    raise FileNotFoundError(f"{hf_dir} has neither model.safetensors nor pytorch_model.bin")
+  return {_modern_name(k): v for k, v in state.items()}
 
 
 def config_from_hf_json(hf: dict, **overrides):

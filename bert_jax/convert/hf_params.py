@@ -116,28 +116,43 @@ def _check_hf_shapes(state, hf, our_path, our_shape, transform, config):
                        "check vocab_size/hidden_size/num_heads/embedding_size")
 
 
-def saved_layout(params, config: EncoderConfig) -> EncoderConfig:
-  """`config` with scan_layers, fused_qkv and the vocabulary padding as the params were saved."""
+def saved_layout(params, config: EncoderConfig, saved_vocab_size: int | None = None) -> EncoderConfig:
+  """`config` with scan_layers, fused_qkv and the vocabulary padding as the params were saved. `saved_vocab_size`
+  is the saved model's own vocab_size where known: rows past the run's vocabulary are padding only when they pad
+  that same vocabulary, never a larger one's real tokens (which would be cut off silently)."""
   encoder = params.get("encoder", {})
   scanned = "layers" in encoder
   rows = encoder.get("embeddings", {}).get("word_embeddings", {}).get("embedding")
-  # A padded table of `rows` rows is what vocab_pad_multiple=rows gives (rows >= vocab_size).
-  pad = config.vocab_pad_multiple if rows is None or rows.shape[0] < config.vocab_size else rows.shape[0]
+  pad = config.vocab_pad_multiple
+  if rows is not None and rows.shape[0] >= config.vocab_size:
+    rows = rows.shape[0]
+    same_vocab = (saved_vocab_size == config.vocab_size if saved_vocab_size is not None
+                  else rows in (config.vocab_size, config.padded_vocab_size))
+    if not same_vocab:
+      saved = f"vocab_size {saved_vocab_size}" if saved_vocab_size is not None else "an unknown vocab_size"
+      raise ValueError(f"its word table has {rows} rows ({saved}) but this run's model.vocab_size is "
+                       f"{config.vocab_size}: another vocabulary; train with the checkpoint's vocabulary "
+                       f"(data.vocab_file, model.vocab_size={saved_vocab_size or rows}) or start without it")
+    pad = rows  # a padded table of `rows` rows is what vocab_pad_multiple=rows gives (rows >= vocab_size)
   return dataclasses.replace(config, scan_layers=scanned or (config.scan_layers and "shared_layer" in encoder),
                              fused_qkv=any("/attention/qkv/" in path for path in nt.flatten(encoder)),
                              vocab_pad_multiple=pad)
 
 
-def to_layout(params, config: EncoderConfig, where: str = "checkpoint"):
+def to_layout(params, config: EncoderConfig, where: str = "checkpoint", saved_vocab_size: int | None = None):
   """params in whatever encoder layout they were saved (scanned or per-layer, fused or separate QKV, vocabulary
-  padded or not) -> config's layout, through the family's HF name table. A second model inside the tree (a
-  subtree with its own `encoder`, e.g. ELECTRA's generator) has its layers scanned or unscanned to match."""
+  padded or not) -> config's layout, through the family's HF name table; `saved_vocab_size` as saved_layout's.
+  A second model inside the tree (a subtree with its own `encoder`, e.g. ELECTRA's generator) has its layers
+  scanned or unscanned to match."""
   nested = {k: v for k, v in params.items() if k != "encoder" and isinstance(v, Mapping) and "encoder" in v}
   params = {k: v for k, v in params.items() if k not in nested}
   for name, model in nested.items():
     layers = nt.scan_params if config.scan_layers else nt.unscan_params
     nested[name] = layers(model, _layer_count(model["encoder"]))
-  saved_as = saved_layout(params, config)
+  try:
+    saved_as = saved_layout(params, config, saved_vocab_size)
+  except ValueError as e:
+    raise ValueError(f"{where} does not fit this model: {e}") from e
   if saved_as == config:
     return {**params, **nested}
   try:

@@ -121,16 +121,17 @@ def write_params_checkpoint(directory: str, params, model_config) -> None:
 
 
 def _read_params(directory: str):
-  """(params, family name or None) of a workdir or a params checkpoint."""
+  """(params, family name or None, the saved model's vocab_size or None) of a workdir or a params checkpoint."""
   if os.path.isdir(os.path.join(directory, "checkpoints")):  # the whole tree: an ELECTRA run resumes both models
     params, config, _ = load_workdir_tree(directory, None)
-    return params, config.model.family
-  family = None
+    return params, config.model.family, run_encoder_config(config).vocab_size
+  family, vocab_size = None, None
   config_file = os.path.join(directory, PARAMS_CONFIG_FILE)
   if os.path.exists(config_file):
     with open(config_file) as f:
-      family = json.load(f)["family"]
-  return checkpoint_lib.load_params(directory), family
+      stored = json.load(f)
+    family, vocab_size = stored["family"], stored.get("hf_config", {}).get("vocab_size")
+  return checkpoint_lib.load_params(directory), family, vocab_size
 
 
 def restore_params(directory: str, like_params, shardings, model_config, keep=None, log=print):
@@ -141,23 +142,26 @@ def restore_params(directory: str, like_params, shardings, model_config, keep=No
   starting an MLM+SOP run: the SOP head is new, and `log` says so). Shapes must match.
   """
   directory = os.path.abspath(directory)
-  params, family = _read_params(directory)
+  params, family, vocab_size = _read_params(directory)
   ours = type(model_config).family
   if family is not None and family != ours:
     raise ValueError(f"init_checkpoint {directory} is a {family!r} checkpoint but this run's model family is "
                      f"{ours!r}; start from a {ours} checkpoint or set model.family={family!r}")
-  return fit_params(params, like_params, shardings, model_config, f"init_checkpoint {directory}", keep, log)
+  return fit_params(params, like_params, shardings, model_config, f"init_checkpoint {directory}", keep, log,
+                    saved_vocab_size=vocab_size)
 
 
-def fit_params(params, like_params, shardings, model_config, where: str, keep=None, log=print):
+def fit_params(params, like_params, shardings, model_config, where: str, keep=None, log=print,
+               saved_vocab_size: int | None = None):
   """Saved params (host arrays, any layout) put into a model's fresh params and shardings: layout converted,
   the pooler as the model uses it, heads the saved params lack (or keep() declines) left fresh, shapes checked.
   Saved FP8 statistics are dropped and the model's own (fresh, if it computes in FP8) are kept: a new start
-  records its own amax history."""
+  records its own amax history. `saved_vocab_size` (the saved model's, where known) tells a padded word table
+  from another vocabulary's (hf_params.saved_layout)."""
   fresh_statistics = like_params
   params = param_rules.without_overwritten(params)
   like_params = param_rules.without_overwritten(like_params)
-  params = hf_params.to_layout(params, model_config, where=where)
+  params = hf_params.to_layout(params, model_config, where=where, saved_vocab_size=saved_vocab_size)
   params = _pooler_as_in(params, like_params)
   keep = keep or (lambda top: True)
   merged = {}

@@ -117,19 +117,20 @@ def join_peft(base, extra):
   return out
 
 
-def fit_params(params, like_params, shardings, model_config, where: str, keep=None, log=print):
+def fit_params(params, like_params, shardings, model_config, where: str, keep=None, log=print,
+               saved_vocab_size: int | None = None):
   """convert.workdir.fit_params for a model with PEFT blocks: the pretrained (PEFT-free) params fill the base
   parameters, and the PEFT parameters keep their fresh values from like_params."""
   like_base, like_peft = split_peft(like_params)
   if not like_peft:
-    return workdir_lib.fit_params(params, like_params, shardings, model_config, where, keep, log)
+    return workdir_lib.fit_params(params, like_params, shardings, model_config, where, keep, log, saved_vocab_size)
   saved_base, saved_peft = split_peft(params)
   if saved_peft:
     paths = sorted(_paths(saved_peft))[:4]
     raise ValueError(f"{where} already holds parameter-efficient parameters ({', '.join(paths)}, ...); start from "
                      f"a pretraining checkpoint, or merge/export the fine-tuned one first (finetune/peft_export.py)")
   fitted = workdir_lib.fit_params(saved_base, like_base, split_peft(shardings)[0], without_peft(model_config),
-                                  where, keep, log)
+                                  where, keep, log, saved_vocab_size)
   return join_peft(fitted, like_peft)
 
 

@@ -36,6 +36,8 @@ class EncoderConfig:
   classifier_activation: ClassVar[str] = "tanh"
   # Whether the family's HF classes have task-type embeddings (ERNIE), so task_type_vocab_size may be set.
   has_task_types: ClassVar[bool] = False
+  # Whether the family's HF classes always hold a token-type table (all but DistilBERT), so export needs one.
+  has_token_types: ClassVar[bool] = True
   vocab_size: int = 30522
   hidden_size: int = 768
   num_layers: int = 12
@@ -92,6 +94,10 @@ class EncoderConfig:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
     if self.embedding_size < 0 or self.position_offset < 0 or self.type_vocab_size < 0:
       raise ValueError("embedding_size, position_offset and type_vocab_size must be >= 0")
+    if self.has_token_types and not self.type_vocab_size:  # caught here, not by to_hf after training
+      raise ValueError(f"model.type_vocab_size must be >= 1 for model.family={self.family!r}: its HF classes always "
+                       f"have a token-type table; set model.type_vocab_size=1 for one segment (or 2), or use "
+                       f"model.family='distilbert' for a model without token types")
     if self.task_type_vocab_size < 0 or (self.task_type_vocab_size and not self.has_task_types):
       raise ValueError(f"task_type_vocab_size={self.task_type_vocab_size}: task-type embeddings exist only in "
                        f"model.family='ernie' (>= 1 there, 0 for none); {self.family!r} has no HF place for them")

@@ -89,8 +89,27 @@ def hf_common_config(config: EncoderConfig) -> dict:
   }
 
 
+def check_hf_encoder(hf: Mapping) -> None:
+  """Refuses HF configs of models bert_jax cannot run: their weights would otherwise load into our bidirectional,
+  absolute-position encoder (a decoder's causal mask dropped) or fail later as unexpected keys."""
+  model_type = hf.get("model_type", "bert")
+  if hf.get("is_decoder"):
+    raise ValueError(f"this {model_type} config has is_decoder=true (a causal LM such as BertLMHeadModel or "
+                     f"RobertaForCausalLM); bert_jax trains bidirectional encoders only: import the model's encoder "
+                     f"checkpoint (e.g. its ...ForMaskedLM) instead")
+  if hf.get("add_cross_attention"):
+    raise ValueError(f"this {model_type} config has add_cross_attention=true (an encoder-decoder's decoder); bert_jax "
+                     f"has no cross-attention: import an encoder checkpoint instead")
+  position = hf.get("position_embedding_type")
+  if position not in (None, "absolute"):
+    raise ValueError(f"this {model_type} config has position_embedding_type={position!r}; bert_jax reads HF's "
+                     f"'absolute' (learned table) positions only (NEZHA's relative positions are model_type 'nezha')")
+
+
 def common_fields_from_hf(hf: Mapping, defaults: EncoderConfig) -> dict:
-  """EncoderConfig fields from an HF config.json dict, falling back to the family's defaults."""
+  """EncoderConfig fields from an HF config.json dict, falling back to the family's defaults; refuses what
+  check_hf_encoder refuses."""
+  check_hf_encoder(hf)
   act = hf.get("hidden_act", defaults.hidden_act)
   if act not in ("gelu", "gelu_new"):
     raise ValueError(f"hidden_act {act!r} is not supported; bert_jax has 'gelu' (erf) and 'gelu_new' (tanh)")

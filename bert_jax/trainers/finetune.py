@@ -377,7 +377,8 @@ def _finetune(config, workdir: str, init_checkpoint: str) -> dict:
         return jax.jit(init_state, out_shardings=state_shardings)(rng)
       fresh = jax.jit(lambda k: nn.meta.unbox(init_params(k)), out_shardings=state_shardings.params)(rng)
       params = peft_methods.fit_params(pretrained_params, fresh, state_shardings.params, model.config,
-                                       f"checkpoint {init_checkpoint}", keep=lambda top: top in heads.ENCODER_PARAMS)
+                                       f"checkpoint {init_checkpoint}", keep=lambda top: top in heads.ENCODER_PARAMS,
+                                       saved_vocab_size=pretrained_config.vocab_size)
       return jax.jit(init_state, out_shardings=state_shardings)(rng, params)
 
     state = ckpt.restore_or_init(abstract_state, state_shardings, init=start)

@@ -110,8 +110,9 @@ def check_vocabulary(sources: dict, data_tokenizer, log=print) -> None:
 def load_subtree(path: str, what: str, like, shardings, model_config, log=print):
   """The weights at `path` in the layout of `like` (the subtree's fresh params) and its shardings."""
   if kind_of(path, what) == HF:
-    params, _ = hf_dir.read_hf_dir(path)
-    return workdir_lib.fit_params(params, like, shardings, model_config, f"{what} {path}", log=log)
+    params, saved_config = hf_dir.read_hf_dir(path)
+    return workdir_lib.fit_params(params, like, shardings, model_config, f"{what} {path}", log=log,
+                                  saved_vocab_size=saved_config.vocab_size)
   return workdir_lib.restore_params(path, like, shardings, model_config, log=log)
 
 

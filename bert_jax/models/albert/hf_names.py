@@ -78,8 +78,9 @@ def _layer_rows(config, ours_prefix: str, group: int):
 
 
 def name_table(config):
-  groups = num_hidden_groups(config)
-  if groups == 1:
+  num_hidden_groups(config)  # refuses attention-/FFN-only sharing, which HF has no names for
+  # By the sharing, not the group count: a 1-layer unshared model is also 1 group, but its params are per layer.
+  if config.layer_sharing == "all":
     layers = _layer_rows(config, "encoder/shared_layer/layer", 0)
   else:
     layers = [row for i in range(config.num_layers) for row in _layer_rows(config, f"encoder/layer_{i}", i)]

@@ -16,6 +16,7 @@ LAYER_NORM_EPS = 1e-12  # modeling_distilbert.py's constant, not a config field 
 class DistilBertConfig(EncoderConfig):
   family: ClassVar[str] = "distilbert"
   classifier_activation: ClassVar[str] = "relu"  # HF's pre_classifier -> ReLU -> classifier
+  has_token_types: ClassVar[bool] = False
   num_layers: int = 6
   type_vocab_size: int = 0
   use_pooler: bool = False
@@ -48,6 +49,7 @@ def hf_config(config: DistilBertConfig) -> dict:
 
 
 def config_from_hf(hf, **overrides) -> DistilBertConfig:
+  family.check_hf_encoder(hf)  # DistilBERT has its own field names, not common_fields_from_hf
   defaults = DistilBertConfig()
   act = hf.get("activation", defaults.hidden_act)
   if act not in ("gelu", "gelu_new"):

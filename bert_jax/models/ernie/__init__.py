@@ -47,8 +47,6 @@ def config_from_hf(hf, **overrides) -> ErnieConfig:
   fields = family.common_fields_from_hf(hf, ErnieConfig())
   if hf.get("use_task_id", False):
     fields["task_type_vocab_size"] = hf.get("task_type_vocab_size", HF_DEFAULT_TASK_TYPES)
-  if hf.get("is_decoder") or hf.get("add_cross_attention"):
-    raise ValueError("this ERNIE config is a decoder (is_decoder/add_cross_attention); bert_jax reads encoders only")
   return ErnieConfig(**{**fields, **overrides})
 
 
