@@ -131,7 +131,7 @@ class Peer:
     self.opt = torch.optim.AdamW(groups, lr=0.0, betas=(o.b1, o.b2), eps=o.eps)
     self.schedule = optim.learning_rate_schedule(o.peak_learning_rate, o.warmup_steps,
                                                  optim.schedule_steps(o, config.train.steps), o.decay, o.power,
-                                                 o.end_learning_rate)
+                                                 o.end_learning_rate, o.decay_from)
 
   def train_step(self, step: int, batch) -> float:
     for group in self.opt.param_groups:

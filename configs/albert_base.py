@@ -29,5 +29,6 @@ def get_config():
   c.optim.name = "lamb"
   c.optim.peak_learning_rate = 0.00176
   c.optim.warmup_steps = 3125
+  c.optim.decay_from = "start"          # google-research/albert's schedule: linear decay over all steps from 0
   c.lock()
   return c

@@ -13,5 +13,6 @@ def get_config():
   c.train.batch_size = 256
   c.optim.peak_learning_rate = 1e-4
   c.optim.warmup_steps = 10000
+  c.optim.decay_from = "start"          # google-research/bert's schedule: linear decay over all steps from 0
   c.lock()
   return c

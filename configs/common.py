@@ -92,6 +92,7 @@ def get_config() -> ml_collections.ConfigDict:
   o.decay = "linear"                  # linear | polynomial, to end_learning_rate at the schedule's end
   o.schedule_steps = 0                # steps warmup + decay span (0: train.steps); more: the run stops early in a longer recipe
   o.power = 1.0                       # polynomial decay power
+  o.decay_from = "warmup_end"         # warmup_end: decay from peak after warmup (HF, NVIDIA) | start: one curve from step 0 (google-research/bert, albert)
   o.end_learning_rate = 0.0           # learning rate at the last step
   o.b1 = 0.9                          # Adam beta1
   o.b2 = 0.999                        # Adam beta2
@@ -135,5 +136,6 @@ def cpu_demo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.train.eval_batches = 10
   c.optim.peak_learning_rate = 1e-3
   c.optim.warmup_steps = 200
+  c.optim.decay_from = "warmup_end"     # the demos' own short schedule, whatever the recipe they shrink
   c.checkpoint.every_steps = 500
   return c

@@ -18,5 +18,6 @@ def get_config():
   c.train.batch_size = 256              # global, sequences
   c.optim.peak_learning_rate = 1e-4
   c.optim.warmup_steps = 10000
+  c.optim.decay_from = "start"          # google-research/bert's schedule: linear decay over all steps from 0
   c.lock()
   return c

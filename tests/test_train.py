@@ -86,6 +86,15 @@ def test_schedule_values():
   poly = optim.learning_rate_schedule(1e-3, 10, 110, "polynomial", power=0.5)
   assert float(poly(10)) == pytest.approx(1e-3) and float(poly(110)) == pytest.approx(0.0, abs=1e-9)
   assert float(poly(60)) == pytest.approx(1e-3 * 0.5 ** 0.5, rel=1e-4)
+  # google-research/bert and albert: one decay curve over all steps from 0, warmup replacing its start
+  start = optim.learning_rate_schedule(1e-4, 100, 1000, "linear", decay_from="start")
+  assert float(start(50)) == pytest.approx(5e-5)
+  assert float(start(100)) == pytest.approx(1e-4 * 0.9) and float(start(550)) == pytest.approx(1e-4 * 0.45)
+  assert float(start(1000)) == pytest.approx(0.0, abs=1e-12)
+  start_poly = optim.learning_rate_schedule(1e-3, 10, 110, "polynomial", power=0.5, decay_from="start")
+  assert float(start_poly(60)) == pytest.approx(1e-3 * (1 - 60 / 110) ** 0.5, rel=1e-4)
+  with pytest.raises(ValueError, match=r"optim.decay_from='end' is not one of"):
+    optim.learning_rate_schedule(1e-4, 100, 1000, decay_from="end")
 
 
 def test_schedule_steps_span_the_run_unless_set_and_never_end_before_it():

@@ -7,19 +7,26 @@ import optax
 from bert_jax.core import param_rules
 
 
+DECAY_FROM = ("warmup_end", "start")
+
+
 def learning_rate_schedule(peak: float, warmup_steps: int, total_steps: int, decay: str = "linear",
-                           power: float = 1.0, end: float = 0.0) -> optax.Schedule:
-  """Linear warmup 0 -> peak over warmup_steps, then decay to `end` at total_steps."""
+                           power: float = 1.0, end: float = 0.0, decay_from: str = "warmup_end") -> optax.Schedule:
+  """Linear warmup 0 -> peak over warmup_steps, then decay to `end` at total_steps. decay_from="warmup_end" decays
+  from peak at the end of warmup (HF's get_linear_schedule_with_warmup, NVIDIA's PolyWarmUpScheduler); "start"
+  follows one decay curve over all total_steps from step 0, warmup replacing its start (google-research/bert's and
+  albert's optimization.py), so the rate after warmup is below peak."""
   if total_steps <= warmup_steps:
-    raise ValueError(f"total steps ({total_steps}) must exceed warmup steps ({warmup_steps})")
-  warmup = optax.linear_schedule(0.0, peak, warmup_steps)
-  decay_steps = total_steps - warmup_steps
-  if decay == "linear":
-    after = optax.linear_schedule(peak, end, decay_steps)
-  elif decay == "polynomial":
-    after = optax.polynomial_schedule(peak, end, power, decay_steps)
-  else:
+    raise ValueError(f"total steps ({total_steps}) must exceed warmup steps ({warmup_steps}): raise train.steps "
+                     f"(or optim.schedule_steps) or lower optim.warmup_steps")
+  if decay_from not in DECAY_FROM:
+    raise ValueError(f"optim.decay_from={decay_from!r} is not one of {DECAY_FROM}")
+  if decay not in ("linear", "polynomial"):
     raise ValueError(f"decay {decay!r} is not 'linear' or 'polynomial'")
+  warmup = optax.linear_schedule(0.0, peak, warmup_steps)
+  span = total_steps - warmup_steps if decay_from == "warmup_end" else total_steps
+  curve = optax.polynomial_schedule(peak, end, power if decay == "polynomial" else 1.0, span)
+  after = curve if decay_from == "warmup_end" else (lambda count: curve(count + warmup_steps))
   return optax.join_schedules([warmup, after], [warmup_steps])
 
 
@@ -44,7 +51,7 @@ def make_optimizer(c, total_steps: int, rules=()):
   """(optax transform, schedule) from the config's `optim` section. `rules` (param_rules.ParamRule) freeze
   parameters (no optimizer state, never updated) or set their weight decay; clipping sees trainable grads only."""
   schedule = learning_rate_schedule(c.peak_learning_rate, c.warmup_steps, total_steps, c.decay, c.power,
-                                    c.end_learning_rate)
+                                    c.end_learning_rate, c.decay_from)
   decay_mask = lambda params: param_rules.decay_mask(params, rules)
   mu_dtype = jnp.dtype(c.state_dtype) if c.state_dtype else None
   if c.name == "adamw":

@@ -163,8 +163,8 @@ def make_optimizer(config, total_steps: int, rules=()):
   warmup = max(1, int(r.warmup_fraction * total_steps))
   settings = types.SimpleNamespace(
       name="adamw", peak_learning_rate=r.learning_rate, warmup_steps=warmup, decay="linear", power=1.0,
-      end_learning_rate=0.0, b1=0.9, b2=0.999, eps=1e-6, weight_decay=r.weight_decay, state_dtype="",
-      clip_norm=r.clip_norm)
+      decay_from="warmup_end", end_learning_rate=0.0, b1=0.9, b2=0.999, eps=1e-6, weight_decay=r.weight_decay,
+      state_dtype="", clip_norm=r.clip_norm)
   return optim.make_optimizer(settings, max(total_steps, warmup + 1), rules)
 
 
