@@ -467,6 +467,15 @@ def tf_choose(ids, maskable, unit_bits, opts: MaskingOptions, word_start, seeds)
   return tf.sort(tf.boolean_mask(order, taken))
 
 
+def process_seed(seed: int, process_index: int) -> int:
+  """The dynamic-masking seed of one process. Each process numbers its own example stream from 0, so masks keyed
+  on (seed, position) alone would repeat on every process of a multi-host run. Process 0 keeps `seed` (single-host
+  runs and their checkpoints mask as before); the others get a seed derived from both, in [0, 2**32) as Grain needs."""
+  if process_index == 0:
+    return seed
+  return int(np.random.SeedSequence([seed % 2**64, process_index]).generate_state(1)[0])
+
+
 def tf_remask_fn(masking: DynamicMasking, max_seq_length: int, max_predictions_per_seq: int, seed: int):
   """(counter, parsed example) -> the example re-masked: the recorded masks put back, then masked anew with
   stateless random numbers keyed by (seed, counter). Drops UNIT_FEATURE (it serves masking only)."""
