@@ -189,6 +189,23 @@ def test_bad_text_is_skipped_and_counted(tmp_path):
   assert stats["empty_lines"] == 2
 
 
+def test_split_sentences_ends_chinese_and_japanese_sentences_without_spaces():
+  text = ("有子曰：「其為人也孝弟，而好犯上者，鮮矣；不好犯上，而好作亂者，未之有也。君子務本，本立而道生。」"
+          "子曰：「可也！」學而時習之，不亦說乎？今日は晴れです。明日は？？")
+  assert corpora.split_sentences(text) == [
+      "有子曰：「其為人也孝弟，而好犯上者，鮮矣；不好犯上，而好作亂者，未之有也。", "君子務本，本立而道生。」",
+      "子曰：「可也！」", "學而時習之，不亦說乎？", "今日は晴れです。", "明日は？？"]
+  assert "".join(corpora.split_sentences(text)) == text  # nothing lost, closing brackets kept with their sentence
+  assert corpora.split_sentences("沒有句號的一句") == ["沒有句號的一句"]
+
+
+def test_split_sentences_english_rules_hold():
+  text = "Dr. J. Smith met Mr. Lee at 5 p.m. and left. He asked why? Yes! 3 cats, e.g. Tom, came. done. Not split."
+  assert corpora.split_sentences(text) == [
+      "Dr. J. Smith met Mr. Lee at 5 p.m. and left.", "He asked why?", "Yes!", "3 cats, e.g. Tom, came. done.",
+      "Not split."]
+
+
 def _originals(f, row):
   ids = f["input_ids"][row].copy()
   real = f["masked_lm_weights"][row] > 0
