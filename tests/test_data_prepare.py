@@ -189,6 +189,23 @@ def test_bad_text_is_skipped_and_counted(tmp_path):
   assert stats["empty_lines"] == 2
 
 
+def test_split_sentences_ends_chinese_and_japanese_sentences_without_spaces():
+  text = ("有子曰：「其為人也孝弟，而好犯上者，鮮矣；不好犯上，而好作亂者，未之有也。君子務本，本立而道生。」"
+          "子曰：「可也！」學而時習之，不亦說乎？今日は晴れです。明日は？？")
+  assert corpora.split_sentences(text) == [
+      "有子曰：「其為人也孝弟，而好犯上者，鮮矣；不好犯上，而好作亂者，未之有也。", "君子務本，本立而道生。」",
+      "子曰：「可也！」", "學而時習之，不亦說乎？", "今日は晴れです。", "明日は？？"]
+  assert "".join(corpora.split_sentences(text)) == text  # nothing lost, closing brackets kept with their sentence
+  assert corpora.split_sentences("沒有句號的一句") == ["沒有句號的一句"]
+
+
+def test_split_sentences_english_rules_hold():
+  text = "Dr. J. Smith met Mr. Lee at 5 p.m. and left. He asked why? Yes! 3 cats, e.g. Tom, came. done. Not split."
+  assert corpora.split_sentences(text) == [
+      "Dr. J. Smith met Mr. Lee at 5 p.m. and left.", "He asked why?", "Yes!", "3 cats, e.g. Tom, came. done.",
+      "Not split."]
+
+
 def _originals(f, row):
   ids = f["input_ids"][row].copy()
   real = f["masked_lm_weights"][row] > 0
@@ -237,7 +254,26 @@ def test_full_sentence_mode_packs_without_nsp():
                                    mode="full_sentences")
   f = instances.create_instances(docs, opts, vocab, np.random.default_rng(0))
   assert np.all(f["next_sentence_labels"] == 0) and np.all(f["segment_ids"] == 0)
-  assert f["input_mask"].sum(1).max() <= 16 and len(f["input_ids"]) == 3
+  assert f["input_mask"].sum(1).max() <= 16 and len(f["input_ids"]) == 4  # the 20-token segment takes 2 rows
+
+
+def test_full_sentence_mode_keeps_every_token_of_a_long_segment():
+  """A 300-token segment at seq 128 (126 tokens a row) continues over three rows, in order, instead of being cut."""
+  vocab = instances.VocabIds(2, 3, 4, np.arange(5, 1000), np.ones(1000, bool))
+  segment = list(range(10, 310))
+  opts = instances.InstanceOptions(max_seq_length=128, max_predictions_per_seq=20, dupe_factor=1,
+                                   mode="full_sentences")
+  f = instances.create_instances([[segment], [[600] * 30]], opts, vocab, np.random.default_rng(0))
+  rows = []
+  for r in range(len(f["input_ids"])):
+    ids = f["input_ids"][r].copy()
+    w = f["masked_lm_weights"][r] > 0
+    ids[f["masked_lm_positions"][r][w]] = f["masked_lm_ids"][r][w]
+    rows.append(ids[:f["input_mask"][r].sum()].tolist())
+  assert all(row[0] == 2 and row[-1] == 3 for row in rows)
+  body = [t for row in sorted(rows, key=lambda row: row[1]) for t in row[1:-1] if t != 3]
+  assert body == segment + [600] * 30
+  assert sorted(len(row) for row in rows) == [82, 128, 128]  # 126, 126, then 48 + [SEP] + 30 + [SEP]
 
 
 def test_wordpiece_vocab_loads_through_tokenizers(tmp_path):

@@ -204,6 +204,29 @@ def test_dynamic_masking_has_the_statistics_of_tf_data(prepared):
   assert not np.array_equal(next(recorded)["masked_lm_positions"], grain_batches[0]["masked_lm_positions"])
 
 
+@pytest.mark.parametrize("backend", ["tfdata", "grain"])
+def test_dynamic_masks_differ_between_processes_and_repeat_within_one(prepared, tmp_path, backend):
+  """Two processes reading identical shards must not draw identical masks (each numbers its stream from 0), while
+  one process draws the same masks again (resume); process 0 masks as a single-process run does."""
+  fmt = "tfrecord" if backend == "tfdata" else "array_record"
+  files = [str(tmp_path / f"{name}.{fmt}") for name in ("a", "b")]
+  for f in files:
+    shutil.copy(prepared[fmt][0], f)
+  spec = masking.DynamicMasking(masking.MaskingOptions(max_predictions_per_seq=PRED),
+                                masking.VocabIds.from_tokenizer(prepared["tok"]))
+  make = pipeline.BatchIterator if backend == "tfdata" else grain_pipeline.GrainBatchIterator
+  first = lambda files, *where: next(make(_cfg(files, dynamic_masking=spec, batch_size=16), *where))
+  p0, p1, p1_again, single = first(files, 0, 2), first(files, 1, 2), first(files, 1, 2), first(files[:1], 0, 1)
+  _, originals0 = _mask_stats([p0], prepared["tok"])
+  _, originals1 = _mask_stats([p1], prepared["tok"])
+  np.testing.assert_array_equal(originals0, originals1)  # the same examples at the same positions
+  differ = (p0["masked_lm_positions"] != p1["masked_lm_positions"]).any(axis=1)
+  assert differ.mean() > 0.9, differ
+  for key in p1:
+    np.testing.assert_array_equal(p1[key], p1_again[key])
+    np.testing.assert_array_equal(p0[key], single[key])
+
+
 RESUME_SCRIPT = textwrap.dedent("""
     import hashlib, json, os, signal, sys
     import jax, jax.numpy as jnp, numpy as np

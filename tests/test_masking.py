@@ -124,8 +124,10 @@ def masking_statistics(rows, out, opts) -> dict:
   n = maskable.sum(1)
   budget = np.minimum(PRED, np.maximum(1, np.round(n * 0.15)))
   assert (k <= budget).all()
-  # A unit longer than a short row's budget leaves that row without predictions (rare; BERT's wwm does the same).
-  assert (k >= 1).all() if opts.mode in ("token", "ngram") and not opts.whole_word_masking else (k == 0).mean() < 0.01
+  # A unit longer than a short row's budget leaves that row without predictions (rare; BERT's wwm does the same),
+  # except in span mode, which then takes one whole word.
+  always = opts.mode == "span" or (opts.mode in ("token", "ngram") and not opts.whole_word_masking)
+  assert (k >= 1).all() if always else (k == 0).mean() < 0.01
   np.testing.assert_array_equal(out["masked_lm_ids"][w], rows["ids"][np.nonzero(w)[0], pos[w]])
   seen = np.take_along_axis(out["input_ids"], pos, 1)[w]
   stats = {"rate": k.sum() / n.sum(), "mask": np.mean(seen == MASK), "kept": np.mean(seen == out["masked_lm_ids"][w])}
@@ -209,6 +211,42 @@ def test_span_lengths_follow_the_clipped_geometric_law():
   assert abs(np.mean(words) - SPAN_LAW_MEAN) < 0.25, np.mean(words)
   assert 0.5 * np.abs(law - masking.geometric_span_probs(0.2, 10)).sum() < 0.06, law
   assert max(short) < 10 and np.mean(short) < 1.0  # never more than a word short
+
+
+def test_span_masking_gives_short_rows_a_prediction():
+  """Rows of 1-12 maskable tokens (a count of 1-2) made of multi-token words: a first span whose first word
+  passes the count moves on to a word that fits, and where none fits one whole word is taken, in both paths."""
+  rng, vocab = np.random.default_rng(7), _vocab()
+  opts = masking.MaskingOptions(mode="span", max_predictions_per_seq=PRED)
+  starts, pieces = np.flatnonzero(vocab.word_start[5:]) + 5, np.flatnonzero(~vocab.word_start)
+  rows = []
+  for r in range(400):
+    words = [[int(rng.choice(starts))] + list(rng.choice(pieces, int(rng.integers(0, 4)))) for _ in range(6)]
+    tokens = [t for word in words for t in word][:int(rng.integers(1, 13))]
+    rows.append(np.array([CLS] + tokens + [SEP]))
+  ids = np.zeros((len(rows), SEQ), np.int32)
+  for r, row in enumerate(rows):
+    ids[r, :len(row)] = row
+  lengths = np.array([len(row) for row in rows])
+  remask = masking.tf_remask_fn(masking.DynamicMasking(opts, vocab), SEQ, PRED, seed=3)
+  features = {"input_ids": ids, "input_mask": (np.arange(SEQ)[None] < lengths[:, None]).astype(np.int32),
+              "masked_lm_positions": np.zeros((len(rows), PRED), np.int32),
+              "masked_lm_ids": np.zeros((len(rows), PRED), np.int32),
+              "masked_lm_weights": np.zeros((len(rows), PRED), np.float32)}
+  dynamic = next(iter(tf.data.Dataset.from_tensor_slices(features).enumerate().map(remask).batch(len(rows))))
+  over = 0
+  for r, tokens in enumerate(rows):
+    w = dynamic["masked_lm_weights"][r].numpy() > 0
+    word_of = np.cumsum(vocab.word_start[tokens] | (np.arange(len(tokens)) == 1))
+    inside = (np.arange(len(tokens)) > 0) & (np.arange(len(tokens)) < len(tokens) - 1)
+    for positions in (masking.choose_numpy(tokens, None, opts, vocab, rng),
+                      dynamic["masked_lm_positions"][r].numpy()[w]):
+      assert len(positions) >= 1, tokens
+      np.testing.assert_array_equal(np.flatnonzero(inside & np.isin(word_of, word_of[positions])), positions)
+      if len(positions) > masking.num_to_predict(len(tokens) - 2, opts):  # past the count: one word only
+        assert len(np.unique(word_of[positions])) == 1, (tokens, positions)
+        over += 1
+  assert 0 < over < 2 * len(rows)  # some rows have no word that fits the count, others do
 
 
 def test_grain_dynamic_masking_is_the_numpy_code(rows):

@@ -36,11 +36,24 @@ Document = list[str]
 _ABBREVIATIONS = frozenset(
     "e.g i.e etc vs cf mr mrs ms dr prof st jr sr no fig eq approx resp al inc ltd co".split())
 _BOUNDARY = re.compile(r"""(?<=[.!?])["')\]]*\s+(?=["'(\[]?[A-Z0-9])""")
+# Chinese and Japanese put no space after a sentence and have no capitals, so their full-width stops end a sentence
+# by themselves; closing quotes and brackets after the stop stay with the sentence they close.
+_CJK_BOUNDARY = re.compile(r"[。！？]+[」』”’）)\]】》〉]*")
+
+
+def _split_cjk(sentence: str) -> list[str]:
+  pieces, start = [], 0
+  for m in _CJK_BOUNDARY.finditer(sentence):
+    pieces.append(sentence[start:m.end()].strip())
+    start = m.end()
+  pieces.append(sentence[start:].strip())
+  return [p for p in pieces if p]
 
 
 def split_sentences(text: str) -> list[str]:
   """Rule-based splitter: ends at . ! ? before whitespace and a capital/digit, except after
-  known abbreviations and single-letter initials. No downloaded models."""
+  known abbreviations and single-letter initials, and at 。！？ (with any closing quotes or brackets) without
+  needing either. No downloaded models."""
   text = " ".join(text.split())
   sentences, start = [], 0
   for m in _BOUNDARY.finditer(text):
@@ -53,7 +66,7 @@ def split_sentences(text: str) -> list[str]:
   tail = text[start:].strip()
   if tail:
     sentences.append(tail)
-  return [s for s in sentences if s]
+  return [piece for s in sentences if s for piece in _split_cjk(s)]
 
 
 def expand_globs(patterns) -> list[str]:

@@ -159,7 +159,7 @@ def record_dataset(files, process_index: int, process_count: int, shuffle: bool,
 
 
 def build_batches(cfg: pipeline.PipelineConfig, process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
-  """The per-process batches as a grain.MapDataset: batch i is a pure function of (files, seed, i)."""
+  """The per-process batches as a grain.MapDataset: batch i is a pure function of (files, seed, process, i)."""
   if not cfg.files:
     raise ValueError("no input files given")
   if cfg.dynamic_masking is not None and cfg.packed_instances:
@@ -173,7 +173,7 @@ def build_batches(cfg: pipeline.PipelineConfig, process_index: int = 0, process_
   what = f"{list(cfg.files)[:2]}{'...' if len(cfg.files) > 2 else ''}"
   ds = ds.map(_Parse(expected_lengths(cfg), bool(cfg.packed_instances), what))
   if cfg.dynamic_masking is not None:
-    ds = ds.random_map(_DynamicMask(cfg.dynamic_masking), seed=cfg.seed)
+    ds = ds.random_map(_DynamicMask(cfg.dynamic_masking), seed=masking.process_seed(cfg.seed, process_index))
   return ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
 
 

@@ -14,7 +14,7 @@ Follows google-research/bert's create_pretraining_data.py, written anew with num
     (google-research/bert uses the length including the three special tokens, which over-masks short
     sequences).
   * mode "full_sentences" (RoBERTa): no NSP; sentences are packed up to max_seq_length - 2,
-    crossing document boundaries with an extra [SEP].
+    crossing document boundaries with an extra [SEP]; a sentence longer than that fills rows of its own, in order.
   * mode "sop" (ALBERT sentence-order prediction): segments accumulate as for NSP and A is a random prefix of
     them, but B is always the rest of the same chunk, i.e. the real continuation; with probability 0.5 A and B
     are swapped. next_sentence_labels: 0 = original order, 1 = swapped (HF AlbertForPreTraining's
@@ -190,12 +190,15 @@ def _full_sentence_rows(docs: list[list[list[int]]], opts: InstanceOptions, sep_
   row: list[int] = []
   for doc in docs:
     for seg in doc:
-      seg = seg[:max_tokens]
-      if len(row) + len(seg) > max_tokens:
-        if row:
-          yield row
-        row = []
-      row.extend(seg)
+      # A segment longer than a row (a long line, no sentence splitter) goes on over the next rows: cutting it
+      # would silently lose the rest of its text.
+      for start in range(0, len(seg), max_tokens):
+        piece = seg[start:start + max_tokens]
+        if len(row) + len(piece) > max_tokens:
+          if row:
+            yield row
+          row = []
+        row.extend(piece)
     if row and len(row) < max_tokens:
       row.append(sep_id)  # document boundary
   if row:

@@ -30,7 +30,12 @@ The algorithm, for the tokens of one instance:
      at the first cut instead, as SpanBERT places spans until the count and cuts the last one: filling the
      rest with the leading words of more tiles would make the last spans short and pull the mean span length
      from 3.8 words to ~3.5. Its count may so end up to a word short (tests/test_masking.py: 14.0%
-     of the tokens on rows of 24-128 tokens; on 510-token rows the spans average 3.7 words). Computed
+     of the tokens on rows of 24-128 tokens; on 510-token rows the spans average 3.7 words). It stops only once
+     it has taken something, though: a cut in the first span's first word moves on to the next span; where no
+     span's first word fits the count, it takes one whole word, the first listed that fits, or where none does
+     (a short row of long words) the first span's first word, up to max_predictions tokens and so past the
+     count. A row with maskable tokens so always has a prediction. (Whole-word token/ngram modes leave such a
+     row without one, as BERT's whole-word masking does.) Computed
      without a loop over units: list the tiles' positions in order, take the prefix that fits the count,
      drop the unit it cuts through and close that tile; repeat while a unit was cut (a few passes).
   5. Replacement (data.replacement): BERT's [MASK] 80%, a random non-special token 10%, unchanged 10%
@@ -333,9 +338,12 @@ def chosen_tiles(tokens: np.ndarray, unit_bits: np.ndarray | None, opts: Masking
     cut = pick & (count[units] < size[units])
     taken |= pick & ~cut
     remaining = budget - int(taken.sum())
-    if not cut.any() or not opts.fill_after_cut:
+    if not cut.any() or (not opts.fill_after_cut and taken.any()):  # span mode stops at a cut once it has a span
       break
     open_tile[tiles[cut]] = False
+  if not opts.fill_after_cut and not taken.any() and len(positions):  # span: no span's first word fits
+    word = units[np.argmax(size[units] <= budget)]  # the first listed word that fits the count, else the first
+    taken = (units == word) & (np.cumsum(units == word) <= opts.max_predictions_per_seq)
   positions, tiles = positions[taken], tiles[taken]
   return np.split(positions, np.flatnonzero(np.diff(tiles)) + 1) if len(positions) else []
 
@@ -459,12 +467,27 @@ def tf_choose(ids, maskable, unit_bits, opts: MaskingOptions, word_start, seeds)
     cut = pick & (tf.gather(count, units) < tf.gather(size, units))
     closed = tf.math.unsorted_segment_max(tf.cast(cut, tf.int32), tiles, seq) > 0
     taken = taken | (pick & ~cut)
-    more = tf.reduce_any(cut) & (tf.reduce_sum(tf.cast(taken, tf.int32)) < budget) & opts.fill_after_cut
+    n_taken = tf.reduce_sum(tf.cast(taken, tf.int32))
+    more = tf.reduce_any(cut) & (n_taken < budget) & tf.logical_or(opts.fill_after_cut, n_taken == 0)
     return taken, open_tile & ~closed, more
 
   taken, _, _ = tf.while_loop(lambda taken, open_tile, more: more, one_pass,
                               (tf.zeros([seq], tf.bool), tf.ones([seq], tf.bool), tf.constant(True)))
+  if not opts.fill_after_cut:  # span: no span's first word fits; one whole word, as in chosen_tiles
+    fits = listed & (tf.gather(size, units) <= budget)
+    word = listed & tf.equal(units, tf.gather(units, tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)))
+    word &= tf.cumsum(tf.cast(word, tf.int32)) <= opts.max_predictions_per_seq
+    taken = tf.cond(tf.reduce_any(taken), lambda: taken, lambda: word)
   return tf.sort(tf.boolean_mask(order, taken))
+
+
+def process_seed(seed: int, process_index: int) -> int:
+  """The dynamic-masking seed of one process. Each process numbers its own example stream from 0, so masks keyed
+  on (seed, position) alone would repeat on every process of a multi-host run. Process 0 keeps `seed` (single-host
+  runs and their checkpoints mask as before); the others get a seed derived from both, in [0, 2**32) as Grain needs."""
+  if process_index == 0:
+    return seed
+  return int(np.random.SeedSequence([seed % 2**64, process_index]).generate_state(1)[0])
 
 
 def tf_remask_fn(masking: DynamicMasking, max_seq_length: int, max_predictions_per_seq: int, seed: int):

@@ -112,7 +112,8 @@ def build_dataset(cfg: PipelineConfig, process_index: int = 0, process_count: in
     ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed + 1, reshuffle_each_iteration=True)
   ds = ds.map(_parse(cfg), num_parallel_calls=autotune, deterministic=True)
   if cfg.dynamic_masking is not None:
-    remask = masking.tf_remask_fn(cfg.dynamic_masking, cfg.max_seq_length, cfg.max_predictions_per_seq, cfg.seed)
+    remask = masking.tf_remask_fn(cfg.dynamic_masking, cfg.max_seq_length, cfg.max_predictions_per_seq,
+                                  masking.process_seed(cfg.seed, process_index))
     ds = ds.enumerate().map(remask, num_parallel_calls=autotune, deterministic=True)
   ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder, num_parallel_calls=autotune, deterministic=True)
   return ds.prefetch(autotune).with_options(options)
