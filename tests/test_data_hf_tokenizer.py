@@ -73,6 +73,8 @@ def test_auto_tokenizer_gives_our_ids(vocab_files, sentences, tmp_path, kind, lo
   cut = hf(long_text, truncation=True)["input_ids"]
   assert len(cut) == MAX_LEN and cut[0] == cls and cut[-1] == sep
   assert cut[1:-1] == ours.encode(long_text)[:MAX_LEN - 2]
+  if kind == "wordpiece":  # the vocabulary file slow BertTokenizer and TF tooling read, in id order
+    assert (tmp_path / "vocab.txt").read_text(encoding="utf-8").splitlines() == ours.pieces
   if kind == "bpe":
     mask = [t for t in json.load(open(tmp_path / "tokenizer.json"))["added_tokens"] if t["content"] == "<mask>"]
     assert mask[0]["lstrip"] and mask[0]["special"], "<mask> takes the space before it, as RoBERTa's"

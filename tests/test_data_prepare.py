@@ -276,6 +276,19 @@ def test_full_sentence_mode_keeps_every_token_of_a_long_segment():
   assert sorted(len(row) for row in rows) == [82, 128, 128]  # 126, 126, then 48 + [SEP] + 30 + [SEP]
 
 
+def test_bpe_sentences_after_the_first_keep_their_leading_space(tmp_path):
+  text = "The cat sat on the mat. The dog ran to the cat. Then the cat ran away."
+  (tmp_path / "corpus.txt").write_text((text + "\n\n") * 50)
+  bpe = tokenizer_lib.load(tokenizer_lib.train_bpe(corpora.TextFiles(str(tmp_path / "corpus.txt")),
+                                                   str(tmp_path / "bpe.json"), 400))
+  sentences = corpora.split_sentences(text)
+  ids = prepare.encode_document(bpe.encode, bpe.kind, sentences)
+  assert sum(ids, []) == bpe.encode(text)  # the document's pieces, as encoding it whole gives them
+  assert ids[1][0] == bpe.encode(" The")[0] != bpe.encode("The")[0]
+  spm_like = prepare.encode_document(str.split, "sentencepiece", sentences)
+  assert spm_like[1][0] == "The"  # other vocabularies mark word starts themselves
+
+
 def test_wordpiece_vocab_loads_through_tokenizers(tmp_path):
   words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "function", "return", "##s", "value", "a", "."]
   vocab = tmp_path / "vocab.txt"

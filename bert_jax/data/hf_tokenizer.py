@@ -134,8 +134,9 @@ def save_hf_tokenizer(vocab_file: str, lower_case: bool, output_dir: str, model_
                                                 model_input_names=["input_ids", "attention_mask"], **kw)
   os.makedirs(output_dir, exist_ok=True)
   fast.save_pretrained(output_dir)
-  if tok.kind == "bpe" and not tok.lower_case:
-    fast.backend_tokenizer.model.save(output_dir)  # vocab.json + merges.txt, for slow RobertaTokenizer too
+  if tok.kind == "wordpiece" or (tok.kind == "bpe" and not tok.lower_case):
+    # vocab.txt (WordPiece) or vocab.json + merges.txt (BPE): what slow tokenizers and TF tooling read
+    fast.backend_tokenizer.model.save(output_dir)
   _portable_class_name(output_dir)
   _check(tok, output_dir)
 

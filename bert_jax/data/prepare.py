@@ -108,11 +108,20 @@ def _init_worker(vocab_file, lower_case, opts, seed):
   _worker_state.update(tok=tok, vocab=instances.VocabIds.from_tokenizer(tok), opts=opts, seed=seed, encode=encode)
 
 
+def encode_document(encode, vocab_kind: str, sentences: list[str]) -> list[list[int]]:
+  """A document's sentences as token ids. Byte-level BPE marks a word start by its leading space, which every
+  sentence after the first has in the running text: encoded without it, a sentence's first word would get the
+  pieces of a line start, which fine-tuning text (encoded whole, as HF's and fairseq's encoders do) rarely has."""
+  if vocab_kind != "bpe":
+    return [encode(s) for s in sentences]
+  return [encode(" " + s if i else s) for i, s in enumerate(sentences)]
+
+
 def _process_chunk(job):
   """(chunk key, documents as sentence lists) -> (chunk key, features, stats); the key seeds the RNG."""
   chunk_key, docs = job
   vocab, opts = _worker_state["vocab"], _worker_state["opts"]
-  token_docs = [[_worker_state["encode"](s) for s in doc] for doc in docs]
+  token_docs = [encode_document(_worker_state["encode"], _worker_state["tok"].kind, doc) for doc in docs]
   rng = np.random.default_rng([_worker_state["seed"], *chunk_key])
   features = instances.create_instances(token_docs, opts, vocab, rng)
   ids, mask = features["input_ids"], features["input_mask"]
