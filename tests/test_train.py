@@ -128,6 +128,17 @@ def test_zero_intervals_and_keep_fail_at_start_naming_the_field(key):
     pretrain.check_intervals(config(**{key: 0}))
 
 
+def test_an_eval_set_smaller_than_an_eval_is_named():
+  lines = []
+  cfg = config(**{"train.eval_batches": 10, "train.batch_size": 16})
+  pretrain.warn_if_eval_repeats(cfg, {"splits": {"eval": {"instances": 100}}}, lines.append)
+  assert lines == ["WARNING: the eval data has 100 instances but an eval reads 160 (train.eval_batches x its batch "
+                   "size): some count 2 times; lower train.eval_batches to 6 to read each at most once"]
+  pretrain.warn_if_eval_repeats(cfg, {"splits": {"eval": {"instances": 160}}}, lines.append)
+  pretrain.warn_if_eval_repeats(cfg, None, lines.append)  # records without a manifest: nothing known
+  assert len(lines) == 1
+
+
 def test_lamb_gives_biases_and_layer_norms_adams_step_and_weights_the_trust_ratio():
   """As google-research/albert's LAMB: the trust ratio |w| / |u| scales the decayed weights' steps only. With it on
   a zero-initialised bias, the bias would move by lr * |b| a step and stay near zero."""

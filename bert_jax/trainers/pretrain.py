@@ -20,6 +20,7 @@ from bert_jax.core import checkpoint as checkpoint_lib
 from bert_jax.core import preemption as preemption_lib
 from bert_jax.core import distributed, metrics, optim, param_rules, platform_defaults, sharding, workdir_lock
 from bert_jax.core.train_state import TrainState, create_train_state
+from bert_jax.data import schema
 from bert_jax.models import registry
 from bert_jax.objectives import registry as objectives
 from bert_jax.trainers import init_sources
@@ -123,6 +124,17 @@ def check_batch(config, mesh) -> None:
   eval_batch = t.eval_batch_size or t.batch_size
   if eval_batch % batch_devices:
     raise ValueError(f"train.eval_batch_size={eval_batch} must divide by data x fsdp = {batch_devices}")
+
+
+def warn_if_eval_repeats(config, eval_manifest: dict | None, log) -> None:
+  """The eval iterator repeats its data so that train.eval_batches batches always exist; an eval set smaller than
+  that counts some examples twice (the same ones at every eval, so curves still compare), which a line says."""
+  rows = ((eval_manifest or {}).get("splits", {}).get("eval") or {}).get("instances")
+  needed = config.train.eval_batches * (config.train.eval_batch_size or config.train.batch_size)
+  if rows is not None and 0 < rows < needed:
+    log(f"WARNING: the eval data has {rows} instances but an eval reads {needed} (train.eval_batches x its batch "
+        f"size): some count {-(-needed // rows)} times; lower train.eval_batches to "
+        f"{max(1, rows // (needed // config.train.eval_batches))} to read each at most once")
 
 
 def check_intervals(config) -> None:
@@ -265,6 +277,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   if dropped:
     log(f"metrics.jsonl: dropped {dropped} line(s) past step {start_step}, which this run writes again")
   eval_iter_factory = (lambda: inputs.eval_iterator(config, eval_files)) if eval_files else None
+  if eval_files:
+    warn_if_eval_repeats(config, schema.find_manifest(list(eval_files)), log)
 
   flops_per_seq = objective.flops_per_sequence()
   peak = metrics.peak_flops_per_device(jax.devices()[0].device_kind, config.train.peak_flops)
