@@ -18,8 +18,8 @@ def _params():
 
 def _optim_config():
   c = ml_collections.ConfigDict(dict(name="adamw", peak_learning_rate=1e-2, warmup_steps=1, decay="linear", power=1.0,
-                                     end_learning_rate=0.0, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.1,
-                                     state_dtype="", clip_norm=1.0))
+                                     decay_from="warmup_end", end_learning_rate=0.0, b1=0.9, b2=0.999, eps=1e-6,
+                                     weight_decay=0.1, state_dtype="", clip_norm=1.0))
   return c
 
 
