@@ -382,6 +382,29 @@ def test_to_hf_writes_both_models_and_from_hf_joins_them(whole_run, tmp_path):
     np.testing.assert_array_equal(np.asarray(a), b)
 
 
+def test_from_hf_pair_starts_a_run_whose_vocabulary_is_padded(tmp_path):
+  """HF's tables have the vocabulary's 1000 rows; the run pads to 1024 (vocab_pad_multiple): the generator's MLM
+  bias inside the joined tree is padded like the discriminator's tables, its real rows kept."""
+  config = electra.ElectraConfig(vocab_size=1000, vocab_pad_multiple=128, hidden_size=64, num_layers=2, num_heads=1,
+                                 intermediate_size=128, max_position_embeddings=64)
+  objective = objectives.make_objective("electra", config, 16, 4, {"generator_hidden_fraction": 0.5})
+  params = jax.tree_util.tree_map(np.asarray, jax.jit(lambda r: nn.unbox(objective.init_params(r)))(jax.random.key(0)))
+  params = hf_helpers.perturb_params(params)
+  hf_dir.write_hf_dirs(objective.exported_models(params), str(tmp_path / "hf"), log=lambda *a: None)
+  joined, joined_config = workdir.join_models(hf_dir.read_hf_models(str(tmp_path / "hf")), log=lambda *a: None)
+  assert joined["generator"]["mlm"]["output_bias"].shape == (1000,)
+  workdir.write_params_checkpoint(str(tmp_path / "ckpt"), joined, joined_config)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  restored = workdir.restore_params(str(tmp_path / "ckpt"), params, jax.tree_util.tree_map(lambda _: device, params),
+                                    config, log=lambda *a: None)
+  assert jax.tree_util.tree_structure(restored) == jax.tree_util.tree_structure(params)
+  for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(restored), jax.tree_util.tree_leaves(params)):
+    assert got.shape == want.shape, path
+  bias = np.asarray(restored["generator"]["mlm"]["output_bias"])
+  np.testing.assert_allclose(bias[:1000], params["generator"]["mlm"]["output_bias"][:1000], rtol=1e-6)
+  assert not bias[1000:].any()
+
+
 def test_finetuned_discriminator_exports_as_hf_electra_sequence_classifier():
   """HF's ElectraClassificationHead is dense -> GELU -> out_proj on [CLS]; ours must match it after export."""
 

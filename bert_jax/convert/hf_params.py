@@ -143,22 +143,37 @@ def to_layout(params, config: EncoderConfig, where: str = "checkpoint", saved_vo
   """params in whatever encoder layout they were saved (scanned or per-layer, fused or separate QKV, vocabulary
   padded or not) -> config's layout, through the family's HF name table; `saved_vocab_size` as saved_layout's.
   A second model inside the tree (a subtree with its own `encoder`, e.g. ELECTRA's generator) has its layers
-  scanned or unscanned to match."""
+  scanned or unscanned and its vocabulary rows padded to match."""
   nested = {k: v for k, v in params.items() if k != "encoder" and isinstance(v, Mapping) and "encoder" in v}
   params = {k: v for k, v in params.items() if k not in nested}
-  for name, model in nested.items():
-    layers = nt.scan_params if config.scan_layers else nt.unscan_params
-    nested[name] = layers(model, _layer_count(model["encoder"]))
   try:
     saved_as = saved_layout(params, config, saved_vocab_size)
   except ValueError as e:
     raise ValueError(f"{where} does not fit this model: {e}") from e
+  for name, model in nested.items():
+    layers = nt.scan_params if config.scan_layers else nt.unscan_params
+    nested[name] = _vocab_rows_as(layers(model, _layer_count(model["encoder"])), config)
   if saved_as == config:
     return {**params, **nested}
   try:
     return {**hf_to_params(params_to_hf(params, saved_as), config), **nested}
   except (KeyError, ValueError) as e:
     raise ValueError(f"{where} does not fit this model: {e}") from e
+
+
+# A nested model's leaves with a row per vocabulary entry: its MLM bias, and its own word table where it has one
+# (ELECTRA's generator shares the discriminator's). The main encoder's go through its name table's vocab_rows.
+NESTED_VOCAB_LEAVES = ("mlm/output_bias", "encoder/embeddings/word_embeddings/embedding")
+
+
+def _vocab_rows_as(model, config: EncoderConfig):
+  """A nested model's vocabulary rows cut to config.vocab_size (the main table's check has shown the rest to be
+  padding) and padded to config's padded size."""
+  flat = nt.flatten(model)
+  for path in NESTED_VOCAB_LEAVES:
+    if path in flat:
+      flat[path] = nt.vocab_rows.from_hf(nt.vocab_rows.to_hf(np.asarray(flat[path]), config), config)
+  return nt.unflatten(flat)
 
 
 def _layer_count(encoder) -> int:
