@@ -83,6 +83,18 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
+def check_batch_size(field: str, size: int, mesh: Mesh, microbatches: int = 1) -> None:
+  """A global batch (the config field `field`) must split evenly over the batch-parallel devices (times the
+  microbatches) and over the processes, or global_batch cannot place it: fails naming the field."""
+  batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+  if size % (batch_devices * microbatches):
+    times = f" times train.microbatches={microbatches}" if microbatches > 1 else ""
+    raise ValueError(f"{field}={size} must divide by the batch-parallel devices (data x fsdp = {batch_devices})"
+                     + times)
+  if size % jax.process_count():
+    raise ValueError(f"{field}={size} must divide by the process count {jax.process_count()}")
+
+
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
   """Host-local numpy batch -> global jax.Arrays sharded over the batch axes (multi-host safe)."""
   sharding = batch_sharding(mesh)

@@ -169,15 +169,9 @@ def make_optimizer(config, total_steps: int, rules=()):
 
 
 def check_batch_sizes(train_config, mesh) -> None:
-  """Each global batch splits evenly over the batch-parallel devices and the processes (_local), or fails
-  naming the field; a remainder would be dropped from every batch."""
-  batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+  """Train and eval batches split evenly over the batch devices and processes (_local), or fail naming the field."""
   for field in ("batch_size", "eval_batch_size"):
-    size = train_config[field]
-    for count, what in ((batch_devices, f"the batch-parallel devices (data x fsdp = {batch_devices})"),
-                        (jax.process_count(), f"the process count {jax.process_count()}")):
-      if size % count:
-        raise ValueError(f"train.{field}={size} must divide by {what}")
+    sharding.check_batch_size(f"train.{field}", train_config[field], mesh)
 
 
 def _eval_batches(features, batch_size):

@@ -115,15 +115,8 @@ def make_step_functions(config, objective, tx, schedule, mesh, state_shardings):
 
 def check_batch(config, mesh) -> None:
   t = config.train
-  batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
-  if t.batch_size % (batch_devices * t.microbatches):
-    raise ValueError(f"train.batch_size={t.batch_size} must divide by the batch-parallel devices (data x fsdp = "
-                     f"{batch_devices}) times train.microbatches={t.microbatches}")
-  if t.batch_size % jax.process_count():
-    raise ValueError(f"train.batch_size={t.batch_size} must divide by the process count {jax.process_count()}")
-  eval_batch = t.eval_batch_size or t.batch_size
-  if eval_batch % batch_devices:
-    raise ValueError(f"train.eval_batch_size={eval_batch} must divide by data x fsdp = {batch_devices}")
+  sharding.check_batch_size("train.batch_size", t.batch_size, mesh, t.microbatches)
+  sharding.check_batch_size("train.eval_batch_size", t.eval_batch_size or t.batch_size, mesh)
 
 
 def warn_if_eval_repeats(config, eval_manifest: dict | None, log) -> None:
@@ -143,10 +136,15 @@ def check_intervals(config) -> None:
   for section, key in (("train", "microbatches"), ("train", "log_every"), ("train", "eval_every"),
                        ("checkpoint", "every_steps"), ("checkpoint", "keep")):
     value = config[section][key]
-    if value < 1:
-      raise ValueError(f"{section}.{key}={value} must be at least 1" + (
-          " (Orbax would delete every checkpoint, the final one too)" if key == "keep" else
-          f"; to do it rarely, set it to train.steps ({config.train.steps})" if key != "microbatches" else ""))
+    if value >= 1:
+      continue
+    if key == "keep":
+      why = " (Orbax would delete every checkpoint, the final one too)"
+    elif key == "microbatches":
+      why = ""
+    else:
+      why = f"; to do it rarely, set it to train.steps ({config.train.steps})"
+    raise ValueError(f"{section}.{key}={value} must be at least 1{why}")
 
 
 def evaluate(eval_step_fn, params, eval_iter_factory, num_batches: int, mesh, objective) -> dict:
