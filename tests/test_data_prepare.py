@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bert_jax.data import corpora, instances, masking, prepare, schema
+from bert_jax.data import array_record_io, corpora, instances, masking, prepare, schema
 from bert_jax.data import manifest as manifest_lib
 from bert_jax.data import tokenizer as tokenizer_lib
 from cli_helpers import cli_env
@@ -169,6 +169,33 @@ def test_tasks_make_independent_shards_that_merge(pydocs_data, tmp_path):
   assert merged["splits"]["train"] == whole["splits"]["train"]
   for name in whole["splits"]["train"]["shards"]:
     assert (tmp_path / "one" / "train" / name).read_bytes() == (tmp_path / "split" / "train" / name).read_bytes()
+
+
+def test_a_shard_holds_each_dupe_pass_after_the_previous(pydocs_data, tmp_path):
+  """Full-sentence rows are the same in every pass (only the masks differ): the shard's first half must hold
+  each row once and the second half the same rows again, not copies a few records apart."""
+  _, manifest = pydocs_data
+  opts = instances.InstanceOptions(max_seq_length=64, max_predictions_per_seq=10, dupe_factor=2,
+                                   mode="full_sentences")
+  for formats in (("tfrecord",), ("array_record",)):
+    out = tmp_path / formats[0]
+    prepare.prepare(corpora.TextFiles(str(_small_corpus(tmp_path))), str(out), opts,
+                    vocab_file=manifest["vocab"]["file"], workers=1, docs_per_chunk=8, num_train_shards=1,
+                    progress=False, formats=formats)
+    assert sorted(os.listdir(out / "train")) == [f"part-00000-of-00001.{formats[0]}"], "the spool is gone"
+    if formats[0] == "tfrecord":
+      f = _read_all([str(out / "train" / "part-00000-of-00001.tfrecord")], seq=64, pred=10)
+    else:
+      records = array_record_io.read_records(str(out / "train" / "part-00000-of-00001.array_record"))
+      parsed = [array_record_io.parse(r) for r in records]
+      f = {k: np.stack([p[k] for p in parsed]) for k in parsed[0]}
+    rows = [tuple(_originals(f, r)) for r in range(len(f["input_ids"]))]
+    half = len(rows) // 2
+    assert len(rows) == 2 * half > 40
+    assert len(set(rows[:half])) == half, "a row repeats within the first pass"
+    assert sorted(rows[:half]) == sorted(rows[half:])
+    masked = [tuple(f["masked_lm_positions"][r]) for r in range(len(rows))]
+    assert sorted(masked[:half]) != sorted(masked[half:]), "the passes draw their own masks"
 
 
 def test_bad_text_is_skipped_and_counted(tmp_path):

@@ -223,22 +223,25 @@ def _features(tokens, segment_ids, is_random_next, opts, vocab, rng, masking_opt
   return out
 
 
-def create_instances(docs: list[list[list[int]]], opts: InstanceOptions, vocab: VocabIds,
-                     rng: np.random.Generator) -> dict[str, np.ndarray]:
-  """All instances (dupe_factor passes, shuffled) from a buffer of tokenized documents.
+def create_instance_passes(docs: list[list[list[int]]], opts: InstanceOptions, vocab: VocabIds,
+                           rng: np.random.Generator) -> list[dict[str, np.ndarray]]:
+  """The instances of each of the dupe_factor passes over a buffer of tokenized documents, each pass shuffled.
 
-  Returns a dict of FEATURES (and masking.UNIT_FEATURE where the masking needs it), each stacked on a leading
-  instance axis (0 rows if none). With that feature, docs hold token keys (masking.pack_units).
+  Returns one dict per pass of FEATURES (and masking.UNIT_FEATURE where the masking needs it), each stacked on a
+  leading instance axis (0 rows if none). With that feature, docs hold token keys (masking.pack_units). The
+  passes stay apart so that a writer can put a document's copies far from each other (prepare.py).
   """
   masking_opts = opts.masking_options
   docs = [[list(seg) for seg in doc if len(seg)] for doc in docs]
   docs = [d for d in docs if d]
-  rows = []
+  passes = []
   balance = _NspBalance()
   # With unit bits, [CLS]/[SEP] are keys too (bits 0).
   cls_key, sep_key = ((vocab.cls_id << masking.UNIT_BITS, vocab.sep_id << masking.UNIT_BITS)
                       if masking_opts.unit_feature else (vocab.cls_id, vocab.sep_id))
   for _ in range(opts.dupe_factor):
+    rows = []
+    passes.append(rows)
     if opts.mode == "full_sentences":
       for row in _full_sentence_rows(docs, opts, sep_key):
         rows.append(_features([cls_key] + row + [sep_key], 0, False, opts, vocab, rng, masking_opts))
@@ -249,10 +252,27 @@ def create_instances(docs: list[list[list[int]]], opts: InstanceOptions, vocab: 
         tokens = [cls_key] + a + [sep_key] + b + [sep_key]
         segment_ids = np.array([0] * (len(a) + 2) + [1] * (len(b) + 1))
         rows.append(_features(tokens, segment_ids, is_random_next, opts, vocab, rng, masking_opts))
-  order = rng.permutation(len(rows))
+  return [_stacked([rows[i] for i in rng.permutation(len(rows))], opts) for rows in passes]
+
+
+def create_instances(docs: list[list[list[int]]], opts: InstanceOptions, vocab: VocabIds,
+                     rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """All instances of create_instance_passes, pass after pass, stacked as one dict of features."""
+  return concatenate(create_instance_passes(docs, opts, vocab, rng), opts)
+
+
+def concatenate(parts: list[dict[str, np.ndarray]], opts: InstanceOptions) -> dict[str, np.ndarray]:
+  """Stacked features of several parts (passes, chunks) -> one dict, rows in order."""
+  parts = [p for p in parts if len(p["input_ids"])]
+  if not parts:
+    return empty_features(opts)
+  return {k: np.concatenate([p[k] for p in parts]) for k in feature_names(opts)}
+
+
+def _stacked(rows: list[dict], opts: InstanceOptions) -> dict[str, np.ndarray]:
   if not rows:
     return empty_features(opts)
-  return {k: np.stack([rows[i][k] for i in order]) for k in feature_names(opts)}
+  return {k: np.stack([row[k] for row in rows]) for k in feature_names(opts)}
 
 
 def feature_names(opts: InstanceOptions) -> tuple[str, ...]:

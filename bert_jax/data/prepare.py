@@ -11,8 +11,9 @@ How it scales:
   * Parallel: chunks are tokenized and turned into instances in `workers` processes.
   * Deterministic: the corpus is cut into parts (corpora.py: groups of files, row ranges); each part's
     documents fill chunks per split, and chunk n of split s in part p uses the RNG seeded (seed, p, s, n).
-    Its instances go to shard (index of the chunk within its split) % num_shards, written in chunk order;
-    the output does not depend on the number of workers. The Beam pipeline (--runner, beam_pipeline.py)
+    Its instances go to shard (index of the chunk within its split) % num_shards; a shard holds the first of
+    the dupe_factor passes of its chunks in chunk order, then the second pass, and so on (_Shards), so that a
+    document's copies are far apart in the stream. The output does not depend on the number of workers. The Beam pipeline (--runner, beam_pipeline.py)
     makes the same chunks with the same functions, so it makes the same instances.
   * Formats: `formats` ("tfrecord", "array_record" or both) picks what each shard is written as; an
     ArrayRecord shard holds the same examples as the TFRecord one of the same name, in the same order
@@ -31,6 +32,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import struct
 import sys
 import time
 import uuid
@@ -118,12 +120,14 @@ def encode_document(encode, vocab_kind: str, sentences: list[str]) -> list[list[
 
 
 def _process_chunk(job):
-  """(chunk key, documents as sentence lists) -> (chunk key, features, stats); the key seeds the RNG."""
+  """(chunk key, documents as sentence lists) -> (chunk key, features of each dupe_factor pass, stats); the key
+  seeds the RNG."""
   chunk_key, docs = job
   vocab, opts = _worker_state["vocab"], _worker_state["opts"]
   token_docs = [encode_document(_worker_state["encode"], _worker_state["tok"].kind, doc) for doc in docs]
   rng = np.random.default_rng([_worker_state["seed"], *chunk_key])
-  features = instances.create_instances(token_docs, opts, vocab, rng)
+  passes = instances.create_instance_passes(token_docs, opts, vocab, rng)
+  features = instances.concatenate(passes, opts)
   ids, mask = features["input_ids"], features["input_mask"]
   special = (ids == vocab.cls_id) | (ids == vocab.sep_id)
   stats = {"sentences": sum(len(d) for d in docs), "tokens": sum(len(s) for d in token_docs for s in d),
@@ -132,7 +136,13 @@ def _process_chunk(job):
            "masked_tokens": int(features["masked_lm_weights"].sum()),
            "random_next": int(features["next_sentence_labels"].sum()),
            "documents_without_tokens": sum(not any(d) for d in token_docs)}  # dropped: nothing the vocab encodes
-  return chunk_key, features, stats
+  return chunk_key, passes, stats
+
+
+def _process_chunk_merged(job):
+  """_process_chunk with the passes as one features dict (the Beam path places each instance by a hash)."""
+  chunk_key, passes, stats = _process_chunk(job)
+  return chunk_key, instances.concatenate(passes, _worker_state["opts"]), stats
 
 
 def shard_file_name(shard: int, num_shards: int) -> str:
@@ -141,7 +151,13 @@ def shard_file_name(shard: int, num_shards: int) -> str:
 
 @dataclasses.dataclass
 class _Shards:
-  """Shard writers of one split (TFRecord and/or ArrayRecord); shard s is written only by the task that owns it."""
+  """Shard writers of one split (TFRecord and/or ArrayRecord); shard s is written only by the task that owns it.
+
+  A shard holds the first dupe_factor pass of its chunks, in chunk order, then the second pass of the same
+  chunks, and so on: a document's copies are about a shard's length / dupe_factor apart in the stream, as
+  google-research/bert's shuffle of the whole corpus puts them, instead of within one shuffle buffer. The later
+  passes wait in spool files (serialized records, length-prefixed) beside the shards until close().
+  """
   directory: str
   num_shards: int
   task_index: int
@@ -151,6 +167,8 @@ class _Shards:
   def __post_init__(self):
     os.makedirs(self.directory, exist_ok=True)
     self.writers, self.counts, self.chunks_seen = {}, collections.Counter(), 0
+    self.spool_dir = os.path.join(self.directory, ".spool")
+    self.spools = {}  # (shard, pass) -> open spool file
 
   def path(self, shard):
     return os.path.join(self.directory, shard_file_name(shard, self.num_shards))
@@ -167,23 +185,48 @@ class _Shards:
     """The shard's writers, one per format; the ArrayRecord one gets the TFRecord's bytes when both are written."""
     return array_record_io.open_writers(self.path(shard), self.formats)
 
-  def write(self, shard, features):
+  def _spool(self, shard, pass_index):
+    if (shard, pass_index) not in self.spools:
+      os.makedirs(self.spool_dir, exist_ok=True)
+      self.spools[shard, pass_index] = open(os.path.join(self.spool_dir, f"{shard:05d}-{pass_index:03d}"), "w+b")
+    return self.spools[shard, pass_index]
+
+  def write(self, shard, passes):
+    """Writes one chunk's instances (a features dict per dupe_factor pass) to `shard`."""
     if shard not in self.writers:
       self.writers[shard] = self._open(shard)
     serialize = schema.serialize if "tfrecord" in self.formats else array_record_io.serialize
-    for row in range(len(features["input_ids"])):
-      record = serialize(features, row)
-      for writer in self.writers[shard]:
-        writer.write(record)
-    self.counts[shard] += len(features["input_ids"])
+    for pass_index, features in enumerate(passes):
+      for row in range(len(features["input_ids"])):
+        record = serialize(features, row)
+        if pass_index == 0:
+          for writer in self.writers[shard]:
+            writer.write(record)
+        else:
+          self._spool(shard, pass_index).write(struct.pack("<Q", len(record)) + record)
+      self.counts[shard] += len(features["input_ids"])
+
+  def _write_spooled(self, shard):
+    for pass_index in sorted(p for s, p in self.spools if s == shard):
+      spool = self.spools.pop((shard, pass_index))
+      spool.seek(0)
+      while header := spool.read(8):
+        record = spool.read(struct.unpack("<Q", header)[0])
+        for writer in self.writers[shard]:
+          writer.write(record)
+      spool.close()
+      os.remove(spool.name)
 
   def close(self):
     for shard in range(self.num_shards):
       if self.owns(shard) and shard not in self.writers:
         self.writers[shard] = self._open(shard)  # an empty shard, so the set is complete
-    for writers in self.writers.values():
+    for shard, writers in self.writers.items():
+      self._write_spooled(shard)
       for w in writers:
         w.close()
+    if os.path.isdir(self.spool_dir):
+      os.rmdir(self.spool_dir)
     return {os.path.basename(self.path(s)): self.counts[s] for s in range(self.num_shards) if self.owns(s)}
 
 
@@ -237,8 +280,8 @@ def prepare(corpus, output_dir: str, opts: instances.InstanceOptions, *, vocab_f
         yield (index, docs), split, shard
 
   def consume(results, placements):
-    for (_, features, stats), (split, shard) in zip(results, placements):
-      splits[split].write(shard, features)
+    for (_, passes, stats), (split, shard) in zip(results, placements):
+      splits[split].write(shard, passes)
       totals.update(stats)
       split_totals[split]["instances"] += stats["instances"]
     bar.set_postfix(instances=totals["instances"], refresh=False)
@@ -309,7 +352,7 @@ def prepare_beam(corpus, output_dir: str, opts: instances.InstanceOptions, *, ru
       read_part=functools.partial(part_chunks, corpus, seed=seed, eval_fraction=eval_fraction,
                                   docs_per_chunk=docs_per_chunk),
       init_worker=functools.partial(_init_worker, vocab_file, lower_case, opts, seed),
-      process_chunk=_process_chunk, serialize=schema.serialize,
+      process_chunk=_process_chunk_merged, serialize=schema.serialize,
       finish=functools.partial(_finish_beam, output_dir, opts, tok_description=(tok.describe(), tok.kind,
                                tok.lower_case), seed=seed, corpus_description=corpus_description,
                                corpus_name=corpus_name, parts=len(parts), eval_fraction=eval_fraction,
