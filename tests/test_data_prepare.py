@@ -327,6 +327,19 @@ def test_wordpiece_vocab_loads_through_tokenizers(tmp_path):
   assert not tok.word_start_table()[words.index("##s")]
 
 
+def test_sentencepiece_punctuation_starts_a_word(pydocs_data):
+  """As google-research/albert's _is_start_piece: "value." is two words for whole-word masking."""
+  _, manifest = pydocs_data
+  tok = tokenizer_lib.load(manifest["vocab"]["file"])
+  starts = tok.word_start_table()
+  ids = tok.encode("It returns the value. Then (optionally) stops, again.")
+  pieces = [tok.pieces[i] for i in ids]
+  for piece, start in zip(pieces, starts[ids]):
+    assert start == (piece.startswith("\u2581") or piece in ".(),"), (piece, start, pieces)
+  assert {".", ",", ")"} <= set(pieces), pieces
+  assert not all(starts[ids]), f"no piece inside a word, so the test shows nothing: {pieces}"
+
+
 def test_vocab_without_special_tokens_fails(tmp_path):
   vocab = tmp_path / "vocab.txt"
   vocab.write_text("[PAD]\n[UNK]\nthe\n")

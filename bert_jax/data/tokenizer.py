@@ -14,6 +14,7 @@ import collections
 import hashlib
 import json
 import os
+import string
 
 import numpy as np
 
@@ -111,7 +112,10 @@ class SentencePieceTokenizer(Tokenizer):
     return [p.id for p in pieces], list(zip(edges[::2], edges[1::2]))
 
   def word_start_table(self) -> np.ndarray:
-    return np.array([p.startswith("\u2581") or self._is_special(p) for p in self.pieces])
+    """A piece begins a word when it carries the word-boundary mark '▁' or is a lone ASCII punctuation mark
+    (google-research/albert's _is_start_piece): SentencePiece glues punctuation to the word before it ("▁word",
+    "."), which whole-word, n-gram and span masking would otherwise mask and count as one word."""
+    return np.array([p.startswith("\u2581") or p in string.punctuation or self._is_special(p) for p in self.pieces])
 
 
 class _HfTokenizersEncoding(Tokenizer):
