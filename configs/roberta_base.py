@@ -24,5 +24,6 @@ def get_config():
   c.optim.warmup_steps = 10000
   c.optim.b2 = 0.98
   c.optim.eps = 1e-6
+  c.optim.clip_norm = 0.0               # no gradient clipping (the paper's Table 9; fairseq's recipe: --clip-norm 0.0)
   c.lock()
   return c
