@@ -210,6 +210,17 @@ def test_a_student_with_all_the_teachers_layers_matches_it_exactly(teacher_dir):
   assert m["mlm_accuracy"] == m["teacher_mlm_accuracy"] and m["mlm_loss"] == pytest.approx(m["teacher_mlm_loss"])
 
 
+def test_a_student_of_another_width_trains_without_the_cosine_term(teacher_dir):
+  """alpha_cos=0 is what the teacher check offers a student narrower than its teacher (hidden states that cannot be
+  compared): the loss must then not compare them either."""
+  student = dataclasses.replace(STUDENT, hidden_size=32, num_heads=4, intermediate_size=64)
+  objective = _objective(teacher_dir, student, alpha_cos=0.0, init_from_teacher=False)
+  params = objective.init_params(jax.random.key(0))
+  sums = objective.loss_sums(nn.unbox(params), _batches(1)[0], jax.random.key(0), True)
+  m = jax.device_get(objective.summaries(sums))
+  assert np.isfinite(m["loss"]) and m["kl_loss"] > 0 and m["cosine_loss"] == 0, m
+
+
 def _steps(state, step_fn, rules, mesh, batches):
   metrics = []
   with nn.logical_axis_rules(rules):

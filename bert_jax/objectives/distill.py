@@ -79,7 +79,10 @@ def kl_sums(student_logits, teacher_logits, weights, temperature):
 
 
 def cosine_sums(student_BxTxH, teacher_BxTxH, weights_BxT):
-  """Weighted sum over tokens of 1 - cos(student, teacher) (torch's CosineEmbeddingLoss with target 1)."""
+  """Weighted sum over tokens of 1 - cos(student, teacher) (torch's CosineEmbeddingLoss with target 1); 0 when the
+  widths differ (a student narrower than its teacher trains with alpha_cos=0, which _check_teacher requires)."""
+  if student_BxTxH.shape[-1] != teacher_BxTxH.shape[-1]:
+    return {"cos_sum": jnp.zeros((), jnp.float32)}
   s, t = student_BxTxH.astype(jnp.float32), teacher_BxTxH.astype(jnp.float32)
   cos = jnp.sum(s * t, -1) / jnp.maximum(jnp.linalg.norm(s, axis=-1) * jnp.linalg.norm(t, axis=-1), 1e-8)
   return {"cos_sum": jnp.sum((1.0 - cos) * weights_BxT.astype(jnp.float32))}
