@@ -19,6 +19,7 @@ from bert_jax.data import tokenizer as tokenizer_lib
 from bert_jax.finetune import heads, task_export
 from bert_jax.models import name_tables as nt
 from bert_jax.models import registry
+from bert_jax.models.bert import BertConfig
 from bert_jax.models.distilbert import DistilBertConfig
 from bert_jax.models.pretraining import EncoderWithHeads
 from bert_jax.objectives import distill
@@ -219,6 +220,28 @@ def test_a_student_of_another_width_trains_without_the_cosine_term(teacher_dir):
   sums = objective.loss_sums(nn.unbox(params), _batches(1)[0], jax.random.key(0), True)
   m = jax.device_get(objective.summaries(sums))
   assert np.isfinite(m["loss"]) and m["kl_loss"] > 0 and m["cosine_loss"] == 0, m
+
+
+def _two_segment_batch():
+  return train_helpers.random_batch(16, seed=0, vocab=VOCAB)  # segment 1 on each row's second half
+
+
+def test_a_student_with_token_types_keeps_the_teachers_positions(teacher_dir):
+  """Token-type row 0 is folded into the positions only for a student without a token-type table; a BERT-family
+  student copies both tables as they are (folding would add row 0 twice) and, with all the teacher's layers, is the
+  teacher on two-segment inputs too."""
+  bert_student = BertConfig(vocab_size=VOCAB, hidden_size=64, num_layers=4, num_heads=8, intermediate_size=128,
+                            max_position_embeddings=64, hidden_dropout=0.0, attention_dropout=0.0)
+  objective = _objective(teacher_dir, bert_student)
+  teacher, _ = hf_dir.read_hf_dir(teacher_dir)
+  fresh = nn.unbox(jax.eval_shape(objective.init_params, jax.random.key(0)))
+  student = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype), distill.student_params(fresh))
+  params = objective.finish_init({**student, "teacher": teacher})
+  got, want = nt.flatten(distill.student_params(params)), nt.flatten(teacher)
+  for path in ("encoder/embeddings/position_embeddings/embedding", "encoder/embeddings/token_type_embeddings/embedding"):
+    np.testing.assert_array_equal(got[path], want[path], err_msg=path)
+  s, t = objective._outputs(params, _two_segment_batch(), jax.random.key(0), True)
+  np.testing.assert_allclose(np.asarray(s["sequence_output"]), np.asarray(t["sequence_output"]), atol=1e-5)
 
 
 def _steps(state, step_fn, rules, mesh, batches):

@@ -161,13 +161,15 @@ class Distillation(base.Objective):
 
   def finish_init(self, params):
     """After the teacher is loaded: the student from the teacher (embeddings, every other layer, MLM head).
-    The teacher's token-type row 0 goes into the student's positions, so segment-0 inputs embed exactly as in the
-    teacher. Pure jnp: the trainer runs it under jit in the state's shardings."""
+    A student without token types (DistilBERT) gets the teacher's token-type row 0 added to its positions, so
+    segment-0 inputs embed exactly as in the teacher; a student with a token-type table copies both tables as they
+    are. Pure jnp: the trainer runs it under jit in the state's shardings."""
     if not self.settings.init_from_teacher:
       return params
     chosen = teacher_layers(self.teacher_config.num_layers, self.config.num_layers)
     teacher = nt.flatten(params[TEACHER])
     token_type_row = teacher["encoder/embeddings/token_type_embeddings/embedding"][0]
+    fold_token_type = not type(self.config).has_token_types  # a student with its own table copies it instead
 
     def from_teacher(path, like):
       match = re.match(r"encoder/layer_(\d+)/(.*)", path)
@@ -177,7 +179,7 @@ class Distillation(base.Objective):
         value = teacher[f"encoder/layer_{chosen[int(match.group(1))]}/{match.group(2)}"]
       elif path.startswith("encoder/layers/"):
         value = jnp.take(teacher[path], jnp.asarray(chosen), axis=0)
-      elif path == "encoder/embeddings/position_embeddings/embedding":
+      elif path == "encoder/embeddings/position_embeddings/embedding" and fold_token_type:
         value = teacher[path] + token_type_row[None]
       else:
         value = teacher[path]
