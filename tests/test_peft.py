@@ -217,3 +217,25 @@ def test_prefix_key_lengths_agree_with_the_mask():
   by_lengths = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=mask.key_lengths_B, implementation="xla")
   by_mask = attention_lib.dot_product_attention(q, k, v, mask, implementation="xla")
   np.testing.assert_allclose(by_lengths, by_mask, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["tagging", "qa"])
+def test_lora_peft_export_of_token_tasks_loads_in_hf_peft_with_our_logits(tmp_path, kind):
+  """Tagging and extractive QA with LoRA: `PeftModel.from_pretrained(base, adapter)` called with the token type
+  ids of a pair gives our logits (peft's PeftModelForQuestionAnswering drops token_type_ids, so a QUESTION_ANS
+  adapter would read every token as segment A)."""
+  import json
+  spec = {"tagging": tasks.TaskSpec("probe_tags", "tagging", ("text",), "label", ("O", "B", "I")),
+          "qa": tasks.TaskSpec("probe_qa", "qa", ("question", "context"), "answers", ())}[kind]
+  config = dataclasses.replace(BERT, lora_rank=4, lora_alpha=8.0, lora_targets=("query", "key", "value", "output"))
+  model = heads.MODELS[kind](config, num_labels=spec.num_labels)
+  ids = np.zeros((1, 8), np.int32)
+  params = _perturbed_peft(jax.tree_util.tree_map(np.asarray, nn.meta.unbox(
+      model.init(jax.random.key(0), ids, ids, ids)["params"])))
+  adapter = peft_export.write_peft_dir(params, config, spec, str(tmp_path))
+  with open(os.path.join(adapter, "adapter_config.json")) as f:
+    saved = json.load(f)
+  head = "qa_outputs" if kind == "qa" else "classifier"
+  assert saved["peft_type"] == "LORA" and head in saved["modules_to_save"]
+  assert peft_export.check_peft_dir(params, config, spec, str(tmp_path)) <= 1e-4
+

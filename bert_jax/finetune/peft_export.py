@@ -12,7 +12,8 @@
 
 `peft.PeftModel.from_pretrained(AutoModelFor<Task>.from_pretrained(DIR/hf_peft/base), DIR/hf_peft/adapter)`
 gives our logits (checked on export, to 1e-4). With a soft prompt the HF sequence classifier pools the first
-prompt token, and so does ours (heads.SequenceClassifier).
+prompt token, and so does ours (heads.SequenceClassifier). A QA adapter has no task_type (PEFT_TASKS), so it loads
+as a plain PeftModel, which passes token_type_ids on.
 
 Our format, DIR/bert_jax_peft:
   model.safetensors   every parameter under its '/'-joined Flax path (encoder/layer_0/ffn_adapter/down/kernel,
@@ -37,8 +38,10 @@ from bert_jax.models import registry
 
 NATIVE_FORMAT = "bert_jax_peft/1"
 NATIVE_CONFIG = "bert_jax_peft.json"
-# Our task kind -> peft TaskType.
-PEFT_TASKS = {"classification": "SEQ_CLS", "regression": "SEQ_CLS", "tagging": "TOKEN_CLS", "qa": "QUESTION_ANS"}
+# Our task kind -> peft TaskType. QA has none (a plain PeftModel, the head in modules_to_save): peft's
+# PeftModelForQuestionAnswering takes token_type_ids but never passes them on (peft 0.21, and main in 2026-08), so a
+# QUESTION_ANS adapter reads every token of a question/context pair as segment A.
+PEFT_TASKS = {"classification": "SEQ_CLS", "regression": "SEQ_CLS", "tagging": "TOKEN_CLS", "qa": None}
 
 
 def _numpy(params):
