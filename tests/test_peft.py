@@ -239,3 +239,21 @@ def test_lora_peft_export_of_token_tasks_loads_in_hf_peft_with_our_logits(tmp_pa
   assert saved["peft_type"] == "LORA" and head in saved["modules_to_save"]
   assert peft_export.check_peft_dir(params, config, spec, str(tmp_path)) <= 1e-4
 
+
+def test_export_all_without_a_transformers_class_skips_the_hf_peft_export(tmp_path):
+  """NEZHA has no class in transformers 5: a LoRA or prompt run still ends with its native export (and the merged
+  directory, checked bit for bit) instead of failing after training."""
+  from bert_jax.models.nezha import NezhaConfig
+  import transformers
+  base = NezhaConfig(vocab_size=120, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=48,
+                     max_position_embeddings=64, **NO_DROPOUT)
+  assert not hasattr(transformers, task_export.hf_class(base, "classification"))
+  logged = []
+  for overrides in (dict(lora_rank=4), dict(prompt_kind="prompt", prompt_length=3)):
+    config = dataclasses.replace(base, **overrides)
+    params = _perturbed_peft(_init(config))
+    workdir = tmp_path / config.prompt_kind
+    out = peft_export.export_all(params, config, SPEC, str(workdir), log=logged.append)
+    assert "peft_max_logit_diff" not in out
+    assert (workdir / "bert_jax_peft" / "model.safetensors").exists() and not (workdir / "hf_peft").exists()
+  assert sum(line.startswith("no HF peft export") for line in logged) == 2, logged

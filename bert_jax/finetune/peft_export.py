@@ -227,6 +227,11 @@ def export_all(params, model_config, spec, workdir: str, vocab_file=None, lower_
     log(f"wrote {workdir}/hf (LoRA merged); {task_export.describe_check(c, spec.kind, out['hf_max_logit_diff'])}")
   prompt_only = c.prompt_kind == "prompt" and not c.lora_rank and c.adapter_kind == "none"
   if only_lora or (prompt_only and PEFT_TASKS.get(spec.kind) == "SEQ_CLS"):
+    import transformers
+    name = task_export.hf_class(peft_methods.without_peft(c), spec.kind)
+    if not hasattr(transformers, name):  # NEZHA in transformers 5: peft needs the torch model to write an adapter
+      log(f"no HF peft export: transformers {transformers.__version__} has no {name} class")
+      return out
     peft_dir = os.path.join(workdir, "hf_peft")
     write_peft_dir(params, c, spec, peft_dir, vocab_file, lower_case)
     out["peft_max_logit_diff"] = check_peft_dir(params, c, spec, peft_dir)
