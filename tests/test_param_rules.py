@@ -26,6 +26,7 @@ def _optim_config():
 def test_parse_rules_and_errors():
   rules = param_rules.parse_rules("^encoder/:freeze; classifier/bias:train,decay")
   assert rules == (param_rules.ParamRule("^encoder/", False, None), param_rules.ParamRule("classifier/bias", True, True))
+  assert param_rules.parse_rules("bias:no_decay") == (param_rules.ParamRule("bias", None, False),)
   with pytest.raises(ValueError, match="unknown action 'frozen'"):
     param_rules.parse_rules("encoder:frozen")
   with pytest.raises(ValueError, match="bad regex"):
@@ -63,3 +64,17 @@ def test_decay_rules_override_the_default():
   assert not default["encoder"]["layer_0"]["layer_norm"]["scale"]
   mask = param_rules.decay_mask(params, param_rules.parse_rules("classifier/kernel:no_decay"))
   assert not mask["classifier"]["kernel"] and mask["encoder"]["layer_0"]["query"]["kernel"]
+
+
+def test_a_decay_rule_does_not_unfreeze_what_a_later_rule_freezes():
+  """`layer_norm:no_decay` in front of a method's `^encoder/:freeze` sets the decay only: the encoder's LayerNorm
+  stays frozen (the first rule that says train/freeze decides that), and a later decay rule does not override it."""
+  params = _params()
+  rules = param_rules.parse_rules("layer_norm:no_decay;classifier/bias:decay;^encoder/:freeze;.*:no_decay")
+  kinds = param_rules.labels(params, rules)
+  assert kinds["encoder"]["layer_0"]["layer_norm"]["scale"] == param_rules.FROZEN
+  assert kinds["classifier"]["kernel"] == param_rules.TRAIN
+  assert param_rules.count(params, rules) == (10, 34)
+  mask = param_rules.decay_mask(params, rules)
+  assert mask["classifier"]["bias"] and not mask["classifier"]["kernel"]
+  assert not mask["encoder"]["layer_0"]["layer_norm"]["scale"]

@@ -69,7 +69,7 @@ def make_optimizer(c, total_steps: int, rules=()):
     raise ValueError(f"optimizer {c.name!r} is not 'adamw' or 'lamb'")
   if c.clip_norm and c.clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(c.clip_norm), tx)
-  if any(not r.trainable for r in rules):
+  if any(r.trainable is False for r in rules):
     tx = optax.multi_transform({param_rules.TRAIN: tx, param_rules.FROZEN: optax.set_to_zero()},
                                lambda params: param_rules.labels(params, rules))
   return tx, schedule

@@ -1,8 +1,10 @@
 """Which parameters train, and which get weight decay, chosen by regex rules over parameter paths.
 
 A path is the '/'-joined keys of a leaf, e.g. `encoder/layers/attention/query/kernel`. Rules are tried in
-order and the first whose regex matches (re.search) decides; a leaf no rule matches trains, with the default
-weight decay (none on biases and LayerNorm). The optimizer (core/optim.py) turns the labels into an optax
+order, and whether a leaf trains is decided by the first matching rule (re.search) that says `train` or `freeze`,
+its weight decay by the first that says `decay` or `no_decay`: a rule that only sets the decay (`layer_norm:no_decay`)
+leaves a leaf that a later rule freezes frozen. A leaf no rule decides trains, with the default weight decay (none
+on biases and LayerNorm). The optimizer (core/optim.py) turns the labels into an optax
 `multi_transform`, so frozen leaves get no optimizer state and never change.
 
 Written in a config as one string, rules separated by ';', each `REGEX:ACTION[,ACTION]` with the actions
@@ -28,8 +30,8 @@ _ACTIONS = ("train", "freeze", "decay", "no_decay")
 @dataclasses.dataclass(frozen=True)
 class ParamRule:
   pattern: str                       # regex, searched in the '/'-joined path
-  trainable: bool = True
-  weight_decay: bool | None = None   # None: the default (not on biases or LayerNorm)
+  trainable: bool | None = True     # None: the rule does not say (a later rule, else train)
+  weight_decay: bool | None = None   # None: the rule does not say (a later rule, else the default)
 
 
 def path_of(key_path) -> str:
@@ -49,7 +51,7 @@ def parse_rules(spec: str) -> tuple[ParamRule, ...]:
       re.compile(pattern)
     except re.error as e:
       raise ValueError(f"parameter rule {part!r}: bad regex {pattern!r} ({e})") from e
-    trainable, decay = True, None
+    trainable, decay = None, None
     for action in (a.strip() for a in actions.split(",")):
       if action not in _ACTIONS:
         raise ValueError(f"parameter rule {part!r}: unknown action {action!r}; choose from {', '.join(_ACTIONS)}")
@@ -61,8 +63,10 @@ def parse_rules(spec: str) -> tuple[ParamRule, ...]:
   return tuple(rules)
 
 
-def _first_match(path: str, rules) -> ParamRule | None:
-  return next((r for r in rules if re.search(r.pattern, path)), None)
+def _first_say(path: str, rules, field: str):
+  """The `field` of the first rule matching path that sets it (not None), else None."""
+  return next((getattr(r, field) for r in rules if getattr(r, field) is not None and re.search(r.pattern, path)),
+              None)
 
 
 def is_overwritten(path: str) -> bool:
@@ -111,8 +115,7 @@ def check_rules(params, rules) -> None:
 def labels(params, rules) -> dict:
   """A tree like params of TRAIN / FROZEN."""
   def label(key_path, _):
-    rule = _first_match(path_of(key_path), rules)
-    return TRAIN if rule is None or rule.trainable else FROZEN
+    return FROZEN if _first_say(path_of(key_path), rules, "trainable") is False else TRAIN
   return jax.tree_util.tree_map_with_path(label, params)
 
 
@@ -120,10 +123,8 @@ def decay_mask(params, rules) -> dict:
   """A tree like params of bools: True where weight decay applies."""
   def decays(key_path, _):
     path = path_of(key_path)
-    rule = _first_match(path, rules)
-    if rule is not None and rule.weight_decay is not None:
-      return rule.weight_decay
-    return default_decays(path)
+    said = _first_say(path, rules, "weight_decay")
+    return default_decays(path) if said is None else said
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
