@@ -31,7 +31,7 @@ out, lrs = sys.argv[1], dict(e.split(":") for e in sys.argv[2:])
 def ms_per_step(run):
   """seq_per_sec is cumulative from the first step (compilation included): time the steps after the first line."""
   train = [json.loads(l) for l in open(os.path.join(run, "metrics.jsonl")) if '"split": "train"' in l]
-  batch = json.load(open(os.path.join(run, "result.json"))).get("batch_size", 32)
+  batch = json.load(open(os.path.join(run, "result.json")))["batch_size"]
   elapsed = lambda m: m["step"] * batch / m["seq_per_sec"]
   return 1000 * (elapsed(train[-1]) - elapsed(train[0])) / (train[-1]["step"] - train[0]["step"])
 

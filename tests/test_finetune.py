@@ -309,6 +309,7 @@ def test_frozen_params_stay_bit_identical_and_get_no_optimizer_state(pretrained,
     summary = json.load(f)
   assert summary["trainable_params"] == sum(s for p, s in sizes.items() if p not in frozen)
   assert summary["total_params"] == sum(sizes.values())
+  assert summary["batch_size"] == ROBUST["train.batch_size"]  # bench/peft_demo.sh times steps with it
   # Adam's two moments exist for exactly the trainable leaves: none for the frozen embeddings
   saved = _saved_state_paths(str(run))
   moments = [p for p in saved if p.startswith("opt_state/") and p.endswith(tuple(sizes))]

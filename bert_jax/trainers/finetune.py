@@ -463,7 +463,7 @@ def _finetune(config, workdir: str, init_checkpoint: str) -> dict:
       json.dump(predictions, f)
     summary = {"task": spec.name, "kind": spec.kind, "init_checkpoint": init_checkpoint, "method": method,
                "param_rules": r.param_rules, "freeze_encoder": method == "frozen", "trainable_params": trainable,
-               "total_params": total, "steps": step, "stopped_early": stopped_early}
+               "total_params": total, "steps": step, "batch_size": r.batch_size, "stopped_early": stopped_early}
     if stopper is not None:
       summary.update(best_step=stopper.best_step, early_stop_metric=stopper.metric)
     with open(os.path.join(workdir, "result.json"), "w") as f:
