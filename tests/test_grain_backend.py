@@ -359,3 +359,12 @@ def test_train_cli_runs_and_resumes_without_tensorflow(tmp_path, small_corpus):
 
   refused = _train(str(tmp_path / "tfdata"), small_corpus, steps=1, backend="tfdata")
   assert refused.returncode != 0 and "--config.data.backend=grain" in refused.stderr, refused.stderr[-2000:]
+
+
+def test_a_glob_matching_both_formats_reads_each_shard_once(prepared):
+  """'train/*' of data prepared in both formats matches every shard twice (.array_record and .tfrecord): the grain
+  backend must list each ArrayRecord file once, in the glob's order, or every example is read twice an epoch."""
+  files = grain_pipeline.find_files(os.path.join(prepared["dir"], "train", "*"))
+  assert list(files) == prepared["array_record"]
+  mixed = grain_pipeline.find_files(",".join(prepared["tfrecord"][:2] + prepared["array_record"][1:3]))
+  assert list(mixed) == prepared["array_record"][:3]

@@ -251,7 +251,9 @@ def find_files(patterns) -> tuple[str, ...]:
                      f"{missing[:2]} do not exist. Fix: point the glob at .array_record files, write them with "
                      f"`python -m bert_jax.data.prepare ... --formats=tfrecord,array_record`, or convert with "
                      f"`python -m bert_jax.data.array_record_io --input='...tfrecord' --output_dir=...`")
-  return tuple(beside) + tuple(f for f in files if not f.endswith(".tfrecord"))
+  # In glob order, each ArrayRecord file once: a glob such as 'train/*' matches a shard in both formats, and
+  # listing its ArrayRecord file for each would read every example twice an epoch.
+  return tuple(dict.fromkeys(array_record_io.shard_path(f) if f.endswith(".tfrecord") else f for f in files))
 
 
 def check_files_match(files, *, max_seq_length: int, max_predictions_per_seq: int, vocab_size: int | None = None,
