@@ -159,3 +159,43 @@ def test_corrupt_record_names_the_file(tmp_path, record_files):
 def test_glob_without_matches_fails():
   with pytest.raises(FileNotFoundError, match="matched no files"):
     pipeline.resolve_files("/nowhere/*.tfrecord")
+
+
+@pytest.mark.parametrize("change", [dict(shuffle=False), dict(dynamic_masking=_dynamic(2000)), dict(batch_size=8)])
+def test_resume_with_other_data_settings_keeps_the_checkpoints(record_files, tmp_path, change):
+  """A resume whose tf.data pipeline differs from the saved position's (data.shuffle, dynamic masking, the batch
+  size) restores the model and starts the input stream afresh with a warning. It used to count as damage: every
+  checkpoint was moved to damaged/ and the run started from step 0 (or, for the batch size, failed at its first
+  batch saying the records do not parse)."""
+  import dataclasses
+  import jax
+  import jax.numpy as jnp
+  from bert_jax.core import checkpoint, configlib
+  config = configlib.load("tiny", {"checkpoint.every_steps": 2, "checkpoint.async_save": False})
+  shardings = {"step": jax.sharding.SingleDeviceSharding(jax.devices()[0])}
+  cfg = _cfg(record_files)
+  logged = []
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpt"), config, log=logged.append)
+  it = pipeline.BatchIterator(cfg)
+  for step in range(1, 5):
+    next(it)
+    ckpt.save(step, {"step": jnp.asarray(step, jnp.int32)}, it)
+  ckpt.wait()
+  # the same settings still resume exactly
+  again = pipeline.BatchIterator(cfg)
+  state = checkpoint.Checkpointer(str(tmp_path / "ckpt"), config, log=logged.append).restore_or_init(
+      {"step": jnp.zeros((), jnp.int32)}, shardings, again)
+  assert int(state["step"]) == 4 and not [m for m in logged if "WARNING" in m]
+  np.testing.assert_array_equal(next(again)["input_ids"], next(it)["input_ids"])
+
+  other = dataclasses.replace(cfg, **change)
+  changed = pipeline.BatchIterator(other)
+  state = checkpoint.Checkpointer(str(tmp_path / "ckpt"), config, log=logged.append).restore_or_init(
+      {"step": jnp.zeros((), jnp.int32)}, shardings, changed)
+  assert int(state["step"]) == 4, logged
+  assert not (tmp_path / "ckpt" / "damaged").exists(), logged
+  warnings = [m for m in logged if "WARNING" in m]
+  assert len(warnings) == 1 and "input stream starts afresh" in warnings[0], warnings
+  fresh = next(pipeline.BatchIterator(other))
+  for k, v in next(changed).items():
+    np.testing.assert_array_equal(v, fresh[k], err_msg=k)

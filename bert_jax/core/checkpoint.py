@@ -184,7 +184,11 @@ class Checkpointer:
       return
     prefix = self._data_prefix(step)
     if os.path.exists(prefix + ".index"):
-      train_iter.restore(prefix)
+      # Another data setting is not damage: the model state is good, only the input stream cannot continue.
+      changed = train_iter.restore(prefix)
+      if changed:
+        self.log(f"WARNING: the data position at step {step} does not fit this run's input pipeline: {changed}; "
+                 f"the model state is restored, the input stream starts afresh")
       return
     saved = os.listdir(os.path.join(self.directory, "data", str(step))) \
         if os.path.isdir(os.path.join(self.directory, "data", str(step))) else []

@@ -19,6 +19,7 @@ for exact resume.
 """
 
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -158,12 +159,44 @@ class BatchIterator:
                        f"{e.message.splitlines()[0]}") from None
     return {k: v.numpy() for k, v in batch.items()}
 
-  def save(self, path_prefix: str) -> str:
-    """Writes the iterator state (shuffle buffers included); returns the checkpoint path."""
-    return self._checkpoint.write(path_prefix)
+  def stream_settings(self) -> dict:
+    """The settings a saved position belongs to that tf.data would restore into another pipeline without a word
+    and fail on at the next batch (the batch and record shapes); saved beside the position."""
+    c = self.cfg
+    return {"batch_size": c.batch_size, "max_seq_length": c.max_seq_length,
+            "max_predictions_per_seq": c.max_predictions_per_seq, "packed_instances": c.packed_instances,
+            "packed_predictions": c.packed_predictions}
 
-  def restore(self, path: str) -> None:
-    self._checkpoint.read(path).assert_consumed()
+  def save(self, path_prefix: str) -> str:
+    """Writes the iterator state (shuffle buffers included) and its stream_settings; returns the checkpoint path."""
+    tf = _tf()
+    path = self._checkpoint.write(path_prefix)
+    with tf.io.gfile.GFile(path_prefix + ".settings.json", "w") as f:
+      json.dump(self.stream_settings(), f)
+    return path
+
+  def restore(self, path: str) -> str | None:
+    """Restores the position saved at `path`. Returns None, or why it is not this pipeline's position (the data
+    settings changed since: shuffling, dynamic masking, the files, the batch or record shapes); the iterator then
+    starts afresh. A missing or damaged state raises."""
+    tf = _tf()
+    settings = path + ".settings.json"
+    if tf.io.gfile.exists(settings):
+      with tf.io.gfile.GFile(settings) as f:
+        saved = json.load(f)
+      changed = [f"{k} {saved[k]} -> {v}" for k, v in self.stream_settings().items() if k in saved and saved[k] != v]
+      if changed:
+        return f"the input pipeline changed since ({', '.join(changed)})"
+    try:
+      self._checkpoint.read(path).assert_consumed()
+    except (tf.errors.NotFoundError, tf.errors.FailedPreconditionError, tf.errors.InvalidArgumentError) as e:
+      if "dataset definition has not changed" not in e.message:
+        raise
+      self._iterator = iter(build_dataset(self.cfg, self.process_index, self.process_count))
+      self._checkpoint = tf.train.Checkpoint(iterator=self._iterator)
+      return ("the input pipeline changed since (data.shuffle, data.dynamic_masking, the number of files or "
+              "another setting that shapes the tf.data pipeline)")
+    return None
 
 
 def resolve_files(patterns) -> tuple[str, ...]:
