@@ -1,5 +1,6 @@
 """The Grain/ArrayRecord input backend: same examples and batches as tf.data, sharding, exact resume after
 SIGKILL, and the train CLI with TensorFlow unimportable."""
+import dataclasses
 import json
 import os
 import shutil
@@ -368,3 +369,27 @@ def test_a_glob_matching_both_formats_reads_each_shard_once(prepared):
   assert list(files) == prepared["array_record"]
   mixed = grain_pipeline.find_files(",".join(prepared["tfrecord"][:2] + prepared["array_record"][1:3]))
   assert list(mixed) == prepared["array_record"][:3]
+
+
+@pytest.mark.parametrize("new_batch", [6, 8, 2])
+def test_grain_resume_with_another_batch_size_continues_the_example_stream(prepared, new_batch):
+  """The position is the examples read: a resume with another per-process batch size (train.batch_size, or the
+  process count) goes on from the next example, masks included. Counting batches of the new size used to skip
+  examples (a larger batch) or read them again (a smaller one)."""
+  spec = masking.DynamicMasking(masking.MaskingOptions(max_predictions_per_seq=PRED),
+                                masking.VocabIds.from_tokenizer(prepared["tok"]))
+  cfg = _cfg(prepared["array_record"], batch_size=4, shuffle=True, dynamic_masking=spec)
+  it = grain_pipeline.GrainBatchIterator(cfg)
+  for _ in range(3):
+    next(it)
+  state = it.get_state()
+  stream = [next(it) for _ in range(8)]  # the 4-row batches after the first 12 examples
+  want = {k: np.concatenate([b[k] for b in stream])[:2 * new_batch] for k in stream[0]}
+  resumed = grain_pipeline.GrainBatchIterator(dataclasses.replace(cfg, batch_size=new_batch))
+  resumed.set_state(state)
+  got = [next(resumed), next(resumed)]
+  for k in want:
+    np.testing.assert_array_equal(np.concatenate([b[k] for b in got]), want[k], err_msg=k)
+  again = grain_pipeline.GrainBatchIterator(dataclasses.replace(cfg, batch_size=new_batch))
+  again.set_state(resumed.get_state())  # and its own position counts on from there
+  np.testing.assert_array_equal(next(again)["input_ids"], next(resumed)["input_ids"])

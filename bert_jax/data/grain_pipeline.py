@@ -158,8 +158,10 @@ def record_dataset(files, process_index: int, process_count: int, shuffle: bool,
   return grain.MapDataset.source(grain.sources.ArrayRecordDataSource(files))[process_index::process_count]
 
 
-def build_batches(cfg: pipeline.PipelineConfig, process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
-  """The per-process batches as a grain.MapDataset: batch i is a pure function of (files, seed, process, i)."""
+def build_batches(cfg: pipeline.PipelineConfig, process_index: int = 0, process_count: int = 1,
+                  start_example: int = 0) -> grain.MapDataset:
+  """The per-process batches as a grain.MapDataset: batch i is a pure function of (files, seed, process, i). With
+  start_example, the batches of the same example stream from that example on."""
   if not cfg.files:
     raise ValueError("no input files given")
   if cfg.dynamic_masking is not None and cfg.packed_instances:
@@ -174,6 +176,8 @@ def build_batches(cfg: pipeline.PipelineConfig, process_index: int = 0, process_
   ds = ds.map(_Parse(expected_lengths(cfg), bool(cfg.packed_instances), what))
   if cfg.dynamic_masking is not None:
     ds = ds.random_map(_DynamicMask(cfg.dynamic_masking), seed=masking.process_seed(cfg.seed, process_index))
+  if start_example:
+    ds = ds[start_example:]
   return ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
 
 
@@ -191,7 +195,9 @@ class GrainBatchIterator:
   """Numpy batches from build_batches; its position saves into the Orbax checkpoint step.
 
   The position is the number of batches read, so a checkpoint restores exactly under any data.grain_workers
-  (Grain's own iterator state depends on the worker count). get_state/set_state/start_prefetch are what
+  (Grain's own iterator state depends on the worker count). It also holds the examples read, so that a resume with
+  another per-process batch size continues the example stream where it stopped (batch i of the old size is
+  examples i*B..(i+1)*B-1, masks included). get_state/set_state/start_prefetch are what
   Grain's Orbax handler (grain.checkpoint.CheckpointHandler) calls on the item it saves.
   """
 
@@ -201,6 +207,7 @@ class GrainBatchIterator:
     self.worker_count = worker_count
     self._batches = build_batches(cfg, process_index, process_count)
     self._position = 0
+    self._start_example = 0  # where self._batches starts in the example stream
     self._iterator = iter(read_batches(self._batches, 0, worker_count))
 
   def __iter__(self):
@@ -212,7 +219,9 @@ class GrainBatchIterator:
     return batch
 
   def get_state(self) -> bytes:
-    return json.dumps({"batches_read": self._position, "process_index": self.process_index,
+    examples = self._start_example + self._position * self.cfg.batch_size
+    return json.dumps({"batches_read": self._position, "examples_read": examples,
+                       "batch_size": self.cfg.batch_size, "process_index": self.process_index,
                        "process_count": self.process_count}).encode()
 
   def set_state(self, state: bytes) -> None:
@@ -221,7 +230,13 @@ class GrainBatchIterator:
       raise ValueError(f"this iterator position was saved by process {saved['process_index']} of "
                        f"{saved['process_count']}, not {self.process_index} of {self.process_count}")
     self.close()
-    self._position = int(saved["batches_read"])
+    examples = int(saved.get("examples_read", int(saved["batches_read"]) * self.cfg.batch_size))
+    if examples % self.cfg.batch_size:  # saved with another batch size: batches from that example on
+      self._batches = build_batches(self.cfg, self.process_index, self.process_count, examples)
+      self._start_example, self._position = examples, 0
+    else:
+      self._batches = build_batches(self.cfg, self.process_index, self.process_count)
+      self._start_example, self._position = 0, examples // self.cfg.batch_size
     self._iterator = iter(read_batches(self._batches, self._position, self.worker_count))
 
   def start_prefetch(self) -> None:
