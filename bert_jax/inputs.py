@@ -143,7 +143,9 @@ def resolve(config, workdir: str, log=print):
     dynamic = what == "train" and d.dynamic_masking  # eval masks are always the prepared ones
     if files:  # also fails on files without examples, which would hang the repeating pipeline
       check_files_match(files, max_seq_length=d.max_seq_length, max_predictions_per_seq=d.max_predictions_per_seq,
-                        vocab_size=config.model.vocab_size, vocab_sha256=sha, process_count=jax.process_count(),
+                        vocab_size=config.model.vocab_size, vocab_sha256=sha,
+                        # eval splits its examples, not its files (eval_iterator): no process has a share of files
+                        process_count=jax.process_count() if what == "train" else 1,
                         what=what, dynamic_masking=masks if dynamic else None,
                         static_masking=None if dynamic else masks)
   return train_files, eval_files, manifest, tok
@@ -224,13 +226,15 @@ def _packed_fields(files) -> dict:
 
 def eval_iterator(config, files):
   """Same examples in the same order every time (the same for both backends): no shuffle, repeats so N batches
-  always exist. Grain reads eval in the training process: a fresh iterator per evaluation would otherwise
-  start worker processes each time."""
+  always exist. The processes split the one-process stream by example (split_records), so an eval reads the same
+  examples under any process count, each once while the set lasts (a split by files gave processes shares of
+  unequal size: one read some of its examples twice while another never reached some of its own). Grain reads
+  eval in the training process: a fresh iterator per evaluation would otherwise start worker processes each time."""
   d = config.data
   batch = config.train.eval_batch_size or config.train.batch_size
   cfg = pipeline.PipelineConfig(
       files=tuple(files), batch_size=batch // jax.process_count(), max_seq_length=d.max_seq_length,
-      max_predictions_per_seq=d.max_predictions_per_seq, shuffle=False, repeat=True)
+      max_predictions_per_seq=d.max_predictions_per_seq, shuffle=False, repeat=True, split_records=True)
   if d.backend == "grain":
     return grain_pipeline.GrainBatchIterator(cfg, jax.process_index(), jax.process_count())
   return pipeline.BatchIterator(cfg, jax.process_index(), jax.process_count())

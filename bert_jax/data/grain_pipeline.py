@@ -3,7 +3,8 @@
 Batches are the same host-local numpy dicts as pipeline.py's (keys, dtypes, shapes; packed rows too).
 How it matches the tf.data pipeline, given the same files, seed and process split:
   * per-process split: the same as pipeline.process_files (each process reads files[index::count], or
-    every count-th record of all files when there are fewer files than processes);
+    every count-th record of all files when there are fewer files than processes); with split_records (eval)
+    every count-th record of the one-process stream, as pipeline.py;
   * shuffle=False: records in the order of tf.data's deterministic interleave (`interleave_order`: cycle
     of min(cycle_length, files) files, one record from each in turn, an exhausted file's slot taking the
     next file at its next turn), so static data gives identical batches in order. tf.data repeats the
@@ -145,9 +146,13 @@ def expected_lengths(cfg: pipeline.PipelineConfig) -> dict[str, int]:
   return out
 
 
-def record_dataset(files, process_index: int, process_count: int, shuffle: bool, cycle_length: int = 8):
-  """This process's serialized records as a grain.MapDataset (one epoch), split and ordered as described above."""
+def record_dataset(files, process_index: int, process_count: int, shuffle: bool, cycle_length: int = 8,
+                   split_records: bool = False):
+  """This process's serialized records as a grain.MapDataset (one epoch), split and ordered as described above.
+  With split_records, all processes' records in one-process order: build_batches splits them."""
   files = list(files)
+  if split_records:
+    process_index, process_count = 0, 1
   if len(files) >= process_count:
     mine = pipeline.process_files(files, process_index, process_count)
     source = grain.sources.ArrayRecordDataSource(mine)
@@ -167,11 +172,13 @@ def build_batches(cfg: pipeline.PipelineConfig, process_index: int = 0, process_
   if cfg.dynamic_masking is not None and cfg.packed_instances:
     raise ValueError("dynamic masking of packed rows is not supported: pack statically masked data, "
                      "or train unpacked with data.dynamic_masking")
-  ds = record_dataset(cfg.files, process_index, process_count, cfg.shuffle, cfg.cycle_length)
+  ds = record_dataset(cfg.files, process_index, process_count, cfg.shuffle, cfg.cycle_length, cfg.split_records)
   if cfg.shuffle:
     ds = ds.shuffle(seed=cfg.seed)
   if cfg.repeat:
     ds = ds.repeat()
+  if cfg.split_records:  # after repeat, as tf.data shards the repeated stream
+    ds = ds[process_index::process_count]
   what = f"{list(cfg.files)[:2]}{'...' if len(cfg.files) > 2 else ''}"
   ds = ds.map(_Parse(expected_lengths(cfg), bool(cfg.packed_instances), what))
   if cfg.dynamic_masking is not None:

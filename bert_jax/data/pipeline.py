@@ -8,7 +8,9 @@ Batches are host-local numpy dicts (leading dim = per-process batch) with keys
 
 The pipeline knows only its process index and count:
   * files >= processes: each process reads files[index::count];
-  * otherwise every process reads all files in order and keeps every count-th example.
+  * otherwise every process reads all files in order and keeps every count-th example;
+  * split_records (the eval split): every process reads the one-process stream of all files and keeps every
+    count-th example of it, so the processes together read what one process would, whatever their number.
 Masking is static (as in the records) or dynamic: the original tokens are restored from
 masked_lm_ids and re-masked with stateless RNG keyed by (seed, example counter), so each epoch
 sees new masks and the stream stays deterministic. Dynamic masking is masking.tf_remask_fn: every mode
@@ -55,6 +57,7 @@ class PipelineConfig:
   drop_remainder: bool = True
   packed_instances: int = 0        # K of packed records (packing.py); 0: the google schema
   packed_predictions: int = 0      # P of packed records
+  split_records: bool = False      # processes split the one-process stream by example, not the files (eval)
 
   def __post_init__(self):
     if self.packed_instances and self.dynamic_masking is not None:
@@ -96,8 +99,8 @@ def build_dataset(cfg: PipelineConfig, process_index: int = 0, process_count: in
   options.deterministic = True
   options.experimental_optimization.map_parallelization = True
   autotune = tf.data.AUTOTUNE
-  if len(files) >= process_count:
-    mine = process_files(files, process_index, process_count)
+  if len(files) >= process_count or cfg.split_records:
+    mine = files if cfg.split_records else process_files(files, process_index, process_count)
     ds = tf.data.Dataset.from_tensor_slices(mine)
     if cfg.shuffle:
       ds = ds.shuffle(len(mine), seed=cfg.seed, reshuffle_each_iteration=True)
@@ -105,6 +108,8 @@ def build_dataset(cfg: PipelineConfig, process_index: int = 0, process_count: in
       ds = ds.repeat()
     ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(cfg.cycle_length, len(mine)),
                        num_parallel_calls=autotune, deterministic=True)
+    if cfg.split_records:
+      ds = ds.shard(process_count, process_index)
   else:
     ds = tf.data.TFRecordDataset(files).shard(process_count, process_index)
     if cfg.repeat:
