@@ -502,3 +502,22 @@ def test_old_configs_keep_their_meaning():
   assert masking.check_settings(masking.MaskingOptions().settings(), old_albert) == [
       "masking mode: config has 'token', data manifest has 'ngram'",
       "masking max_ngram: config has 1, data manifest has 3"]
+
+
+def test_tf_path_masks_num_to_predict_at_every_length():
+  """The tf.data path masks num_to_predict(maskable) tokens, as the numpy path, at every length: its budget was
+  computed in float32, where e.g. 190 * 0.15 is 28.500002 (29 masked) while numpy's 28.5 rounds to 28."""
+  seq, pred = 512, 80
+  vocab = _vocab()
+  opts = masking.MaskingOptions(max_predictions_per_seq=pred)
+  remask = tf.function(masking.tf_remask_fn(masking.DynamicMasking(opts, vocab), seq, pred, 0))
+  for n in (30, 190, 350, 390, 500):  # maskable tokens; 190, 350 and 390 differed
+    ids = np.zeros(seq, np.int32)
+    ids[0], ids[1:n + 1], ids[n + 1] = CLS, np.arange(n) % (VOCAB - 5) + 5, SEP
+    example = {"input_ids": ids, "input_mask": (np.arange(seq) < n + 2).astype(np.int32),
+               "segment_ids": np.zeros(seq, np.int32), "masked_lm_positions": np.zeros(pred, np.int32),
+               "masked_lm_ids": np.zeros(pred, np.int32), "masked_lm_weights": np.zeros(pred, np.float32),
+               "next_sentence_labels": np.int32(0)}
+    out = remask(tf.constant(n, tf.int64), {k: tf.constant(v) for k, v in example.items()})
+    _, positions, _ = masking.mask_numpy(ids[:n + 2], None, opts, vocab, np.random.default_rng(n))
+    assert int(out["masked_lm_weights"].numpy().sum()) == len(positions) == masking.num_to_predict(n, opts), n

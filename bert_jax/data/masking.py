@@ -451,8 +451,10 @@ def tf_choose(ids, maskable, unit_bits, opts: MaskingOptions, word_start, seeds)
   pos_candidate = maskable & tf.gather(candidate, unit_of)
   key = tf.where(pos_candidate, tf.gather(rank, tf.gather(tile_of, unit_of)) * seq + at, seq * seq + at)
   n = tf.reduce_sum(tf.cast(maskable, tf.int32))
+  # float64, as num_to_predict: in float32, n * 0.15 lands just above k + 0.5 where Python's is k + 0.5 (n = 190:
+  # 28.500002 rounds to 29, 28.5 to 28), so the two paths would mask different counts.
   budget = tf.minimum(opts.max_predictions_per_seq,
-                      tf.maximum(1, tf.cast(tf.round(tf.cast(n, tf.float32) * opts.masked_lm_prob), tf.int32)))
+                      tf.maximum(1, tf.cast(tf.round(tf.cast(n, tf.float64) * opts.masked_lm_prob), tf.int32)))
   order = tf.argsort(key)                                        # positions listed tile by tile
   units = tf.gather(unit_of, order)
   tiles = tf.gather(tile_of, units)
