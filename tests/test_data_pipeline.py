@@ -199,3 +199,15 @@ def test_resume_with_other_data_settings_keeps_the_checkpoints(record_files, tmp
   fresh = next(pipeline.BatchIterator(other))
   for k, v in next(changed).items():
     np.testing.assert_array_equal(v, fresh[k], err_msg=k)
+
+
+def test_train_files_that_the_process_count_does_not_divide_are_warned_about(record_files):
+  """8 files over 3 processes: shares of 3, 3 and 2 files, each repeated by its process, so the examples of the
+  2-file share are trained on 1.5x as often; the run says so at start. Even shares, or a split by example
+  (fewer files than processes), say nothing."""
+  shares = [_example_ids(_cfg(record_files, repeat=False, drop_remainder=False), i, 3) for i in range(3)]
+  assert [len(s) for s in shares] == [75, 75, 50]
+  warning = pipeline.uneven_share_warning(record_files, 3)
+  assert "8 train files over 3 processes" in warning and "1.5x" in warning and "divisible by 3" in warning
+  for files, count in ((record_files, 1), (record_files, 2), (record_files, 4), (record_files[:2], 3)):
+    assert pipeline.uneven_share_warning(files, count) is None

@@ -89,6 +89,20 @@ def process_files(files, process_index: int, process_count: int) -> list[str]:
   return files[process_index::process_count] if len(files) >= process_count else files
 
 
+def uneven_share_warning(files, process_count: int) -> str | None:
+  """A warning when the processes' shares of whole files differ in size (the file count does not divide by the
+  process count): each process repeats its own share, so the examples of the smaller shares are trained on more
+  often. None when the shares are even, or split by example (fewer files than processes)."""
+  n = len(list(files))
+  if process_count <= 1 or n < process_count or n % process_count == 0:
+    return None
+  small, large = n // process_count, n // process_count + 1
+  return (f"WARNING: {n} train files over {process_count} processes: {n % process_count} process(es) read {large} "
+          f"files, the others {small}, and each repeats its own share, so the examples in the smaller shares are "
+          f"trained on about {large / small:.2g}x as often. Use a number of files divisible by {process_count} "
+          f"(prepare --num_train_shards) for an even sample")
+
+
 def build_dataset(cfg: PipelineConfig, process_index: int = 0, process_count: int = 1):
   """The per-process tf.data.Dataset of batches (tensors; see BatchIterator for numpy)."""
   tf = _tf()
