@@ -163,6 +163,15 @@ def test_tasks_make_independent_shards_that_merge(pydocs_data, tmp_path):
   opts = instances.InstanceOptions(max_seq_length=64, max_predictions_per_seq=10, dupe_factor=1)
   kw = dict(vocab_file=manifest["vocab"]["file"], workers=1, docs_per_chunk=4, num_train_shards=4, progress=False)
   whole = prepare.prepare(corpus, str(tmp_path / "one"), opts, **kw)
+  # Task 1's spools are still there while task 0 closes its shards (concurrent tasks on a shared filesystem).
+  task0 = prepare._Shards(str(tmp_path / "concurrent"), 4, 0, 2)
+  task1 = prepare._Shards(str(tmp_path / "concurrent"), 4, 1, 2)
+  row = {k: np.zeros((1,) + v.shape[1:], v.dtype) for k, v in instances.empty_features(opts).items()}
+  task0.write(0, [row, row])
+  task1.write(1, [row, row])
+  assert task0.close() == {"part-00000-of-00004.tfrecord": 2, "part-00002-of-00004.tfrecord": 0}
+  task1.close()
+  assert sorted(os.listdir(tmp_path / "concurrent")) == [f"part-0000{s}-of-00004.tfrecord" for s in range(4)]
   for t in range(2):
     prepare.prepare(corpus, str(tmp_path / "split"), opts, task_index=t, num_tasks=2, **kw)
   merged = manifest_lib.merge_manifests(str(tmp_path / "split"))

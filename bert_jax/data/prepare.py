@@ -167,7 +167,8 @@ class _Shards:
   def __post_init__(self):
     os.makedirs(self.directory, exist_ok=True)
     self.writers, self.counts, self.chunks_seen = {}, collections.Counter(), 0
-    self.spool_dir = os.path.join(self.directory, ".spool")
+    # One per task: tasks writing one output directory (a shared filesystem) never touch each other's spools.
+    self.spool_dir = os.path.join(self.directory, f".spool-{self.task_index:05d}")
     self.spools = {}  # (shard, pass) -> open spool file
 
   def path(self, shard):
