@@ -164,6 +164,9 @@ def test_tasks_make_independent_shards_that_merge(pydocs_data, tmp_path):
   kw = dict(vocab_file=manifest["vocab"]["file"], workers=1, docs_per_chunk=4, num_train_shards=4, progress=False)
   whole = prepare.prepare(corpus, str(tmp_path / "one"), opts, **kw)
   # Task 1's spools are still there while task 0 closes its shards (concurrent tasks on a shared filesystem).
+  stale = tmp_path / "concurrent" / ".spool-00000"
+  stale.mkdir(parents=True)
+  (stale / "00000-004").write_bytes(b"an interrupted run's pass")
   task0 = prepare._Shards(str(tmp_path / "concurrent"), 4, 0, 2)
   task1 = prepare._Shards(str(tmp_path / "concurrent"), 4, 1, 2)
   row = {k: np.zeros((1,) + v.shape[1:], v.dtype) for k, v in instances.empty_features(opts).items()}

@@ -32,6 +32,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import struct
 import sys
 import time
@@ -169,6 +170,7 @@ class _Shards:
     self.writers, self.counts, self.chunks_seen = {}, collections.Counter(), 0
     # One per task: tasks writing one output directory (a shared filesystem) never touch each other's spools.
     self.spool_dir = os.path.join(self.directory, f".spool-{self.task_index:05d}")
+    shutil.rmtree(self.spool_dir, ignore_errors=True)  # an interrupted run's, which this run rewrites
     self.spools = {}  # (shard, pass) -> open spool file
 
   def path(self, shard):
