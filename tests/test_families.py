@@ -240,6 +240,25 @@ def test_roberta_positions_start_after_the_padding_index():
     model.init(jax.random.key(0), ids, ids, ids)
 
 
+def test_roberta_left_padded_rows_take_hf_positions():
+  """HF RoBERTa counts positions over the non-pad ids (create_position_ids_from_input_ids): a left-padded row's
+  tokens sit where they would unpadded, and the logits match transformers there."""
+  hf_cls, hf_config, heads = CASES["roberta"]
+  hf = hf_helpers.randomize_torch(hf_cls(hf_config))
+  config = hf_dir.config_from_hf_json(hf_config.to_dict())
+  params = hf_params.hf_to_params({k: v.numpy() for k, v in hf.state_dict().items()}, config)
+  ids, _, _ = hf_dir.probe_batch(config)
+  mask = np.ones_like(ids)
+  mask[1, :7] = 0  # left padding
+  ids = np.where(mask > 0, ids, roberta.PAD_ID)
+  segments = np.zeros_like(ids)
+  ours = np.asarray(EncoderWithHeads(config, heads).apply({"params": params}, ids, mask, segments, None)["mlm_logits"])
+  real = mask > 0
+  np.testing.assert_allclose(ours[real], _hf_outputs(hf, ids, mask, segments).logits.numpy()[real], atol=1e-4)
+  alone = EncoderWithHeads(config, heads).apply({"params": params}, ids[1:, 7:], mask[1:, 7:], segments[1:, 7:], None)
+  np.testing.assert_allclose(ours[1, 7:], np.asarray(alone["mlm_logits"])[0], atol=1e-4)
+
+
 def _family_run_config(name, **overrides):
   base = {"train.deterministic": True, "optim.warmup_steps": 2, "train.steps": 10, "mesh.data": -1,
           "model.vocab_size": 1024, "model.vocab_pad_multiple": 128, "data.max_seq_length": 32,

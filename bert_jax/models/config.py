@@ -38,6 +38,9 @@ class EncoderConfig:
   has_task_types: ClassVar[bool] = False
   # Whether the family's HF classes always hold a token-type table (all but DistilBERT), so export needs one.
   has_token_types: ClassVar[bool] = True
+  # HF RoBERTa's padding_idx: default position ids count only tokens whose id is not this (HF
+  # create_position_ids_from_input_ids), and those tokens sit at position padding_idx; None: 0..T-1 for every token.
+  position_padding_idx: ClassVar[int | None] = None
   vocab_size: int = 30522
   hidden_size: int = 768
   num_layers: int = 12

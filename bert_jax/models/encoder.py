@@ -47,7 +47,7 @@ class Encoder(nn.Module):
 
   def __call__(self, input_ids_BxT, input_mask_BxT, segment_ids_BxT, *, position_ids_BxT=None,
                attention_segments_BxT=None, keep_prompt_outputs=False):
-    """position_ids_BxT defaults to 0..T-1 (plus the family's offset); attention_segments_BxT (packed rows)
+    """position_ids_BxT defaults to 0..T-1 (plus the family's offset; RoBERTa counts non-pad ids, as HF); attention_segments_BxT (packed rows)
     restricts attention to tokens with the same id. With a soft prompt (prompt_kind='prompt') the output
     leaves out the P prompt positions unless keep_prompt_outputs: then it is [B, P+T, H], position 0 being
     the first prompt token (what HF peft's sequence classifiers pool)."""
@@ -60,6 +60,11 @@ class Encoder(nn.Module):
     if peft_lib.prompt_tokens(c):
       input_mask_BxT, segment_ids_BxT, position_ids_BxT = peft_lib.extend_for_prompt(
           c, input_mask_BxT, segment_ids_BxT, position_ids_BxT, attention_segments_BxT)
+    if position_ids_BxT is None and c.position_padding_idx is not None:
+      # HF RoBERTa: real tokens count from padding_idx + 1 wherever padding sits (left-padded rows too); padding
+      # tokens take padding_idx. Ids offset here, as explicit position ids are.
+      real = (input_ids_BxT != c.position_padding_idx).astype(jnp.int32)
+      position_ids_BxT = jnp.cumsum(real, axis=-1, dtype=jnp.int32) * real + c.position_padding_idx - c.position_offset
     if position_ids_BxT is None:
       position_ids_BxT = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), segment_ids_BxT.shape)
     x = self._embeddings()(input_ids_BxT, segment_ids_BxT, position_ids_BxT + c.position_offset)

@@ -14,6 +14,7 @@ PAD_ID = 1  # HF's padding_idx: positions start at PAD_ID + 1
 @dataclasses.dataclass(frozen=True)
 class RobertaConfig(EncoderConfig):
   family: ClassVar[str] = "roberta"
+  position_padding_idx: ClassVar[int | None] = PAD_ID
   max_position_embeddings: int = 514
   type_vocab_size: int = 1
   layer_norm_eps: float = 1e-5
