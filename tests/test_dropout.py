@@ -81,3 +81,32 @@ def test_the_fused_dropout_checks_pass_our_paths_and_fail_a_replayed_mask(impl, 
   for key in ("masks_differ_between_calls", "layer_masks_independent", "masks_follow_the_rng_key"):
     assert checks[key] is usable, key
   assert abs(checks["drop_fraction"] - 0.1) < 0.05
+
+
+def _dropout_sites(config):
+  """Scope paths of the Dropout modules that draw a mask in one training forward of `config`'s encoder."""
+  import flax.linen as nn
+  from bert_jax.models.encoder import Encoder
+  sites = []
+  def record(next_fun, args, kwargs, context):
+    module = context.module
+    if isinstance(module, dropout_lib.Dropout) and context.method_name == "__call__" and not module.deterministic:
+      sites.append("/".join(module.scope.path))
+    return next_fun(*args, **kwargs)
+  ids = jnp.ones((1, 8), jnp.int32)
+  encoder = Encoder(config, deterministic=False)
+  params = encoder.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, ids, ids, ids * 0)
+  with nn.intercept_methods(record):
+    encoder.apply(params, ids, ids, ids * 0, rngs={"dropout": jax.random.key(2)})
+  return sites
+
+
+def test_hidden_dropout_sits_where_hf_has_it():
+  """BERT drops the embeddings and each sublayer's output before its residual sum; HF DistilBERT's TransformerBlock
+  adds the attention output projection to the residual without dropout (only its FFN output is dropped)."""
+  from bert_jax.models.bert import BertConfig
+  from bert_jax.models.distilbert import DistilBertConfig
+  shape = dict(vocab_size=50, hidden_size=16, num_heads=2, intermediate_size=32, num_layers=1,
+               max_position_embeddings=8, hidden_dropout=0.1, attention_dropout=0.0)
+  assert _dropout_sites(BertConfig(**shape)) == ["embeddings/dropout", "layer_0/Dropout_0", "layer_0/Dropout_1"]
+  assert _dropout_sites(DistilBertConfig(**shape)) == ["embeddings/dropout", "layer_0/Dropout_0"]

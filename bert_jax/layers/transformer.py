@@ -56,9 +56,11 @@ class SelfAttention(nn.Module):
 
 
 def _attention_sublayer(c, deterministic, x_BxTxH, mask):
-  """x = LN(x + Dropout(Attn(x))); modules are created in the caller's scope."""
+  """x = LN(x + Dropout(Attn(x))) (no Dropout where config.attention_output_dropout is False: DistilBERT); modules
+  are created in the caller's scope."""
   attn = SelfAttention(c, deterministic, name="attention")(x_BxTxH, mask)
-  attn = dropout_lib.Dropout(c.hidden_dropout, deterministic=deterministic)(attn)
+  if getattr(c, "attention_output_dropout", True):
+    attn = dropout_lib.Dropout(c.hidden_dropout, deterministic=deterministic)(attn)
   attn = peft_lib.adapt_attention(c, attn)
   return common.constrain_BxTxH(common.layer_norm(c, "attention_layer_norm")(x_BxTxH + attn))
 

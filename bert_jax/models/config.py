@@ -41,6 +41,9 @@ class EncoderConfig:
   # HF RoBERTa's padding_idx: default position ids count only tokens whose id is not this (HF
   # create_position_ids_from_input_ids), and those tokens sit at position padding_idx; None: 0..T-1 for every token.
   position_padding_idx: ClassVar[int | None] = None
+  # Whether hidden dropout follows the attention output projection (BERT and all but DistilBERT, whose HF
+  # TransformerBlock adds out_lin's output to the residual undropped).
+  attention_output_dropout: ClassVar[bool] = True
   vocab_size: int = 30522
   hidden_size: int = 768
   num_layers: int = 12

@@ -17,6 +17,7 @@ class DistilBertConfig(EncoderConfig):
   family: ClassVar[str] = "distilbert"
   classifier_activation: ClassVar[str] = "relu"  # HF's pre_classifier -> ReLU -> classifier
   has_token_types: ClassVar[bool] = False
+  attention_output_dropout: ClassVar[bool] = False  # HF: sa_layer_norm(out_lin(context) + x), no dropout between
   num_layers: int = 6
   type_vocab_size: int = 0
   use_pooler: bool = False
