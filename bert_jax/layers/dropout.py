@@ -40,7 +40,10 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
     return x
   keep = uniform_uint16(rng, x.shape) >= threshold
   scale = _LEVELS / (_LEVELS - threshold)
-  return jnp.where(keep, x * jnp.asarray(scale, x.dtype), jnp.zeros((), x.dtype))
+  # Scaled in at least fp32, then rounded per element: the scale itself rounded to bf16 (0.1 -> 1.109375 for
+  # 1.111119) would bias every kept value the same way.
+  wide = jnp.promote_types(x.dtype, jnp.float32)
+  return jnp.where(keep, (x.astype(wide) * jnp.asarray(scale, wide)).astype(x.dtype), jnp.zeros((), x.dtype))
 
 
 class Dropout(nn.Module):
