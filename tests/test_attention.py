@@ -61,3 +61,15 @@ def test_splash_falls_back_with_a_log_line_when_the_length_does_not_fit(caplog):
   assert out.shape == (1, 16, 2, 8)
   assert any("splash needs a sequence length divisible by 128, got 16; falling back" in r.message
              for r in caplog.records)
+
+
+def test_splash_takes_lengths_over_512_that_512_does_not_divide():
+  """640 tokens: divisible by 128, so splash runs, with blocks that divide the length (512 does not)."""
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.standard_normal((1, 640, 1, 16)), jnp.float32) for _ in range(3))
+  real = np.arange(640) < 600
+  mask = attention.AttentionMask(jnp.asarray(real)[None, None, None], jnp.array([600]),
+                                 jnp.asarray(real, jnp.int32)[None])
+  out = attention.dot_product_attention(q, k, v, mask, implementation="splash")
+  reference = attention.dot_product_attention(q, k, v, mask, implementation="xla")
+  np.testing.assert_allclose(np.asarray(out)[0, real], np.asarray(reference)[0, real], atol=2e-5, rtol=2e-5)

@@ -105,7 +105,7 @@ def _explicit_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, mask, dropout_rate, dro
 
 def _splash_block_sizes(seq_len: int):
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
-  b = min(512, seq_len)
+  b = next(b for b in (512, 256, SPLASH_BLOCK) if seq_len % b == 0)  # the blocks must divide the length (640: 128)
   return splash.BlockSizes(block_q=b, block_kv=b, block_kv_compute=b, block_q_dkv=b, block_kv_dkv=b,
                            block_kv_dkv_compute=b, block_q_dq=b, block_kv_dq=b)
 
