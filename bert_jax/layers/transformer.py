@@ -59,7 +59,7 @@ def _attention_sublayer(c, deterministic, x_BxTxH, mask):
   """x = LN(x + Dropout(Attn(x))) (no Dropout where config.attention_output_dropout is False: DistilBERT); modules
   are created in the caller's scope."""
   attn = SelfAttention(c, deterministic, name="attention")(x_BxTxH, mask)
-  if getattr(c, "attention_output_dropout", True):
+  if c.attention_output_dropout:
     attn = dropout_lib.Dropout(c.hidden_dropout, deterministic=deterministic)(attn)
   attn = peft_lib.adapt_attention(c, attn)
   return common.constrain_BxTxH(common.layer_norm(c, "attention_layer_norm")(x_BxTxH + attn))
