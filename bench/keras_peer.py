@@ -11,6 +11,18 @@ import os
 import time
 
 
+def problems(config) -> list:
+  """Why this peer would not train the model our run trains (empty: it would). KerasHub's TransformerEncoder has
+  one dropout rate, used for the attention probabilities as well as the hidden states."""
+  m = config.model
+  if m.family != "bert":
+    return [f"the KerasHub peer is BERT; this config's model.family is {m.family!r}"]
+  if not config.train.deterministic and m.attention_dropout != m.hidden_dropout:
+    return [f"KerasHub's BERT drops attention probabilities at its hidden dropout rate ({m.hidden_dropout}); this "
+            f"run's attention dropout is {m.attention_dropout} (use --attention_dropout={m.hidden_dropout})"]
+  return []
+
+
 def bench_keras(config, batch: dict, steps: int, warmup: int) -> dict:
   """Times `steps` train_on_batch calls after `warmup`; `batch` is train_bench's numpy batch."""
   os.environ.setdefault("KERAS_BACKEND", "jax")
@@ -21,8 +33,8 @@ def bench_keras(config, batch: dict, steps: int, warmup: int) -> dict:
                        f"set KERAS_BACKEND=jax")
   from bert_jax.models.config import SIZES
   m = config.model
-  if m.family != "bert":
-    raise ValueError(f"the KerasHub peer is BERT; this config's model.family is {m.family!r}")
+  if problems(config):
+    raise ValueError("; ".join(problems(config)))
   layers, hidden, heads = SIZES[m.size]
   dropout = 0.0 if config.train.deterministic else m.hidden_dropout
   dtype = "mixed_bfloat16" if m.dtype == "bfloat16" else "float32"

@@ -27,32 +27,72 @@ import time
 
 from absl import app, flags
 
-flags.DEFINE_string("config", "mini", "config name in configs/ (model size and optimizer)")
-flags.DEFINE_integer("batch", 32, "global batch, sequences")
-flags.DEFINE_integer("seq", 128, "sequence length")
-flags.DEFINE_integer("predictions", 0, "masked positions per sequence (0: 15% of seq, at least 20)")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype (params stay fp32)")
-flags.DEFINE_enum("attention", "auto", ["auto", "xla", "cudnn", "splash", "pallas"], "attention implementation "
-                  "(pallas: our kernel with the attention dropout inside)")
-flags.DEFINE_bool("dropout", True, "False turns all dropout off (train.deterministic)")
-flags.DEFINE_float("attention_dropout", 0.1, "attention-probability dropout (0 lets the fused/XLA kernel run)")
-flags.DEFINE_bool("mlm_all_positions", False, "MLM logits at every position, then gather (HF's way)")
-flags.DEFINE_bool("fused_qkv", False, "one fused query/key/value projection")
-flags.DEFINE_bool("fp8", False, "the layers' projections in FP8 with delayed scaling (model.fp8)")
-flags.DEFINE_enum("scan_layers", "config", ["config", "true", "false"], "nn.scan over layers")
-flags.DEFINE_enum("remat", "config", ["config", "none", "full", "dots", "dots_no_batch"], "remat policy")
-flags.DEFINE_string("opt_state_dtype", "", "AdamW first-moment dtype, e.g. bfloat16 (empty: the config's)")
-flags.DEFINE_enum("prng_impl", "config", ["config", "threefry2x32", "rbg", "unsafe_rbg"],
-                  "dropout PRNG (config: the config's, auto by platform)")
-flags.DEFINE_string("profile_dir", "", "after timing, trace 3 more steps here (perfetto JSON included)")
-flags.DEFINE_integer("steps", 20, "timed steps")
-flags.DEFINE_integer("warmup", 3, "untimed steps (compilation included)")
-flags.DEFINE_bool("compare_torch", False, "also time HF PyTorch BertForPreTraining in this run")
-flags.DEFINE_bool("torch_compile", False, "with --compare_torch: run the HF model under torch.compile")
-flags.DEFINE_bool("compare_keras", False, "also time KerasHub BertMaskedLM on Keras' JAX backend in this run "
-                  "(bench/keras_peer.py)")
-flags.DEFINE_float("peak_flops", 0.0, "peak FLOP/s per device for MFU (0: look up the device kind)")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The command line (defined here, not at import, so that tests can load this module)."""
+  flags.DEFINE_string("config", "mini", "config name in configs/ (model size and optimizer)")
+  flags.DEFINE_integer("batch", 32, "global batch, sequences")
+  flags.DEFINE_integer("seq", 128, "sequence length")
+  flags.DEFINE_integer("predictions", 0, "masked positions per sequence (0: 15% of seq, at least 20)")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype (params stay fp32)")
+  flags.DEFINE_enum("attention", "auto", ["auto", "xla", "cudnn", "splash", "pallas"], "attention implementation "
+                    "(pallas: our kernel with the attention dropout inside)")
+  flags.DEFINE_bool("dropout", True, "False turns all dropout off (train.deterministic)")
+  flags.DEFINE_float("attention_dropout", 0.1, "attention-probability dropout (0 lets the fused/XLA kernel run)")
+  flags.DEFINE_bool("mlm_all_positions", False, "MLM logits at every position, then gather (HF's way)")
+  flags.DEFINE_bool("fused_qkv", False, "one fused query/key/value projection")
+  flags.DEFINE_bool("fp8", False, "the layers' projections in FP8 with delayed scaling (model.fp8)")
+  flags.DEFINE_enum("scan_layers", "config", ["config", "true", "false"], "nn.scan over layers")
+  flags.DEFINE_enum("remat", "config", ["config", "none", "full", "dots", "dots_no_batch"], "remat policy")
+  flags.DEFINE_string("opt_state_dtype", "", "AdamW first-moment dtype, e.g. bfloat16 (empty: the config's)")
+  flags.DEFINE_enum("prng_impl", "config", ["config", "threefry2x32", "rbg", "unsafe_rbg"],
+                    "dropout PRNG (config: the config's, auto by platform)")
+  flags.DEFINE_string("profile_dir", "", "after timing, trace 3 more steps here (perfetto JSON included)")
+  flags.DEFINE_integer("steps", 20, "timed steps")
+  flags.DEFINE_integer("warmup", 3, "untimed steps (compilation included)")
+  flags.DEFINE_bool("compare_torch", False, "also time HF PyTorch BertForPreTraining in this run")
+  flags.DEFINE_bool("torch_compile", False, "with --compare_torch: run the HF model under torch.compile")
+  flags.DEFINE_bool("compare_keras", False, "also time KerasHub BertMaskedLM on Keras' JAX backend in this run "
+                    "(bench/keras_peer.py)")
+  flags.DEFINE_float("peak_flops", 0.0, "peak FLOP/s per device for MFU (0: look up the device kind)")
+
+
+# The HF PyTorch peer for each objective, and the model family it builds (a peer of another family would be a
+# different model: BertForPreTraining built from an ALBERT config has no factorized or shared layers).
+TORCH_PEERS = {"mlm_nsp": "bert", "electra": "electra", "distill": "distilbert"}
+
+
+def peer_problems(config, device_count: int, compare_torch: bool, torch_compile: bool, compare_keras: bool) -> list:
+  """Why a peer comparison of this run would not be like for like (empty: it would be). The peers run on one
+  device, with AdamW, one microbatch, and (KerasHub) one dropout rate for hidden and attention dropout."""
+  problems = []
+  if not (compare_torch or compare_keras):
+    return ["--torch_compile needs --compare_torch"] if torch_compile else []
+  if device_count > 1:
+    problems.append(f"ours would run data-parallel on {device_count} devices and the peers on one; "
+                    f"expose one (CUDA_VISIBLE_DEVICES=0)")
+  if config.optim.name != "adamw":
+    problems.append(f"optim.name is {config.optim.name!r}; the peers train with AdamW")
+  if config.train.microbatches != 1:
+    problems.append(f"train.microbatches is {config.train.microbatches}; the peers take the batch in one pass")
+  if compare_torch:
+    family = TORCH_PEERS.get(config.train.objective)
+    if family is None:
+      problems.append(f"no HF PyTorch peer for objective {config.train.objective!r} (peers: {sorted(TORCH_PEERS)})")
+    elif config.model.family != family:
+      problems.append(f"the HF peer for objective {config.train.objective!r} is a {family} model; this config's "
+                      f"model.family is {config.model.family!r}")
+    if torch_compile and config.train.objective != "mlm_nsp":
+      problems.append(f"--torch_compile is implemented for the BertForPreTraining peer only, not for objective "
+                      f"{config.train.objective!r}")
+  elif torch_compile:
+    problems.append("--torch_compile needs --compare_torch")
+  if compare_keras:
+    import keras_peer
+    problems += keras_peer.problems(config)
+  return problems
 
 
 def _batch(batch, seq, predictions, vocab, seed=0):
@@ -323,6 +363,9 @@ def main(argv):
   config = pretrain.with_platform_defaults(config, sharding.create_mesh({"data": -1, "fsdp": 1, "tensor": 1}),
                                            lambda line: print(line, file=sys.stderr))
   pretrain.use_prng_impl(config.train.prng_impl)
+  problems = peer_problems(config, jax.device_count(), FLAGS.compare_torch, FLAGS.torch_compile, FLAGS.compare_keras)
+  if problems:
+    raise app.UsageError("not a like-for-like comparison: " + "; ".join(problems))
   predictions = FLAGS.predictions or max(20, round(FLAGS.seq * 0.15))
   result = {"bench": "train_step", "config": FLAGS.config, "batch": FLAGS.batch, "seq": FLAGS.seq,
             "predictions": predictions, "dtype": FLAGS.dtype, "attention": FLAGS.attention,
@@ -353,4 +396,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   sys.exit(app.run(main))

@@ -103,3 +103,38 @@ def test_hf_curve_electra_peer_replaces_only_the_real_masked_slots(tmp_path):
   # an untrained generator samples from ~8k tokens: every real slot's sample differs from its original
   np.testing.assert_array_equal(np.argwhere(labels), [[0, 1], [0, 3], [1, 2], [1, 5]])
   assert float(sums["replaced"]) == 4 and float(sums["real"]) == 32 and np.isfinite(float(loss))
+
+
+def _train_bench():
+  """bench/train_bench.py as a module, with bench/ importable (it imports keras_peer from there)."""
+  import sys
+  from cli_helpers import BENCH
+  if BENCH not in sys.path:
+    sys.path.insert(0, BENCH)
+  return load_bench("train_bench")
+
+
+def test_train_bench_refuses_peer_comparisons_that_are_not_like_for_like():
+  from bert_jax.core import configlib
+  problems = _train_bench().peer_problems
+  large = configlib.load("large")
+  assert problems(large, 1, True, True, False) == []
+  assert problems(large, 1, False, False, False) == []
+  # ours data-parallel on 8 devices against a one-device peer: 8x in our favour
+  assert "8 devices" in " ".join(problems(large, 8, True, False, False))
+  # a flag that would silently change nothing
+  assert problems(large, 1, False, True, False) == ["--torch_compile needs --compare_torch"]
+  assert "BertForPreTraining peer only" in " ".join(problems(configlib.load("electra_base"), 1, True, True, False))
+  assert problems(configlib.load("electra_base"), 1, True, False, False) == []
+  assert problems(configlib.load("distilbert_base"), 1, True, False, False) == []
+  # LAMB, gradient accumulation, or another family than the peer's model
+  assert "AdamW" in " ".join(problems(configlib.load("large_lamb"), 1, True, False, False))
+  assert "microbatches" in " ".join(problems(configlib.load("large", {"train.microbatches": 2}), 1, True, False, False))
+  assert "bert model" in " ".join(problems(configlib.load("large", {"model.family": "roberta"}), 1, True, False, False))
+  assert "mlm_sop" in " ".join(problems(configlib.load("albert_base"), 1, True, False, False))
+  # KerasHub drops attention probabilities at its one dropout rate
+  assert problems(large, 1, False, False, True) == []
+  no_attention_dropout = configlib.load("large", {"model.attention_dropout": 0.0})
+  assert "attention dropout is 0.0" in " ".join(problems(no_attention_dropout, 1, False, False, True))
+  assert problems(configlib.load("large", {"model.attention_dropout": 0.0, "train.deterministic": True}),
+                  1, False, False, True) == []
