@@ -192,7 +192,16 @@ def _time_torch_steps(step, **extra):
   sync()
   dt = (time.perf_counter() - t0) / FLAGS.steps
   return {"step_ms": dt * 1e3, "seq_per_sec": FLAGS.batch / dt, "tokens_per_sec": FLAGS.batch * FLAGS.seq / dt,
-          "threads": torch.get_num_threads(), "loss": float(loss.detach()), **extra}
+          "threads": torch.get_num_threads(), "optimizer": "torch.optim.AdamW(fused=True)",
+          "loss": float(loss.detach()), **extra}
+
+
+def _torch_adamw(params, o):
+  """AdamW as HF's Trainer builds it by default with torch >= 2.8 (optim="adamw_torch_fused": fused=True), with
+  the config's rate, betas, epsilon and weight decay."""
+  import torch
+  return torch.optim.AdamW(params, lr=o.peak_learning_rate, betas=(o.b1, o.b2), eps=o.eps, weight_decay=o.weight_decay,
+                           fused=True)
 
 
 def bench_torch_distill(config, predictions):
@@ -214,8 +223,7 @@ def bench_torch_distill(config, predictions):
   student = transformers.DistilBertForMaskedLM(transformers.DistilBertConfig(
       **hf_dir.hf_config_dict(model_config, ("encoder", "mlm")), attn_implementation="sdpa")).to(device).train()
   o = config.optim
-  opt = torch.optim.AdamW(student.parameters(), lr=o.peak_learning_rate, betas=(o.b1, o.b2), eps=o.eps,
-                          weight_decay=o.weight_decay)
+  opt = _torch_adamw(student.parameters(), o)
   b = _torch_batch(predictions, model_config.vocab_size, device)
   b["segment_ids"] = torch.zeros_like(b["segment_ids"])
   autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=FLAGS.dtype == "bfloat16")
@@ -259,8 +267,7 @@ def bench_torch(config, predictions):
   model = transformers.BertForPreTraining(hf_cfg).to(device).train()
   forward = torch.compile(model) if FLAGS.torch_compile else model
   o = config.optim
-  opt = torch.optim.AdamW(model.parameters(), lr=o.peak_learning_rate, betas=(o.b1, o.b2), eps=o.eps,
-                          weight_decay=o.weight_decay)
+  opt = _torch_adamw(model.parameters(), o)
   b = _torch_batch(predictions, model_config.vocab_size, device)
   autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=FLAGS.dtype == "bfloat16")
 
@@ -304,7 +311,7 @@ def bench_torch_electra(config, predictions):
   gen.generator_lm_head.weight = disc.electra.embeddings.word_embeddings.weight
   params = list({id(p): p for p in list(disc.parameters()) + list(gen.parameters())}.values())
   o = config.optim
-  opt = torch.optim.AdamW(params, lr=o.peak_learning_rate, betas=(o.b1, o.b2), eps=o.eps, weight_decay=o.weight_decay)
+  opt = _torch_adamw(params, o)
   b = _torch_batch(predictions, model_config.vocab_size, device)
   positions = b["masked_lm_positions"]
   autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=FLAGS.dtype == "bfloat16")
