@@ -140,12 +140,12 @@ def bench_jax(config, predictions):
     t0 = time.perf_counter()
     for _ in range(FLAGS.warmup):
       state, m = step_fn(state, batch)
-    jax.block_until_ready(m)
+    jax.block_until_ready((state, m))
     warmup_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(FLAGS.steps):
       state, m = step_fn(state, batch)
-    jax.block_until_ready(m)
+    jax.block_until_ready((state, m))  # the last update too, not only its metrics
     dt = (time.perf_counter() - t0) / FLAGS.steps
     if FLAGS.profile_dir:
       with jax.profiler.trace(FLAGS.profile_dir, create_perfetto_trace=True):
@@ -157,9 +157,41 @@ def bench_jax(config, predictions):
   peak = metrics.peak_flops_per_device(jax.devices()[0].device_kind, FLAGS.peak_flops)
   mem, mem_kind = _peak_memory_bytes()
   return {"step_ms": dt * 1e3, "seq_per_sec": seq_s, "tokens_per_sec": seq_s * FLAGS.seq,
-          "mfu": flops * seq_s / (peak * jax.device_count()) if peak else None,
-          "model_tflops_per_sec": flops * seq_s / 1e12, "compile_s": compile_s, "warmup_s": warmup_s,
+          **utilization(flops, seq_s, peak, jax.device_count()), "flops_per_sequence": flops,
+          "peak_flops_per_device": peak, "compile_s": compile_s, "warmup_s": warmup_s,
           "peak_memory_gib": mem / 2**30, "memory_kind": mem_kind, "loss": float(m["loss"])}
+
+
+def utilization(flops_per_sequence: float, seq_per_sec: float, peak_per_device, devices: int) -> dict:
+  """MFU and model TFLOP/s from one count of the useful work (the objective's flops_per_sequence: MLM at the
+  masked positions), for ours and each peer alike: a peer that computes more (HF's MLM logits at every position)
+  gets no credit for it."""
+  model_flops = flops_per_sequence * seq_per_sec
+  return {"mfu": model_flops / (peak_per_device * devices) if peak_per_device else None,
+          "model_tflops_per_sec": model_flops / 1e12}
+
+
+def run_record(argv) -> dict:
+  """What RESULTS.md quotes besides the figures: the command, the code's commit (git, or $BENCH_COMMIT where the
+  copy has no .git), Python and the packages' versions."""
+  import importlib.metadata
+  import subprocess
+  here = os.path.dirname(os.path.abspath(__file__))
+  try:
+    commit = subprocess.run(["git", "-C", here, "describe", "--always", "--dirty"], capture_output=True, text=True,
+                            timeout=10, check=True).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    commit = os.environ.get("BENCH_COMMIT") or None
+  versions = {"python": platform.python_version()}
+  for package in ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin", "flax", "optax", "numpy", "torch",
+                  "transformers", "keras", "keras-hub"):
+    try:
+      versions[package] = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+      pass
+  env = {k: v for k, v in os.environ.items() if k.startswith(("XLA_", "JAX_", "TF_GPU", "KERAS_BACKEND", "CUDA_VISIBLE"))}
+  return {"command": " ".join(["python", os.path.relpath(argv[0], os.path.dirname(here))] + list(argv[1:])),
+          "env": env, "commit": commit, "versions": versions, "platform": platform.platform()}
 
 
 def _untrained_teacher(config):
@@ -183,16 +215,18 @@ def _time_torch_steps(step, **extra):
   """FLAGS.warmup untimed calls of step(), then the mean of FLAGS.steps timed ones (synchronised on a GPU)."""
   import torch
   sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+  t0 = time.perf_counter()
   for _ in range(FLAGS.warmup):
     step()
   sync()
+  warmup_s = time.perf_counter() - t0  # torch.compile's compilation included
   t0 = time.perf_counter()
   for _ in range(FLAGS.steps):
     loss = step()
   sync()
   dt = (time.perf_counter() - t0) / FLAGS.steps
   return {"step_ms": dt * 1e3, "seq_per_sec": FLAGS.batch / dt, "tokens_per_sec": FLAGS.batch * FLAGS.seq / dt,
-          "threads": torch.get_num_threads(), "optimizer": "torch.optim.AdamW(fused=True)",
+          "warmup_s": warmup_s, "threads": torch.get_num_threads(), "optimizer": "torch.optim.AdamW(fused=True)",
           "loss": float(loss.detach()), **extra}
 
 
@@ -345,7 +379,7 @@ def bench_torch_electra(config, predictions):
 
 
 def main(argv):
-  del argv
+  del argv  # the flags' values; the command line as given is sys.argv
   import jax
   from bert_jax.core import configlib
   overrides = {"model.dtype": FLAGS.dtype, "model.attention_impl": FLAGS.attention,
@@ -381,7 +415,8 @@ def main(argv):
             "scan_layers": config.model.scan_layers,
             "remat": config.model.remat_policy, "prng_impl": config.train.prng_impl, "opt_state_dtype": config.optim.state_dtype or "param",
             "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-            "host": f"{platform.machine()} {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
+            "host": f"{platform.machine()} {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d"),
+            **run_record(sys.argv)}
   if FLAGS.compare_torch:
     # Torch runs first and hands its cached GPU memory back; JAX's allocator keeps what it takes.
     import torch
@@ -390,6 +425,7 @@ def main(argv):
     result["torch"] = peer(config, predictions)
     if torch.cuda.is_available():
       result["torch"]["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+      result["torch"]["device"] = torch.cuda.get_device_name()
       torch.cuda.empty_cache()
   result["jax"] = bench_jax(config, predictions)
   if FLAGS.compare_keras:
@@ -399,6 +435,10 @@ def main(argv):
     result["speedup_vs_keras"] = result["jax"]["tokens_per_sec"] / result["keras"]["tokens_per_sec"]
   if FLAGS.compare_torch:
     result["speedup_vs_torch"] = result["jax"]["tokens_per_sec"] / result["torch"]["tokens_per_sec"]
+  for peer in ("torch", "keras"):  # one device each (peer_problems); the same FLOP count and peak as ours
+    if peer in result:
+      result[peer].update(utilization(result["jax"]["flops_per_sequence"], result[peer]["seq_per_sec"],
+                                      result["jax"]["peak_flops_per_device"], 1))
   print(json.dumps(result), flush=True)
 
 

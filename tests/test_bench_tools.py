@@ -1,4 +1,6 @@
 """bench/ scripts whose figures RESULTS.md quotes and that a CPU can check."""
+import os
+
 import numpy as np
 
 from cli_helpers import load_bench
@@ -138,3 +140,26 @@ def test_train_bench_refuses_peer_comparisons_that_are_not_like_for_like():
   assert "attention dropout is 0.0" in " ".join(problems(no_attention_dropout, 1, False, False, True))
   assert problems(configlib.load("large", {"model.attention_dropout": 0.0, "train.deterministic": True}),
                   1, False, False, True) == []
+
+
+def test_train_bench_line_has_the_command_versions_and_both_sides_mfu_from_one_formula():
+  """A tiny --compare_torch run's JSON line: what RESULTS.md quotes (command, commit, versions, machine, date) and
+  each side's tokens/s, with the peer's MFU from our FLOP count and peak (the peer gets no credit for extra work)."""
+  import json
+  import subprocess
+  import sys
+  from cli_helpers import BENCH, cli_env
+  args = ["--config=tiny", "--batch=2", "--seq=16", "--steps=1", "--warmup=1", "--compare_torch", "--peak_flops=1e12"]
+  run = subprocess.run([sys.executable, os.path.join(BENCH, "train_bench.py"), *args], capture_output=True,
+                       text=True, timeout=600, env=cli_env())
+  assert run.returncode == 0, run.stderr[-3000:]
+  line = json.loads(run.stdout.strip().splitlines()[-1])
+  assert line["command"].endswith("bench/train_bench.py " + " ".join(args)), line["command"]
+  assert line["commit"] and line["date"] and line["devices"] == "1 x cpu"
+  assert {"python", "jax", "jaxlib", "flax", "optax", "torch", "transformers"} <= set(line["versions"])
+  ours, theirs = line["jax"], line["torch"]
+  assert ours["flops_per_sequence"] > 0 and ours["peak_flops_per_device"] == 1e12
+  assert abs(ours["mfu"] - ours["flops_per_sequence"] * ours["seq_per_sec"] / 1e12) < 1e-12
+  assert abs(theirs["mfu"] / ours["mfu"] - theirs["seq_per_sec"] / ours["seq_per_sec"]) < 1e-9
+  assert abs(line["speedup_vs_torch"] - ours["tokens_per_sec"] / theirs["tokens_per_sec"]) < 1e-9
+  assert theirs["optimizer"] == "torch.optim.AdamW(fused=True)" and theirs["warmup_s"] > 0
