@@ -1,8 +1,11 @@
 """The other JAX BERT a user would pick: KerasHub's BertMaskedLM on Keras' JAX backend, timed as a peer in
 bench/train_bench.py (--compare_keras).
 
-Same model sizes, batch, sequence length, masked positions, dropout and compute dtype as our run; AdamW;
-weighted cross-entropy at the masked positions. KerasHub's BertMaskedLM has no NSP head, so this peer does
+Same model sizes, batch, sequence length, masked positions, dropout and compute dtype as our run; AdamW with
+the config's settings and gradient clipping; weighted cross-entropy at the masked positions; the batch on the
+device before timing. train_on_batch syncs each step (it returns a host float) and reads and re-assigns every
+variable in Python on each call (~20 ms a call for 24 layers on cpu-2, part of it while the device waits): a
+cost of Keras' one-step API that ours does not pay. KerasHub's BertMaskedLM has no NSP head, so this peer does
 MLM only (the NSP head is ~0.1% of a BERT step). Install without TensorFlow Text (only its tokenizers need it):
   pip install keras keras-hub kagglehub kagglesdk --no-deps
 """
@@ -26,6 +29,7 @@ def problems(config) -> list:
 def bench_keras(config, batch: dict, steps: int, warmup: int) -> dict:
   """Times `steps` train_on_batch calls after `warmup`; `batch` is train_bench's numpy batch."""
   os.environ.setdefault("KERAS_BACKEND", "jax")
+  import jax
   import keras
   import keras_hub
   if keras.backend.backend() != "jax":
@@ -43,12 +47,17 @@ def bench_keras(config, batch: dict, steps: int, warmup: int) -> dict:
       intermediate_dim=m.intermediate_size or 4 * hidden, dropout=dropout,
       max_sequence_length=m.max_position_embeddings, dtype=dtype)
   model = keras_hub.models.BertMaskedLM(backbone=backbone, preprocessor=None)
-  model.compile(optimizer=keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.01, epsilon=1e-6),
+  o = config.optim  # our AdamW's settings, gradient clipping included
+  model.compile(optimizer=keras.optimizers.AdamW(learning_rate=o.peak_learning_rate, weight_decay=o.weight_decay,
+                                                 beta_1=o.b1, beta_2=o.b2, epsilon=o.eps,
+                                                 global_clipnorm=o.clip_norm or None),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), weighted_metrics=[],
                 jit_compile=True)
   x = {"token_ids": batch["input_ids"], "padding_mask": batch["input_mask"].astype(bool),
        "segment_ids": batch["segment_ids"], "mask_positions": batch["masked_lm_positions"]}
   y, weights = batch["masked_lm_ids"], batch["masked_lm_weights"]
+  # on the device before timing, as ours and the torch peer's are (train_on_batch would copy numpy every step)
+  x, y, weights = jax.device_put((x, y, weights))
   t0 = time.perf_counter()
   for _ in range(warmup):
     loss = model.train_on_batch(x, y, sample_weight=weights)
