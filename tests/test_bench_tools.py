@@ -163,3 +163,11 @@ def test_train_bench_line_has_the_command_versions_and_both_sides_mfu_from_one_f
   assert abs(theirs["mfu"] / ours["mfu"] - theirs["seq_per_sec"] / ours["seq_per_sec"]) < 1e-9
   assert abs(line["speedup_vs_torch"] - ours["tokens_per_sec"] / theirs["tokens_per_sec"]) < 1e-9
   assert theirs["optimizer"] == "torch.optim.AdamW(fused=True)" and theirs["warmup_s"] > 0
+
+
+def test_mfu_peak_is_the_dense_bf16_figure_of_each_hopper_variant():
+  from bert_jax.core.metrics import peak_flops_per_device as peak
+  assert peak("NVIDIA H100 80GB HBM3") == peak("NVIDIA H200") == peak("NVIDIA GH200 480GB") == 989e12
+  assert peak("NVIDIA H100 PCIe") == 756e12  # not the SXM part's 989: its MFU would read 1.31x too low
+  assert peak("NVIDIA H100 NVL") == peak("NVIDIA H200 NVL") == 835e12
+  assert peak("cpu") is None and peak("cpu", 1e12) == 1e12

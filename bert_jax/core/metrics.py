@@ -39,8 +39,11 @@ PEAK_BF16_FLOPS = {
     "TPU v6 lite": 918e12,   # v6e (Trillium)
     "TPU v6e": 918e12,
     "A100": 312e12,
-    "H100": 989e12,          # SXM
-    "H200": 989e12,
+    "H100": 989e12,          # SXM ("NVIDIA H100 80GB HBM3")
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
+    "H200": 989e12,          # SXM; GH200 too
+    "H200 NVL": 835e12,
 }
 
 
