@@ -421,8 +421,11 @@ def main(argv):
     # Torch runs first and hands its cached GPU memory back; JAX's allocator keeps what it takes.
     import torch
     torch.set_num_threads(os.cpu_count())  # XLA's CPU backend uses every core too
+    if torch.cuda.is_available():  # float32 matmuls in TF32, as XLA's default precision runs them on a GPU
+      torch.set_float32_matmul_precision("high")
     peer = {"electra": bench_torch_electra, "distill": bench_torch_distill}.get(config.train.objective, bench_torch)
     result["torch"] = peer(config, predictions)
+    result["torch"]["float32_matmul_precision"] = torch.get_float32_matmul_precision()
     if torch.cuda.is_available():
       result["torch"]["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
       result["torch"]["device"] = torch.cuda.get_device_name()
