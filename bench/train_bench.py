@@ -66,7 +66,8 @@ TORCH_PEERS = {"mlm_nsp": "bert", "electra": "electra", "distill": "distilbert"}
 
 def peer_problems(config, device_count: int, compare_torch: bool, torch_compile: bool, compare_keras: bool) -> list:
   """Why a peer comparison of this run would not be like for like (empty: it would be). The peers run on one
-  device, with AdamW, one microbatch, and (KerasHub) one dropout rate for hidden and attention dropout."""
+  device, with AdamW (float32 moments), one microbatch, and (KerasHub) one dropout rate for hidden and attention
+  dropout."""
   problems = []
   if not (compare_torch or compare_keras):
     return ["--torch_compile needs --compare_torch"] if torch_compile else []
@@ -75,6 +76,8 @@ def peer_problems(config, device_count: int, compare_torch: bool, torch_compile:
                     f"expose one (CUDA_VISIBLE_DEVICES=0)")
   if config.optim.name != "adamw":
     problems.append(f"optim.name is {config.optim.name!r}; the peers train with AdamW")
+  if config.optim.state_dtype not in ("", "float32"):
+    problems.append(f"optim.state_dtype is {config.optim.state_dtype!r}; the peers keep AdamW's moments in float32")
   if config.train.microbatches != 1:
     problems.append(f"train.microbatches is {config.train.microbatches}; the peers take the batch in one pass")
   if compare_torch:

@@ -129,11 +129,13 @@ def test_train_bench_refuses_peer_comparisons_that_are_not_like_for_like():
   assert "BertForPreTraining peer only" in " ".join(problems(configlib.load("electra_base"), 1, True, True, False))
   assert problems(configlib.load("electra_base"), 1, True, False, False) == []
   assert problems(configlib.load("distilbert_base"), 1, True, False, False) == []
-  # LAMB, gradient accumulation, or another family than the peer's model
-  assert "AdamW" in " ".join(problems(configlib.load("large_lamb"), 1, True, False, False))
-  assert "microbatches" in " ".join(problems(configlib.load("large", {"train.microbatches": 2}), 1, True, False, False))
-  assert "bert model" in " ".join(problems(configlib.load("large", {"model.family": "roberta"}), 1, True, False, False))
-  assert "mlm_sop" in " ".join(problems(configlib.load("albert_base"), 1, True, False, False))
+  # LAMB, bf16 moments, gradient accumulation, or another family than the peer's model
+  torch_problems = lambda name, overrides=None: " ".join(problems(configlib.load(name, overrides), 1, True, False, False))
+  assert "AdamW" in torch_problems("large_lamb")
+  assert "float32" in torch_problems("large", {"optim.state_dtype": "bfloat16"})
+  assert "microbatches" in torch_problems("large", {"train.microbatches": 2})
+  assert "bert model" in torch_problems("large", {"model.family": "roberta"})
+  assert "mlm_sop" in torch_problems("albert_base")
   # KerasHub drops attention probabilities at its one dropout rate
   assert problems(large, 1, False, False, True) == []
   no_attention_dropout = configlib.load("large", {"model.attention_dropout": 0.0})
