@@ -130,7 +130,8 @@ def test_train_bench_refuses_peer_comparisons_that_are_not_like_for_like():
   assert problems(configlib.load("electra_base"), 1, True, False, False) == []
   assert problems(configlib.load("distilbert_base"), 1, True, False, False) == []
   # LAMB, bf16 moments, gradient accumulation, or another family than the peer's model
-  torch_problems = lambda name, overrides=None: " ".join(problems(configlib.load(name, overrides), 1, True, False, False))
+  torch_problems = lambda name, overrides=None: " ".join(
+      problems(configlib.load(name, overrides), 1, True, False, False))
   assert "AdamW" in torch_problems("large_lamb")
   assert "float32" in torch_problems("large", {"optim.state_dtype": "bfloat16"})
   assert "microbatches" in torch_problems("large", {"train.microbatches": 2})
