@@ -2,6 +2,8 @@
 # One device call: install the carried wheels, run bench/gpu_suite.sh stages in order, bring the train runs'
 # metrics.jsonl back under $OUT.
 #   bash bench/gpu_session.sh grain defaults_a        # GRAIN_CONFIG=base, FAMILY_STEPS=... pass through
+# The device's copy has no .git: give the commit as BENCH_COMMIT=<hash> (bench/train_bench.py's lines record it,
+# with the command and package versions).
 # Before the call, here (where PyPI is reachable and time is not device time):
 #   bash bench/offline_wheels.sh .whl [--keras]                        # what the GPU image lacks
 #   GRAIN_CONFIG=base PREPARE_ONLY=1 WORK=gpu_work bash bench/gpu_suite.sh grain   # the stages' data
