@@ -7,11 +7,13 @@
   python bench/train_bench.py --config=distilbert_base --batch=8 --seq=128 --compare_torch  # teacher + student
 
 Times `--steps` full optimizer steps (forward, backward, AdamW update) of the jitted train step on random
-token batches after `--warmup` steps, on all local devices (batch over data parallelism). With
---compare_torch it then runs HF PyTorch BertForPreTraining at the same model config, batch, sequence length,
-dropout and thread count in the same process (AdamW, the same weighted MLM + NSP loss, bf16 autocast and
-SDPA on GPU), and reports our tokens/s over theirs. HF computes MLM logits at every position (it has no
-masked-position gather), which is part of what is being compared.
+token batches after `--warmup` steps, on all local devices (batch over data parallelism; with a peer, one
+device: peer_problems lists what a comparison refuses). With --compare_torch it then runs HF PyTorch
+BertForPreTraining at the same model config, batch, sequence length, dropout and thread count in the same process
+(fused AdamW as HF's Trainer builds it, the same clipping and weighted MLM + NSP loss, bf16 autocast and SDPA on
+GPU, TF32 float32 matmuls on GPU as XLA's default), and reports our tokens/s over theirs, and each side's MFU from
+our FLOP count. HF computes MLM logits at every position (it has no masked-position gather), which is part of
+what is being compared.
 For `--config=electra_*` the peer is HF's ElectraForMaskedLM generator + ElectraForPreTraining trained
 jointly as objectives/electra.py does (shared embeddings, Gumbel samples, MLM + 50 x RTD).
 For `--config=distilbert_*` ours times the distillation step (frozen BERT teacher of the student's size, random
