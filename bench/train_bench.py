@@ -225,11 +225,14 @@ def _time_torch_steps(step, **extra):
     step()
   sync()
   warmup_s = time.perf_counter() - t0  # torch.compile's compilation included
+  from torch._dynamo.utils import counters
+  graphs = counters["stats"]["unique_graphs"]
   t0 = time.perf_counter()
   for _ in range(FLAGS.steps):
     loss = step()
   sync()
   dt = (time.perf_counter() - t0) / FLAGS.steps
+  extra["graphs_compiled_while_timed"] = counters["stats"]["unique_graphs"] - graphs  # 0: compile time excluded
   return {"step_ms": dt * 1e3, "seq_per_sec": FLAGS.batch / dt, "tokens_per_sec": FLAGS.batch * FLAGS.seq / dt,
           "warmup_s": warmup_s, "threads": torch.get_num_threads(), "optimizer": "torch.optim.AdamW(fused=True)",
           "loss": float(loss.detach()), **extra}

@@ -166,6 +166,7 @@ def test_train_bench_line_has_the_command_versions_and_both_sides_mfu_from_one_f
   assert abs(theirs["mfu"] / ours["mfu"] - theirs["seq_per_sec"] / ours["seq_per_sec"]) < 1e-9
   assert abs(line["speedup_vs_torch"] - ours["tokens_per_sec"] / theirs["tokens_per_sec"]) < 1e-9
   assert theirs["optimizer"] == "torch.optim.AdamW(fused=True)" and theirs["warmup_s"] > 0
+  assert theirs["graphs_compiled_while_timed"] == 0
   assert theirs["float32_matmul_precision"] == "highest"  # "high" (TF32, as XLA's default) on a GPU only
 
 
