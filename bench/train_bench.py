@@ -437,7 +437,10 @@ def main(argv):
     if torch.cuda.is_available():
       result["torch"]["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
       result["torch"]["device"] = torch.cuda.get_device_name()
+      import gc
+      gc.collect()  # the peer's model and optimizer state, if a reference cycle holds them, before JAX allocates
       torch.cuda.empty_cache()
+      result["torch"]["reserved_after_gib"] = torch.cuda.memory_reserved() / 2**30  # what JAX's run did not have
   result["jax"] = bench_jax(config, predictions)
   if FLAGS.compare_keras:
     import keras_peer
