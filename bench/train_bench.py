@@ -89,6 +89,9 @@ def peer_problems(config, device_count: int, compare_torch: bool, torch_compile:
     elif config.model.family != family:
       problems.append(f"the HF peer for objective {config.train.objective!r} is a {family} model; this config's "
                       f"model.family is {config.model.family!r}")
+    if config.train.objective == "distill" and config.distill.kl_positions != "all":
+      problems.append(f"distill.kl_positions is {config.distill.kl_positions!r}; the HF peer's KL covers every real "
+                      f"token (the paper's code)")
     if torch_compile and config.train.objective != "mlm_nsp":
       problems.append(f"--torch_compile is implemented for the BertForPreTraining peer only, not for objective "
                       f"{config.train.objective!r}")

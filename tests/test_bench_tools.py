@@ -137,6 +137,7 @@ def test_train_bench_refuses_peer_comparisons_that_are_not_like_for_like():
   assert "microbatches" in torch_problems("large", {"train.microbatches": 2})
   assert "bert model" in torch_problems("large", {"model.family": "roberta"})
   assert "mlm_sop" in torch_problems("albert_base")
+  assert "every real token" in torch_problems("distilbert_base", {"distill.kl_positions": "masked"})
   # KerasHub drops attention probabilities at its one dropout rate
   assert problems(large, 1, False, False, True) == []
   no_attention_dropout = configlib.load("large", {"model.attention_dropout": 0.0})
