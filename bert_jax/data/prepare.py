@@ -120,9 +120,9 @@ def encode_document(encode, vocab_kind: str, sentences: list[str]) -> list[list[
   return [encode(" " + s if i else s) for i, s in enumerate(sentences)]
 
 
-def _process_chunk(job):
-  """(chunk key, documents as sentence lists) -> (chunk key, features of each dupe_factor pass, stats); the key
-  seeds the RNG."""
+def _chunk_instances(job):
+  """(chunk key, documents as sentence lists) -> (chunk key, features of each dupe_factor pass, all of them as one
+  features dict, stats); the key seeds the RNG."""
   chunk_key, docs = job
   vocab, opts = _worker_state["vocab"], _worker_state["opts"]
   token_docs = [encode_document(_worker_state["encode"], _worker_state["tok"].kind, doc) for doc in docs]
@@ -137,13 +137,20 @@ def _process_chunk(job):
            "masked_tokens": int(features["masked_lm_weights"].sum()),
            "random_next": int(features["next_sentence_labels"].sum()),
            "documents_without_tokens": sum(not any(d) for d in token_docs)}  # dropped: nothing the vocab encodes
+  return chunk_key, passes, features, stats
+
+
+def _process_chunk(job):
+  """(chunk key, documents) -> (chunk key, features of each dupe_factor pass, stats): what _Shards writes."""
+  chunk_key, passes, _, stats = _chunk_instances(job)
   return chunk_key, passes, stats
 
 
 def _process_chunk_merged(job):
-  """_process_chunk with the passes as one features dict (the Beam path places each instance by a hash)."""
-  chunk_key, passes, stats = _process_chunk(job)
-  return chunk_key, instances.concatenate(passes, _worker_state["opts"]), stats
+  """(chunk key, documents) -> (chunk key, all passes as one features dict, stats): the Beam path places each
+  instance by a hash."""
+  chunk_key, _, features, stats = _chunk_instances(job)
+  return chunk_key, features, stats
 
 
 def shard_file_name(shard: int, num_shards: int) -> str:
