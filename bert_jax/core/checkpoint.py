@@ -126,8 +126,12 @@ class Checkpointer:
     return os.path.join(self.directory, "data", str(step),
                         f"of{jax.process_count()}_process_{jax.process_index()}")
 
+  def due(self, step: int) -> bool:
+    """Whether save() writes `step` without force (the save interval)."""
+    return step % self.config.checkpoint.every_steps == 0
+
   def save(self, step: int, state, train_iter=None, force: bool = False) -> bool:
-    if not force and step % self.config.checkpoint.every_steps:
+    if not force and not self.due(step):
       return False
     if step in self.manager.all_steps():
       return False

@@ -8,7 +8,7 @@ Environments:
   * SLURM (srun with more than one task) and multi-host TPU VMs: jax.distributed.initialize() with JAX's
     auto-detection.
 Pre-flight checks after start-up: same code and config hash on every process, a writable workdir, and the
-device kind reported by process 0. The batch-divisibility check lives in trainers.pretrain.check_batch.
+device kind reported by process 0. The batch-divisibility check lives in sharding.check_batch_size.
 """
 
 import hashlib

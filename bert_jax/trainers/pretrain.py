@@ -326,6 +326,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         if step % config.train.log_every == 0 or step == config.train.steps:
           m = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
           check_finite(step, m)
+          pending = None  # checked: not fetched again
           rates = throughput.update(step, config.train.batch_size, d.max_seq_length)
           seq_s, tok_s, _ = rates if rates else (None, None, None)
           mfu = (flops_per_seq * seq_s / (peak * jax.device_count())) if (peak and seq_s) else None
@@ -338,7 +339,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         if step % config.train.eval_every == 0 and step != config.train.steps:
           run_eval(step)
         preempted = preemption.requested_anywhere()
-        if pending is not None and (preempted or step % config.checkpoint.every_steps == 0):
+        if pending is not None and (preempted or ckpt.due(step)):
           check_finite(*pending)  # a non-finite step's params are never saved, or every resume would start from them
           pending = None
         if preempted:
