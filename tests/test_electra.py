@@ -285,6 +285,30 @@ def test_sharded_equals_single_device(overrides, mesh):
       np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
+def test_eval_draws_other_samples_for_each_batch_and_the_same_at_every_eval():
+  """Each eval batch gets its own sampling noise (one key for all would reuse the Gumbel noise of every slot),
+  and an eval repeated on the same params reads the same numbers, so eval curves compare."""
+  from bert_jax.core import optim, sharding
+  from bert_jax.core.train_state import create_train_state
+  config = configlib.load("electra_tiny", {"model.vocab_size": 1024, "data.max_seq_length": 32,
+                                           "data.max_predictions_per_seq": 5})
+  mesh = sharding.create_mesh(dict(zip(sharding.MESH_AXES, (1, 1, 1))), devices=jax.devices()[:1])
+  rules = sharding.rules_from_config(config.mesh.logical_axis_rules)
+  _, objective = pretrain.build(config)
+  tx, schedule = optim.make_optimizer(config.optim, config.train.steps)
+  batch = train_helpers.random_batch(16)
+  with nn.logical_axis_rules(rules):
+    state, shardings = create_train_state(objective.init_params, tx, mesh, rules, 0)
+    _, eval_fn = pretrain.make_step_functions(config, objective, tx, schedule, mesh, shardings)
+    one_batch = pretrain.evaluate(eval_fn, state.params, lambda: iter([batch]), 1, mesh, objective)
+    same_batch_twice = pretrain.evaluate(eval_fn, state.params, lambda: iter([batch, batch]), 2, mesh, objective)
+    again = pretrain.evaluate(eval_fn, state.params, lambda: iter([batch, batch]), 2, mesh, objective)
+  assert same_batch_twice == again
+  # the second reading of the batch put other tokens in the masked slots, which the discriminator scores otherwise
+  # (an untrained generator replaces nearly every slot either way, so the replaced fraction alone may not move)
+  assert same_batch_twice["rtd_loss"] != one_batch["rtd_loss"]
+
+
 # --- the CLIs end to end (google-research/bert-style records, no corpus to prepare): both models' metrics,
 # exact resume after SIGKILL, export of both models, and the pair back as one checkpoint ------------------------
 

@@ -95,9 +95,10 @@ def train_step(state: TrainState, batch, *, objective, tx, schedule, mesh, micro
   return new_state, out
 
 
-def eval_step(params, batch, *, objective):
-  """Loss sums for one eval batch (summed over batches by the caller)."""
-  return objective.loss_sums(params, batch, jax.random.key(0), True)
+def eval_step(params, batch, batch_index, *, objective):
+  """Loss sums for eval batch number batch_index (summed over batches by the caller). An objective that samples
+  (ELECTRA's generator) draws other noise for each batch of an eval, and the same at every eval, so curves compare."""
+  return objective.loss_sums(params, batch, jax.random.fold_in(jax.random.key(0), batch_index), True)
 
 
 def make_step_functions(config, objective, tx, schedule, mesh, state_shardings):
@@ -108,7 +109,7 @@ def make_step_functions(config, objective, tx, schedule, mesh, state_shardings):
   train_step_fn = jax.jit(sharding.with_kernel_mesh(mesh, step_fn), in_shardings=(state_shardings, batch_sharding),
                           out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
   eval_step_fn = jax.jit(sharding.with_kernel_mesh(mesh, functools.partial(eval_step, objective=objective)),
-                         in_shardings=(state_shardings.params, batch_sharding),
+                         in_shardings=(state_shardings.params, batch_sharding, sharding.replicated(mesh)),
                          out_shardings=sharding.replicated(mesh))
   return train_step_fn, eval_step_fn
 
@@ -150,8 +151,9 @@ def check_intervals(config) -> None:
 def evaluate(eval_step_fn, params, eval_iter_factory, num_batches: int, mesh, objective) -> dict:
   totals = None
   it = eval_iter_factory()
-  for _ in range(num_batches):
-    sums = eval_step_fn(params, sharding.global_batch(next(it), mesh))
+  for index in range(num_batches):
+    index_array = jax.make_array_from_process_local_data(sharding.replicated(mesh), np.int32(index))
+    sums = eval_step_fn(params, sharding.global_batch(next(it), mesh), index_array)
     totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
   return {k: float(v) for k, v in jax.device_get(objective.summaries(totals)).items()}
 
