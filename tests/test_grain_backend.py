@@ -84,6 +84,30 @@ def test_tf_free_serializer_and_converter_give_the_same_examples(tmp_path):
       np.testing.assert_array_equal(v.numpy(), parsed[k])
 
 
+def test_features_outside_the_schema_are_left_unread_on_both_backends(tmp_path):
+  """Records another tool wrote with extra fields (an id list, a document name as bytes) read as the same batches
+  on tf.data, which parses only the schema's features, and on Grain."""
+  plain = str(tmp_path / "plain.tfrecord")
+  write_google_style_records(plain, 24, 32, 5)
+  extra = str(tmp_path / "extra.tfrecord")
+  with tf.io.TFRecordWriter(extra) as writer:
+    for i, raw in enumerate(tf.data.TFRecordDataset(plain)):
+      example = tf.train.Example.FromString(raw.numpy())
+      example.features.feature["entity_ids"].int64_list.value.extend([7, 8, 9])
+      example.features.feature["doc_name"].bytes_list.value.append(f"doc-{i}".encode())
+      writer.write(example.SerializeToString())
+  array_record_io.convert_tfrecords([extra], str(tmp_path / "ar"))
+  cfg = dict(batch_size=8, max_seq_length=32, max_predictions_per_seq=5, seed=3, shuffle=False)
+  tf_it = pipeline.BatchIterator(pipeline.PipelineConfig(files=(extra,), **cfg))
+  grain_it = grain_pipeline.GrainBatchIterator(
+      pipeline.PipelineConfig(files=(str(tmp_path / "ar" / "extra.array_record"),), **cfg))
+  for _ in range(3):
+    a, b = next(tf_it), next(grain_it)
+    assert a.keys() == b.keys() == set(schema.feature_spec(32, 5))
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
 def test_interleave_order_is_tf_data_interleave():
   counts = [3, 1, 4, 0, 2, 5, 1, 7]
   offsets = np.concatenate([[0], np.cumsum(counts)])

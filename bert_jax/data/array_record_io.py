@@ -72,10 +72,13 @@ def serialize(features: dict, row: int) -> bytes:
   return example.SerializeToString(deterministic=True)
 
 
-def parse(serialized: bytes) -> dict[str, np.ndarray]:
-  """A serialized Example -> {name: int32 or float32 array}, every feature it holds."""
+def parse(serialized: bytes, names=None) -> dict[str, np.ndarray]:
+  """A serialized Example -> {name: int32 or float32 array}, every feature it holds or those in `names` (the
+  others, of any kind, left unread as tf.io.parse_single_example leaves them)."""
   out = {}
   for name, feature in Example.FromString(serialized).features.feature.items():
+    if names is not None and name not in names:
+      continue
     kind = feature.WhichOneof("kind")
     if kind == "int64_list":
       out[name] = np.array(feature.int64_list.value, np.int32)

@@ -81,14 +81,13 @@ class _Parse(grain.transforms.Map):
     self._expected, self._packed, self._what = expected, packed, what
 
   def map(self, serialized: bytes) -> dict[str, np.ndarray]:
-    features = array_record_io.parse(serialized)
-    if masking.UNIT_FEATURE not in self._expected:  # optional; only dynamic masking asks for it
-      features.pop(masking.UNIT_FEATURE, None)
+    # Features outside the schema (the unit bits when masking is static, a field another tool added) are left
+    # behind, as tf.io.parse_single_example leaves them: the same records read the same on both backends.
+    features = array_record_io.parse(serialized, self._expected)
     lengths = {k: len(v) for k, v in features.items()}
     if lengths != self._expected:
       problems = [f"{k}: needs length {n}, record has {lengths.get(k, 'no such feature')}"
                   for k, n in self._expected.items() if lengths.get(k) != n]
-      problems += [f"{k}: not in the schema" for k in lengths if k not in self._expected]
       raise ValueError(f"records in {self._what} do not parse as configured:\n  " + "\n  ".join(problems))
     if not self._packed:
       features["next_sentence_labels"] = features["next_sentence_labels"].reshape(())
