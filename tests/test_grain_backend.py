@@ -419,6 +419,46 @@ def test_grain_resume_with_another_batch_size_continues_the_example_stream(prepa
   np.testing.assert_array_equal(next(again)["input_ids"], next(resumed)["input_ids"])
 
 
+@pytest.mark.parametrize("change", [dict(seed=4), dict(shuffle=False), "files"])
+def test_grain_resume_under_other_data_settings_says_so(prepared, tmp_path, change):
+  """A Grain position saved under other data settings (seed, shuffling, the files) goes on from its example count
+  in the new stream, which is not where the saved run stopped: the restore says which settings changed. The same
+  settings, and a data directory moved elsewhere, resume without a word."""
+  import jax
+  import jax.numpy as jnp
+  from bert_jax.core import checkpoint, configlib
+  config = configlib.load("tiny", {"checkpoint.every_steps": 2, "checkpoint.async_save": False})
+  shardings = {"step": jax.sharding.SingleDeviceSharding(jax.devices()[0])}
+  cfg = _cfg(prepared["array_record"], shuffle=True)
+  logged = []
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpt"), config, log=logged.append)
+  it = grain_pipeline.GrainBatchIterator(cfg)
+  for step in range(1, 3):
+    next(it)
+    ckpt.save(step, {"step": jnp.asarray(step, jnp.int32)}, it)
+  ckpt.wait()
+
+  def resume(pipeline_cfg):
+    resumed = grain_pipeline.GrainBatchIterator(pipeline_cfg)
+    state = checkpoint.Checkpointer(str(tmp_path / "ckpt"), config, log=logged.append).restore_or_init(
+        {"step": jnp.zeros((), jnp.int32)}, shardings, resumed)
+    assert int(state["step"]) == 2
+    return resumed
+
+  moved = str(tmp_path / "moved")
+  shutil.copytree(os.path.dirname(prepared["array_record"][0]), moved)
+  same = resume(_cfg([os.path.join(moved, os.path.basename(f)) for f in prepared["array_record"]], shuffle=True))
+  np.testing.assert_array_equal(next(same)["input_ids"], next(it)["input_ids"])
+  assert not [m for m in logged if "WARNING" in m], logged
+  other = dataclasses.replace(cfg, files=cfg.files[:-1]) if change == "files" else dataclasses.replace(cfg, **change)
+  resume(other)
+  warnings = [m for m in logged if "WARNING" in m]
+  want = {"files": "files 5 files", "seed": "data.seed 3 -> 4", "shuffle": "data.shuffle True -> False"}
+  key = change if change == "files" else next(iter(change))
+  assert len(warnings) == 1 and want[key] in warnings[0] and "not where the saved run stopped" in warnings[0], \
+      warnings
+
+
 @pytest.mark.parametrize("backend", ["tfdata", "grain"])
 def test_eval_reads_the_same_examples_under_any_process_count(tmp_path, monkeypatch, backend):
   """3 eval files of 10, 11 and 12 examples and an eval of 5 batches of 6 (30 examples): one process reads the first

@@ -171,6 +171,10 @@ class Checkpointer:
     item = os.path.join(self.directory, str(step), "data")
     if os.path.isfile(os.path.join(item, f"process_{jax.process_index()}-of-{jax.process_count()}.json")):
       self.manager.restore(step, args=ocp.args.Composite(data=train_iter.orbax_restore_args()))
+      if train_iter.changed_since_saved:
+        self.log(f"WARNING: the data position at step {step} was saved under other data settings "
+                 f"({train_iter.changed_since_saved}); the model state is restored and the input stream goes on "
+                 f"from the same example count in this run's stream, which is not where the saved run stopped")
       return
     if os.path.isdir(item) or os.path.isdir(os.path.join(self.directory, "data", str(step))):
       self.log(f"WARNING: the data position at step {step} was saved by another number of processes or another "

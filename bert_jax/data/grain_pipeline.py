@@ -27,6 +27,7 @@ number of worker processes. Parsing and masking run in
 the training process dies, even by SIGKILL (otherwise Grain's workers outlive it, holding memory and files).
 """
 
+import hashlib
 import json
 import os
 import threading
@@ -214,6 +215,7 @@ class GrainBatchIterator:
     self._batches = build_batches(cfg, process_index, process_count)
     self._position = 0
     self._start_example = 0  # where self._batches starts in the example stream
+    self.changed_since_saved: str | None = None  # set_state's finding
     self._iterator = iter(read_batches(self._batches, 0, worker_count))
 
   def __iter__(self):
@@ -224,17 +226,35 @@ class GrainBatchIterator:
     self._position += 1
     return batch
 
+  def stream_settings(self) -> dict:
+    """What orders and masks the example stream, saved with the position (files by name, so a moved data
+    directory is the same stream). The batch size is not here: a resume under another continues by example."""
+    c = self.cfg
+    names = [os.path.basename(f) for f in c.files]
+    digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:12]
+    return {"files": f"{len(names)} files, names {digest}",
+            "data.shuffle": c.shuffle, "data.seed": c.seed, "cycle_length": c.cycle_length if not c.shuffle else None,
+            "data.dynamic_masking": None if c.dynamic_masking is None else repr(c.dynamic_masking.options),
+            "packed_instances": c.packed_instances, "max_seq_length": c.max_seq_length,
+            "max_predictions_per_seq": c.max_predictions_per_seq}
+
   def get_state(self) -> bytes:
     examples = self._start_example + self._position * self.cfg.batch_size
     return json.dumps({"batches_read": self._position, "examples_read": examples,
                        "batch_size": self.cfg.batch_size, "process_index": self.process_index,
-                       "process_count": self.process_count}).encode()
+                       "process_count": self.process_count, "stream": self.stream_settings()}).encode()
 
   def set_state(self, state: bytes) -> None:
+    """Continues at the saved example count. When the stream's settings changed since, changed_since_saved says
+    which: this run's stream then goes on from that count, which is not where the saved run stopped."""
     saved = json.loads(state)
     if (saved["process_index"], saved["process_count"]) != (self.process_index, self.process_count):
       raise ValueError(f"this iterator position was saved by process {saved['process_index']} of "
                        f"{saved['process_count']}, not {self.process_index} of {self.process_count}")
+    stream = saved.get("stream")  # absent in positions saved before it was recorded
+    self.changed_since_saved = None if stream is None else (", ".join(
+        f"{k} {stream[k]} -> {v}" for k, v in self.stream_settings().items() if k in stream and stream[k] != v)
+        or None)
     self.close()
     examples = int(saved.get("examples_read", int(saved["batches_read"]) * self.cfg.batch_size))
     if examples % self.cfg.batch_size:  # saved with another batch size: batches from that example on
