@@ -341,6 +341,16 @@ def test_mean_pooling_without_a_transformers_class_is_refused_up_front(pretraine
   assert not os.path.exists(tmp_path / "a" / "checkpoints")  # refused before any training
 
 
+def test_a_batch_size_that_does_not_split_is_refused_before_the_data_is_read(pretrained, tmp_path):
+  """The check needs only the mesh: it comes before the checkpoint, the task files and featurization (minutes for
+  SQuAD-sized data), so a task file that does not exist yet is not what the run reports."""
+  config = configlib.load("finetune", {"task.name": "files", "task.kind": "classification", "task.label_names": "a,b",
+                                       "task.train_file": str(tmp_path / "missing.jsonl"),
+                                       "task.eval_file": str(tmp_path / "missing.jsonl"), "train.batch_size": 12})
+  with pytest.raises(ValueError, match=r"train.batch_size=12 must divide by the batch-parallel devices"):
+    finetune.finetune(config, str(tmp_path / "run"), str(pretrained))
+
+
 def test_a_rule_that_matches_no_parameter_fails_naming_it(pretrained, digit_task, tmp_path):
   with pytest.raises(ValueError, match=r"parameter rule '\^encodr/' matches no parameter"):
     _run(pretrained, tmp_path / "run", **digit_task, **{"train.param_rules": "^encodr/:freeze"})

@@ -308,6 +308,9 @@ def _finetune(config, workdir: str, init_checkpoint: str) -> dict:
   init_checkpoint = config.init_checkpoint
   writer = metrics.MetricsWriter(workdir)
   log = writer.log
+  mesh = sharding.create_mesh({a: config.mesh[a] for a in sharding.MESH_AXES})
+  # before the demo task is built, the encoder loaded and the task data read and featurized (minutes for SQuAD)
+  check_batch_sizes(config.train, mesh)
   if config.task.name == "pydocs_family" and not config.task.train_file:
     _prepare_demo_task(config, workdir, log)
   spec = task_spec(config)
@@ -343,8 +346,6 @@ def _finetune(config, workdir: str, init_checkpoint: str) -> dict:
       f"{len(eval_features['input_ids'])} rows; {total_steps} steps; "
       f"{'from ' + init_checkpoint if init_checkpoint else 'from scratch'}; method {method}")
 
-  mesh = sharding.create_mesh({a: config.mesh[a] for a in sharding.MESH_AXES})
-  check_batch_sizes(r, mesh)
   rules = sharding.rules_from_config(config.mesh.logical_axis_rules)
   model = heads.MODELS[spec.kind](model_config, num_labels=spec.num_labels)
   ids = jnp.zeros((1, d.max_seq_length), jnp.int32)
