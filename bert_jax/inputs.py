@@ -227,6 +227,11 @@ def _packed_fields(files) -> dict:
   return {"packed_instances": packed["max_instances"], "packed_predictions": packed["predictions_per_row"]}
 
 
+def eval_batch_size(train_config) -> int:
+  """The global eval batch: train.eval_batch_size, or train.batch_size where it is 0."""
+  return train_config.eval_batch_size or train_config.batch_size
+
+
 def eval_iterator(config, files):
   """Same examples in the same order every time (the same for both backends): no shuffle, repeats so N batches
   always exist. The processes split the one-process stream by example (split_records), so an eval reads the same
@@ -234,7 +239,7 @@ def eval_iterator(config, files):
   unequal size: one read some of its examples twice while another never reached some of its own). Grain reads
   eval in the training process: a fresh iterator per evaluation would otherwise start worker processes each time."""
   d = config.data
-  batch = config.train.eval_batch_size or config.train.batch_size
+  batch = eval_batch_size(config.train)
   cfg = pipeline.PipelineConfig(
       files=tuple(files), batch_size=batch // jax.process_count(), max_seq_length=d.max_seq_length,
       max_predictions_per_seq=d.max_predictions_per_seq, shuffle=False, repeat=True, split_records=True)

@@ -117,14 +117,14 @@ def make_step_functions(config, objective, tx, schedule, mesh, state_shardings):
 def check_batch(config, mesh) -> None:
   t = config.train
   sharding.check_batch_size("train.batch_size", t.batch_size, mesh, t.microbatches)
-  sharding.check_batch_size("train.eval_batch_size", t.eval_batch_size or t.batch_size, mesh)
+  sharding.check_batch_size("train.eval_batch_size", inputs.eval_batch_size(t), mesh)
 
 
 def warn_if_eval_repeats(config, eval_manifest: dict | None, log) -> None:
   """The eval iterator repeats its data so that train.eval_batches batches always exist; an eval set smaller than
   that counts some examples twice (the same ones at every eval, so curves still compare), which a line says."""
   rows = ((eval_manifest or {}).get("splits", {}).get("eval") or {}).get("instances")
-  needed = config.train.eval_batches * (config.train.eval_batch_size or config.train.batch_size)
+  needed = config.train.eval_batches * inputs.eval_batch_size(config.train)
   if rows is not None and 0 < rows < needed:
     log(f"WARNING: the eval data has {rows} instances but an eval reads {needed} (train.eval_batches x its batch "
         f"size): some count {-(-needed // rows)} times; lower train.eval_batches to "
