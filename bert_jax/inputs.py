@@ -148,9 +148,6 @@ def resolve(config, workdir: str, log=print):
                         process_count=jax.process_count() if what == "train" else 1,
                         what=what, dynamic_masking=masks if dynamic else None,
                         static_masking=None if dynamic else masks)
-  uneven = pipeline.uneven_share_warning(train_files, jax.process_count())
-  if uneven:
-    log(uneven)
   return train_files, eval_files, manifest, tok
 
 

@@ -118,11 +118,11 @@ def test_interleave_order_is_tf_data_interleave():
     assert grain_pipeline.interleave_order(counts, cycle).tolist() == [int(x) for x in ds]
 
 
-@pytest.mark.parametrize("process_count,cycle", [(1, 8), (1, 2), (2, 8)])
+@pytest.mark.parametrize("process_count,cycle", [(1, 8), (1, 2), (2, 8), (3, 8)])
 def test_static_data_gives_identical_batches_in_order(prepared, process_count, cycle):
   for index in range(process_count):
-    counts = [array_record_io.num_records(f) for f in pipeline.process_files(prepared["array_record"], index,
-                                                                          process_count)]
+    counts = [pipeline.share_count(array_record_io.num_records(f), stride, offset)
+              for f, stride, offset in pipeline.process_shares(prepared["array_record"], index, process_count)]
     # tf.data repeats the file list before interleaving, so once a slot finds no file of this epoch left it
     # opens the next epoch's first file: the orders agree up to there.
     one_epoch = grain_pipeline.interleave_order(counts, min(cycle, len(counts)))

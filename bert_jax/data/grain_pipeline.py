@@ -2,9 +2,9 @@
 
 Batches are the same host-local numpy dicts as pipeline.py's (keys, dtypes, shapes; packed rows too).
 How it matches the tf.data pipeline, given the same files, seed and process split:
-  * per-process split: the same as pipeline.process_files (each process reads files[index::count], or
-    every count-th record of all files when there are fewer files than processes); with split_records (eval)
-    every count-th record of the one-process stream, as pipeline.py;
+  * per-process split: the same as pipeline.process_shares (every count-th whole file, and every count-th
+    record of each file left over); with split_records (eval) every count-th record of the one-process stream,
+    as pipeline.py;
   * shuffle=False: records in the order of tf.data's deterministic interleave (`interleave_order`: cycle
     of min(cycle_length, files) files, one record from each in turn, an exhausted file's slot taking the
     next file at its next turn), so static data gives identical batches in order. tf.data repeats the
@@ -73,6 +73,31 @@ class _Reordered:
 
   def __getitem__(self, index: int):
     return self._source[int(self._order[index])]
+
+
+class _Shares:
+  """The records of pipeline.process_shares from the concatenated files, share after share: index i of a share is
+  record offset + i * stride of its file. Arithmetic, not a table: a share can hold billions of records."""
+
+  def __init__(self, source, file_counts, shares):
+    self._source = source
+    self._file_starts = np.concatenate([[0], np.cumsum(file_counts)[:-1]]).astype(np.int64)
+    self._strides = np.asarray([stride for _, stride, _ in shares], np.int64)
+    self._offsets = np.asarray([offset for _, _, offset in shares], np.int64)
+    self.counts = [pipeline.share_count(n, stride, offset) for n, (_, stride, offset) in zip(file_counts, shares)]
+    self._share_starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+
+  def record_index(self, index):
+    """Index (or indices) among the shares' records -> index in the concatenated files."""
+    share = np.searchsorted(self._share_starts, index, side="right") - 1
+    return (self._file_starts[share] + self._offsets[share]
+            + (index - self._share_starts[share]) * self._strides[share])
+
+  def __len__(self) -> int:
+    return int(self._share_starts[-1])
+
+  def __getitem__(self, index: int):
+    return self._source[int(self.record_index(index))]
 
 
 class _Parse(grain.transforms.Map):
@@ -150,17 +175,17 @@ def record_dataset(files, process_index: int, process_count: int, shuffle: bool,
                    split_records: bool = False):
   """This process's serialized records as a grain.MapDataset (one epoch), split and ordered as described above.
   With split_records, all processes' records in one-process order: build_batches splits them."""
-  files = list(files)
   if split_records:
     process_index, process_count = 0, 1
-  if len(files) >= process_count:
-    mine = pipeline.process_files(files, process_index, process_count)
-    source = grain.sources.ArrayRecordDataSource(mine)
-    if shuffle:
-      return grain.MapDataset.source(source)
-    order = interleave_order([array_record_io.num_records(f) for f in mine], min(cycle_length, len(mine)))
-    return grain.MapDataset.source(_Reordered(source, order))
-  return grain.MapDataset.source(grain.sources.ArrayRecordDataSource(files))[process_index::process_count]
+  shares = pipeline.process_shares(files, process_index, process_count)
+  source = grain.sources.ArrayRecordDataSource([path for path, _, _ in shares])
+  if all(stride == 1 for _, stride, _ in shares) and shuffle:
+    return grain.MapDataset.source(source)
+  selected = _Shares(source, [array_record_io.num_records(path) for path, _, _ in shares], shares)
+  if shuffle:
+    return grain.MapDataset.source(selected)
+  order = selected.record_index(interleave_order(selected.counts, min(cycle_length, len(shares))))
+  return grain.MapDataset.source(_Reordered(source, order))
 
 
 def build_batches(cfg: pipeline.PipelineConfig, process_index: int = 0, process_count: int = 1,

@@ -6,9 +6,10 @@ Batches are host-local numpy dicts (leading dim = per-process batch) with keys
   masked_lm_weights                         float32[B, max_predictions_per_seq]
   next_sentence_labels                      int32[B]
 
-The pipeline knows only its process index and count:
-  * files >= processes: each process reads files[index::count];
-  * otherwise every process reads all files in order and keeps every count-th example;
+The pipeline knows only its process index and count (process_shares):
+  * each process reads every count-th whole file of the first files - files % count, and every count-th
+    example of each of the files % count left over, so equally large files give every process an equal share
+    (fewer files than processes: every file is split by example);
   * split_records (the eval split): every process reads the one-process stream of all files and keeps every
     count-th example of it, so the processes together read what one process would, whatever their number.
 Masking is static (as in the records) or dynamic: the original tokens are restored from
@@ -82,25 +83,23 @@ def _parse(cfg: PipelineConfig):
   return parse
 
 
-def process_files(files, process_index: int, process_count: int) -> list[str]:
-  """The files one process reads: its every count-th file, or all of them when there are fewer files than
-  processes (each process then keeps every count-th example)."""
+def process_shares(files, process_index: int, process_count: int) -> list[tuple[str, int, int]]:
+  """What one process reads, as (file, stride, offset): the file's examples offset, offset + stride, ...
+  Every count-th whole file (stride 1) of the first files - files % count, then every count-th example of each
+  file left over (all files when there are fewer than processes), so equally large files give the processes
+  shares that differ by at most one example per file left over: the offsets rotate from file to file, so the
+  extra examples of a file that the count does not divide go to different processes. Whole files alone gave
+  shares of unequal size when the count did not divide the files, and each process repeats its own share, so
+  the smaller shares' examples were trained on more often."""
   files = list(files)
-  return files[process_index::process_count] if len(files) >= process_count else files
+  whole = len(files) - len(files) % process_count
+  return ([(f, 1, 0) for f in files[:whole][process_index::process_count]]
+          + [(f, process_count, (process_index + j) % process_count) for j, f in enumerate(files[whole:])])
 
 
-def uneven_share_warning(files, process_count: int) -> str | None:
-  """A warning when the processes' shares of whole files differ in size (the file count does not divide by the
-  process count): each process repeats its own share, so the examples of the smaller shares are trained on more
-  often. None when the shares are even, or split by example (fewer files than processes)."""
-  n = len(list(files))
-  if process_count <= 1 or n < process_count or n % process_count == 0:
-    return None
-  small, large = n // process_count, n // process_count + 1
-  return (f"WARNING: {n} train files over {process_count} processes: {n % process_count} process(es) read {large} "
-          f"files, the others {small}, and each repeats its own share, so the examples in the smaller shares are "
-          f"trained on about {large / small:.2g}x as often. Use a number of files divisible by {process_count} "
-          f"(prepare --num_train_shards) for an even sample")
+def share_count(total: int, stride: int, offset: int) -> int:
+  """How many examples of a file of `total` the share (stride, offset) holds."""
+  return max(0, -(-(total - offset) // stride))
 
 
 def build_dataset(cfg: PipelineConfig, process_index: int = 0, process_count: int = 1):
@@ -113,21 +112,17 @@ def build_dataset(cfg: PipelineConfig, process_index: int = 0, process_count: in
   options.deterministic = True
   options.experimental_optimization.map_parallelization = True
   autotune = tf.data.AUTOTUNE
-  if len(files) >= process_count or cfg.split_records:
-    mine = files if cfg.split_records else process_files(files, process_index, process_count)
-    ds = tf.data.Dataset.from_tensor_slices(mine)
-    if cfg.shuffle:
-      ds = ds.shuffle(len(mine), seed=cfg.seed, reshuffle_each_iteration=True)
-    if cfg.repeat:
-      ds = ds.repeat()
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(cfg.cycle_length, len(mine)),
-                       num_parallel_calls=autotune, deterministic=True)
-    if cfg.split_records:
-      ds = ds.shard(process_count, process_index)
-  else:
-    ds = tf.data.TFRecordDataset(files).shard(process_count, process_index)
-    if cfg.repeat:
-      ds = ds.repeat()
+  mine = process_shares(files, 0, 1) if cfg.split_records else process_shares(files, process_index, process_count)
+  paths, strides, offsets = zip(*mine)
+  ds = tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(strides, np.int64), np.asarray(offsets, np.int64)))
+  if cfg.shuffle:
+    ds = ds.shuffle(len(mine), seed=cfg.seed, reshuffle_each_iteration=True)
+  if cfg.repeat:
+    ds = ds.repeat()
+  ds = ds.interleave(lambda path, stride, offset: tf.data.TFRecordDataset(path).shard(stride, offset),
+                     cycle_length=min(cfg.cycle_length, len(mine)), num_parallel_calls=autotune, deterministic=True)
+  if cfg.split_records:
+    ds = ds.shard(process_count, process_index)
   if cfg.shuffle:
     ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed + 1, reshuffle_each_iteration=True)
   ds = ds.map(_parse(cfg), num_parallel_calls=autotune, deterministic=True)
@@ -290,11 +285,13 @@ def check_not_empty(files, has_examples, *, process_count: int = 1, what: str = 
         + ("; data.eval_files='' skips evaluation, and with data.corpus a larger data.eval_fraction gives eval "
            "instances" if what == "eval" else ""))
   for index in range(process_count):
-    share = process_files(files, index, process_count)
+    # Left-over files holding fewer examples than there are processes are taken as giving every process some.
+    share = [f for f, _, _ in process_shares(files, index, process_count)]
     if not any(has_examples(f) for f in share):
       raise ValueError(
           f"process {index} of {process_count} would read only {what} files that hold no examples ({source}): "
-          f"{_names(share)}; each process reads every {process_count}-th file, and this one would wait forever. "
+          f"{_names(share)}; each process reads every {process_count}-th file (and a share of the examples of "
+          f"the {len(files) % process_count} left over), and this one would wait forever. "
           f"Fix: leave the empty files out of data.{what}_files, or re-prepare with fewer, fuller shards "
           f"(--num_train_shards / --num_eval_shards)")
 
