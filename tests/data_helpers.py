@@ -2,8 +2,12 @@
 in memory, and readers of instance features."""
 import functools
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
+
+from bert_jax.core import checkpoint, configlib
 
 GOOGLE_SPEC_LENGTHS = dict(input_ids="seq", input_mask="seq", segment_ids="seq", masked_lm_positions="pred",
                            masked_lm_ids="pred", masked_lm_weights="pred", next_sentence_labels=1)
@@ -73,3 +77,33 @@ def masked_run_lengths(features: dict) -> np.ndarray:
       breaks = np.flatnonzero(np.diff(pos) != 1)
       out.append(np.diff(np.concatenate([[-1], breaks, [len(pos) - 1]])))
   return np.concatenate(out)
+
+
+class PositionCheckpoints:
+  """A step counter and an input iterator's position checkpointed in `directory` (the tiny config, synchronous
+  saves every 2 steps), as the trainers do; `logged` collects the Checkpointer's lines."""
+
+  def __init__(self, directory):
+    self.directory, self.logged = str(directory), []
+    self.config = configlib.load("tiny", {"checkpoint.every_steps": 2, "checkpoint.async_save": False})
+
+  def _checkpointer(self):
+    return checkpoint.Checkpointer(self.directory, self.config, log=self.logged.append)
+
+  def save(self, iterator, steps: int) -> None:
+    """Reads `steps` batches, saving the position after each step the interval asks for."""
+    ckpt = self._checkpointer()
+    for step in range(1, steps + 1):
+      next(iterator)
+      ckpt.save(step, {"step": jnp.asarray(step, jnp.int32)}, iterator)
+    ckpt.wait()
+
+  def restore(self, iterator) -> int:
+    """Restores the newest step into `iterator`; returns the step."""
+    shardings = {"step": jax.sharding.SingleDeviceSharding(jax.devices()[0])}
+    state = self._checkpointer().restore_or_init({"step": jnp.zeros((), jnp.int32)}, shardings, iterator)
+    return int(state["step"])
+
+  def warnings(self) -> list[str]:
+    return [line for line in self.logged if "WARNING" in line]
+

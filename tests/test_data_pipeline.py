@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from bert_jax.data import masking, pipeline, schema
-from data_helpers import write_google_style_records
+from data_helpers import PositionCheckpoints, write_google_style_records
 
 SEQ, PRED = 32, 5
 KEYS = {"input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids", "masked_lm_weights",
@@ -168,33 +168,20 @@ def test_resume_with_other_data_settings_keeps_the_checkpoints(record_files, tmp
   checkpoint was moved to damaged/ and the run started from step 0 (or, for the batch size, failed at its first
   batch saying the records do not parse)."""
   import dataclasses
-  import jax
-  import jax.numpy as jnp
-  from bert_jax.core import checkpoint, configlib
-  config = configlib.load("tiny", {"checkpoint.every_steps": 2, "checkpoint.async_save": False})
-  shardings = {"step": jax.sharding.SingleDeviceSharding(jax.devices()[0])}
   cfg = _cfg(record_files)
-  logged = []
-  ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpt"), config, log=logged.append)
+  checkpoints = PositionCheckpoints(tmp_path / "ckpt")
   it = pipeline.BatchIterator(cfg)
-  for step in range(1, 5):
-    next(it)
-    ckpt.save(step, {"step": jnp.asarray(step, jnp.int32)}, it)
-  ckpt.wait()
+  checkpoints.save(it, 4)
   # the same settings still resume exactly
   again = pipeline.BatchIterator(cfg)
-  state = checkpoint.Checkpointer(str(tmp_path / "ckpt"), config, log=logged.append).restore_or_init(
-      {"step": jnp.zeros((), jnp.int32)}, shardings, again)
-  assert int(state["step"]) == 4 and not [m for m in logged if "WARNING" in m]
+  assert checkpoints.restore(again) == 4 and not checkpoints.warnings()
   np.testing.assert_array_equal(next(again)["input_ids"], next(it)["input_ids"])
 
   other = dataclasses.replace(cfg, **change)
   changed = pipeline.BatchIterator(other)
-  state = checkpoint.Checkpointer(str(tmp_path / "ckpt"), config, log=logged.append).restore_or_init(
-      {"step": jnp.zeros((), jnp.int32)}, shardings, changed)
-  assert int(state["step"]) == 4, logged
-  assert not (tmp_path / "ckpt" / "damaged").exists(), logged
-  warnings = [m for m in logged if "WARNING" in m]
+  assert checkpoints.restore(changed) == 4, checkpoints.logged
+  assert not (tmp_path / "ckpt" / "damaged").exists(), checkpoints.logged
+  warnings = checkpoints.warnings()
   assert len(warnings) == 1 and "input stream starts afresh" in warnings[0], warnings
   fresh = next(pipeline.BatchIterator(other))
   for k, v in next(changed).items():

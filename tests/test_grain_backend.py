@@ -16,7 +16,7 @@ import tensorflow as tf
 from bert_jax.core import metrics
 from bert_jax.data import array_record_io, grain_pipeline, instances, masking, packing, pipeline, prepare, schema
 from bert_jax.data import tokenizer as tokenizer_lib
-from data_helpers import ListCorpus, pydocs_docs, write_google_style_records
+from data_helpers import ListCorpus, PositionCheckpoints, pydocs_docs, write_google_style_records
 from cli_helpers import cli_env
 
 SEQ, PRED = 64, 10
@@ -424,35 +424,24 @@ def test_grain_resume_under_other_data_settings_says_so(prepared, tmp_path, chan
   """A Grain position saved under other data settings (seed, shuffling, the files) goes on from its example count
   in the new stream, which is not where the saved run stopped: the restore says which settings changed. The same
   settings, and a data directory moved elsewhere, resume without a word."""
-  import jax
-  import jax.numpy as jnp
-  from bert_jax.core import checkpoint, configlib
-  config = configlib.load("tiny", {"checkpoint.every_steps": 2, "checkpoint.async_save": False})
-  shardings = {"step": jax.sharding.SingleDeviceSharding(jax.devices()[0])}
   cfg = _cfg(prepared["array_record"], shuffle=True)
-  logged = []
-  ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpt"), config, log=logged.append)
+  checkpoints = PositionCheckpoints(tmp_path / "ckpt")
   it = grain_pipeline.GrainBatchIterator(cfg)
-  for step in range(1, 3):
-    next(it)
-    ckpt.save(step, {"step": jnp.asarray(step, jnp.int32)}, it)
-  ckpt.wait()
+  checkpoints.save(it, 2)
 
   def resume(pipeline_cfg):
     resumed = grain_pipeline.GrainBatchIterator(pipeline_cfg)
-    state = checkpoint.Checkpointer(str(tmp_path / "ckpt"), config, log=logged.append).restore_or_init(
-        {"step": jnp.zeros((), jnp.int32)}, shardings, resumed)
-    assert int(state["step"]) == 2
+    assert checkpoints.restore(resumed) == 2
     return resumed
 
   moved = str(tmp_path / "moved")
   shutil.copytree(os.path.dirname(prepared["array_record"][0]), moved)
   same = resume(_cfg([os.path.join(moved, os.path.basename(f)) for f in prepared["array_record"]], shuffle=True))
   np.testing.assert_array_equal(next(same)["input_ids"], next(it)["input_ids"])
-  assert not [m for m in logged if "WARNING" in m], logged
+  assert not checkpoints.warnings(), checkpoints.logged
   other = dataclasses.replace(cfg, files=cfg.files[:-1]) if change == "files" else dataclasses.replace(cfg, **change)
   resume(other)
-  warnings = [m for m in logged if "WARNING" in m]
+  warnings = checkpoints.warnings()
   want = {"files": "files 5 files", "seed": "data.seed 3 -> 4", "shuffle": "data.shuffle True -> False"}
   key = change if change == "files" else next(iter(change))
   assert len(warnings) == 1 and want[key] in warnings[0] and "not where the saved run stopped" in warnings[0], \
