@@ -192,6 +192,36 @@ def test_extractive_qa_with_doc_stride_end_to_end(pretrained, sentences, tmp_pat
   assert found == [answers[r["id"]] for r in rows[40:]]
 
 
+@pytest.mark.parametrize("kind", ["classification", "tagging", "qa"])
+def test_distilbert_task_export_is_checked_without_token_types(tmp_path, monkeypatch, kind):
+  """transformers 4.x (pyproject allows >=4.45) gives DistilBERT's task classes no token_type_ids argument: the
+  export check must call them as the family's HF classes take it, not fail with a TypeError after training."""
+  import flax.linen as nn
+  import jax
+  import transformers
+  import hf_helpers
+  from bert_jax.convert import hf_dir
+  from bert_jax.finetune import heads, task_export
+  from bert_jax.models.distilbert import DistilBertConfig
+  config = DistilBertConfig(vocab_size=128, hidden_size=64, num_layers=2, num_heads=8, intermediate_size=128,
+                            max_position_embeddings=64, hidden_dropout=0.0, attention_dropout=0.0)
+  spec = tasks.TaskSpec("t", kind, label_names=() if kind == "qa" else ("a", "b", "c"))
+  model = heads.MODELS[kind](config, num_labels=spec.num_labels)
+  ids, mask, segments = hf_dir.probe_batch(config)
+  params = hf_helpers.perturb_params(nn.unbox(jax.jit(model.init)(jax.random.key(0), ids, mask, segments)["params"]))
+  task_export.write_hf_dir(params, config, spec, str(tmp_path))
+  cls = getattr(transformers, task_export.hf_class(config, kind))
+  forward = cls.forward
+
+  def forward_as_in_transformers_4(self, *args, **kwargs):
+    if "token_type_ids" in kwargs:
+      raise TypeError("forward() got an unexpected keyword argument 'token_type_ids'")
+    return forward(self, *args, **kwargs)
+
+  monkeypatch.setattr(cls, "forward", forward_as_in_transformers_4)
+  assert task_export.check_hf_dir(model, params, spec, str(tmp_path)) < 1e-4
+
+
 def test_tfds_tasks_read_by_name_from_mock_data():
   with tfds.testing.mock_data(num_examples=5):
     mrpc = tasks.read_tfds(tasks.TFDS_TASKS["glue/mrpc"], "train", None)
