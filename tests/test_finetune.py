@@ -239,6 +239,21 @@ def test_label_outside_the_label_set_names_the_example(tmp_path):
     tasks.read_file(spec, path)
 
 
+@pytest.mark.parametrize("empty", ["train", "eval"])
+def test_a_task_file_without_examples_fails_naming_it_before_training(tmp_path, empty):
+  """An eval file of blank lines would otherwise train to the end and then fail inside the eval's concatenate; an
+  empty train file would be blamed on train.batch_size."""
+  rows = [{"text": f"line {i}", "label": "a" if i % 2 else "b"} for i in range(4)]
+  files = {split: _write_jsonl(tmp_path / f"{split}.jsonl", [] if split == empty else rows) for split in ("train",
+                                                                                                         "eval")}
+  (tmp_path / f"{empty}.jsonl").write_text("\n\n")
+  config = configlib.load("finetune", {"task.name": "files", "task.train_file": files["train"],
+                                       "task.eval_file": files["eval"], "task.label_names": "a,b"})
+  spec = finetune.task_spec(config)
+  with pytest.raises(ValueError, match=rf"{empty}.jsonl holds no examples"):
+    finetune.load_examples(config, spec, str(tmp_path))
+
+
 def test_checkpoint_without_an_encoder_fails_clearly(tmp_path):
   with pytest.raises(ValueError, match=r"has no encoder: it lacks \['encoder'\]"):
     finetune.check_encoder({"pooler": {}, "classifier": {}}, "checkpoint x")

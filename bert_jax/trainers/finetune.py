@@ -50,9 +50,15 @@ def task_spec(config) -> tasks.TaskSpec:
 def load_examples(config, spec: tasks.TaskSpec, workdir: str):
   t = config.task
   if t.name in ("pydocs_family", "files"):
-    return tasks.read_file(spec, t.train_file), tasks.read_file(spec, t.eval_file)
-  data_dir = os.path.expanduser(t.data_dir) if t.data_dir else None
-  return (tasks.read_tfds(spec, spec.train_split, data_dir), tasks.read_tfds(spec, spec.eval_split, data_dir))
+    sources = [(t.train_file, tasks.read_file(spec, t.train_file)), (t.eval_file, tasks.read_file(spec, t.eval_file))]
+  else:
+    data_dir = os.path.expanduser(t.data_dir) if t.data_dir else None
+    sources = [(f"{spec.name}[{split}]", tasks.read_tfds(spec, split, data_dir))
+               for split in (spec.train_split, spec.eval_split)]
+  for where, examples in sources:
+    if not examples:  # an empty eval set would otherwise fail only after training, inside the eval
+      raise ValueError(f"{where} holds no examples; give a task file with at least one")
+  return sources[0][1], sources[1][1]
 
 
 def load_encoder(init_checkpoint: str):
