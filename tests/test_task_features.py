@@ -1,5 +1,6 @@
 """Fine-tuning features, decoding and scoring without a pretrained model: QA windows and spans (run_squad's rules,
 SQuAD 2.0's empty answers), integer label sets, entities per sentence, and an eval loss free of padding rows."""
+import dataclasses
 import functools
 import json
 
@@ -201,3 +202,22 @@ def test_batch_sizes_must_split_over_the_batch_devices():
                                        r"\(data x fsdp = 8\)"):
     finetune.check_batch_sizes(train, mesh)
   finetune.check_batch_sizes({"batch_size": 32, "eval_batch_size": 16}, mesh)
+
+
+def test_classify_keeps_a_tab_inside_the_text_of_a_single_text_task(wordpiece):
+  """`predict classify` splits a line at its tab into a pair only for pair tasks: a single-text task never saw
+  a second segment, so its lines are whole texts (a tab is whitespace to the tokenizer, as in its JSONL texts)."""
+  from bert_jax.finetune import predict
+  spec = tasks.TaskSpec("t", "classification", ("text",), label_names=("a", "b"))
+  model = heads.MODELS["classification"](SMALL, num_labels=2)
+  ids = np.zeros((1, 16), np.int32)
+  params = jax.jit(model.init)(jax.random.key(0), ids, ids, ids)["params"]
+  info = {"spec": spec, "model_config": SMALL, "max_seq_length": 16}
+  tabbed, spaced = predict.classify(params, info, wordpiece, ["the engineer\twas born in paris",
+                                                              "the engineer was born in paris"])
+  assert tabbed["text"] == "the engineer\twas born in paris"
+  np.testing.assert_allclose(list(tabbed["scores"].values()), list(spaced["scores"].values()), rtol=1e-6)
+  pair = dataclasses.replace(spec, text_keys=("text_a", "text_b"))
+  tabbed, spaced = predict.classify(params, {**info, "spec": pair}, wordpiece, ["the engineer\twas born in paris",
+                                                                                "the engineer was born in paris"])
+  assert tabbed["scores"] != spaced["scores"]  # a pair task reads the tab as the segment boundary

@@ -240,9 +240,10 @@ _COMMAND_OF = {"classification": "classify", "regression": "classify", "tagging"
 
 def classify(params, info: dict, tok, texts, batch_size: int = 32) -> list[dict]:
   spec = info["spec"]
+  pairs = len(spec.text_keys) > 1  # a single-text task never saw a second segment: a tab is part of its text
   examples = []
   for text in texts:
-    a, _, b = text.partition("\t")
+    a, _, b = text.partition("\t") if pairs else (text, "", "")
     examples.append({"text_a": a, "text_b": b or None, "label": 0.0 if spec.kind == "regression" else 0})
   features = tasks.classification_features(examples, tok, info["max_seq_length"], spec.kind == "regression")
   logits = _task_outputs(params, info, features, batch_size)["logits"]
