@@ -221,3 +221,19 @@ def test_classify_keeps_a_tab_inside_the_text_of_a_single_text_task(wordpiece):
   tabbed, spaced = predict.classify(params, {**info, "spec": pair}, wordpiece, ["the engineer\twas born in paris",
                                                                                 "the engineer was born in paris"])
   assert tabbed["scores"] != spaced["scores"]  # a pair task reads the tab as the segment boundary
+
+
+@pytest.mark.parametrize("kind", ["classification", "tagging"])
+def test_a_label_set_of_one_fails_naming_the_fix(tmp_path, kind):
+  """One class trains a softmax over one logit: zero loss, perfect accuracy, and an HF export that transformers
+  reads as regression (num_labels 1)."""
+  path = tmp_path / "train.jsonl"
+  label = ["O", "O"] if kind == "tagging" else "spam"
+  path.write_text("".join(json.dumps({"text": ["w1", "w2"] if kind == "tagging" else "w1", "label": label}) + "\n"
+                          for _ in range(3)))
+  with pytest.raises(ValueError, match=r"1 label \(\['(O|spam)'\]\) but needs at least 2: list the whole label set "
+                                       r"in task.label_names"):
+    tasks.file_spec("f", kind, "text", "label", "", "", str(path))
+  with pytest.raises(ValueError, match=r"1 label"):
+    tasks.file_spec("f", kind, "text", "label", "spam", "", str(path))
+  assert tasks.file_spec("f", kind, "text", "label", "spam,ham", "", str(path)).num_labels == 2

@@ -166,6 +166,9 @@ def file_spec(name: str, kind: str, text_keys: str, label_key: str, label_names:
     values = ({str(v) for r in rows for v in r[label_key]} if kind == "tagging" else {str(r[label_key]) for r in rows})
     numeric = all(re.fullmatch(r"-?\d+", v) for v in values)
     names = tuple(sorted(values, key=int) if numeric else sorted(values))  # 2 before 10
+  if kind in ("classification", "tagging") and len(names) < 2:  # a softmax over one logit learns nothing
+    raise ValueError(f"task {name} ({kind}) has {len(names)} label ({list(names)}) but needs at least 2: list "
+                     f"the whole label set in task.label_names")
   if metric and metric not in METRICS[kind]:
     raise ValueError(f"task.metric={metric!r} does not score a {kind} task; use one of {METRICS[kind]}")
   return TaskSpec(name, kind, keys, label_key, names, metric or METRICS[kind][0])
