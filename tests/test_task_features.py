@@ -4,6 +4,7 @@ import dataclasses
 import functools
 import json
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -237,3 +238,29 @@ def test_a_label_set_of_one_fails_naming_the_fix(tmp_path, kind):
   with pytest.raises(ValueError, match=r"1 label"):
     tasks.file_spec("f", kind, "text", "label", "spam", "", str(path))
   assert tasks.file_spec("f", kind, "text", "label", "spam,ham", "", str(path)).num_labels == 2
+
+
+def _finetuned_workdir(path, tok, spec, max_seq_length=16):
+  """A fine-tuning workdir as the trainer leaves it (finetuned_model.json and params/), with a SMALL model's
+  fresh params: enough for `predict` to run."""
+  import types
+  from bert_jax.core import checkpoint as checkpoint_lib
+  from bert_jax.finetune import predict
+  model = heads.MODELS[spec.kind](SMALL, num_labels=spec.num_labels)
+  ids = np.zeros((1, max_seq_length), np.int32)
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), ids, ids, ids)["params"])
+  data = types.SimpleNamespace(max_seq_length=max_seq_length, doc_stride=8, max_query_length=4)
+  predict.write_model_info(str(path), SMALL, spec, tok.vocab_file, tok.lower_case, data)
+  checkpoint_lib.save_params(str(path / "params"), jax.device_get(params))
+  return str(path)
+
+
+def test_predict_refuses_a_batch_size_below_one(tmp_path, wordpiece):
+  from bert_jax.finetune import predict
+  workdir = _finetuned_workdir(tmp_path / "run", wordpiece, tasks.TaskSpec("t", "classification", ("text",),
+                                                                           label_names=("a", "b")))
+  lines = tmp_path / "lines.txt"
+  lines.write_text("the engineer\n")
+  for batch_size in (0, -4):  # else range()'s "arg 3 must not be zero", or a tree_map of no batches
+    with pytest.raises(ValueError, match=rf"--batch_size={batch_size}: give at least 1"):
+      predict.run("classify", workdir, str(lines), str(tmp_path / "out.jsonl"), batch_size=batch_size)

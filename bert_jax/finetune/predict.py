@@ -310,6 +310,8 @@ def run(command: str, workdir: str, input_path: str = "-", output_path: str = "-
   """Reads lines, predicts, writes JSON lines (embed to .npy too); returns the number of examples."""
   if command not in COMMANDS:
     raise ValueError(f"unknown command {command!r}; choose one of {COMMANDS}")
+  if batch_size < 1:
+    raise ValueError(f"--batch_size={batch_size}: give at least 1 example per forward pass")
   texts = read_lines(input_path)
   if not texts:
     raise ValueError(f"no input lines in {input_path or 'stdin'}")
