@@ -264,3 +264,14 @@ def test_predict_refuses_a_batch_size_below_one(tmp_path, wordpiece):
   for batch_size in (0, -4):  # else range()'s "arg 3 must not be zero", or a tree_map of no batches
     with pytest.raises(ValueError, match=rf"--batch_size={batch_size}: give at least 1"):
       predict.run("classify", workdir, str(lines), str(tmp_path / "out.jsonl"), batch_size=batch_size)
+
+
+def test_qa_questions_sharing_an_id_fail_naming_it(tmp_path):
+  """Answers and gold answers are keyed by id: a repeated id would score (and write) only the last of its questions."""
+  path = tmp_path / "qa.jsonl"
+  rows = [{"id": i, "question": q, "context": "w1 w2 w3", "answers": {"text": [a], "answer_start": [s]}}
+          for i, q, a, s in (("p1", "first?", "w1", 0), ("p1", "second?", "w3", 6), ("p2", "third?", "w2", 3))]
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  spec = tasks.file_spec("f", "qa", "question,context", "answers", "", "", str(path))
+  with pytest.raises(ValueError, match=r"qa.jsonl example 1: id 'p1' is also example 0's; .* unique"):
+    tasks.read_file(spec, str(path))

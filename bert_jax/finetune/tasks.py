@@ -126,12 +126,23 @@ def _to_example(spec: TaskSpec, record: dict, where: str) -> dict:
 def read_tfds(spec: TaskSpec, split: str, data_dir: str | None) -> list[dict]:
   import tensorflow_datasets as tfds
   ds = tfds.load(spec.name, split=split, data_dir=data_dir, download=False)
-  return [_to_example(spec, r, f"{spec.name}[{split}] example {i}") for i, r in enumerate(tfds.as_numpy(ds))]
+  where = f"{spec.name}[{split}]"
+  return _unique_ids([_to_example(spec, r, f"{where} example {i}") for i, r in enumerate(tfds.as_numpy(ds))], where)
 
 
 def read_file(spec: TaskSpec, path: str) -> list[dict]:
   """Examples from a .jsonl (one object per line) or .tsv (header row) file."""
-  return [_to_example(spec, r, f"{path} example {i}") for i, r in enumerate(_read_records(path))]
+  return _unique_ids([_to_example(spec, r, f"{path} example {i}") for i, r in enumerate(_read_records(path))], path)
+
+
+def _unique_ids(examples: list[dict], where: str) -> list[dict]:
+  """QA examples as read, failing on a repeated id: answers are keyed by id, so a repeat would be scored once."""
+  first = {}
+  for i, ex in enumerate(examples):
+    if "id" in ex and first.setdefault(ex["id"], i) != i:
+      raise ValueError(f"{where} example {i}: id {ex['id']!r} is also example {first[ex['id']]}'s; QA questions "
+                       f"need unique ids (leave the id field out to number them)")
+  return examples
 
 
 def _read_records(path: str) -> list[dict]:
