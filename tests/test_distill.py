@@ -21,6 +21,7 @@ from bert_jax.models import name_tables as nt
 from bert_jax.models import registry
 from bert_jax.models.bert import BertConfig
 from bert_jax.models.distilbert import DistilBertConfig
+from bert_jax.models.electra import ElectraConfig
 from bert_jax.models.pretraining import EncoderWithHeads
 from bert_jax.objectives import distill
 from bert_jax.objectives import registry as objectives
@@ -156,6 +157,58 @@ def test_finetuned_student_exports_as_hf_distilbert_sequence_classifier():
     theirs = hf.eval()(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
   ours = np.asarray(jax.jit(model.apply)({"params": params}, ids, mask, np.zeros_like(ids))["logits"])
   assert np.max(np.abs(ours - theirs)) < 1e-4
+
+
+def _head_inputs(config, train: bool):
+  """(encoder output at [CLS], classifier_dense's input and output, classifier's input) of a SequenceClassifier."""
+  model = heads.SequenceClassifier(config, num_labels=3)
+  ids, mask, _ = hf_dir.probe_batch(config)
+  ids, mask = np.tile(ids, (8, 1)), np.tile(mask, (8, 1))
+  params = jax.jit(model.init)(jax.random.key(0), ids, mask, np.zeros_like(ids))["params"]
+  seen = {}
+
+  def record(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if context.method_name == "__call__" and context.module.name in ("encoder", "classifier_dense", "classifier"):
+      seen[context.module.name] = (np.asarray(args[0], np.float32), np.asarray(out, np.float32))
+    return out
+  with nn.intercept_methods(record):
+    model.apply({"params": params}, ids, mask, np.zeros_like(ids), deterministic=not train,
+                rngs={"dropout": jax.random.key(1)})
+  return seen["encoder"][1][:, 0], seen["classifier_dense"][0], seen["classifier_dense"][1], seen["classifier"][0]
+
+
+def test_sequence_classifier_dropouts_are_hf_distilberts():
+  """HF's DistilBertForSequenceClassification feeds [CLS] to pre_classifier undropped and drops its ReLU output at
+  seq_classif_dropout (0.2), where RoBERTa's and ELECTRA's heads drop [CLS] at the hidden dropout rate first."""
+  student = dataclasses.replace(STUDENT, hidden_dropout=0.1)
+  cls, dense_in, dense_out, classifier_in = _head_inputs(student, train=True)
+  np.testing.assert_array_equal(dense_in, cls)  # undropped
+  active = np.maximum(dense_out, 0) > 0
+  ratio = classifier_in[active] / np.maximum(dense_out, 0)[active]
+  assert np.all(np.isclose(ratio, 0) | np.isclose(ratio, 1 / 0.8, rtol=1e-3))
+  assert 0.13 < np.mean(np.isclose(ratio, 0)) < 0.27, np.mean(np.isclose(ratio, 0))  # ~0.2 of ~500
+  electra = ElectraConfig(vocab_size=VOCAB, hidden_size=64, num_layers=2, num_heads=8, intermediate_size=128,
+                          max_position_embeddings=64, hidden_dropout=0.1, attention_dropout=0.0)
+  cls, dense_in, _, _ = _head_inputs(electra, train=True)
+  assert not np.array_equal(dense_in, cls)  # ELECTRA's head drops [CLS] before its dense
+  cls, dense_in, dense_out, classifier_in = _head_inputs(student, train=False)
+  np.testing.assert_array_equal(classifier_in, np.maximum(dense_out, 0))  # evaluation drops nothing
+
+
+def test_qa_head_drops_the_hidden_states_as_hf_distilbert():
+  """DistilBertForQuestionAnswering drops the hidden states at qa_dropout (0.1) before qa_outputs; BERT's does not.
+  With every trunk dropout at 0, only that dropout can tell a training forward pass from an evaluation one."""
+  ids, mask, _ = hf_dir.probe_batch(STUDENT)
+  bert = BertConfig(vocab_size=VOCAB, hidden_size=64, num_layers=2, num_heads=8, intermediate_size=128,
+                    max_position_embeddings=64, hidden_dropout=0.0, attention_dropout=0.0)
+  for config, drops in ((STUDENT, True), (bert, False)):
+    model = heads.QuestionAnswering(config)
+    params = jax.jit(model.init)(jax.random.key(0), ids, mask, np.zeros_like(ids))["params"]
+    train, evaluate = (np.asarray(model.apply({"params": params}, ids, mask, np.zeros_like(ids), deterministic=d,
+                                              rngs={"dropout": jax.random.key(1)})["start_logits"])
+                       for d in (False, True))
+    assert np.array_equal(train, evaluate) != drops, type(config).__name__
 
 
 def test_kl_and_cosine_terms_match_hf_distiller_formulas():

@@ -3,10 +3,10 @@ plus a task head, for every family.
 
   SequenceClassifier  [CLS] pooled -> dropout -> classifier [B, num_labels] (1 label: regression).
                       Families without a pooler (RoBERTa) use a head-owned dense+tanh on <s> instead,
-                      as HF's RobertaClassificationHead does. classifier_pooling='mean' feeds the mean of
+                      as HF's RobertaClassificationHead does (dropouts per family: EncoderConfig). classifier_pooling='mean' feeds the mean of
                       the real tokens' outputs to the classifier instead (no pooler, no dense).
   TokenClassifier     sequence_output -> dropout -> classifier [B, T, num_labels]
-  QuestionAnswering   sequence_output -> qa_outputs [B, T, 2] -> start/end logits [B, T]
+  QuestionAnswering   sequence_output (-> dropout, DistilBERT) -> qa_outputs [B, T, 2] -> start/end logits [B, T]
 """
 
 import flax.linen as nn
@@ -34,7 +34,7 @@ class SequenceClassifier(nn.Module):
   @nn.compact
   def __call__(self, input_ids_BxT, input_mask_BxT, segment_ids_BxT, *, deterministic=True):
     c = self.config
-    dropout = lambda x: dropout_lib.Dropout(c.hidden_dropout, deterministic=deterministic)(x)
+    dropout = lambda x, rate=c.hidden_dropout: dropout_lib.Dropout(rate, deterministic=deterministic)(x)
     encoder = Encoder(c, deterministic, name="encoder")
     if c.classifier_pooling not in POOLINGS:
       raise ValueError(f"classifier_pooling {c.classifier_pooling!r} is not one of {POOLINGS}")
@@ -47,8 +47,10 @@ class SequenceClassifier(nn.Module):
       pooled = encoder.pool(x)
     else:
       act = {"tanh": jnp.tanh, "relu": nn.relu, "gelu": common.activation("gelu")}[c.classifier_activation]
-      pooled = act(common.dense(c, c.hidden_size, ("embed", "mlp"), "classifier_dense")(dropout(x[:, 0])))
-    logits = common.dense(c, self.num_labels, ("mlp", None), "classifier")(dropout(pooled))
+      first = dropout(x[:, 0]) if c.classifier_input_dropout else x[:, 0]
+      pooled = act(common.dense(c, c.hidden_size, ("embed", "mlp"), "classifier_dense")(first))
+    rate = c.hidden_dropout if c.classifier_dropout is None else c.classifier_dropout
+    logits = common.dense(c, self.num_labels, ("mlp", None), "classifier")(dropout(pooled, rate))
     return {"logits": logits.astype(jnp.float32)}
 
 
@@ -72,6 +74,8 @@ class QuestionAnswering(nn.Module):
   @nn.compact
   def __call__(self, input_ids_BxT, input_mask_BxT, segment_ids_BxT, *, deterministic=True):
     x = Encoder(self.config, deterministic, name="encoder")(input_ids_BxT, input_mask_BxT, segment_ids_BxT)
+    if self.config.qa_dropout:
+      x = dropout_lib.Dropout(self.config.qa_dropout, deterministic=deterministic)(x)
     logits = common.dense(self.config, 2, ("embed", None), "qa_outputs")(x).astype(jnp.float32)
     # Padding can never be an answer boundary.
     logits = jnp.where(input_mask_BxT[..., None] > 0, logits, -1e9)

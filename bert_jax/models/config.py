@@ -44,6 +44,13 @@ class EncoderConfig:
   # Whether hidden dropout follows the attention output projection (BERT and all but DistilBERT, whose HF
   # TransformerBlock adds out_lin's output to the residual undropped).
   attention_output_dropout: ClassVar[bool] = True
+  # Task heads as the family's HF classes train them: whether a sequence classifier without a pooler drops [CLS]
+  # before its dense (RoBERTa's and ELECTRA's heads do, DistilBERT's pre_classifier takes it undropped), the rate
+  # of the dropout before the classifier (None: hidden_dropout; DistilBERT's seq_classif_dropout is 0.2), and of
+  # a dropout before the QA output layer (0: none, as BERT; DistilBERT's qa_dropout is 0.1).
+  classifier_input_dropout: ClassVar[bool] = True
+  classifier_dropout: ClassVar[float | None] = None
+  qa_dropout: ClassVar[float] = 0.0
   vocab_size: int = 30522
   hidden_size: int = 768
   num_layers: int = 12

@@ -18,6 +18,9 @@ class DistilBertConfig(EncoderConfig):
   classifier_activation: ClassVar[str] = "relu"  # HF's pre_classifier -> ReLU -> classifier
   has_token_types: ClassVar[bool] = False
   attention_output_dropout: ClassVar[bool] = False  # HF: sa_layer_norm(out_lin(context) + x), no dropout between
+  classifier_input_dropout: ClassVar[bool] = False  # HF: pre_classifier(hidden[:, 0]), undropped
+  classifier_dropout: ClassVar[float | None] = 0.2  # HF's seq_classif_dropout
+  qa_dropout: ClassVar[float] = 0.1  # HF's qa_dropout, on the hidden states before qa_outputs
   num_layers: int = 6
   type_vocab_size: int = 0
   use_pooler: bool = False
