@@ -16,6 +16,7 @@ from bert_jax.layers import peft as peft_lib
 from bert_jax.models import encoder as encoder_lib
 from bert_jax.models.albert import AlbertConfig
 from bert_jax.models.bert import BertConfig
+from bert_jax.models.distilbert import DistilBertConfig
 from bert_jax.models.roberta import RobertaConfig
 
 SPEC = tasks.TaskSpec("probe", "classification", ("text",), "label", ("a", "b", "c"))
@@ -203,6 +204,26 @@ def test_peft_export_loads_in_hf_peft_with_our_logits(tmp_path, base, overrides)
   assert peft_export.check_peft_dir(params, config, SPEC, str(tmp_path)) <= 1e-4
   if config.lora_rank:  # the merged full model as well
     assert peft_export.write_merged_hf_dir(params, config, SPEC, str(tmp_path / "merged")) <= 1e-4
+
+
+def test_distilbert_lora_export_is_checked_without_token_types(tmp_path, monkeypatch):
+  """transformers 4.x (pyproject allows >=4.45) gives DistilBERT's classes no token_type_ids argument: the peft
+  export check must call them as the family's HF classes take it, not fail with a TypeError after training."""
+  import transformers
+  config = DistilBertConfig.from_size("tiny", vocab_size=120, max_position_embeddings=64, lora_rank=4,
+                                      lora_alpha=8.0, **NO_DROPOUT)
+  params = _perturbed_peft(_init(config))
+  peft_export.write_peft_dir(params, config, SPEC, str(tmp_path))
+  cls = transformers.DistilBertForSequenceClassification
+  forward = cls.forward
+
+  def forward_as_in_transformers_4(self, *args, **kwargs):
+    if "token_type_ids" in kwargs:
+      raise TypeError("forward() got an unexpected keyword argument 'token_type_ids'")
+    return forward(self, *args, **kwargs)
+
+  monkeypatch.setattr(cls, "forward", forward_as_in_transformers_4)
+  assert peft_export.check_peft_dir(params, config, SPEC, str(tmp_path)) <= 1e-4
 
 
 def test_prefix_key_lengths_agree_with_the_mask():

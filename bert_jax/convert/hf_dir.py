@@ -110,6 +110,16 @@ def full_float32(check):
   return at_full_precision
 
 
+def torch_inputs(model_config, ids, mask, segments) -> dict:
+  """The keyword inputs of the family's HF classes as torch tensors: token_type_ids only where they take them
+  (DistilBERT's take none; transformers 4.x refuses the argument)."""
+  import torch
+  inputs = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+  if registry.family_of(model_config).hf_token_type_ids and model_config.type_vocab_size:
+    inputs["token_type_ids"] = torch.from_numpy(segments)
+  return inputs
+
+
 @full_float32
 def check_hf_dir(params, model_config, output_dir: str, tolerance: float = 1e-4) -> float:
   """Loads the written directory in transformers and compares outputs on a fixed batch; returns max diff."""
@@ -120,11 +130,8 @@ def check_hf_dir(params, model_config, output_dir: str, tolerance: float = 1e-4)
   family = registry.family_of(model_config)
   hf = getattr(transformers, architecture).from_pretrained(output_dir, dtype=torch.float32).eval()
   ids, mask, segments = probe_batch(model_config)
-  inputs = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
-  if family.hf_token_type_ids and model_config.type_vocab_size:  # DistilBERT's classes take none
-    inputs["token_type_ids"] = torch.from_numpy(segments)
   with torch.no_grad():
-    out = hf(**inputs)
+    out = hf(**torch_inputs(model_config, ids, mask, segments))
   fp32 = dataclasses.replace(model_config, dtype="float32", param_dtype="float32")
   heads = tuple(s for s in _exportable_sections(params, model_config)
                 if s not in ("encoder", "pooler") and s not in family.side_files)  # transformers has no side heads

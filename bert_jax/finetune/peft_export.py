@@ -170,8 +170,7 @@ def check_peft_dir(params, model_config, spec, output_dir: str, tolerance: float
   seq = min(ids.shape[1], model_config.max_sequence_length - peft_lib.prompt_tokens(model_config))
   ids, mask, segments = ids[:, :seq], mask[:, :seq], segments[:, :seq]
   with torch.no_grad():
-    out = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-             token_type_ids=torch.from_numpy(segments))
+    out = hf(**hf_dir.torch_inputs(base_config, ids, mask, segments))
   fp32 = dataclasses.replace(model_config, dtype="float32", lora_dropout=0.0)
   model = heads.MODELS[spec.kind](fp32, num_labels=spec.num_labels)
   ours = jax.jit(model.apply)({"params": _numpy(params)}, ids, mask, segments)  # one compile, not one per op

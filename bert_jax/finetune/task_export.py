@@ -122,11 +122,8 @@ def check_hf_dir(model, params, spec, output_dir: str, tolerance: float = 1e-4) 
     return None
   hf = getattr(transformers, name).from_pretrained(output_dir, dtype=torch.float32).eval()
   ids, mask, segments = hf_dir.probe_batch(model.config)
-  inputs = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
-  if registry.family_of(model.config).hf_token_type_ids and model.config.type_vocab_size:  # DistilBERT's take none
-    inputs["token_type_ids"] = torch.from_numpy(segments)
   with torch.no_grad():
-    out = hf(**inputs)
+    out = hf(**hf_dir.torch_inputs(model.config, ids, mask, segments))
   ours = jax.jit(model.apply)({"params": params}, ids, mask, segments)  # one compile, not one per op
   diff = logit_difference(ours, out, mask, spec.kind)
   if diff > tolerance:
