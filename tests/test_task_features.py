@@ -275,3 +275,25 @@ def test_qa_questions_sharing_an_id_fail_naming_it(tmp_path):
   spec = tasks.file_spec("f", "qa", "question,context", "answers", "", "", str(path))
   with pytest.raises(ValueError, match=r"qa.jsonl example 1: id 'p1' is also example 0's; .* unique"):
     tasks.read_file(spec, str(path))
+
+
+def test_pairs_are_cut_as_the_exported_hf_tokenizer_cuts_them(wordpiece, tmp_path):
+  """Segments too long together are cut as HF's longest_first cuts them (the odd token of an odd budget to the
+  longer segment, to the second at a tie), so an exported tokenizer gives the features fine-tuning trained on.
+  Popping from the longer one token at a time gave the odd token to the other segment."""
+  import transformers
+  from bert_jax.data import hf_tokenizer
+  hf_tokenizer.save_hf_tokenizer(wordpiece.vocab_file, True, str(tmp_path), 64)
+  hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+  pairs = [("the engineer tesla lab burned down", "it was an anglo saxon kingdom"),  # 6 and 6 words: a tie
+           ("the war lasted from 1850", "what who when where he born paris france"),
+           ("he was born in paris , france .", "the lab"),
+           ("he was born in paris , france .", "the war lasted from 1850")]  # 8 and 5: the first is longer
+  for max_len in (9, 10, 11, 12, 64):
+    features = tasks.classification_features([{"text_a": a, "text_b": b, "label": 0} for a, b in pairs], wordpiece,
+                                             max_len, False)
+    for row, (a, b) in enumerate(pairs):
+      want = hf(a, b, truncation="longest_first", max_length=max_len)["input_ids"]
+      assert features["input_ids"][row][:len(want)].tolist() == want, (max_len, a, b)
+      assert features["input_mask"][row].sum() == len(want)
+

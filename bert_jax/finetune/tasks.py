@@ -193,10 +193,20 @@ def _pad(ids, length, value=0):
 
 
 def _truncate_pair(a, b, max_tokens):
+  """Both segments cut to fit max_tokens as HF tokenizers' longest_first cuts them, so an exported tokenizer gives
+  the features fine-tuning trained on: the shorter kept whole when the longer can take the cut, else half each,
+  the odd token to the longer (to the second at a tie). Popping from the longer one token at a time
+  (google-research/bert's _truncate_seq_pair) gives the odd token to the other segment."""
   a, b = list(a), list(b or [])
-  while len(a) + len(b) > max_tokens:
-    (a if len(a) >= len(b) else b).pop()
-  return a, b
+  if len(a) + len(b) <= max_tokens:
+    return a, b
+  shorter, longer = sorted((len(a), len(b)))
+  keep_short = min(shorter, max_tokens)
+  keep_long = max(keep_short, max_tokens - keep_short)
+  if keep_short + keep_long > max_tokens:
+    keep_short, keep_long = max_tokens // 2, max_tokens // 2 + max_tokens % 2
+  keep_a, keep_b = (keep_long, keep_short) if len(a) > len(b) else (keep_short, keep_long)
+  return a[:keep_a], b[:keep_b]
 
 
 def pair_separator(tok) -> list[int]:
