@@ -94,8 +94,9 @@ def test_two_processes_match_one_process_and_checkpoints_cross_between_them(reco
 
 
 def test_sigterm_to_one_process_saves_on_all_at_one_step_and_exits_zero(records, tmp_path):
-  """A scheduler's SIGTERM may reach one process only (or each at another step): the processes agree on it and
-  all enter the collective save at the same step, instead of one waiting in it forever."""
+  """A scheduler's SIGTERM may reach one process only (or each at another step): the processes agree on it through
+  JAX's preemption sync manager and all enter the collective save at the same step, instead of one waiting in it
+  forever."""
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -121,6 +122,40 @@ def test_sigterm_to_one_process_saves_on_all_at_one_step_and_exits_zero(records,
   assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
   saved = int(outs[0].split("SIGTERM: saving a checkpoint at step ")[1].split()[0])
   assert 3 <= saved < 300 and str(saved) in os.listdir(tmp_path / "checkpoints")
+  # JAX's preemption sync manager chose the step, the same on both (Orbax logs each process's check that says so)
+  for i, out in enumerate(outs):
+    reached = {int(line.split("step=")[1]) for line in out.splitlines()
+               if f"[process={i}]" in line and "Reached preemption sync point" in line}
+    assert reached == {saved}, (i, reached, out[-2000:])
+
+
+_PREEMPTION_OFF = """
+import socket, jax
+from bert_jax.core import preemption
+with socket.socket() as s:
+  s.bind(("127.0.0.1", 0))
+  port = s.getsockname()[1]
+jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=1, process_id=0)
+for case in ("service off", "not initialized"):
+  try:
+    preemption.Preemption(0)._start_sync()
+  except RuntimeError as e:
+    print(case + ":", e)
+  jax.distributed.shutdown()
+"""
+
+
+def test_multi_process_preemption_without_jax_sync_manager_names_the_fix():
+  """Several processes agree on a SIGTERM only through JAX's preemption sync manager; without it (no
+  jax.distributed, or its preemption service turned off) the check would say False forever or raise JAX's bare
+  error, so entering the block fails naming the setting instead."""
+  result = subprocess.run([sys.executable, "-c", _PREEMPTION_OFF], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT, env=_env(JAX_PLATFORMS="cpu", JAX_ENABLE_PREEMPTION_SERVICE="false"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "not initialized: 1 processes but jax.distributed is not initialized" in result.stdout
+  assert "call jax.distributed.initialize()" in result.stdout
+  assert "service off: JAX's preemption service is off (jax_enable_preemption_service" in result.stdout
+  assert "leave it on (the default)" in result.stdout
 
 
 def test_missing_process_fails_fast_naming_it(tmp_path):

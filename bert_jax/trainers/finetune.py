@@ -414,7 +414,7 @@ def _finetune(config, workdir: str, init_checkpoint: str) -> dict:
     evaluated_at = start_step if any(h["step"] == start_step for h in history) else None
     stopped_early = stopper is not None and stopper.should_stop
     step, t0, result = start_step, time.perf_counter(), None
-    with preemption.Preemption() as preempted:
+    with preemption.Preemption(start_step) as preempted:
       while step < total_steps and not stopped_early:
         state, m = step_fn(state, sharding.global_batch(_local(train_features, order.rows(step)), mesh))
         step += 1
@@ -430,7 +430,7 @@ def _finetune(config, workdir: str, init_checkpoint: str) -> dict:
             log(f"early stop at step {step}: {stopper.metric} has not improved for {stopper.evals_since_best} "
                 f"evals (best {stopper.best_value:.4f} at step {stopper.best_step})")
             stopped_early = True
-        if preempted.requested_anywhere():
+        if preempted.requested_anywhere(step):
           log(f"SIGTERM: saving a checkpoint at step {step} and exiting")
           ckpt.save(step, state, force=True)
           ckpt.wait()

@@ -303,7 +303,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
                                f"(try a lower optim.peak_learning_rate, more warmup, or float32 compute)")
     return loss
 
-  with preemption_lib.Preemption() as preemption:  # SIGTERM from here on: save at the next step, exit 0
+  with preemption_lib.Preemption(start_step) as preemption:  # SIGTERM from here on: save at a step, exit 0
     if start_step == 0:
       run_eval(0)
     step = start_step
@@ -340,7 +340,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
               f"{f'{seq_s:.1f}' if seq_s else '-'} seq/s eta {metrics.format_eta(eta)}")
         if step % config.train.eval_every == 0 and step != config.train.steps:
           run_eval(step)
-        preempted = preemption.requested_anywhere()
+        preempted = preemption.requested_anywhere(step)
         if pending is not None and (preempted or ckpt.due(step)):
           check_finite(*pending)  # a non-finite step's params are never saved, or every resume would start from them
           pending = None
