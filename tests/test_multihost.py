@@ -158,6 +158,17 @@ def test_multi_process_preemption_without_jax_sync_manager_names_the_fix():
   assert "leave it on (the default)" in result.stdout
 
 
+def test_tensor_axis_across_processes_is_refused_not_trained_on_half_a_batch(records, tmp_path):
+  """Each process reads its own rows; a mesh whose tensor axis spans the processes replicates the batch across them,
+  and JAX then took one process's 8 rows as the whole batch of 16, different rows in each copy, and trained."""
+  result = _multi(2, 1, _flags(records, tmp_path, 1, **{"mesh.data": 1, "mesh.tensor": 2}), timeout=300)
+  assert result.returncode != 0
+  assert ("mesh {'data': 1, 'fsdp': 1, 'tensor': 2} gives the devices of process 0 16 of the 16 rows of "
+          "train.batch_size, but each of the 2 processes reads its own 8") in result.stdout
+  assert "mesh.tensor dividing 1" in result.stdout
+  assert not os.path.exists(tmp_path / "checkpoints")
+
+
 def test_missing_process_fails_fast_naming_it(tmp_path):
   env = _env(JAX_COORDINATOR_ADDRESS="127.0.0.1:29731", JAX_NUM_PROCESSES="3", JAX_PROCESS_ID="0",
              JAX_PLATFORMS="cpu", BERT_JAX_INIT_TIMEOUT="8")

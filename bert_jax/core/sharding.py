@@ -85,7 +85,8 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def check_batch_size(field: str, size: int, mesh: Mesh, microbatches: int = 1) -> None:
   """A global batch (the config field `field`) must split evenly over the batch-parallel devices (times the
-  microbatches) and over the processes, or global_batch cannot place it: fails naming the field."""
+  microbatches) and over the processes, and each process's devices must hold a share of their own, or global_batch
+  cannot place it: fails naming the field."""
   batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
   if size % (batch_devices * microbatches):
     times = f" times train.microbatches={microbatches}" if microbatches > 1 else ""
@@ -93,6 +94,17 @@ def check_batch_size(field: str, size: int, mesh: Mesh, microbatches: int = 1) -
                      + times)
   if size % jax.process_count():
     raise ValueError(f"{field}={size} must divide by the process count {jax.process_count()}")
+  # Each process feeds size / process_count rows of its own data. Where the batch axes do not split the batch
+  # between processes (an axis that replicates it spans processes), JAX would take one process's rows as the whole
+  # batch and keep different rows in what should be copies, and training would go on, silently wrong.
+  rows = {index[0].indices(size) for index in batch_sharding(mesh).addressable_devices_indices_map((size,)).values()}
+  held = sum(len(range(*r)) for r in rows)
+  if held != size // jax.process_count():
+    raise ValueError(f"mesh {dict(mesh.shape)} gives the devices of process {jax.process_index()} {held} of the "
+                     f"{size} rows of {field}, but each of the {jax.process_count()} processes reads its own "
+                     f"{size // jax.process_count()}: other processes hold the same rows. Keep the axes that "
+                     f"replicate the batch (tensor) within a process's {jax.local_device_count()} devices, e.g. "
+                     f"mesh.tensor dividing {jax.local_device_count()}")
 
 
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
