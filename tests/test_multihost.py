@@ -169,6 +169,49 @@ def test_tensor_axis_across_processes_is_refused_not_trained_on_half_a_batch(rec
   assert not os.path.exists(tmp_path / "checkpoints")
 
 
+def _two_processes(flags, timeout):
+  """(return codes, outputs) of 2 processes x 2 devices; both killed at the timeout (a hang must not outlive it)."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  procs = [subprocess.Popen([sys.executable, "-m", "bert_jax.train"] + flags, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                            env=_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                                     JAX_PROCESS_ID=str(i), JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(2)))
+           for i in range(2)]
+  deadline, outs = time.time() + timeout, []
+  try:
+    for p in procs:
+      try:
+        outs.append(p.communicate(timeout=max(deadline - time.time(), 1))[0])
+      except subprocess.TimeoutExpired:
+        p.kill()
+        outs.append("TIMEOUT\n" + p.communicate()[0])
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  return [p.returncode for p in procs], outs
+
+
+def test_a_checkpoint_one_process_cannot_read_is_moved_aside_by_all(records, tmp_path):
+  """Process 1's data position at step 6 is torn: every process falls back to step 3 together (process 1 used to
+  fall back alone and wait in the move while process 0 trained on from step 6)."""
+  first = _multi(2, 2, _flags(records, tmp_path, 6))
+  assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+  data = tmp_path / "checkpoints" / "data" / "6"
+  torn = [name for name in os.listdir(data) if name.startswith("of2_process_1.data")]
+  assert torn
+  for name in torn:
+    os.truncate(data / name, 20)
+  codes, outs = _two_processes(_flags(records, tmp_path, 9), timeout=150)
+  assert codes == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+  assert "checkpoint at step 6 in" in outs[0] and "is damaged (process(es) [1] could not read it)" in outs[0]
+  assert "resumed from checkpoint at step 3" in outs[0]
+  assert [name.split("-")[0] for name in os.listdir(tmp_path / "checkpoints" / "damaged")] == ["6"]
+  assert sorted(_losses(tmp_path)) == list(range(1, 10))
+
+
 def test_missing_process_fails_fast_naming_it(tmp_path):
   env = _env(JAX_COORDINATOR_ADDRESS="127.0.0.1:29731", JAX_NUM_PROCESSES="3", JAX_PROCESS_ID="0",
              JAX_PLATFORMS="cpu", BERT_JAX_INIT_TIMEOUT="8")

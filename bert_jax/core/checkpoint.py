@@ -26,6 +26,7 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 
 def _key_name(key) -> str:
@@ -103,6 +104,15 @@ def quiet_failed_reads():
     asyncio_logger.setLevel(level)
     quiet.flush()
     sys.stderr = inner
+
+
+def _failed_processes(ok: bool) -> list:
+  """The processes where `ok` is False. A step that one process cannot read (e.g. its own data position) is damaged
+  for all of them: a process falling back alone would wait forever in the collectives of the others."""
+  if jax.process_count() == 1:
+    return [] if ok else [0]
+  flags = np.asarray(multihost_utils.process_allgather(np.asarray(ok))).reshape(-1)
+  return [i for i, flag in enumerate(flags) if not flag]
 
 
 def _abstract(tree, shardings):
@@ -254,7 +264,10 @@ class Checkpointer:
         raise ValueError(f"the checkpoint at step {step} in {self.directory} holds a train state of another "
                          f"structure than this run builds ({difference}); was it written with other model or "
                          f"optimizer settings? Use another workdir, or the settings it was trained with")
-      if restored is None:
+      failed = _failed_processes(restored is not None)
+      if failed:
+        if restored is not None:
+          reason = f"process(es) {failed} could not read it"
         moved = self._quarantine(step)
         self.log(f"WARNING: checkpoint at step {step} in {self.directory} is damaged ({reason}); moved it to "
                  f"{moved} and falling back to an older one")
