@@ -194,3 +194,20 @@ def test_finetune_is_refused_on_a_held_workdir_and_locks_release(tmp_path, capsy
   workdir_lock.acquire(str(tmp_path)).release()  # free again once released
   assert workdir_lock.acquire("gs://bucket/run") is None
   assert "not locked against a second run" in capsys.readouterr().out
+
+
+def test_finetune_resume_check_reads_past_a_damaged_newest_config(tmp_path):
+  """A newest step whose config no longer reads is damage that restore_or_init moves aside; the resume check before
+  it used to fail on it, so the run could not start until the step was deleted by hand."""
+  import numpy as np
+  from bert_jax.core import checkpoint as checkpoint_lib
+  config = configlib.load("finetune", {"train.batch_size": 8})
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path / "checkpoints"), config, log=lambda m: None)
+  for step in (4, 8):
+    ckpt.save(step, {"w": np.full(2, step, np.float32)}, force=True)
+  ckpt.wait()
+  (tmp_path / "checkpoints" / "8" / "config" / "metadata").write_text('{"train": {"batch')
+  finetune.check_resumable(ckpt, config, str(tmp_path))  # step 4's config agrees
+  other = configlib.load("finetune", {"train.batch_size": 16})
+  with pytest.raises(ValueError, match=r"train.batch_size=8, but this run has train.batch_size=16"):
+    finetune.check_resumable(ckpt, other, str(tmp_path))

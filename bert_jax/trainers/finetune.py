@@ -269,10 +269,9 @@ RESUME_KEYS = (("init_checkpoint",), ("task", "name"), ("task", "train_file"), (
 
 def check_resumable(ckpt, config, workdir: str) -> None:
   """A restore that fails falls back to starting over, so a workdir of another run is refused up front."""
-  steps = ckpt.manager.all_steps()
-  if not steps:
+  saved = checkpoint_lib.newest_saved_config(ckpt.manager)  # a damaged newest step is restore_or_init's to move
+  if saved is None:
     return
-  saved = checkpoint_lib.load_saved_config(ckpt.manager, max(steps))
   for keys in RESUME_KEYS:
     was, now = saved, config
     for k in keys:
