@@ -235,6 +235,17 @@ def test_preflight_rejects_unwritable_workdir(tmp_path):
   assert f"workdir {blocker}/run is not writable from process 0" in result.stderr
 
 
+def test_remote_workdir_is_refused_before_anything_is_written(tmp_path):
+  """A gs:// workdir went through os.path as ./gs:/bucket/run on each host's own disk (lost with the machine):
+  it is refused at start, naming what to use instead, and nothing is written."""
+  env = _env(JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(1))
+  for command in (["bert_jax.train", "--config=tiny"], ["bert_jax.finetune", "--config=finetune"]):
+    result = subprocess.run([sys.executable, "-m", *command, "--workdir=gs://bucket/run"], capture_output=True,
+                            text=True, env={**env, "PYTHONPATH": ROOT}, timeout=120, cwd=tmp_path)
+    assert result.returncode != 0 and "remote workdirs (gs://) are not supported" in result.stderr, result.stderr
+    assert "gcsfuse" in result.stderr and not os.listdir(tmp_path)
+
+
 def test_code_hash_covers_every_module_of_the_package(tmp_path):
   """The pre-flight's same-code check hashes all of bert_jax/: a change to any module changes it (it hashed only
   bert_jax/core/ before, so processes running different models or data code passed)."""

@@ -121,8 +121,22 @@ def _allgather_hash(hex_digest: str) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(as_ints)).reshape(jax.process_count(), -1)
 
 
+def check_local_workdir(workdir: str) -> None:
+  """Fails on a remote workdir (gs://, s3://...): the checkpoint, metrics and lock code write through the local
+  filesystem, so os.path would turn gs://b/run into ./gs:/b/run on each host's own disk, lost with the machine."""
+  scheme, sep, _ = str(workdir).partition("://")
+  if sep and scheme.isalnum():
+    raise PreflightError(
+        f"--workdir={workdir}: remote workdirs ({scheme}://) are not supported yet; the checkpoints, metrics and "
+        f"workdir lock would be written under ./{scheme}:/ on each host's local disk and lost with it. Give a path "
+        f"every process can write that outlives the machines: a shared or persistent disk (NFS, Filestore), or the "
+        f"bucket mounted with gcsfuse on every host (directory renames enabled, which Orbax's saves use). Data "
+        f"files (data.train_files, data.eval_files) may stay on {scheme}://")
+
+
 def preflight(config, workdir: str, log=print) -> None:
-  """Same code and config everywhere, a writable workdir, and the devices reported."""
+  """Same code and config everywhere, a local writable workdir, and the devices reported."""
+  check_local_workdir(workdir)
   checks = {"code": code_hash(), "config": hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True,
                                                                      default=str).encode()).hexdigest()}
   if jax.process_count() > 1:
@@ -132,7 +146,7 @@ def preflight(config, workdir: str, log=print) -> None:
       if differ:
         raise PreflightError(f"pre-flight: processes {differ} run a different {what} than process 0 "
                              f"({what} hash {digest[:12]} here); deploy the same code and flags everywhere")
-  probe = epath.Path(workdir) / f".preflight-{jax.process_index()}"  # local or gs://; no TF for local paths
+  probe = epath.Path(workdir) / f".preflight-{jax.process_index()}"
   try:
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     probe.write_text("ok")
