@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from bert_jax.core import sharding
+from bert_jax.core import configlib, sharding
 from bert_jax.data import tokenizer as tokenizer_lib
 from bert_jax.finetune import heads, task_metrics, tasks
 from bert_jax.trainers import finetune
@@ -297,3 +297,13 @@ def test_pairs_are_cut_as_the_exported_hf_tokenizer_cuts_them(wordpiece, tmp_pat
       assert features["input_ids"][row][:len(want)].tolist() == want, (max_len, a, b)
       assert features["input_mask"][row].sum() == len(want)
 
+
+@pytest.mark.parametrize("field, size", [("batch_size", 0), ("eval_batch_size", -1)])
+def test_a_batch_size_below_one_is_refused_before_anything_is_read(tmp_path, field, size):
+  # It used to pass the device check (0 divides by anything), then fail in TrainOrder's division or, for the eval
+  # batch, after all the training, in a tree_map over no eval batches.
+  config = configlib.load("finetune", {f"train.{field}": size, "init_checkpoint": str(tmp_path / "no_such_run"),
+                                       "task.name": "files", "task.train_file": str(tmp_path / "train.jsonl"),
+                                       "task.eval_file": str(tmp_path / "eval.jsonl")})
+  with pytest.raises(ValueError, match=rf"train.{field}={size} must be at least 1"):
+    finetune.finetune(config, str(tmp_path / "ft"))

@@ -121,7 +121,7 @@ def test_weight_decay_mask_excludes_exactly_layer_norm_and_biases():
   assert "encoder/embeddings/word_embeddings/embedding" in included
 
 
-@pytest.mark.parametrize("key", ["train.log_every", "train.eval_every", "train.microbatches",
+@pytest.mark.parametrize("key", ["train.log_every", "train.eval_every", "train.microbatches", "train.eval_batches",
                                  "checkpoint.every_steps", "checkpoint.keep"])
 def test_zero_intervals_and_keep_fail_at_start_naming_the_field(key):
   with pytest.raises(ValueError, match=rf"{key}=0 must be at least 1"):
@@ -200,6 +200,13 @@ def test_large_builds_on_cpu_without_allocating():
 def test_bad_batch_size_fails_with_the_reason():
   with pytest.raises(ValueError, match=r"batch_size=12 must divide.*data x fsdp = 8"):
     pretrain.check_batch(config(**{"train.batch_size": 12}), _mesh((8, 1, 1)))
+  # 0 divides by every device count: it reached tf.data's batch() (or, negative, a TensorShape) before
+  for size in (0, -8):
+    with pytest.raises(ValueError, match=rf"train.batch_size={size} must be at least 1"):
+      pretrain.check_batch(config(**{"train.batch_size": size}), _mesh((8, 1, 1)))
+  with pytest.raises(ValueError, match=r"train.eval_batch_size=-8 must be at least 1, or 0 for train.batch_size"):
+    pretrain.check_batch(config(**{"train.eval_batch_size": -8}), _mesh((8, 1, 1)))
+  pretrain.check_batch(config(**{"train.batch_size": 16, "train.eval_batch_size": 0}), _mesh((8, 1, 1)))
 
 
 def test_typo_in_override_lists_close_keys():

@@ -86,7 +86,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def check_batch_size(field: str, size: int, mesh: Mesh, microbatches: int = 1) -> None:
   """A global batch (the config field `field`) must split evenly over the batch-parallel devices (times the
   microbatches) and over the processes, and each process's devices must hold a share of their own, or global_batch
-  cannot place it: fails naming the field."""
+  cannot place it: fails naming the field. A size below 1 would otherwise pass (0 divides by anything) and fail
+  later inside tf.data or a division."""
+  if size < 1:
+    raise ValueError(f"{field}={size} must be at least 1 (a global batch, in sequences)")
   batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
   if size % (batch_devices * microbatches):
     times = f" times train.microbatches={microbatches}" if microbatches > 1 else ""

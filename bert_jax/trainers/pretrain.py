@@ -117,6 +117,8 @@ def make_step_functions(config, objective, tx, schedule, mesh, state_shardings):
 def check_batch(config, mesh) -> None:
   t = config.train
   sharding.check_batch_size("train.batch_size", t.batch_size, mesh, t.microbatches)
+  if t.eval_batch_size < 0:  # 0 is a value of its own (train.batch_size), so check_batch_size would misname it
+    raise ValueError(f"train.eval_batch_size={t.eval_batch_size} must be at least 1, or 0 for train.batch_size")
   sharding.check_batch_size("train.eval_batch_size", inputs.eval_batch_size(t), mesh)
 
 
@@ -132,17 +134,17 @@ def warn_if_eval_repeats(config, eval_manifest: dict | None, log) -> None:
 
 
 def check_intervals(config) -> None:
-  """Step counts the loop divides by, and the checkpoints kept, must be at least 1: checked at start, not after
-  the data is prepared and the first step compiled."""
+  """Step counts the loop divides by, the batches an eval reads and the checkpoints kept must be at least 1:
+  checked at start, not after the data is prepared and the first step compiled."""
   for section, key in (("train", "microbatches"), ("train", "log_every"), ("train", "eval_every"),
-                       ("checkpoint", "every_steps"), ("checkpoint", "keep")):
+                       ("train", "eval_batches"), ("checkpoint", "every_steps"), ("checkpoint", "keep")):
     value = config[section][key]
     if value >= 1:
       continue
     if key == "keep":
       why = " (Orbax would delete every checkpoint, the final one too)"
-    elif key == "microbatches":
-      why = ""
+    elif key in ("microbatches", "eval_batches"):
+      why = ""  # eval_batches=0 would train to the end, then fail summarizing an eval of no batches
     else:
       why = f"; to do it rarely, set it to train.steps ({config.train.steps})"
     raise ValueError(f"{section}.{key}={value} must be at least 1{why}")
