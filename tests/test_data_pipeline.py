@@ -139,8 +139,15 @@ def test_manifest_mismatch_names_both_values(tmp_path, record_files):
 
 def test_without_manifest_first_record_shapes_are_checked(record_files):
   assert pipeline.check_files_match(record_files, max_seq_length=SEQ, max_predictions_per_seq=PRED) is None
-  with pytest.raises(ValueError, match=r"masked_lm_ids: config needs length 20, .*part-0.tfrecord has 5"):
+  with pytest.raises(ValueError, match=r"masked_lm_ids: config needs length 20, .*part-0.tfrecord has 5") as e:
     pipeline.check_files_match(record_files, max_seq_length=SEQ, max_predictions_per_seq=20)
+  # the fix names the records' own lengths, both of them, as overrides the user can paste
+  assert (f"Fix: --config.data.max_seq_length={SEQ} --config.data.max_predictions_per_seq={PRED} (the records' "
+          f"lengths), or prepare the data again at the config's") in str(e.value)
+  with pytest.raises(ValueError, match=r"mask_unit_start: config needs length 32, .* has no such feature\n"
+                                       r"Fix: prepare the data with bert_jax.data.prepare"):
+    pipeline.check_files_match(record_files, max_seq_length=SEQ, max_predictions_per_seq=PRED,
+                               dynamic_masking=masking.MaskingOptions(segmenter="jieba"))
 
 
 def test_corrupt_record_names_the_file(tmp_path, record_files):

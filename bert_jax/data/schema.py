@@ -150,4 +150,10 @@ def check_record_lengths(lengths: dict[str, int], *, max_seq_length: int, max_pr
   problems = [f"{k}: config needs length {n}, {source} has {lengths.get(k, 'no such feature')}"
               for k, n in expected.items() if lengths.get(k) != n]
   if problems:
-    raise ValueError("records do not match the config:\n  " + "\n  ".join(problems))
+    if all(k in lengths for k in expected):  # BERT records of other lengths: the config can follow them
+      seq, pred = lengths["input_ids"], lengths["masked_lm_positions"]
+      fix = (f"--config.data.max_seq_length={seq} --config.data.max_predictions_per_seq={pred} (the records' "
+             f"lengths), or prepare the data again at the config's")
+    else:
+      fix = "prepare the data with bert_jax.data.prepare, which writes every feature the config reads"
+    raise ValueError("records do not match the config:\n  " + "\n  ".join(problems) + f"\nFix: {fix}")
