@@ -155,6 +155,42 @@ def test_a_question_without_an_answer_needs_squad_v2(tmp_path):
     tasks.file_spec("f", "qa", "question,context", "answers", "", "mcc", str(path))
 
 
+def test_a_field_the_config_names_but_a_file_lacks_is_refused_naming_the_config_key(tmp_path):
+  pairs = tmp_path / "pairs.jsonl"
+  pairs.write_text(json.dumps({"sentence1": "a b", "sentence_2": "c d", "label": "yes", "id": 0}) + "\n")
+  # was a KeyError: 'lab' from collecting the label set
+  with pytest.raises(ValueError, match=r"pairs.jsonl example 0: no 'lab' field \(it has \['id', 'label', 'sentence1', "
+                                       r"'sentence_2'\]\); set --config.task.label_key to the field that holds it"):
+    tasks.file_spec("f", "classification", "sentence1,sentence2", "lab", "", "", str(pairs))
+  # was label None "not in the label set", naming the wrong fix
+  spec = tasks.file_spec("f", "classification", "sentence1", "lab", "yes,no", "", str(pairs))
+  with pytest.raises(ValueError, match=r"no 'lab' field .* set --config.task.label_key"):
+    tasks.read_file(spec, str(pairs))
+  # a misspelled second text field silently made every pair a single sentence
+  spec = tasks.file_spec("f", "classification", "sentence1,sentence2", "label", "", "", str(pairs))
+  with pytest.raises(ValueError, match=r"no 'sentence2' field .* set --config.task.text_keys to the field"):
+    tasks.read_file(spec, str(pairs))
+  qa = tmp_path / "qa.jsonl"
+  qa.write_text(json.dumps({"id": "q", "query": "who", "context": "w1 w2", "answers": ["w1"]}) + "\n")
+  spec = tasks.file_spec("f", "qa", "question,context", "answers", "", "", str(qa))
+  with pytest.raises(ValueError, match=r"qa.jsonl example 0: no 'question' field"):  # was the question "None"
+    tasks.read_file(spec, str(qa))
+  spec = tasks.file_spec("f", "qa", "query,context", "answer", "", "squad_v2", str(qa))
+  with pytest.raises(ValueError, match=r"no 'answer' field .* set --config.task.label_key"):  # was unanswerable
+    tasks.read_file(spec, str(qa))
+
+
+def test_tagging_from_a_tsv_cell_is_refused_instead_of_tagging_its_characters(tmp_path):
+  tsv = tmp_path / "ner.tsv"
+  tsv.write_text("words\ttags\nEU\tB-ORG\n")  # one word whose letters would each be tagged
+  with pytest.raises(ValueError, match=r"ner.tsv example 0: the labels are the string 'B-ORG', not a list; tagging "
+                                       r"reads .jsonl files whose fields hold lists"):
+    tasks.file_spec("f", "tagging", "words", "tags", "", "", str(tsv))
+  spec = tasks.file_spec("f", "tagging", "words", "tags", "B-ORG,O", "", str(tsv))
+  with pytest.raises(ValueError, match=r"the words are the string 'EU', not a list"):
+    tasks.read_file(spec, str(tsv))
+
+
 def test_integer_labels_are_named_in_numeric_order(tmp_path):
   path = tmp_path / "train.jsonl"
   path.write_text("".join(json.dumps({"text": f"t{i}", "label": i + 1}) + "\n" for i in range(11)))  # 1..11

@@ -95,22 +95,40 @@ def _label_index(spec: TaskSpec, value, where: str):
                    f"{spec.name}; fix the example or set task.label_names")
 
 
+def _field(record: dict, key: str, where: str, config_key: str):
+  """record[key] (TFDS records key by bytes); a missing field fails naming the record's fields and the config
+  key that chose it, where it would otherwise read as None: a lost second sentence, a label None, "None" text."""
+  for k in (key, key.encode()):
+    if k in record:
+      return record[k]
+  raise ValueError(f"{where}: no {key!r} field (it has {sorted(map(_text, record))}); set --config.task.{config_key} "
+                   f"to the field that holds it")
+
+
+def _words(value, where: str, what: str) -> list:
+  """A tagging example's words or tags: a list (a .tsv cell is a string, whose characters are no words)."""
+  if isinstance(value, (str, bytes)):
+    example = json.dumps({"words": ["EU", "rejects"], "tags": ["B-ORG", "O"]})
+    raise ValueError(f"{where}: the {what} are the string {_text(value)[:60]!r}, not a list; tagging reads .jsonl "
+                     f"files whose fields hold lists, e.g. {example}")
+  return list(value)
+
+
 def _to_example(spec: TaskSpec, record: dict, where: str) -> dict:
-  get = lambda k: record.get(k) if k in record else record.get(k.encode() if isinstance(k, str) else k)
+  field = lambda i: _field(record, spec.text_keys[i], where, "text_keys")
+  label = lambda: _field(record, spec.label_key, where, "label_key")
   if spec.kind in ("classification", "regression"):
-    a = get(spec.text_keys[0])
-    if a is None:
-      raise ValueError(f"{where}: no {spec.text_keys[0]!r} field (have {sorted(map(str, record))})")
-    b = get(spec.text_keys[1]) if len(spec.text_keys) > 1 else None
-    return {"text_a": _text(a), "text_b": None if b in (None, "") else _text(b),
-            "label": _label_index(spec, get(spec.label_key), where)}
+    a = field(0)
+    b = field(1) if len(spec.text_keys) > 1 else None
+    return {"text_a": _text(a), "text_b": None if b in (None, "", b"") else _text(b),
+            "label": _label_index(spec, label(), where)}
   if spec.kind == "tagging":
-    words = [_text(w) for w in get(spec.text_keys[0])]
-    labels = [_label_index(spec, t, f"{where} word {i}") for i, t in enumerate(get(spec.label_key))]
+    words = [_text(w) for w in _words(field(0), where, "words")]
+    labels = [_label_index(spec, t, f"{where} word {i}") for i, t in enumerate(_words(label(), where, "labels"))]
     if len(words) != len(labels):
       raise ValueError(f"{where}: {len(words)} words but {len(labels)} labels")
     return {"words": words, "labels": labels}
-  answers = get(spec.label_key) or {}
+  answers = label() or {}
   texts = answers.get("text", []) if isinstance(answers, dict) else answers
   starts = answers.get("answer_start", []) if isinstance(answers, dict) else record.get("answer_start", [])
   starts = list(np.atleast_1d(starts)) if starts is not None else []
@@ -118,9 +136,8 @@ def _to_example(spec: TaskSpec, record: dict, where: str) -> dict:
   if not texts and spec.metric != "squad_v2":
     raise ValueError(f"{where}: question without an answer; for data with unanswerable questions (SQuAD 2.0) "
                      f"set task.metric=squad_v2, which answers them with an empty string")
-  return {"id": _text(record.get("id", where)), "question": _text(get(spec.text_keys[0])),
-          "context": _text(get(spec.text_keys[1])), "answers": texts,
-          "answer_start": int(starts[0]) if len(starts) and texts else -1}
+  return {"id": _text(record.get("id", where)), "question": _text(field(0)), "context": _text(field(1)),
+          "answers": texts, "answer_start": int(starts[0]) if len(starts) and texts else -1}
 
 
 def read_tfds(spec: TaskSpec, split: str, data_dir: str | None) -> list[dict]:
@@ -173,8 +190,10 @@ def file_spec(name: str, kind: str, text_keys: str, label_key: str, label_names:
   keys = tuple(k for k in text_keys.split(",") if k)
   names = tuple(n for n in label_names.split(",") if n)
   if not names and kind in ("classification", "tagging"):
-    rows = _read_records(train_file)
-    values = ({str(v) for r in rows for v in r[label_key]} if kind == "tagging" else {str(r[label_key]) for r in rows})
+    labels = [_field(r, label_key, f"{train_file} example {i}", "label_key")
+              for i, r in enumerate(_read_records(train_file))]
+    values = ({str(v) for i, r in enumerate(labels) for v in _words(r, f"{train_file} example {i}", "labels")}
+              if kind == "tagging" else {str(r) for r in labels})
     numeric = all(re.fullmatch(r"-?\d+", v) for v in values)
     names = tuple(sorted(values, key=int) if numeric else sorted(values))  # 2 before 10
   if kind in ("classification", "tagging") and len(names) < 2:  # a softmax over one logit learns nothing
