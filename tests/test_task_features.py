@@ -191,6 +191,14 @@ def test_tagging_from_a_tsv_cell_is_refused_instead_of_tagging_its_characters(tm
     tasks.read_file(spec, str(tsv))
 
 
+def test_a_tfds_task_without_prepared_data_names_how_to_prepare_it(tmp_path):
+  # was TFDS's AssertionError, whose advice (tfds.load(download=True)) no flag can follow
+  with pytest.raises(FileNotFoundError, match=rf"TFDS task glue/sst2 is not prepared in {tmp_path}\. Prepare it "
+                                              r"once .*tfds.builder\('glue/sst2', data_dir='DIR'\)\.download_and_"
+                                              r"prepare\(\)\", then pass --config.task.data_dir=DIR"):
+    tasks.read_tfds(tasks.TFDS_TASKS["glue/sst2"], "train", str(tmp_path))
+
+
 def test_integer_labels_are_named_in_numeric_order(tmp_path):
   path = tmp_path / "train.jsonl"
   path.write_text("".join(json.dumps({"text": f"t{i}", "label": i + 1}) + "\n" for i in range(11)))  # 1..11

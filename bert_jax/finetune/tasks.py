@@ -142,7 +142,17 @@ def _to_example(spec: TaskSpec, record: dict, where: str) -> dict:
 
 def read_tfds(spec: TaskSpec, split: str, data_dir: str | None) -> list[dict]:
   import tensorflow_datasets as tfds
-  ds = tfds.load(spec.name, split=split, data_dir=data_dir, download=False)
+  try:
+    ds = tfds.load(spec.name, split=split, data_dir=data_dir, download=False)
+  except AssertionError as e:  # TFDS's advice, download=True, is no flag of ours, and runs are offline
+    if "could not find data" not in str(e):
+      raise
+    where = data_dir or "TFDS's default data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
+    raise FileNotFoundError(
+        f"TFDS task {spec.name} is not prepared in {where}. Prepare it once where there is internet access: "
+        f"python -c \"import tensorflow_datasets as tfds; tfds.builder('{spec.name}', data_dir='DIR')"
+        f".download_and_prepare()\", then pass --config.task.data_dir=DIR; or give the examples as .jsonl/.tsv "
+        f"files (--config.task.name=files)") from None
   where = f"{spec.name}[{split}]"
   return _unique_ids([_to_example(spec, r, f"{where} example {i}") for i, r in enumerate(tfds.as_numpy(ds))], where)
 
