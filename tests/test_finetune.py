@@ -261,6 +261,18 @@ def test_checkpoint_without_an_encoder_fails_clearly(tmp_path):
     finetune.load_encoder(str(tmp_path))
 
 
+def test_predict_refuses_a_missing_vocab_file_and_counts_below_one_before_loading(tmp_path):
+  from bert_jax.finetune import predict
+  lines = tmp_path / "lines.txt"
+  lines.write_text("the [MASK] of it\n")
+  # a --vocab_file that does not exist was reported as the workdir's own vocabulary not found, "pass --vocab_file"
+  with pytest.raises(FileNotFoundError, match=rf"--vocab_file {tmp_path}/vocab.txt does not exist; leave it out"):
+    predict.run("fill-mask", str(tmp_path), str(lines), vocab_file=str(tmp_path / "vocab.txt"))
+  for flag in ("top_k", "batch_size"):  # top_k=0 wrote no predictions at all; batch_size=0 failed in range()
+    with pytest.raises(ValueError, match=rf"--{flag}=0 must be at least 1"):
+      predict.run("fill-mask", str(tmp_path), str(lines), **{flag: 0})
+
+
 def test_vocabulary_not_matching_the_checkpoint_fails_clearly(pretrained, tmp_path):
   pydocs = corpora.from_spec("pydocs", cache_dir=corpora.run_cache_dir(str(pretrained / "data")))
   small = tokenizer_lib.train_sentencepiece(pydocs, str(tmp_path / "small"), 500, max_sentences=3000)
@@ -523,6 +535,7 @@ def test_fill_mask_cli_ranks_a_word_the_model_learned_in_its_top_5(pretrained, s
                            "--top_k=5"], input="\n".join(lines) + "\n", capture_output=True, text=True,
                           timeout=300, env=cli_env())
   assert result.returncode == 0, result.stderr[-3000:]
+  assert "Finished load" not in result.stderr, "Orbax's INFO lines about the restore are noise here"
   records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
   assert [r["text"] for r in records] == lines
   for r in records:

@@ -306,7 +306,7 @@ def test_predict_refuses_a_batch_size_below_one(tmp_path, wordpiece):
   lines = tmp_path / "lines.txt"
   lines.write_text("the engineer\n")
   for batch_size in (0, -4):  # else range()'s "arg 3 must not be zero", or a tree_map of no batches
-    with pytest.raises(ValueError, match=rf"--batch_size={batch_size}: give at least 1"):
+    with pytest.raises(ValueError, match=rf"--batch_size={batch_size} must be at least 1"):
       predict.run("classify", workdir, str(lines), str(tmp_path / "out.jsonl"), batch_size=batch_size)
 
 

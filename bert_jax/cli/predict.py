@@ -7,13 +7,15 @@ Lines come from --input (default: stdin); JSON lines go to --output (default: st
 bert_jax/finetune/predict.py for each command's line format.
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from bert_jax.finetune import predict
 
 
 def main(argv):
   f = flags.FLAGS
+  if not f["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs each restore at INFO, between the command's own lines
   if len(argv) != 2 or argv[1] not in predict.COMMANDS:
     raise app.UsageError(f"give one command, one of {', '.join(predict.COMMANDS)} (got {argv[1:]})")
   predict.run(argv[1], f.workdir, f.input, f.output, top_k=f.top_k, pooling=f.pooling, batch_size=f.batch_size,

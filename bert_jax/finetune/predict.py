@@ -81,6 +81,8 @@ def _finetuned_params(workdir: str):
 def load(workdir: str, vocab_file: str = ""):
   """(params, encoder config, tokenizer, fine-tuning info or None) of a pretraining or fine-tuning workdir."""
   workdir = os.path.abspath(workdir)
+  if vocab_file and not os.path.exists(vocab_file):  # else reported as the workdir's own vocabulary not found
+    raise FileNotFoundError(f"--vocab_file {vocab_file} does not exist; leave it out to use the workdir's own")
   if is_finetuning_workdir(workdir):
     info = read_model_info(workdir)
     tok = tokenizer_lib.load(vocab_file or info["vocab_file"], info["lower_case"])
@@ -310,8 +312,9 @@ def run(command: str, workdir: str, input_path: str = "-", output_path: str = "-
   """Reads lines, predicts, writes JSON lines (embed to .npy too); returns the number of examples."""
   if command not in COMMANDS:
     raise ValueError(f"unknown command {command!r}; choose one of {COMMANDS}")
-  if batch_size < 1:
-    raise ValueError(f"--batch_size={batch_size}: give at least 1 example per forward pass")
+  for name, value in (("top_k", top_k), ("batch_size", batch_size)):
+    if value < 1:  # top_k=0 printed no predictions without a word; batch_size=0 failed in range()
+      raise ValueError(f"--{name}={value} must be at least 1")
   texts = read_lines(input_path)
   if not texts:
     raise ValueError(f"no input lines in {input_path or 'stdin'}")
