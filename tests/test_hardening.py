@@ -9,6 +9,8 @@ import time
 import pytest
 import tensorflow as tf
 
+from bert_jax.convert import hf_dir
+from bert_jax.convert import workdir as workdir_lib
 from bert_jax.core import configlib, workdir_lock
 from bert_jax.data import instances, pipeline, prepare, schema
 from bert_jax.data import manifest as manifest_lib
@@ -211,3 +213,45 @@ def test_finetune_resume_check_reads_past_a_damaged_newest_config(tmp_path):
   other = configlib.load("finetune", {"train.batch_size": 16})
   with pytest.raises(ValueError, match=r"train.batch_size=8, but this run has train.batch_size=16"):
     finetune.check_resumable(ckpt, other, str(tmp_path))
+
+
+# --- 4. the CLIs' arguments ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command, given, missing", [("to_hf", [], "--workdir"), ("from_hf", [], "--hf_dir"),
+                                                      ("from_tf", ["--tf_config=c.json"], "--tf_checkpoint")])
+def test_convert_names_the_flag_its_command_needs(tmp_path, command, given, missing):
+  # each was a TypeError traceback from os.path.join(None, ...) or open(None)
+  result = subprocess.run([sys.executable, "-m", "bert_jax.convert", command, f"--output={tmp_path / 'out'}", *given],
+                          capture_output=True, text=True, env=cli_env(), timeout=120)
+  assert result.returncode != 0 and f"{command} needs {missing}" in result.stderr, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_directory_given_to_the_wrong_command_is_named_with_the_command_that_reads_it(tmp_path):
+  typo = tmp_path / "runs" / "tyny"
+  with pytest.raises(FileNotFoundError, match=rf"{typo} does not exist"):
+    workdir_lib.export_to_hf(str(typo), str(tmp_path / "out"))
+  assert not typo.exists(), "a mistyped workdir was left behind as an empty checkpoints/"
+  hf = tmp_path / "hf"
+  hf.mkdir()
+  (hf / "config.json").write_text("{}")
+  with pytest.raises(FileNotFoundError, match=rf"{hf} is a HuggingFace model, not a training workdir .*"
+                                              rf"convert from_hf --hf_dir={hf} --output=DIR` reads it"):
+    workdir_lib.export_to_hf(str(hf), str(tmp_path / "out"))
+  params = tmp_path / "params"
+  params.mkdir()
+  (params / workdir_lib.PARAMS_CONFIG_FILE).write_text("{}")
+  with pytest.raises(FileNotFoundError, match=rf"init_checkpoint '{params}' is not a pretraining workdir: {params} is "
+                                              rf"a params checkpoint \(convert from_hf's output\).*"
+                                              rf"--config.checkpoint.init_checkpoint={params}"):
+    finetune.load_encoder(str(params))
+  run = tmp_path / "run"
+  (run / "checkpoints").mkdir(parents=True)
+  with pytest.raises(FileNotFoundError, match=rf"no checkpoint in {run}/checkpoints: the run has not saved one yet"):
+    workdir_lib.load_workdir_tree(str(run))
+  with pytest.raises(FileNotFoundError, match=rf"{run} is a training workdir, not a HuggingFace directory: `convert "
+                                              rf"to_hf --workdir={run}` exports it"):
+    hf_dir.read_hf_models(str(run))
+  with pytest.raises(FileNotFoundError, match=rf"HF directory {typo} does not exist"):
+    hf_dir.read_hf_models(str(typo))

@@ -18,11 +18,18 @@ from bert_jax.convert import hf_dir, hf_params, tf1, workdir
 from bert_jax.models import bert
 
 
+# The flags each command reads; absl cannot require a flag of one command only.
+NEEDS = {"to_hf": ("workdir",), "from_hf": ("hf_dir",), "from_tf": ("tf_checkpoint", "tf_config")}
+
+
 def main(argv):
   f = flags.FLAGS
   if not f["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax is chatty at INFO
   command = argv[1] if len(argv) > 1 else None
+  missing = [f"--{name}" for name in NEEDS.get(command, ()) if not f[name].value]
+  if missing:
+    raise app.UsageError(f"{command} needs {' and '.join(missing)}")
   if command == "to_hf":
     try:
       workdir.export_to_hf(f.workdir, f.output, step=f.step, dtype=f.dtype, vocab_file=f.vocab_file,

@@ -249,6 +249,11 @@ def read_hf_models(hf_dir: str, **config_overrides) -> dict:
   has one (as `to_hf` writes ELECTRA's discriminator/ and generator/)."""
   if os.path.exists(os.path.join(hf_dir, "config.json")):
     return {"": read_hf_dir(hf_dir, **config_overrides)}
+  if not os.path.isdir(hf_dir):
+    raise FileNotFoundError(f"HF directory {hf_dir} does not exist")
+  if os.path.isdir(os.path.join(hf_dir, "checkpoints")):  # the other direction's input
+    raise FileNotFoundError(f"{hf_dir} is a training workdir, not a HuggingFace directory: `convert to_hf "
+                            f"--workdir={hf_dir}` exports it, and train/finetune start from it as it is")
   names = sorted(d for d in os.listdir(hf_dir) if os.path.exists(os.path.join(hf_dir, d, "config.json")))
   if not names:
     raise FileNotFoundError(f"{hf_dir} has no config.json, nor subdirectories with one")

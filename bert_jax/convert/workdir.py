@@ -36,7 +36,7 @@ def load_workdir_tree(workdir: str, step: int | None = None, log=print):
   if step is not None and step not in manager.all_steps():
     raise FileNotFoundError(f"no checkpoint at step {step} in {workdir}/checkpoints (have {list(manager.all_steps())})")
   if latest is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+    raise FileNotFoundError(no_checkpoint_reason(workdir))
   candidates = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
   for i, candidate in enumerate(candidates):
     try:
@@ -51,6 +51,21 @@ def load_workdir_tree(workdir: str, step: int | None = None, log=print):
           f"({type(e).__name__}); using the one before it")
       continue
     return jax.tree_util.tree_map(np.asarray, params), config, candidate
+
+
+def no_checkpoint_reason(workdir: str) -> str:
+  """Why `workdir` gives no training checkpoint, naming what it is instead and what reads that."""
+  if not os.path.exists(workdir):
+    return f"{workdir} does not exist"
+  if os.path.exists(os.path.join(workdir, "config.json")):
+    return (f"{workdir} is a HuggingFace model, not a training workdir (WORKDIR/checkpoints/): `python -m "
+            f"bert_jax.convert from_hf --hf_dir={workdir} --output=DIR` reads it")
+  if os.path.exists(os.path.join(workdir, PARAMS_CONFIG_FILE)):
+    return (f"{workdir} is a params checkpoint (convert from_hf's output), not a training workdir "
+            f"(WORKDIR/checkpoints/): a training run starts from it with --config.checkpoint.init_checkpoint={workdir}")
+  if os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return f"no checkpoint in {workdir}/checkpoints: the run has not saved one yet"
+  return f"{workdir} is not a training workdir: it has no checkpoints/"
 
 
 def run_encoder_config(config):

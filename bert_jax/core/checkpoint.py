@@ -292,8 +292,9 @@ def load_params(directory: str):
 
 
 def latest_step(directory: str):
-  """(manager, newest step) of a workdir's checkpoints/ directory; fails naming the steps it has."""
-  manager = ocp.CheckpointManager(os.path.abspath(directory))
+  """(manager, newest step) of a workdir's checkpoints/ directory (None: no step). Only reads: a mistyped path
+  must not be left behind as an empty checkpoints/ that later reads as a run that never saved."""
+  manager = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(create=False))
   return manager, manager.latest_step()
 
 

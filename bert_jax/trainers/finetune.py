@@ -64,8 +64,8 @@ def load_examples(config, spec: tasks.TaskSpec, workdir: str):
 def load_encoder(init_checkpoint: str):
   """(encoder params {encoder}, encoder config, vocab file, lower_case) of a pretraining run."""
   if not os.path.isdir(os.path.join(init_checkpoint, "checkpoints")):
-    raise FileNotFoundError(f"init_checkpoint {init_checkpoint!r} is not a pretraining workdir "
-                            f"(no checkpoints/ in it)")
+    raise FileNotFoundError(f"init_checkpoint {init_checkpoint!r} is not a pretraining workdir: "
+                            f"{workdir_lib.no_checkpoint_reason(init_checkpoint)}")
   params, model_config, pretrain_config, step = workdir_lib.load_workdir_params(init_checkpoint)
   check_encoder(params, f"checkpoint {init_checkpoint} (step {step})")
   vocab_file, lower_case = workdir_lib.find_vocab(pretrain_config, init_checkpoint)
