@@ -255,3 +255,18 @@ def test_a_directory_given_to_the_wrong_command_is_named_with_the_command_that_r
     hf_dir.read_hf_models(str(run))
   with pytest.raises(FileNotFoundError, match=rf"HF directory {typo} does not exist"):
     hf_dir.read_hf_models(str(typo))
+
+
+@pytest.mark.parametrize("module, usage, flags", [
+    ("bert_jax.train", "Pretraining CLI", ["--config: config name in configs/", "tiny", "--workdir"]),
+    ("bert_jax.finetune", "Fine-tuning CLI", ["--init_checkpoint", "--config.task.name=files", "--workdir"]),
+    ("bert_jax.predict", "Inference CLI", ["fill-mask", "--top_k", "--vocab_file", "--workdir"]),
+    ("bert_jax.convert", "to_hf", ["from_tf", "--hf_dir", "--tf_checkpoint", "--workdir"])])
+def test_help_shows_the_usage_and_the_flags(module, usage, flags):
+  # the entry modules are shims: --help printed "`python -m bert_jax.train`: see bert_jax/cli/train.py" and no flag
+  result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, env=cli_env(),
+                          timeout=120)
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]  # absl's --help exits 1
+  assert result.stdout.splitlines()[0].startswith((usage, f"python -m {module} {{{usage}")), result.stdout[:500]
+  for flag in flags:
+    assert flag in result.stdout, (flag, result.stdout)

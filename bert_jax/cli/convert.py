@@ -15,6 +15,7 @@ import json
 from absl import app, flags, logging
 
 from bert_jax.convert import hf_dir, hf_params, tf1, workdir
+from bert_jax.core import configlib
 from bert_jax.models import bert
 
 
@@ -62,4 +63,5 @@ def cli():
                       "discriminator/ and generator/ subdirectories)")
   flags.DEFINE_string("tf_checkpoint", None, "from_tf: checkpoint prefix, e.g. .../bert_model.ckpt")
   flags.DEFINE_string("tf_config", None, "from_tf: bert_config.json")
+  configlib.describe_cli(__doc__)
   app.run(main)

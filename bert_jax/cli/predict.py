@@ -9,6 +9,7 @@ bert_jax/finetune/predict.py for each command's line format.
 
 from absl import app, flags, logging
 
+from bert_jax.core import configlib
 from bert_jax.finetune import predict
 
 
@@ -30,4 +31,5 @@ def cli():
   flags.DEFINE_enum("pooling", "mean", ["mean", "pooled"], "embed: mean over real tokens, or the pooled [CLS]")
   flags.DEFINE_integer("batch_size", 32, "examples per jitted forward pass")
   flags.DEFINE_string("vocab_file", "", "vocabulary (default: the workdir's own)")
+  configlib.describe_cli(__doc__)
   app.run(main)

@@ -83,9 +83,10 @@ def rewrite_argv(argv: list[str]) -> list[str]:
   return out
 
 
-def run_cli(main, define_flags, config_help: str) -> None:
+def run_cli(main, define_flags, config_help: str, doc: str | None = None) -> None:
   """The shared entry point: --config=NAME resolved in configs/ (typos in overrides fail, naming the closest
-  key), then main(config, flags.FLAGS) with absl logging at WARNING unless --verbosity is given."""
+  key), then main(config, flags.FLAGS) with absl logging at WARNING unless --verbosity is given. --help prints
+  `doc` and the flags (describe_cli)."""
   import sys
   from absl import app, flags, logging
   from ml_collections import config_flags
@@ -94,9 +95,11 @@ def run_cli(main, define_flags, config_help: str) -> None:
   except (KeyError, FileNotFoundError) as e:
     print(f"error: {e.args[0]}", file=sys.stderr)
     sys.exit(2)
-  config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
+  config_flags.DEFINE_config_file("config", None, f"{config_help}; in configs/: {', '.join(available())}. Its "
+                                  f"fields are overridden as --config.SECTION.KEY=VALUE", lock_config=True)
   define_flags()
   flags.mark_flag_as_required("config")
+  describe_cli(doc)
 
   def run(argv):
     del argv
@@ -104,6 +107,21 @@ def run_cli(main, define_flags, config_help: str) -> None:
       logging.set_verbosity(logging.WARNING)  # Orbax is chatty at INFO
     main(flags.FLAGS.config, flags.FLAGS)
   app.run(run, argv=argv)
+
+
+def describe_cli(doc: str | None) -> None:
+  """What --help prints for `python -m bert_jax.X`: absl shows __main__'s docstring and the flags key to the main
+  module, but the entry modules are one-line shims and the flags are defined in bert_jax.cli and here, so --help
+  printed a pointer to a file and no flag. Hands `doc` (when given) and bert_jax's flags to the main module; call
+  it once the flags are defined."""
+  import sys
+  from absl import flags
+  if doc:
+    sys.modules["__main__"].__doc__ = doc
+  for module, defined in flags.FLAGS.flags_by_module_dict().items():
+    if module.startswith("bert_jax."):
+      for flag in defined:
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
 
 def with_current_defaults(saved: dict) -> ml_collections.ConfigDict:
