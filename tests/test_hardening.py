@@ -14,7 +14,7 @@ from bert_jax.convert import workdir as workdir_lib
 from bert_jax.core import configlib, workdir_lock
 from bert_jax.data import instances, pipeline, prepare, schema
 from bert_jax.data import manifest as manifest_lib
-from bert_jax.trainers import finetune
+from bert_jax.trainers import finetune, pretrain
 from data_helpers import ListCorpus, write_google_style_records
 from cli_helpers import cli_env
 
@@ -270,3 +270,12 @@ def test_help_shows_the_usage_and_the_flags(module, usage, flags):
   assert result.stdout.splitlines()[0].startswith((usage, f"python -m {module} {{{usage}")), result.stdout[:500]
   for flag in flags:
     assert flag in result.stdout, (flag, result.stdout)
+
+
+def test_a_config_of_the_other_kind_is_refused_naming_the_cli_that_takes_it(tmp_path):
+  # was a KeyError: 'microbatches' from ml_collections, and fine-tuning's train.eval_batch_size=0 from tiny's
+  with pytest.raises(ValueError, match=r"this is a fine-tuning config .* run it with `python -m bert_jax.finetune`"):
+    pretrain.train_and_evaluate(configlib.load("finetune"), str(tmp_path / "run"))
+  with pytest.raises(ValueError, match=r"this is a pretraining config .* fine-tuning takes --config=finetune"):
+    finetune.finetune(configlib.load("tiny"), str(tmp_path / "ft"))
+  assert not (tmp_path / "run").exists() and not (tmp_path / "ft").exists()

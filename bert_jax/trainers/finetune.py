@@ -287,6 +287,9 @@ def finetune(config, workdir: str, init_checkpoint: str = "") -> dict:
 
   Start order: the workdir's own checkpoints > init_checkpoint > scratch. Holds WORKDIR/.lock for the run,
   so a second run on the same workdir is refused before it writes anything."""
+  if "task" not in config:  # else a field the two kinds share (train.eval_batch_size, 0 in pretraining) misleads
+    raise ValueError("this is a pretraining config (it has no task section): fine-tuning takes --config=finetune "
+                     "(configs/finetune.py) or a copy of it, and the pretraining run as --init_checkpoint")
   log0 = print if jax.process_index() == 0 else lambda _: None
   distributed.preflight(config, workdir, log=log0)
   with workdir_lock.hold(workdir, log=log0):

@@ -203,6 +203,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Runs (or resumes) pretraining as configured; returns the last train and eval metrics.
 
   Holds WORKDIR/.lock for the run, so a second run on the same workdir is refused before it writes anything."""
+  if "task" in config:  # else a KeyError on the first pretraining field it lacks
+    raise ValueError("this is a fine-tuning config (it has a task section, as configs/finetune.py): run it with "
+                     "`python -m bert_jax.finetune`; pretraining takes a config such as tiny or base")
   log0 = print if jax.process_index() == 0 else lambda _: None
   distributed.preflight(config, workdir, log=log0)
   with workdir_lock.hold(workdir, log=log0):
