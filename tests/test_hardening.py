@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from bert_jax.convert import hf_dir
 from bert_jax.convert import workdir as workdir_lib
-from bert_jax.core import configlib, workdir_lock
+from bert_jax.core import configlib, distributed, workdir_lock
 from bert_jax.data import instances, pipeline, prepare, schema
 from bert_jax.data import manifest as manifest_lib
 from bert_jax.trainers import finetune, pretrain
@@ -279,3 +279,9 @@ def test_a_config_of_the_other_kind_is_refused_naming_the_cli_that_takes_it(tmp_
   with pytest.raises(ValueError, match=r"this is a pretraining config .* fine-tuning takes --config=finetune"):
     finetune.finetune(configlib.load("tiny"), str(tmp_path / "ft"))
   assert not (tmp_path / "run").exists() and not (tmp_path / "ft").exists()
+
+
+def test_a_workdir_that_is_a_file_is_named_as_one(tmp_path):
+  (tmp_path / "run").write_text("notes")
+  with pytest.raises(distributed.PreflightError, match=rf"workdir {tmp_path}/run is a file, not a directory"):
+    distributed.preflight(configlib.load("tiny"), str(tmp_path / "run"))

@@ -147,6 +147,9 @@ def preflight(config, workdir: str, log=print) -> None:
         raise PreflightError(f"pre-flight: processes {differ} run a different {what} than process 0 "
                              f"({what} hash {digest[:12]} here); deploy the same code and flags everywhere")
   probe = epath.Path(workdir) / f".preflight-{jax.process_index()}"
+  if epath.Path(workdir).exists() and not epath.Path(workdir).is_dir():  # else "not writable: File exists"
+    raise PreflightError(f"pre-flight: workdir {workdir} is a file, not a directory; give a directory (a new one "
+                         f"is made)")
   try:
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     probe.write_text("ok")
