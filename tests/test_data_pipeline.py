@@ -163,6 +163,15 @@ def test_corrupt_record_names_the_file(tmp_path, record_files):
       pass
 
 
+def test_text_given_as_records_is_named_with_where_text_goes(tmp_path):
+  text = tmp_path / "corpus.txt"
+  text.write_text("Raw sentences. Not records.\n" * 20)
+  # was "corrupt TFRecord file", which says nothing of data.corpus
+  with pytest.raises(ValueError, match=rf"{text} is not a TFRecord file, or a corrupt one .* raw text goes in "
+                                       r"data.corpus, which prepares it, not in data.train_files"):
+    pipeline.check_files_match([str(text)], max_seq_length=SEQ, max_predictions_per_seq=PRED)
+
+
 def test_glob_without_matches_fails():
   with pytest.raises(FileNotFoundError, match="matched no files"):
     pipeline.resolve_files("/nowhere/*.tfrecord")

@@ -242,7 +242,8 @@ def check_files_match(files, *, max_seq_length: int, max_predictions_per_seq: in
       try:
         first_record[f] = next(iter(tf.data.TFRecordDataset(f).take(1)), None)
       except tf.errors.DataLossError:
-        raise ValueError(f"corrupt TFRecord file: {f}") from None
+        raise ValueError(f"{f} is not a TFRecord file, or a corrupt one (its first record does not read); raw "
+                         f"text goes in data.corpus, which prepares it, not in data.{what}_files") from None
     return first_record[f] is not None
 
   check_not_empty(files, has_examples, process_count=process_count, what=what,
