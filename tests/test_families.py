@@ -163,6 +163,9 @@ def test_unknown_family_objective_or_sharing_fail_naming_the_choices():
     albert.AlbertConfig(layer_sharing="attention", scan_layers=True)
   with pytest.raises(ValueError, match="model.family='albert'"):
     bert.BertConfig(embedding_size=128)
+  for field in ("dtype", "param_dtype"):  # was numpy's TypeError "data type 'bf16' not understood", no field named
+    with pytest.raises(ValueError, match=rf"model.{field}='bf16' is not a dtype name \(e.g. float32, bfloat16\)"):
+      registry.encoder_config({"family": "bert", "size": "tiny", field: "bf16"})
 
 
 def test_wrong_vocabulary_kind_is_refused_naming_the_fix():

@@ -114,7 +114,12 @@ class EncoderConfig:
     if self.task_type_vocab_size < 0 or (self.task_type_vocab_size and not self.has_task_types):
       raise ValueError(f"task_type_vocab_size={self.task_type_vocab_size}: task-type embeddings exist only in "
                        f"model.family='ernie' (>= 1 there, 0 for none); {self.family!r} has no HF place for them")
-    jnp.dtype(self.dtype), jnp.dtype(self.param_dtype)  # fail early on a bad dtype name
+    for field in ("dtype", "param_dtype"):  # fail early on a bad dtype name, naming the field numpy does not
+      try:
+        jnp.dtype(getattr(self, field))
+      except TypeError:
+        raise ValueError(f"model.{field}={getattr(self, field)!r} is not a dtype name (e.g. float32, "
+                         f"bfloat16)") from None
     if isinstance(self.lora_targets, (list, str)):  # from a ConfigDict: a list, or 'query,value'
       targets = self.lora_targets.split(",") if isinstance(self.lora_targets, str) else self.lora_targets
       object.__setattr__(self, "lora_targets", tuple(t.strip() for t in targets if t.strip()))
