@@ -1,4 +1,6 @@
-"""Start-up refusals that used to hang or corrupt a run: data without examples, two runs on one workdir."""
+"""Start-up refusals that used to hang or corrupt a run: data without examples, two runs on one workdir; and the
+CLIs' answers to arguments of the wrong kind (a missing flag, a directory for another command, a config for the
+other CLI), and their --help."""
 import os
 import signal
 import socket
