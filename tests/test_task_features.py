@@ -167,7 +167,7 @@ def test_a_field_the_config_names_but_a_file_lacks_is_refused_naming_the_config_
   with pytest.raises(ValueError, match=r"no 'lab' field .* set --config.task.label_key"):
     tasks.read_file(spec, str(pairs))
   # a misspelled second text field silently made every pair a single sentence
-  spec = tasks.file_spec("f", "classification", "sentence1,sentence2", "label", "", "", str(pairs))
+  spec = tasks.file_spec("f", "classification", "sentence1,sentence2", "label", "yes,no", "", str(pairs))
   with pytest.raises(ValueError, match=r"no 'sentence2' field .* set --config.task.text_keys to the field"):
     tasks.read_file(spec, str(pairs))
   qa = tmp_path / "qa.jsonl"
