@@ -24,3 +24,16 @@ def perturb_params(params, seed=1, scale=0.1):
     x = np.asarray(x)
     return (x + scale * rng.standard_normal(x.shape)).astype(x.dtype)
   return jax.tree_util.tree_map(perturb, params)
+
+
+def refuse_token_type_ids(monkeypatch, hf_cls) -> None:
+  """Makes hf_cls.forward refuse token_type_ids, as DistilBERT's classes do in transformers 4.x (which pyproject
+  allows), for checks that must call each family's classes with the inputs they take."""
+  forward = hf_cls.forward
+
+  def forward_as_in_transformers_4(self, *args, **kwargs):
+    if "token_type_ids" in kwargs:
+      raise TypeError("forward() got an unexpected keyword argument 'token_type_ids'")
+    return forward(self, *args, **kwargs)
+
+  monkeypatch.setattr(hf_cls, "forward", forward_as_in_transformers_4)

@@ -210,15 +210,7 @@ def test_distilbert_task_export_is_checked_without_token_types(tmp_path, monkeyp
   ids, mask, segments = hf_dir.probe_batch(config)
   params = hf_helpers.perturb_params(nn.unbox(jax.jit(model.init)(jax.random.key(0), ids, mask, segments)["params"]))
   task_export.write_hf_dir(params, config, spec, str(tmp_path))
-  cls = getattr(transformers, task_export.hf_class(config, kind))
-  forward = cls.forward
-
-  def forward_as_in_transformers_4(self, *args, **kwargs):
-    if "token_type_ids" in kwargs:
-      raise TypeError("forward() got an unexpected keyword argument 'token_type_ids'")
-    return forward(self, *args, **kwargs)
-
-  monkeypatch.setattr(cls, "forward", forward_as_in_transformers_4)
+  hf_helpers.refuse_token_type_ids(monkeypatch, getattr(transformers, task_export.hf_class(config, kind)))
   assert task_export.check_hf_dir(model, params, spec, str(tmp_path)) < 1e-4
 
 

@@ -19,6 +19,8 @@ from bert_jax.models.bert import BertConfig
 from bert_jax.models.distilbert import DistilBertConfig
 from bert_jax.models.roberta import RobertaConfig
 
+import hf_helpers
+
 SPEC = tasks.TaskSpec("probe", "classification", ("text",), "label", ("a", "b", "c"))
 NO_DROPOUT = dict(hidden_dropout=0.0, attention_dropout=0.0)
 BERT = BertConfig.from_size("tiny", vocab_size=120, max_position_embeddings=64, **NO_DROPOUT)
@@ -214,15 +216,7 @@ def test_distilbert_lora_export_is_checked_without_token_types(tmp_path, monkeyp
                                       lora_alpha=8.0, **NO_DROPOUT)
   params = _perturbed_peft(_init(config))
   peft_export.write_peft_dir(params, config, SPEC, str(tmp_path))
-  cls = transformers.DistilBertForSequenceClassification
-  forward = cls.forward
-
-  def forward_as_in_transformers_4(self, *args, **kwargs):
-    if "token_type_ids" in kwargs:
-      raise TypeError("forward() got an unexpected keyword argument 'token_type_ids'")
-    return forward(self, *args, **kwargs)
-
-  monkeypatch.setattr(cls, "forward", forward_as_in_transformers_4)
+  hf_helpers.refuse_token_type_ids(monkeypatch, transformers.DistilBertForSequenceClassification)
   assert peft_export.check_peft_dir(params, config, SPEC, str(tmp_path)) <= 1e-4
 
 
