@@ -33,6 +33,7 @@ def electra_recipe(c: ml_collections.ConfigDict, max_seq_length: int, max_predic
   c.data.max_predictions_per_seq = max_predictions_per_seq  # int((mask rate + 0.005) x seq), as google-research/electra
   c.train.objective = "electra"         # generator MLM + replaced-token detection
   c.optim.warmup_steps = 10000
+  c.optim.decay_from = "start"          # google-research/electra model/optimization.py: linear decay over all steps from 0
   c.electra = electra_section(generator_hidden_fraction)
   return c
 

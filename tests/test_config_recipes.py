@@ -1,0 +1,23 @@
+"""The full-size configs against the papers and reference code: the numbers a user expects from each recipe, and
+learning-rate curves that follow the reference's formula."""
+import pytest
+
+from bert_jax.core import configlib, optim
+
+
+def _schedule(name, overrides=None):
+  c = configlib.load(name, overrides or {})
+  o = c.optim
+  return optim.learning_rate_schedule(o.peak_learning_rate, o.warmup_steps,
+                                      optim.schedule_steps(o, c.train.steps), o.decay, o.power,
+                                      o.end_learning_rate, o.decay_from), c
+
+
+@pytest.mark.parametrize("name", ["electra_small", "electra_base", "electra_large"])
+def test_electra_decays_from_step_zero_as_google_research_electra(name):
+  # model/optimization.py: polynomial_decay(lr, step, num_train_steps) times min(1, step / warmup), so after
+  # warmup the rate is lr * (1 - step / num_train_steps), already below the peak.
+  sched, c = _schedule(name)
+  peak, total = c.optim.peak_learning_rate, c.train.steps
+  for step in (c.optim.warmup_steps, total // 3, total - 1000):
+    assert float(sched(step)) == pytest.approx(peak * (1 - step / total), abs=peak * 1e-5), step
