@@ -1,6 +1,6 @@
 """ALBERT-base (Lan et al. 2019): 12 layers sharing one block, 768 hidden, E=128 (~12M params).
 
-The paper's recipe: SOP, n-gram masking (n <= 3), LAMB at batch 4096 with lr 0.00176 for 125k steps,
+The paper's recipe: SOP, n-gram masking (n <= 3 whole words), LAMB at batch 4096 with lr 0.00176 for 125k steps,
 seq 512, 20 predictions, a 30k lower-cased SentencePiece vocabulary, no dropout.
 """
 
@@ -21,6 +21,7 @@ def get_config():
   c.data.lower_case = True
   c.data.mode = "sop"                   # sentence-order pairs
   c.data.max_ngram = 3                  # n-gram masking, p(n) ~ 1/n
+  c.data.whole_word_masking = True      # n-grams of whole words: google-research/albert's do_whole_word_mask=True
   c.data.max_seq_length = 512
   c.data.max_predictions_per_seq = 20
   c.train.objective = "mlm_sop"

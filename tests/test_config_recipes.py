@@ -21,3 +21,11 @@ def test_electra_decays_from_step_zero_as_google_research_electra(name):
   peak, total = c.optim.peak_learning_rate, c.train.steps
   for step in (c.optim.warmup_steps, total // 3, total - 1000):
     assert float(sched(step)) == pytest.approx(peak * (1 - step / total), abs=peak * 1e-5), step
+
+
+@pytest.mark.parametrize("name", ["albert_base", "albert_large", "albert_xlarge", "albert_xxlarge"])
+def test_albert_masks_ngrams_of_whole_words_as_google_research_albert(name):
+  # create_pretraining_data.py: do_whole_word_mask=True, ngram=3 with p(n) ~ 1/n, so an n-gram is n whole words
+  from bert_jax import inputs
+  opts = inputs.masking_options(configlib.load(name).data)
+  assert (opts.mode, opts.max_ngram, opts.whole_word_masking, opts.word_units) == ("ngram", 3, True, True)
