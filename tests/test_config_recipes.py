@@ -29,3 +29,17 @@ def test_albert_masks_ngrams_of_whole_words_as_google_research_albert(name):
   from bert_jax import inputs
   opts = inputs.masking_options(configlib.load(name).data)
   assert (opts.mode, opts.max_ngram, opts.whole_word_masking, opts.word_units) == ("ngram", 3, True, True)
+
+
+@pytest.mark.parametrize("name,batch,steps,warmup,peak", [
+    ("roberta_base", 2048, 125000, 10000, 5e-4),   # fairseq examples/roberta/config/pretraining/base.yaml
+    ("roberta_large", 8192, 500000, 30000, 4e-4),  # the paper's Table 9
+])
+def test_roberta_batch_steps_and_learning_rate_come_from_one_recipe(name, batch, steps, warmup, peak):
+  c = configlib.load(name)
+  assert (c.train.batch_size, c.train.steps, c.optim.warmup_steps, c.optim.peak_learning_rate) == (
+      batch, steps, warmup, peak)
+  # both: Adam (0.9, 0.98), eps 1e-6, weight decay 0.01, no clipping, linear decay from the peak to 0
+  o = c.optim
+  assert (o.b1, o.b2, o.eps, o.weight_decay, o.clip_norm, o.decay, o.decay_from, o.end_learning_rate) == (
+      0.9, 0.98, 1e-6, 0.01, 0.0, "linear", "warmup_end", 0.0)
