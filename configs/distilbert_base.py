@@ -36,6 +36,7 @@ def get_config():
   c.train.steps = 100000
   c.optim.peak_learning_rate = 5e-4     # HF's distillation script
   c.optim.warmup_steps = 5000           # 5% of the steps
+  c.optim.b2 = 0.98                     # HF distiller.py: AdamW(..., betas=(0.9, 0.98))
   c.optim.weight_decay = 0.0
   c.optim.clip_norm = 5.0
   c.distill = distill_section("runs/base")  # a workdir trained with --config=base

@@ -43,3 +43,16 @@ def test_roberta_batch_steps_and_learning_rate_come_from_one_recipe(name, batch,
   o = c.optim
   assert (o.b1, o.b2, o.eps, o.weight_decay, o.clip_norm, o.decay, o.decay_from, o.end_learning_rate) == (
       0.9, 0.98, 1e-6, 0.01, 0.0, "linear", "warmup_end", 0.0)
+
+
+def test_distilbert_optimizer_is_hf_distillers():
+  # examples/research_projects/distillation: distiller.py's AdamW(betas=(0.9, 0.98)), train.py's defaults
+  # (lr 5e-4, eps 1e-6, weight decay 0, max_grad_norm 5, warmup_prop 0.05), README's alphas 5/2/1, temperature 2
+  c = configlib.load("distilbert_base")
+  o, s = c.optim, c.distill
+  assert (o.name, o.b1, o.b2, o.eps, o.weight_decay, o.clip_norm, o.peak_learning_rate) == (
+      "adamw", 0.9, 0.98, 1e-6, 0.0, 5.0, 5e-4)
+  assert o.warmup_steps == 0.05 * c.train.steps and (o.decay, o.decay_from) == ("linear", "warmup_end")
+  assert (s.temperature, s.alpha_ce, s.alpha_mlm, s.alpha_cos, s.kl_positions) == (2.0, 5.0, 2.0, 1.0, "all")
+  assert (c.data.masked_lm_prob, c.data.replacement, c.data.dynamic_masking) == (
+      0.15, "mask:0.8,random:0.1,keep:0.1", True)
