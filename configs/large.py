@@ -12,6 +12,7 @@ def get_config():
   c = common.get_config()
   c.model.size = "large"                # 24 layers, 1024 hidden, 16 heads
   c.model.vocab_size = 30522
+  c.data.lower_case = True              # uncased, as google-research/bert's uncased models (do_lower_case=True)
   c.data.max_seq_length = 128
   c.data.max_predictions_per_seq = 20
   c.train.steps = 900000                # 90% of 1M steps at seq 128
@@ -19,5 +20,6 @@ def get_config():
   c.optim.peak_learning_rate = 1e-4
   c.optim.warmup_steps = 10000
   c.optim.decay_from = "start"          # google-research/bert's schedule: linear decay over all steps from 0
+  c.optim.end_learning_rate = 1e-5      # the paper's one decay to 0 at 1M steps is at 1e-5 after 900k; phase 2 goes on
   c.lock()
   return c

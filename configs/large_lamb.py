@@ -12,6 +12,7 @@ def get_config():
   c.optim.decay = "polynomial"
   c.optim.power = 0.5
   c.optim.weight_decay = 0.01
+  c.optim.end_learning_rate = 0.0       # its own schedule to 0 (NVIDIA's PolyWarmUpScheduler), not phase 1 of large's
   c.train.batch_size = 65536            # global; use train.microbatches where memory is short
   c.train.steps = 7038
   c.lock()

@@ -56,3 +56,31 @@ def test_distilbert_optimizer_is_hf_distillers():
   assert (s.temperature, s.alpha_ce, s.alpha_mlm, s.alpha_cos, s.kl_positions) == (2.0, 5.0, 2.0, 1.0, "all")
   assert (c.data.masked_lm_prob, c.data.replacement, c.data.dynamic_masking) == (
       0.15, "mask:0.8,random:0.1,keep:0.1", True)
+
+
+@pytest.mark.parametrize("size", ["base", "large"])
+def test_bert_phases_follow_the_papers_one_learning_rate_line(size):
+  # Devlin et al. A.2: 1M steps, 10k warmup to 1e-4, linear decay to 0; 90% of the steps at 128, the rest at 512.
+  # Phase 1 is the line's first 900k steps; phase 2 starts a fresh optimizer (a short re-warmup) on its last 100k.
+  paper = lambda step: 1e-4 * (1 - step / 1_000_000)
+  phase1, c1 = _schedule(size)
+  phase2, c2 = _schedule("large_phase2", {"model.size": size})
+  assert (c1.train.steps, c2.train.steps, c1.data.max_seq_length, c2.data.max_seq_length) == (
+      900000, 100000, 128, 512)
+  assert (c1.data.max_predictions_per_seq, c2.data.max_predictions_per_seq, c1.train.batch_size) == (20, 80, 256)
+  for step in (10000, 450000, 899999):
+    assert float(phase1(step)) == pytest.approx(paper(step), abs=1e-9), step
+  for step in (1000, 50000, 99999):
+    assert float(phase2(step)) == pytest.approx(paper(900000 + step), abs=1e-9), step
+  assert float(phase2(500)) < paper(900500)  # the re-warmup never overshoots the line
+  # google-research/bert's uncased models: lower-cased text for the uncased 30522-piece vocabulary
+  assert c1.data.lower_case and c2.data.lower_case and c1.model.vocab_size == 30522
+
+
+def test_large_lamb_is_nvidias_phase_1():
+  # NVIDIA DeepLearningExamples BERT run_pretraining.sh: batch 65536, lr 6e-3, warmup 0.2843 of 7038 steps,
+  # PolyWarmUpScheduler (degree 0.5 over all steps from 0, to 0)
+  sched, c = _schedule("large_lamb")
+  assert (c.optim.name, c.train.batch_size, c.train.steps, c.optim.warmup_steps) == ("lamb", 65536, 7038, 2000)
+  for step in (2000, 5000, 7000):
+    assert float(sched(step)) == pytest.approx(6e-3 * (1 - step / 7038) ** 0.5, rel=1e-4), step
