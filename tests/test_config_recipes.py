@@ -84,3 +84,52 @@ def test_large_lamb_is_nvidias_phase_1():
   assert (c.optim.name, c.train.batch_size, c.train.steps, c.optim.warmup_steps) == ("lamb", 65536, 7038, 2000)
   for step in (2000, 5000, 7000):
     assert float(sched(step)) == pytest.approx(6e-3 * (1 - step / 7038) ** 0.5, rel=1e-4), step
+
+
+# (layers, hidden, heads, FFN, embedding width, vocab, positions, LayerNorm eps, dropout, activation) per paper:
+# BERT Table/README, ALBERT Table 1 + albert_config.json (v2: no dropout), RoBERTa Table 9 + HF config, ELECTRA
+# Table 6, DistilBERT (6 of BERT-base's layers), SpanBERT (BERT-base cased), HIT's and NEZHA's bert-base-chinese
+# vocabulary, ERNIE 1.0's released config (18000 pieces, 513 positions).
+SIZES = {
+    "base": (12, 768, 12, 3072, 768, 30522, 512, 1e-12, 0.1, "gelu"),
+    "large": (24, 1024, 16, 4096, 1024, 30522, 512, 1e-12, 0.1, "gelu"),
+    "albert_base": (12, 768, 12, 3072, 128, 30000, 512, 1e-12, 0.0, "gelu_new"),
+    "albert_large": (24, 1024, 16, 4096, 128, 30000, 512, 1e-12, 0.0, "gelu_new"),
+    "albert_xlarge": (24, 2048, 16, 8192, 128, 30000, 512, 1e-12, 0.0, "gelu_new"),
+    "albert_xxlarge": (12, 4096, 64, 16384, 128, 30000, 512, 1e-12, 0.0, "gelu_new"),
+    "roberta_base": (12, 768, 12, 3072, 768, 50265, 514, 1e-5, 0.1, "gelu"),
+    "roberta_large": (24, 1024, 16, 4096, 1024, 50265, 514, 1e-5, 0.1, "gelu"),
+    "electra_small": (12, 256, 4, 1024, 128, 30522, 512, 1e-12, 0.1, "gelu"),
+    "electra_base": (12, 768, 12, 3072, 768, 30522, 512, 1e-12, 0.1, "gelu"),
+    "electra_large": (24, 1024, 16, 4096, 1024, 30522, 512, 1e-12, 0.1, "gelu"),
+    "distilbert_base": (6, 768, 12, 3072, 768, 30522, 512, 1e-12, 0.1, "gelu"),
+    "spanbert_base": (12, 768, 12, 3072, 768, 28996, 512, 1e-12, 0.1, "gelu"),
+    "bert_wwm_chinese_base": (12, 768, 12, 3072, 768, 21128, 512, 1e-12, 0.1, "gelu"),
+    "roberta_wwm_ext_base": (12, 768, 12, 3072, 768, 21128, 512, 1e-12, 0.1, "gelu"),
+    "ernie_base": (12, 768, 12, 3072, 768, 18000, 513, 1e-12, 0.1, "gelu"),
+    "nezha_base": (12, 768, 12, 3072, 768, 21128, 512, 1e-12, 0.1, "gelu"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SIZES))
+def test_full_configs_build_the_papers_model(name):
+  from bert_jax.models import registry
+  c = configlib.load(name)
+  m = registry.encoder_config(c.model.to_dict())
+  assert (m.num_layers, m.hidden_size, m.num_heads, m.intermediate_size, m.embedding_width, m.vocab_size,
+          m.max_position_embeddings, m.layer_norm_eps, m.hidden_dropout, m.hidden_act) == SIZES[name]
+  assert m.attention_dropout == m.hidden_dropout and c.data.vocab_size in (30522, m.vocab_size)
+  assert c.data.masked_lm_prob == (0.25 if name == "electra_large" else 0.15)
+
+
+@pytest.mark.parametrize("name", ["albert_base", "albert_large", "albert_xlarge", "albert_xxlarge"])
+def test_albert_optimizer_is_google_research_albert(name):
+  # run_pretraining.py flags (lr 0.00176, 125k steps, 3125 warmup, batch 4096, poly_power 1) and optimization.py
+  # (LAMB b1 0.9, b2 0.999, eps 1e-6, weight decay 0.01, clip 1.0, polynomial decay from step 0 to 0)
+  sched, c = _schedule(name)
+  o = c.optim
+  assert (o.name, o.b1, o.b2, o.eps, o.weight_decay, o.clip_norm) == ("lamb", 0.9, 0.999, 1e-6, 0.01, 1.0)
+  assert (c.train.batch_size, c.train.steps, o.warmup_steps, c.data.max_seq_length,
+          c.data.max_predictions_per_seq, c.data.mode) == (4096, 125000, 3125, 512, 20, "sop")
+  for step in (3125, 60000, 124000):
+    assert float(sched(step)) == pytest.approx(0.00176 * (1 - step / 125000), abs=1e-9), step
