@@ -5,7 +5,8 @@ the default here, data.segmenter). The architecture, vocabulary and NSP task are
 the model exports as BertForPreTraining / BertForMaskedLM. Phase 1 as published: 100K steps at length 128, batch
 2,560, LAMB at 1e-4 with 10% warm-up (the paper); phase 2 is 100K more at length 512, batch 384
 (--config.data.max_seq_length=512 --config.data.max_predictions_per_seq=80 --config.train.batch_size=384
---config.checkpoint.init_checkpoint=PHASE1)."""
+--config.checkpoint.init_checkpoint=PHASE1). HIT's phase 1 starts from Google's BERT-base Chinese weights (the README's
+"Init Checkpoint: ~BERT weight"): pass them as checkpoint.init_checkpoint (convert from_hf or from_tf)."""
 
 from configs import common
 
