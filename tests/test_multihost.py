@@ -129,6 +129,31 @@ def test_sigterm_to_one_process_saves_on_all_at_one_step_and_exits_zero(records,
     assert reached == {saved}, (i, reached, out[-2000:])
 
 
+def test_sigterm_to_the_local_launcher_reaches_every_process(records, tmp_path):
+  """local_multiprocess.sh passes a SIGTERM on to its processes, which save at one step and exit 0; it used to die
+  alone and leave them training."""
+  flags = _flags(records, tmp_path, 300, **{"optim.schedule_steps": 0, "checkpoint.every_steps": 1000})
+  launcher = subprocess.Popen(["bash", os.path.join(LAUNCH, "local_multiprocess.sh"), "2", "1", "--"] + flags,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=_env(LOG_DIR=str(tmp_path / "logs")), cwd=ROOT, start_new_session=True)
+  try:
+    deadline = time.time() + 300
+    while time.time() < deadline and not (os.path.exists(tmp_path / "metrics.jsonl")
+                                          and len(_losses(tmp_path)) >= 3):
+      assert launcher.poll() is None, launcher.communicate()[0][-3000:]
+      time.sleep(0.05)
+    launcher.send_signal(signal.SIGTERM)
+    out = launcher.communicate(timeout=240)[0]
+  finally:  # the whole session: a process the launcher did not stop would outlive the test
+    if launcher.poll() is None:
+      os.killpg(launcher.pid, signal.SIGKILL)
+  assert launcher.returncode == 0, out[-3000:]
+  saved = int(out.split("SIGTERM: saving a checkpoint at step ")[1].split()[0])
+  assert str(saved) in os.listdir(tmp_path / "checkpoints")
+  # process 1 (which logs nothing of its own) saved at the same step
+  assert f"Reached preemption sync point, step={saved}" in (tmp_path / "logs" / "process_1.log").read_text()
+
+
 _PREEMPTION_OFF = """
 import socket, jax
 from bert_jax.core import preemption
