@@ -386,6 +386,21 @@ def test_train_cli_runs_and_resumes_without_tensorflow(tmp_path, small_corpus):
   assert refused.returncode != 0 and "--config.data.backend=grain" in refused.stderr, refused.stderr[-2000:]
 
 
+def test_a_process_whose_share_of_left_over_files_is_empty_is_refused(tmp_path):
+  """Files of 50, 0 and 1 records over 2 processes: process 0 reads the first whole, process 1 the second (empty)
+  and its half of the third, which holds no record for it; it would wait forever for a first batch."""
+  files = []
+  for i, n in enumerate((50, 0, 1)):
+    tfr = str(tmp_path / f"part-{i}.tfrecord")
+    write_google_style_records(tfr, n, 32, 5, start=100 * i)
+    array_record_io.convert_tfrecords([tfr], str(tmp_path / "ar"))
+    files.append(str(tmp_path / "ar" / f"part-{i}.array_record"))
+  kw = dict(max_seq_length=32, max_predictions_per_seq=5)
+  with pytest.raises(ValueError, match=r"process 1 of 2 would read only train files that hold no examples"):
+    grain_pipeline.check_files_match(files, process_count=2, **kw)
+  grain_pipeline.check_files_match(files[:1] + files[2:], process_count=2, **kw)  # 50 and 1: each has records
+
+
 def test_a_glob_matching_both_formats_reads_each_shard_once(prepared):
   """'train/*' of data prepared in both formats matches every shard twice (.array_record and .tfrecord): the grain
   backend must list each ArrayRecord file once, in the glob's order, or every example is read twice an epoch."""

@@ -342,8 +342,12 @@ def check_files_match(files, *, max_seq_length: int, max_predictions_per_seq: in
         raise ValueError(f"corrupt or unreadable ArrayRecord file: {f} ({str(e).splitlines()[0][:200]})") from None
     return counts[f] > 0
 
+  def count_of(f):
+    has_examples(f)
+    return counts[f]
+
   pipeline.check_not_empty(files, has_examples, process_count=process_count, what=what,
-                           source="none holds a record")
+                           source="none holds a record", count_of=count_of)
   if manifest is None:
     source = next(f for f in files if has_examples(f))
     first = array_record_io.read_records(source, [0])[0]

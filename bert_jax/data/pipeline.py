@@ -114,13 +114,19 @@ def build_dataset(cfg: PipelineConfig, process_index: int = 0, process_count: in
   autotune = tf.data.AUTOTUNE
   mine = process_shares(files, 0, 1) if cfg.split_records else process_shares(files, process_index, process_count)
   paths, strides, offsets = zip(*mine)
-  ds = tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(strides, np.int64), np.asarray(offsets, np.int64)))
+  whole_files = all(stride == 1 for stride in strides)
+  # Whole files keep the graph of file names alone, which positions saved before left-over files were split by
+  # record were saved in: such a resume continues instead of starting the stream afresh.
+  ds = tf.data.Dataset.from_tensor_slices(list(paths) if whole_files else
+                                          (list(paths), np.asarray(strides, np.int64), np.asarray(offsets, np.int64)))
   if cfg.shuffle:
     ds = ds.shuffle(len(mine), seed=cfg.seed, reshuffle_each_iteration=True)
   if cfg.repeat:
     ds = ds.repeat()
-  ds = ds.interleave(lambda path, stride, offset: tf.data.TFRecordDataset(path).shard(stride, offset),
-                     cycle_length=min(cfg.cycle_length, len(mine)), num_parallel_calls=autotune, deterministic=True)
+  read = tf.data.TFRecordDataset if whole_files else (
+      lambda path, stride, offset: tf.data.TFRecordDataset(path).shard(stride, offset))
+  ds = ds.interleave(read, cycle_length=min(cfg.cycle_length, len(mine)), num_parallel_calls=autotune,
+                     deterministic=True)
   if cfg.split_records:
     ds = ds.shard(process_count, process_index)
   if cfg.shuffle:
@@ -247,7 +253,8 @@ def check_files_match(files, *, max_seq_length: int, max_predictions_per_seq: in
     return first_record[f] is not None
 
   check_not_empty(files, has_examples, process_count=process_count, what=what,
-                  source="manifest.json lists 0 instances for them" if counts is not None else "none holds a record")
+                  source="manifest.json lists 0 instances for them" if counts is not None else "none holds a record",
+                  count_of=None if counts is None else counts.__getitem__)
   if manifest is None:
     first = next(r for r in first_record.values() if r is not None)
     source = next(f for f, r in first_record.items() if r is not None)
@@ -275,8 +282,11 @@ def manifest_counts(files, manifest: dict | None) -> dict[str, int] | None:
   return None
 
 
-def check_not_empty(files, has_examples, *, process_count: int = 1, what: str = "train", source: str = "") -> None:
-  """Fails naming the files when they, or the share of them one process reads, hold no examples."""
+def check_not_empty(files, has_examples, *, process_count: int = 1, what: str = "train", source: str = "",
+                    count_of=None) -> None:
+  """Fails naming the files when they, or the share of them one process reads, hold no examples. count_of(f), the
+  examples of a file where they are known cheaply (a manifest, ArrayRecord's index), tells whether a process's
+  share of a file split by record is empty; without it such a file counts as giving every process some."""
   files = list(files)
   if not any(has_examples(f) for f in files):
     raise ValueError(
@@ -286,9 +296,10 @@ def check_not_empty(files, has_examples, *, process_count: int = 1, what: str = 
         + ("; data.eval_files='' skips evaluation, and with data.corpus a larger data.eval_fraction gives eval "
            "instances" if what == "eval" else ""))
   for index in range(process_count):
-    # Left-over files holding fewer examples than there are processes are taken as giving every process some.
-    share = [f for f, _, _ in process_shares(files, index, process_count)]
-    if not any(has_examples(f) for f in share):
+    shares = process_shares(files, index, process_count)
+    share = [f for f, _, _ in shares]
+    if not any(has_examples(f) if stride == 1 or count_of is None else share_count(count_of(f), stride, offset) > 0
+               for f, stride, offset in shares):
       raise ValueError(
           f"process {index} of {process_count} would read only {what} files that hold no examples ({source}): "
           f"{_names(share)}; each process reads every {process_count}-th file (and a share of the examples of "
