@@ -25,7 +25,8 @@ for ((i = 0; i < num; i++)); do
        JAX_PLATFORMS=cpu XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=$devices"
        "$python" -m bert_jax.train "$@")
   if [ "$i" -eq 0 ]; then  # $! must be the trainer's pid, not tee's, for the signal to reach it
-    "${run[@]}" > >(tee "$log_dir/process_0.log") 2>&1 &
+    # tee ignores SIGTERM/SIGINT: a signal to the whole process group must not cut process 0's output
+    "${run[@]}" > >(trap '' TERM INT; exec tee "$log_dir/process_0.log") 2>&1 &
   else
     "${run[@]}" > "$log_dir/process_$i.log" 2>&1 &
   fi
