@@ -62,7 +62,8 @@ def no_checkpoint_reason(workdir: str) -> str:
             f"bert_jax.convert from_hf --hf_dir={workdir} --output=DIR` reads it")
   if os.path.exists(os.path.join(workdir, PARAMS_CONFIG_FILE)):
     return (f"{workdir} is a params checkpoint (convert from_hf's output), not a training workdir "
-            f"(WORKDIR/checkpoints/): a training run starts from it with --config.checkpoint.init_checkpoint={workdir}")
+            f"(WORKDIR/checkpoints/): pretraining starts from it with `python -m bert_jax.train "
+            f"--config.checkpoint.init_checkpoint={workdir}`, and fine-tuning from that run's workdir")
   if os.path.isdir(os.path.join(workdir, "checkpoints")):
     return f"no checkpoint in {workdir}/checkpoints: the run has not saved one yet"
   return f"{workdir} is not a training workdir: it has no checkpoints/"

@@ -143,8 +143,10 @@ def check_intervals(config) -> None:
       continue
     if key == "keep":
       why = " (Orbax would delete every checkpoint, the final one too)"
-    elif key in ("microbatches", "eval_batches"):
-      why = ""  # eval_batches=0 would train to the end, then fail summarizing an eval of no batches
+    elif key == "microbatches":
+      why = ""
+    elif key == "eval_batches":  # 0 would train to the end, then fail summarizing an eval of no batches
+      why = "; with data.train_files, an empty data.eval_files trains without evaluating"
     else:
       why = f"; to do it rarely, set it to train.steps ({config.train.steps})"
     raise ValueError(f"{section}.{key}={value} must be at least 1{why}")
