@@ -194,21 +194,30 @@ def test_sequence_classifier_dropouts_are_hf_distilberts():
   assert not np.array_equal(dense_in, cls)  # ELECTRA's head drops [CLS] before its dense
   cls, dense_in, dense_out, classifier_in = _head_inputs(student, train=False)
   np.testing.assert_array_equal(classifier_in, np.maximum(dense_out, 0))  # evaluation drops nothing
+  cls, dense_in, dense_out, classifier_in = _head_inputs(STUDENT, train=True)  # nor a model without dropout
+  np.testing.assert_array_equal(classifier_in, np.maximum(dense_out, 0))
 
 
 def test_qa_head_drops_the_hidden_states_as_hf_distilbert():
   """DistilBertForQuestionAnswering drops the hidden states at qa_dropout (0.1) before qa_outputs; BERT's does not.
-  With every trunk dropout at 0, only that dropout can tell a training forward pass from an evaluation one."""
+  A model configured without dropout (hidden_dropout=0) has none there either."""
   ids, mask, _ = hf_dir.probe_batch(STUDENT)
   bert = BertConfig(vocab_size=VOCAB, hidden_size=64, num_layers=2, num_heads=8, intermediate_size=128,
-                    max_position_embeddings=64, hidden_dropout=0.0, attention_dropout=0.0)
-  for config, drops in ((STUDENT, True), (bert, False)):
+                    max_position_embeddings=64, hidden_dropout=0.1, attention_dropout=0.0)
+  for config, drops in ((dataclasses.replace(STUDENT, hidden_dropout=0.1), True), (bert, False), (STUDENT, False)):
     model = heads.QuestionAnswering(config)
     params = jax.jit(model.init)(jax.random.key(0), ids, mask, np.zeros_like(ids))["params"]
-    train, evaluate = (np.asarray(model.apply({"params": params}, ids, mask, np.zeros_like(ids), deterministic=d,
-                                              rngs={"dropout": jax.random.key(1)})["start_logits"])
-                       for d in (False, True))
-    assert np.array_equal(train, evaluate) != drops, type(config).__name__
+    seen = {}
+
+    def record(next_fun, args, kwargs, context):
+      out = next_fun(*args, **kwargs)
+      if context.method_name == "__call__" and context.module.name in ("encoder", "qa_outputs"):
+        seen[context.module.name] = np.asarray(out if context.module.name == "encoder" else args[0], np.float32)
+      return out
+    with nn.intercept_methods(record):
+      model.apply({"params": params}, ids, mask, np.zeros_like(ids), deterministic=False,
+                  rngs={"dropout": jax.random.key(1)})
+    assert np.array_equal(seen["encoder"], seen["qa_outputs"]) != drops, (type(config).__name__, config.hidden_dropout)
 
 
 def test_kl_and_cosine_terms_match_hf_distiller_formulas():

@@ -49,7 +49,8 @@ class SequenceClassifier(nn.Module):
       act = {"tanh": jnp.tanh, "relu": nn.relu, "gelu": common.activation("gelu")}[c.classifier_activation]
       first = dropout(x[:, 0]) if c.classifier_input_dropout else x[:, 0]
       pooled = act(common.dense(c, c.hidden_size, ("embed", "mlp"), "classifier_dense")(first))
-    rate = c.hidden_dropout if c.classifier_dropout is None else c.classifier_dropout
+    # a family's own classifier rate applies only while dropout is on: hidden_dropout=0 means no dropout anywhere
+    rate = c.classifier_dropout if c.classifier_dropout is not None and c.hidden_dropout else c.hidden_dropout
     logits = common.dense(c, self.num_labels, ("mlp", None), "classifier")(dropout(pooled, rate))
     return {"logits": logits.astype(jnp.float32)}
 
@@ -74,7 +75,7 @@ class QuestionAnswering(nn.Module):
   @nn.compact
   def __call__(self, input_ids_BxT, input_mask_BxT, segment_ids_BxT, *, deterministic=True):
     x = Encoder(self.config, deterministic, name="encoder")(input_ids_BxT, input_mask_BxT, segment_ids_BxT)
-    if self.config.qa_dropout:
+    if self.config.qa_dropout and self.config.hidden_dropout:  # no dropout anywhere at hidden_dropout=0
       x = dropout_lib.Dropout(self.config.qa_dropout, deterministic=deterministic)(x)
     logits = common.dense(self.config, 2, ("embed", None), "qa_outputs")(x).astype(jnp.float32)
     # Padding can never be an answer boundary.

@@ -47,7 +47,8 @@ class EncoderConfig:
   # Task heads as the family's HF classes train them: whether a sequence classifier without a pooler drops [CLS]
   # before its dense (RoBERTa's and ELECTRA's heads do, DistilBERT's pre_classifier takes it undropped), the rate
   # of the dropout before the classifier (None: hidden_dropout; DistilBERT's seq_classif_dropout is 0.2), and of
-  # a dropout before the QA output layer (0: none, as BERT; DistilBERT's qa_dropout is 0.1).
+  # a dropout before the QA output layer (0: none, as BERT; DistilBERT's qa_dropout is 0.1). The family rates apply
+  # only while hidden_dropout > 0, so a model configured without dropout has none in its head either.
   classifier_input_dropout: ClassVar[bool] = True
   classifier_dropout: ClassVar[float | None] = None
   qa_dropout: ClassVar[float] = 0.0
