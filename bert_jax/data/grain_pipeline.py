@@ -334,18 +334,15 @@ def check_files_match(files, *, max_seq_length: int, max_predictions_per_seq: in
                           static_masking=static_masking)
   counts = {}
 
-  def has_examples(f):
+  def count_of(f):
     if f not in counts:
       try:
         counts[f] = array_record_io.num_records(f)
       except (OSError, RuntimeError, ValueError) as e:
         raise ValueError(f"corrupt or unreadable ArrayRecord file: {f} ({str(e).splitlines()[0][:200]})") from None
-    return counts[f] > 0
-
-  def count_of(f):
-    has_examples(f)
     return counts[f]
 
+  has_examples = lambda f: count_of(f) > 0
   pipeline.check_not_empty(files, has_examples, process_count=process_count, what=what,
                            source="none holds a record", count_of=count_of)
   if manifest is None:
