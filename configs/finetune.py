@@ -18,11 +18,12 @@ def get_config() -> ml_collections.ConfigDict:
   t.data_dir = ""                     # TFDS data_dir for TFDS tasks
   t.train_file = ""                   # files: .jsonl or .tsv train examples
   t.eval_file = ""                    # files: .jsonl or .tsv eval examples
-  t.kind = "classification"           # files: classification | regression | tagging | qa
-  t.text_keys = "text"                # files: text field(s), comma-separated (a,b for pairs; question,context)
-  t.label_key = "label"               # files: label field (tags list for tagging, answers for qa)
-  t.label_names = ""                  # files: comma-separated label set (empty: collected from train_file)
-  t.metric = ""                       # files: accuracy_f1 | mcc | pearson_spearman | tagging | squad | squad_v2 (unanswerable questions) (empty: by kind)
+  t.kind = "classification"           # files: classification | regression | tagging | qa | multiple_choice
+  t.text_keys = "text"                # files: text field(s), comma-separated (a,b for pairs; question,context; multiple_choice: context[,question])
+  t.label_key = "label"               # files: label field (tags list for tagging, answers for qa, the right choice's index for multiple_choice)
+  t.label_names = ""                  # files: comma-separated label set (empty: collected from train_file; multiple_choice: names of the choice positions, e.g. A,B,C,D)
+  t.choice_keys = ""                  # files, multiple_choice: the field holding the list of choices, or one field per choice (ending0,ending1,...)
+  t.metric = ""                       # files: accuracy_f1 | mcc | pearson_spearman | tagging | squad | squad_v2 (unanswerable questions) | accuracy (empty: by kind)
 
   c.data = d = ml_collections.ConfigDict()
   d.max_seq_length = 128              # tokens per row

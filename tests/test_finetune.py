@@ -192,6 +192,40 @@ def test_extractive_qa_with_doc_stride_end_to_end(pretrained, sentences, tmp_pat
   assert found == [answers[r["id"]] for r in rows[40:]]
 
 
+def test_multiple_choice_learns_its_train_set_exports_and_predicts_end_to_end(pretrained, sentences, tmp_path):
+  """Which of 3 or 4 halves (the others from other sentences) ends a sentence's first half: memorised in 40 steps
+  (eval on the train file), scored from the predictions, exported with the same scores, and `predict choose`
+  picks what the eval picked."""
+  rng = np.random.default_rng(0)
+  rows = []
+  for i, s in enumerate(sentences[:24]):
+    words = s.split()
+    others = [sentences[j].split() for j in rng.choice(np.delete(np.arange(200), i), 3, replace=False)]
+    choices = [" ".join(o[len(o) // 2:]) for o in others[:2 + i % 2]]  # 3 or 4 choices: masked slots in a batch
+    label = int(rng.integers(len(choices) + 1))
+    choices.insert(label, " ".join(words[len(words) // 2:]))
+    rows.append({"start": " ".join(words[:len(words) // 2]), "hint": "then", "endings": choices, "label": label})
+  train = _write_jsonl(tmp_path / "train.jsonl", rows)
+  result, preds = _run(pretrained, tmp_path / "run", **{
+      "task.name": "files", "task.kind": "multiple_choice", "task.train_file": train, "task.eval_file": train,
+      "task.text_keys": "start,hint", "task.choice_keys": "endings", "train.max_steps": 40,
+      "train.learning_rate": 1e-3})
+  labels = np.array([r["label"] for r in rows])
+  assert len(preds) == 24 and all(0 <= p < len(r["endings"]) for p, r in zip(preds, rows))
+  assert result["accuracy"] == pytest.approx(np.mean(np.array(preds) == labels))
+  assert result["accuracy"] >= 0.9  # chance is 0.29
+  assert result["hf_max_logit_diff"] <= 1e-4  # BertForMultipleChoice
+  from bert_jax.finetune import predict
+  (tmp_path / "choices.txt").write_text("".join("\t".join([r["start"], r["hint"], *r["endings"]]) + "\n"
+                                                for r in rows))
+  predict.run("choose", str(tmp_path / "run"), str(tmp_path / "choices.txt"), str(tmp_path / "chosen.jsonl"))
+  chosen = [json.loads(line) for line in open(tmp_path / "chosen.jsonl")]
+  assert [c["choice"] for c in chosen] == list(preds)
+  assert [c["answer"] for c in chosen] == [r["endings"][p] for r, p in zip(rows, preds)]
+  assert all(len(c["scores"]) == len(r["endings"]) and sum(c["scores"]) == pytest.approx(1.0, abs=1e-5)
+             for c, r in zip(chosen, rows))
+
+
 @pytest.mark.parametrize("kind", ["classification", "tagging", "qa"])
 def test_distilbert_task_export_is_checked_without_token_types(tmp_path, monkeypatch, kind):
   """transformers 4.x (pyproject allows >=4.45) gives DistilBERT's task classes no token_type_ids argument: the

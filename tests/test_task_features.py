@@ -351,3 +351,90 @@ def test_a_batch_size_below_one_is_refused_before_anything_is_read(tmp_path, fie
                                        "task.eval_file": str(tmp_path / "eval.jsonl")})
   with pytest.raises(ValueError, match=rf"train.{field}={size} must be at least 1"):
     finetune.finetune(config, str(tmp_path / "ft"))
+
+
+# ---- multiple choice ------------------------------------------------------------------------------------------
+
+def test_each_choice_is_the_pair_the_exported_hf_tokenizer_makes(wordpiece, tmp_path):
+  """A choice's row is [CLS] context [SEP] question choice [SEP], cut as HF cuts the pair, so the exported
+  tokenizer's pairs give an HF ForMultipleChoice the rows fine-tuning trained on; an example with fewer choices
+  than the most gets [CLS][SEP] rows that choice_mask marks as no choice."""
+  import transformers
+  from bert_jax.data import hf_tokenizer
+  hf_tokenizer.save_hf_tokenizer(wordpiece.vocab_file, True, str(tmp_path), 64)
+  hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+  examples = [{"context": "the engineer tesla was born in paris , france .", "question": "he was",
+               "choices": ["born in 1850", "an anglo saxon kingdom", "the lab"], "label": 0},
+              {"context": "the war lasted from 1850", "question": None, "choices": ["to 1855", "it burned down"],
+               "label": 1}]
+  for max_len in (10, 64):
+    features = tasks.multiple_choice_features(examples, wordpiece, max_len)
+    assert features["input_ids"].shape == (2, 3, max_len) and features["segment_ids"].shape == (2, 3, max_len)
+    assert features["choice_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert features["label"].tolist() == [0, 1]
+    for i, ex in enumerate(examples):
+      for j, choice in enumerate(ex["choices"]):
+        second = f"{ex['question']} {choice}" if ex["question"] else choice
+        want = hf(ex["context"], second, truncation="longest_first", max_length=max_len)
+        n = len(want["input_ids"])
+        assert features["input_ids"][i, j, :n].tolist() == want["input_ids"], (max_len, i, j)
+        assert features["segment_ids"][i, j, :n].tolist() == want["token_type_ids"]
+        assert features["input_mask"][i, j].sum() == n
+    assert features["input_ids"][1, 2, :3].tolist() == [wordpiece.cls_id, wordpiece.sep_id, 0]
+
+
+def test_choices_come_from_a_list_field_or_one_field_each_and_labels_from_indices_or_named_positions(tmp_path):
+  listed = tmp_path / "listed.jsonl"
+  listed.write_text(json.dumps({"ctx": "a b", "q": "c", "options": ["d", "e", "f"], "answer": 2}) + "\n" +
+                    json.dumps({"ctx": "g", "q": "", "options": ["h", "i"], "answer": "1"}) + "\n")
+  spec = tasks.file_spec("f", "multiple_choice", "ctx,q", "answer", "", "", str(listed), "options")
+  assert spec.num_labels == 1 and spec.metric == "accuracy"
+  assert tasks.read_file(spec, str(listed)) == [
+      {"context": "a b", "question": "c", "choices": ["d", "e", "f"], "label": 2},
+      {"context": "g", "question": None, "choices": ["h", "i"], "label": 1}]
+  columns = tmp_path / "swag.tsv"  # SWAG's layout: a column per ending; here labels named as letters
+  columns.write_text("sent1\tending0\tending1\tending2\tlabel\nthe war\tended\tbegan\tlasted\tC\n")
+  spec = tasks.file_spec("f", "multiple_choice", "sent1", "label", "A,B,C", "", str(columns), "ending0,ending1,ending2")
+  assert tasks.read_file(spec, str(columns)) == [
+      {"context": "the war", "question": None, "choices": ["ended", "began", "lasted"], "label": 2}]
+
+
+@pytest.mark.parametrize("row, choice_keys, label_names, error", [
+    ({"ctx": "a", "options": ["b", "c"], "answer": 2}, "options", "",
+     r"example 0: label 2 is not the index of one of its 2 choices \(0 to 1\); for labels such as A,B,C,D set "
+     r"task.label_names"),
+    ({"ctx": "a", "options": ["b", "c"], "answer": "C"}, "options", "A,B,C,D",
+     r"example 0: label 'C' names none of its 2 choices \['A', 'B'\]"),
+    ({"ctx": "a", "options": "b c", "answer": 0}, "options", "", r"the choices are the string 'b c', not a list"),
+    ({"ctx": "a", "options": ["b"], "answer": 0}, "options", "", r"1 choice\(s\); .* needs at least 2"),
+    ({"ctx": "a", "choices": ["b", "c"], "answer": 0}, "options", "",
+     r"example 0: no 'options' field .* set --config.task.choice_keys"),
+])
+def test_a_bad_multiple_choice_example_fails_naming_it(tmp_path, row, choice_keys, label_names, error):
+  path = tmp_path / "train.jsonl"
+  path.write_text(json.dumps(row) + "\n")
+  spec = tasks.file_spec("f", "multiple_choice", "ctx", "answer", label_names, "", str(path), choice_keys)
+  with pytest.raises(ValueError, match=error):
+    tasks.read_file(spec, str(path))
+
+
+def test_choice_keys_are_asked_for_by_multiple_choice_and_refused_elsewhere(tmp_path):
+  path = tmp_path / "train.jsonl"
+  path.write_text(json.dumps({"ctx": "a", "options": ["b", "c"], "answer": 0}) + "\n")
+  with pytest.raises(ValueError, match=r"multiple_choice needs task.choice_keys"):
+    tasks.file_spec("f", "multiple_choice", "ctx", "answer", "", "", str(path))
+  with pytest.raises(ValueError, match=r"task.choice_keys='options' applies to task.kind=multiple_choice, not "
+                                       r"classification"):
+    tasks.file_spec("f", "classification", "ctx", "answer", "", "", str(path), "options")
+  with pytest.raises(ValueError, match=r"task.text_keys='a,b,c': multiple_choice reads a context and, optionally"):
+    tasks.file_spec("f", "multiple_choice", "a,b,c", "answer", "", "", str(path), "options")
+
+
+def test_a_choice_slot_past_an_examples_choices_is_never_picked():
+  spec = tasks.TaskSpec("t", "multiple_choice", ("context",), choice_keys=("choices",))
+  logits = np.array([[0.5, 1.0, 9.0], [2.0, 0.0, 0.0]], np.float32)  # row 0's best score is in its empty slot
+  batch = {"label": np.array([1, 0]), "choice_mask": np.array([[1, 1, 0], [1, 1, 1]])}
+  loss, weight, preds = finetune.task_losses(spec, {"logits": logits}, batch)
+  assert preds.tolist() == [1, 0] and weight.tolist() == [1, 1]
+  real = np.log(np.exp(0.5) + np.exp(1.0)) - 1.0  # cross-entropy over row 0's two real choices
+  np.testing.assert_allclose(loss, [real, np.log(np.exp(2.0) + 2.0) - 2.0], rtol=1e-6)

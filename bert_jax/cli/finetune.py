@@ -2,7 +2,7 @@
 
   python -m bert_jax.finetune --config=finetune --init_checkpoint=runs/tiny --workdir=runs/ft-demo  # offline demo
   ... --config.task.name=glue/mrpc --config.task.data_dir=~/tensorflow_datasets                   # a TFDS task
-  ... --config.task.name=files --config.task.kind=classification|regression|tagging|qa \\
+  ... --config.task.name=files --config.task.kind=classification|regression|tagging|qa|multiple_choice \\
       --config.task.train_file=train.jsonl --config.task.eval_file=dev.jsonl \\
       --config.task.text_keys=sentence1,sentence2 --config.task.label_key=label                   # .jsonl/.tsv
 

@@ -2,7 +2,7 @@
 
   fill-mask  top-k tokens for each [MASK] / <mask> (a pretraining workdir)
   embed      pooled or mean vectors (.npy or .jsonl; any workdir)
-  classify | tag | qa   a fine-tuning workdir's task head
+  classify | tag | qa | choose   a fine-tuning workdir's task head
 Lines come from --input (default: stdin); JSON lines go to --output (default: stdout). See
 bert_jax/finetune/predict.py for each command's line format.
 """

@@ -7,6 +7,7 @@ plus a task head, for every family.
                       the real tokens' outputs to the classifier instead (no pooler, no dense).
   TokenClassifier     sequence_output -> dropout -> classifier [B, T, num_labels]
   QuestionAnswering   sequence_output (-> dropout, DistilBERT) -> qa_outputs [B, T, 2] -> start/end logits [B, T]
+  MultipleChoice      [B, C, T] -> the sequence classifier with one output on each choice's pair -> logits [B, C]
 """
 
 import flax.linen as nn
@@ -33,6 +34,10 @@ class SequenceClassifier(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids_BxT, input_mask_BxT, segment_ids_BxT, *, deterministic=True):
+    return {"logits": self.classify(input_ids_BxT, input_mask_BxT, segment_ids_BxT, deterministic)}
+
+  def classify(self, input_ids_BxT, input_mask_BxT, segment_ids_BxT, deterministic, input_dropout=True):
+    """[B, num_labels] float32 logits; builds the encoder and head inside the calling compact method."""
     c = self.config
     dropout = lambda x, rate=c.hidden_dropout: dropout_lib.Dropout(rate, deterministic=deterministic)(x)
     encoder = Encoder(c, deterministic, name="encoder")
@@ -47,12 +52,27 @@ class SequenceClassifier(nn.Module):
       pooled = encoder.pool(x)
     else:
       act = {"tanh": jnp.tanh, "relu": nn.relu, "gelu": common.activation("gelu")}[c.classifier_activation]
-      first = dropout(x[:, 0]) if c.classifier_input_dropout else x[:, 0]
+      first = dropout(x[:, 0]) if c.classifier_input_dropout and input_dropout else x[:, 0]
       pooled = act(common.dense(c, c.hidden_size, ("embed", "mlp"), "classifier_dense")(first))
     # a family's own classifier rate applies only while dropout is on: hidden_dropout=0 means no dropout anywhere
     rate = c.classifier_dropout if c.classifier_dropout is not None and c.hidden_dropout else c.hidden_dropout
     logits = common.dense(c, self.num_labels, ("mlp", None), "classifier")(dropout(pooled, rate))
-    return {"logits": logits.astype(jnp.float32)}
+    return logits.astype(jnp.float32)
+
+
+class MultipleChoice(SequenceClassifier):
+  """Each choice's pair through the sequence classifier's encoder and head with one output: [B, C] scores, for a
+  softmax over the choices. Inputs are [B, C, T] (any leading dims). Without a pooler the head's dense reads
+  [CLS] undropped, as HF's RobertaForMultipleChoice (its pooler) and ElectraForMultipleChoice (its summary) do."""
+  num_labels: int = 1
+
+  @nn.compact
+  def __call__(self, input_ids_BxCxT, input_mask_BxCxT, segment_ids_BxCxT, *, deterministic=True):
+    if self.num_labels != 1:
+      raise ValueError(f"a multiple-choice head scores each choice with one output, not {self.num_labels}")
+    flat = [x.reshape(-1, x.shape[-1]) for x in (input_ids_BxCxT, input_mask_BxCxT, segment_ids_BxCxT)]
+    logits = self.classify(*flat, deterministic, input_dropout=False)
+    return {"logits": logits.reshape(input_ids_BxCxT.shape[:-1])}
 
 
 class TokenClassifier(nn.Module):
@@ -84,4 +104,4 @@ class QuestionAnswering(nn.Module):
 
 
 MODELS = {"classification": SequenceClassifier, "regression": SequenceClassifier,
-          "tagging": TokenClassifier, "qa": QuestionAnswering}
+          "tagging": TokenClassifier, "qa": QuestionAnswering, "multiple_choice": MultipleChoice}

@@ -41,7 +41,8 @@ NATIVE_CONFIG = "bert_jax_peft.json"
 # Our task kind -> peft TaskType. QA has none (a plain PeftModel, the head in modules_to_save): peft's
 # PeftModelForQuestionAnswering takes token_type_ids but never passes them on (peft 0.21, and main in 2026-08), so a
 # QUESTION_ANS adapter reads every token of a question/context pair as segment A.
-PEFT_TASKS = {"classification": "SEQ_CLS", "regression": "SEQ_CLS", "tagging": "TOKEN_CLS", "qa": None}
+PEFT_TASKS = {"classification": "SEQ_CLS", "regression": "SEQ_CLS", "tagging": "TOKEN_CLS", "qa": None,
+              "multiple_choice": None}  # peft has no multiple-choice task type
 
 
 def _numpy(params):
@@ -168,7 +169,7 @@ def check_peft_dir(params, model_config, spec, output_dir: str, tolerance: float
   hf = peft.PeftModel.from_pretrained(base, os.path.join(output_dir, "adapter")).eval()
   ids, mask, segments = hf_dir.probe_batch(model_config)
   seq = min(ids.shape[1], model_config.max_sequence_length - peft_lib.prompt_tokens(model_config))
-  ids, mask, segments = ids[:, :seq], mask[:, :seq], segments[:, :seq]
+  ids, mask, segments = task_export.as_task_inputs(spec.kind, ids[:, :seq], mask[:, :seq], segments[:, :seq])
   with torch.no_grad():
     out = hf(**hf_dir.torch_inputs(base_config, ids, mask, segments))
   fp32 = dataclasses.replace(model_config, dtype="float32", lora_dropout=0.0)

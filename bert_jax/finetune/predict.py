@@ -1,4 +1,5 @@
-"""Inference from a workdir: fill-mask and embeddings from a pretraining run, classify/tag/qa from a fine-tuning run.
+"""Inference from a workdir: fill-mask and embeddings from a pretraining run, classify/tag/qa/choose from a
+fine-tuning run.
 
 Input is text, one example per line (blank lines are skipped; every output record repeats its input, so
 outputs line up with inputs by content, not by count):
@@ -8,9 +9,11 @@ outputs line up with inputs by content, not by count):
   classify   a text, or two texts separated by a tab for pair tasks (regression tasks give a value)
   tag        whitespace-separated words; one tag per word (read on its first sub-token, as trained)
   qa         question<TAB>context; the best span over all context windows, from the original text
+  choose     context<TAB>choice<TAB>choice...; with a question (a task of two text_keys),
+             context<TAB>question<TAB>choice<TAB>choice...; the scores of the choices and the best one
 Output is JSON lines (embed: also .npy, chosen by the output's extension). The forward pass is jitted once
 per run and applied in fixed-size batches, padded to the longest line (fill-mask, embed) or to the
-fine-tuning length (classify, tag, qa).
+fine-tuning length (classify, tag, qa, choose).
 """
 
 import dataclasses
@@ -32,7 +35,7 @@ from bert_jax.models import registry
 from bert_jax.models.encoder import Encoder
 from bert_jax.models.pretraining import EncoderWithHeads
 
-COMMANDS = ("fill-mask", "embed", "classify", "tag", "qa")
+COMMANDS = ("fill-mask", "embed", "classify", "tag", "qa", "choose")
 MODEL_INFO = "finetuned_model.json"  # written by fine-tuning: what predict needs to rebuild model and features
 MASK_TOKENS = ("[MASK]", "<mask>")
 _LENGTH_MULTIPLE = 16  # fill-mask/embed pad to a multiple of this: few shapes, few compiles
@@ -237,7 +240,10 @@ def _need_kind(info: dict | None, kinds: tuple, command: str) -> None:
                      f"{info['spec'].kind} ({info['spec'].name}): use `{_COMMAND_OF[info['spec'].kind]}`")
 
 
-_COMMAND_OF = {"classification": "classify", "regression": "classify", "tagging": "tag", "qa": "qa"}
+_COMMAND_OF = {"classification": "classify", "regression": "classify", "tagging": "tag", "qa": "qa",
+               "multiple_choice": "choose"}
+KINDS_OF = {"classify": ("classification", "regression"), "tag": ("tagging",), "qa": ("qa",),
+            "choose": ("multiple_choice",)}
 
 
 def classify(params, info: dict, tok, texts, batch_size: int = 32) -> list[dict]:
@@ -284,6 +290,29 @@ def qa(params, info: dict, tok, texts, batch_size: int = 32) -> list[dict]:
   return [{"question": e["question"], "answer": answers[e["id"]]} for e in examples]
 
 
+def choose(params, info: dict, tok, texts, batch_size: int = 32) -> list[dict]:
+  spec = info["spec"]
+  with_question = len(spec.text_keys) > 1
+  examples = []
+  for n, text in enumerate(texts, 1):
+    fields = text.split("\t")
+    context, question, choices = fields[0], fields[1] if with_question else None, fields[2 if with_question else 1:]
+    if len(choices) < 2:
+      layout = "context<TAB>question<TAB>choice<TAB>choice..." if with_question else "context<TAB>choice<TAB>choice..."
+      raise ValueError(f"line {n}: choose needs {layout} with at least 2 choices, got {len(choices)} in {text[:80]!r}")
+    examples.append({"context": context, "question": question or None, "choices": choices, "label": 0})
+  features = tasks.multiple_choice_features(examples, tok, info["max_seq_length"])
+  logits = _task_outputs(params, info, features, batch_size)["logits"]
+  out = []
+  for ex, scores, real in zip(examples, logits, features["choice_mask"]):
+    probs = np.asarray(jax.nn.softmax(np.where(real > 0, scores, -np.inf)))[:len(ex["choices"])]
+    best = int(np.argmax(probs))
+    out.append({"context": ex["context"], **({"question": ex["question"]} if with_question else {}),
+                "choices": ex["choices"], "choice": best, "answer": ex["choices"][best],
+                "scores": [float(p) for p in probs]})
+  return out
+
+
 # ---- the CLI's one call -------------------------------------------------------------------------------------
 
 
@@ -328,8 +357,7 @@ def run(command: str, workdir: str, input_path: str = "-", output_path: str = "-
     else:
       _write_jsonl([{"text": t, "embedding": v.tolist()} for t, v in zip(texts, vectors)], output_path)
   else:
-    kinds = {"classify": ("classification", "regression"), "tag": ("tagging",), "qa": ("qa",)}[command]
-    _need_kind(info, kinds, command)
-    fn = {"classify": classify, "tag": tag, "qa": qa}[command]
+    _need_kind(info, KINDS_OF[command], command)
+    fn = {"classify": classify, "tag": tag, "qa": qa, "choose": choose}[command]
     _write_jsonl(fn(params, info, tok, texts, batch_size), output_path)
   return len(texts)

@@ -1,8 +1,9 @@
-"""Fine-tuned models to HF <Family>ForSequenceClassification / ForTokenClassification / ForQuestionAnswering.
+"""Fine-tuned models to HF <Family>ForSequenceClassification / ForTokenClassification / ForQuestionAnswering /
+ForMultipleChoice.
 
 The encoder rows are the family's pretraining name table (models/<family>/hf_names.py); each head adds
-its rows. The pooler's rows go only where the HF class has one (sequence classification of a family
-with a pooler).
+its rows. The pooler's rows go only where the HF class has one (sequence classification and multiple choice of
+a family with a pooler).
 """
 
 import json
@@ -18,11 +19,13 @@ from bert_jax.models import name_tables as nt
 from bert_jax.models import registry
 
 HF_TASKS = {"classification": "ForSequenceClassification", "regression": "ForSequenceClassification",
-            "tagging": "ForTokenClassification", "qa": "ForQuestionAnswering"}
+            "tagging": "ForTokenClassification", "qa": "ForQuestionAnswering",
+            "multiple_choice": "ForMultipleChoice"}
+POOLED_KINDS = ("classification", "regression", "multiple_choice")  # their heads read the pooled [CLS]
 _CLASSIFIER = [("classifier/kernel", "classifier.weight", nt.dense_kernel),
                ("classifier/bias", "classifier.bias", nt.identity)]
 HEAD_ROWS = {
-    "classification": _CLASSIFIER, "regression": _CLASSIFIER, "tagging": _CLASSIFIER,
+    "classification": _CLASSIFIER, "regression": _CLASSIFIER, "tagging": _CLASSIFIER, "multiple_choice": _CLASSIFIER,
     "qa": [("qa_outputs/kernel", "qa_outputs.weight", nt.dense_kernel),
            ("qa_outputs/bias", "qa_outputs.bias", nt.identity)],
 }
@@ -36,6 +39,18 @@ NO_POOLER_CLASSIFIERS = {"distilbert": [("classifier_dense/kernel", "pre_classif
                                         ("classifier_dense/bias", "pre_classifier.bias", nt.identity)] + _CLASSIFIER}
 
 
+def _dense_rows(hf_module: str) -> list:
+  return [("classifier_dense/kernel", f"{hf_module}.weight", nt.dense_kernel),
+          ("classifier_dense/bias", f"{hf_module}.bias", nt.identity)]
+
+
+# Multiple choice without our pooler: the head's dense + activation on [CLS] is HF's pooler (RoBERTa, tanh), its
+# sequence summary (ELECTRA, gelu) or pre_classifier (DistilBERT, ReLU); then classifier, one output.
+NO_POOLER_MULTIPLE_CHOICE = {"roberta": _dense_rows("roberta.pooler.dense") + _CLASSIFIER,
+                             "electra": _dense_rows("sequence_summary.summary") + _CLASSIFIER,
+                             "distilbert": _dense_rows("pre_classifier") + _CLASSIFIER}
+
+
 def hf_class(model_config, kind: str) -> str:
   masked_lm = registry.family_of(model_config).hf_architectures[("mlm",)]
   return masked_lm.replace("ForMaskedLM", "") + HF_TASKS[kind]
@@ -43,10 +58,16 @@ def hf_class(model_config, kind: str) -> str:
 
 def _layout(model_config, kind: str):
   """(sections, head rows) of the HF task class."""
-  sequence = HF_TASKS[kind] == "ForSequenceClassification"
-  if sequence and not model_config.use_pooler:
-    return ["encoder"], NO_POOLER_CLASSIFIERS.get(type(model_config).family, NO_POOLER_CLASSIFIER)
-  return ["encoder"] + (["pooler"] if sequence else []), HEAD_ROWS[kind]
+  pooled = kind in POOLED_KINDS
+  family = type(model_config).family
+  if kind == "multiple_choice" and not model_config.use_pooler:
+    if family not in NO_POOLER_MULTIPLE_CHOICE:
+      raise ValueError(f"no {hf_class(model_config, kind)} layout is known for a {family} model without a pooler; "
+                       f"export with use_pooler=True")
+    return ["encoder"], NO_POOLER_MULTIPLE_CHOICE[family]
+  if pooled and not model_config.use_pooler:
+    return ["encoder"], NO_POOLER_CLASSIFIERS.get(family, NO_POOLER_CLASSIFIER)
+  return ["encoder"] + (["pooler"] if pooled else []), HEAD_ROWS[kind]
 
 
 def params_to_hf(params, model_config, kind: str) -> dict:
@@ -71,7 +92,7 @@ def write_hf_dir(params, model_config, spec, output_dir: str, vocab_file: str | 
   hf = hf_dir.hf_config_dict(model_config, ["encoder"])
   hf["architectures"] = [hf_class(model_config, spec.kind)]
   hf["num_labels"] = spec.num_labels
-  if spec.label_names:
+  if spec.label_names and spec.kind != "multiple_choice":  # there, the names are of choice positions, not outputs
     hf["id2label"] = dict(enumerate(spec.label_names))
     hf["label2id"] = {n: i for i, n in enumerate(spec.label_names)}
   if spec.kind == "regression":
@@ -89,6 +110,12 @@ def describe_check(model_config, kind: str, diff: float | None) -> str:
     return (f"transformers {transformers.__version__} has no {hf_class(model_config, kind)} class, so its logits "
             f"were not compared; the weights read back bit for bit")
   return f"logits match ours to {diff:.2g}"
+
+
+def as_task_inputs(kind: str, *arrays_BxT):
+  """The probe batch as the task's model takes it: for multiple choice, its two rows as one example's two
+  choices [1, 2, T]."""
+  return tuple(x[None] for x in arrays_BxT) if kind == "multiple_choice" else arrays_BxT
 
 
 def logit_difference(ours: dict, theirs, mask_BxT, kind: str) -> float:
@@ -121,7 +148,7 @@ def check_hf_dir(model, params, spec, output_dir: str, tolerance: float = 1e-4) 
                        f"{sorted(set(written) ^ set(expected))[:5]} are extra or missing")
     return None
   hf = getattr(transformers, name).from_pretrained(output_dir, dtype=torch.float32).eval()
-  ids, mask, segments = hf_dir.probe_batch(model.config)
+  ids, mask, segments = as_task_inputs(spec.kind, *hf_dir.probe_batch(model.config))
   with torch.no_grad():
     out = hf(**hf_dir.torch_inputs(model.config, ids, mask, segments))
   ours = jax.jit(model.apply)({"params": params}, ids, mask, segments)  # one compile, not one per op

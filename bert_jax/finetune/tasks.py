@@ -5,6 +5,8 @@ Task kinds and their example dicts:
   tagging:                     {"words": [str], "labels": [int]}                   one label per word
   qa:                          {"id": str, "question": str, "context": str, "answers": [str],
                                 "answer_start": int (-1: none given)}
+  multiple_choice:             {"context": str, "question": str | None, "choices": [str], "label": int}
+                                each choice is read as the pair (context, question + " " + choice)
 
 Sources: TFDS by name (the GLUE tasks, squad, conll2003) read from a data_dir, or local TSV (header row)
 and JSONL files. Features are numpy dicts with input_ids/input_mask/segment_ids [N, T] plus
@@ -14,6 +16,8 @@ and JSONL files. Features are numpy dicts with input_ids/input_mask/segment_ids 
                   and, for decoding, example_index [N], token_start/token_end [N, T] (each token's characters
                   in the context; -1 outside it) and max_context [N, T] (1 where this window gives the token
                   the most context of all windows holding it)
+  multiple_choice: input_ids/input_mask/segment_ids [N, C, T] (one pair per choice), label [N] (the right
+                  choice), choice_mask [N, C] (0 for the slots of an example with fewer than C choices)
 QA metrics: squad (every question has an answer: SQuAD 1.1) or squad_v2 (questions without one, answered "").
 """
 
@@ -31,9 +35,9 @@ import numpy as np
 
 from bert_jax.data import corpora
 
-KINDS = ("classification", "regression", "tagging", "qa")
+KINDS = ("classification", "regression", "tagging", "qa", "multiple_choice")
 METRICS = {"classification": ("accuracy_f1", "mcc"), "regression": ("pearson_spearman",), "tagging": ("tagging",),
-           "qa": ("squad", "squad_v2")}  # the first: a kind's default
+           "qa": ("squad", "squad_v2"), "multiple_choice": ("accuracy",)}  # the first: a kind's default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,14 +46,18 @@ class TaskSpec:
   kind: str
   text_keys: tuple[str, ...] = ("text_a", "text_b")  # source field names, in order
   label_key: str = "label"
-  label_names: tuple[str, ...] = ()                  # classification/tagging; empty for regression/qa
+  label_names: tuple[str, ...] = ()                  # classification/tagging; multiple_choice: optional names of
+                                                     # the choice positions (A,B,C,D); empty for regression/qa
   metric: str = "accuracy_f1"                        # one of METRICS[kind]
   train_split: str = "train"
   eval_split: str = "validation"
+  choice_keys: tuple[str, ...] = ()                  # multiple_choice: one field holding the list of choices, or
+                                                     # one field per choice (ending0,ending1,...)
 
   @property
   def num_labels(self) -> int:
-    return {"regression": 1, "qa": 2}.get(self.kind, len(self.label_names))
+    """Outputs per row of the head: one score per choice for multiple_choice."""
+    return {"regression": 1, "qa": 2, "multiple_choice": 1}.get(self.kind, len(self.label_names))
 
 
 def _glue(name, keys, labels, metric="accuracy_f1", eval_split="validation", kind="classification"):
@@ -114,9 +122,45 @@ def _words(value, where: str, what: str) -> list:
   return list(value)
 
 
+def _choices(spec: TaskSpec, record: dict, where: str) -> list[str]:
+  """A multiple-choice example's choices: the list in its one choice field, or one field per choice."""
+  if not spec.choice_keys:
+    raise ValueError(f"task {spec.name} is multiple_choice but names no choices: set --config.task.choice_keys to "
+                     f"the field holding the list of choices, or to one field per choice (ending0,ending1,...)")
+  if len(spec.choice_keys) > 1:
+    return [_text(_field(record, k, where, "choice_keys")) for k in spec.choice_keys]
+  value = _field(record, spec.choice_keys[0], where, "choice_keys")
+  if isinstance(value, (str, bytes)):
+    raise ValueError(f"{where}: the choices are the string {_text(value)[:60]!r}, not a list; give a .jsonl list "
+                     f"field, or one field per choice in task.choice_keys (ending0,ending1,...)")
+  choices = [_text(c) for c in value]
+  if len(choices) < 2:
+    raise ValueError(f"{where}: {len(choices)} choice(s); a multiple-choice example needs at least 2")
+  return choices
+
+
+def _choice_index(spec: TaskSpec, value, num_choices: int, where: str) -> int:
+  """The right choice's position: a name of task.label_names (A,B,C,D), else an integer index."""
+  if spec.label_names:
+    if _text(value) not in spec.label_names[:num_choices]:
+      raise ValueError(f"{where}: label {value!r} names none of its {num_choices} choices "
+                       f"{list(spec.label_names[:num_choices])} (task.label_names)")
+    return spec.label_names.index(_text(value))
+  text = _text(value).strip()
+  if isinstance(value, bool) or not re.fullmatch(r"\d+", text) or int(text) >= num_choices:
+    raise ValueError(f"{where}: label {value!r} is not the index of one of its {num_choices} choices (0 to "
+                     f"{num_choices - 1}); for labels such as A,B,C,D set task.label_names to them in choice order")
+  return int(text)
+
+
 def _to_example(spec: TaskSpec, record: dict, where: str) -> dict:
   field = lambda i: _field(record, spec.text_keys[i], where, "text_keys")
   label = lambda: _field(record, spec.label_key, where, "label_key")
+  if spec.kind == "multiple_choice":
+    question = field(1) if len(spec.text_keys) > 1 else None
+    choices = _choices(spec, record, where)
+    return {"context": _text(field(0)), "question": None if question in (None, "", b"") else _text(question),
+            "choices": choices, "label": _choice_index(spec, label(), len(choices), where)}
   if spec.kind in ("classification", "regression"):
     a = field(0)
     b = field(1) if len(spec.text_keys) > 1 else None
@@ -193,12 +237,23 @@ def _read_records(path: str) -> list[dict]:
 
 
 def file_spec(name: str, kind: str, text_keys: str, label_key: str, label_names: str, metric: str,
-              train_file: str) -> TaskSpec:
-  """A TaskSpec for local files; empty label_names are collected (sorted) from the train file."""
+              train_file: str, choice_keys: str = "") -> TaskSpec:
+  """A TaskSpec for local files; empty label_names are collected (sorted) from the train file, except for
+  multiple_choice, whose labels are choice indices unless label_names names the positions."""
   if kind not in KINDS:
     raise ValueError(f"task.kind {kind!r} is not one of {KINDS}")
   keys = tuple(k for k in text_keys.split(",") if k)
   names = tuple(n for n in label_names.split(",") if n)
+  choices = tuple(k for k in choice_keys.split(",") if k)
+  if kind == "multiple_choice":
+    if not choices:
+      raise ValueError("task.kind=multiple_choice needs task.choice_keys: the field holding the list of choices, "
+                       "or one field per choice (ending0,ending1,...)")
+    if not 1 <= len(keys) <= 2:
+      raise ValueError(f"task.text_keys={text_keys!r}: multiple_choice reads a context and, optionally, a question "
+                       f"put before each choice (context or context,question)")
+  elif choices:
+    raise ValueError(f"task.choice_keys={choice_keys!r} applies to task.kind=multiple_choice, not {kind}; leave it empty")
   if not names and kind in ("classification", "tagging"):
     labels = [_field(r, label_key, f"{train_file} example {i}", "label_key")
               for i, r in enumerate(_read_records(train_file))]
@@ -211,7 +266,7 @@ def file_spec(name: str, kind: str, text_keys: str, label_key: str, label_names:
                      f"the whole label set in task.label_names")
   if metric and metric not in METRICS[kind]:
     raise ValueError(f"task.metric={metric!r} does not score a {kind} task; use one of {METRICS[kind]}")
-  return TaskSpec(name, kind, keys, label_key, names, metric or METRICS[kind][0])
+  return TaskSpec(name, kind, keys, label_key, names, metric or METRICS[kind][0], choice_keys=choices)
 
 
 # ---- features -------------------------------------------------------------------------------------------
@@ -265,6 +320,26 @@ def classification_features(examples, tok, max_seq_length: int, regression: bool
     rows["label"].append(ex["label"])
   out = {k: np.asarray(v, np.int32) for k, v in rows.items() if k != "label"}
   out["label"] = np.asarray(rows["label"], np.float32 if regression else np.int32)
+  return out
+
+
+def multiple_choice_features(examples, tok, max_seq_length: int) -> dict:
+  """One pair row per choice, [CLS] context [SEP] question choice [SEP], cut as classification pairs are. C is
+  the most choices of any example; an example with fewer gets [CLS][SEP] rows with choice_mask 0, which the
+  loss and the predictions never pick."""
+  num_choices = max(len(ex["choices"]) for ex in examples)
+  pairs = []
+  for ex in examples:
+    for choice in ex["choices"]:
+      second = f"{ex['question']} {choice}" if ex["question"] is not None else choice
+      pairs.append({"text_a": ex["context"], "text_b": second, "label": 0})
+    pairs += [{"text_a": "", "text_b": None, "label": 0}] * (num_choices - len(ex["choices"]))
+  rows = classification_features(pairs, tok, max_seq_length, regression=False)
+  out = {k: rows[k].reshape(len(examples), num_choices, max_seq_length)
+         for k in ("input_ids", "input_mask", "segment_ids")}
+  out["label"] = np.asarray([ex["label"] for ex in examples], np.int32)
+  out["choice_mask"] = np.asarray([[1] * len(ex["choices"]) + [0] * (num_choices - len(ex["choices"]))
+                                   for ex in examples], np.int32)
   return out
 
 
@@ -473,6 +548,8 @@ def featurize(spec: TaskSpec, examples, tok, max_seq_length: int, doc_stride: in
     return classification_features(examples, tok, max_seq_length, spec.kind == "regression")
   if spec.kind == "tagging":
     return tagging_features(examples, tok, max_seq_length)
+  if spec.kind == "multiple_choice":
+    return multiple_choice_features(examples, tok, max_seq_length)
   return qa_features(examples, tok, max_seq_length, doc_stride, max_query_length)
 
 

@@ -41,7 +41,7 @@ def task_spec(config) -> tasks.TaskSpec:
     if not t.train_file or not t.eval_file:
       raise ValueError("task.name=files needs task.train_file and task.eval_file (.jsonl or .tsv)")
     return tasks.file_spec(os.path.basename(t.train_file), t.kind, t.text_keys, t.label_key, t.label_names,
-                           t.metric, t.train_file)
+                           t.metric, t.train_file, t.choice_keys)
   if t.name not in tasks.TFDS_TASKS:
     raise ValueError(f"unknown task {t.name!r}: use pydocs_family, files, or one of {sorted(tasks.TFDS_TASKS)}")
   return tasks.TFDS_TASKS[t.name]
@@ -96,6 +96,10 @@ def task_losses(spec, out, batch):
   if spec.kind == "classification":
     loss = optax.softmax_cross_entropy_with_integer_labels(out["logits"], batch["label"])
     return loss, jnp.ones_like(loss), jnp.argmax(out["logits"], -1)
+  if spec.kind == "multiple_choice":  # a slot past an example's own choices can never win
+    logits = jnp.where(batch["choice_mask"] > 0, out["logits"], -1e9)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    return loss, jnp.ones_like(loss), jnp.argmax(logits, -1)
   if spec.kind == "regression":
     pred = out["logits"][..., 0]
     loss = (pred - batch["label"]) ** 2
@@ -206,6 +210,9 @@ def evaluate(predict_fn, params, spec, examples, features, batch_size, mesh) -> 
                                          outputs))
   loss, weight, preds = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs)[:n], *chunks)  # no padding rows
   out = {"eval_loss": float(np.sum(loss, dtype=np.float64) / max(np.sum(weight, dtype=np.float64), 1.0))}
+  if spec.kind == "multiple_choice":
+    out.update(accuracy=task_metrics.accuracy(preds, features["label"]))
+    return out, [int(p) for p in preds]
   if spec.kind == "classification":
     y = features["label"]
     out.update(accuracy=task_metrics.accuracy(preds, y))
@@ -260,8 +267,8 @@ def _model_config(config, pretrained: EncoderConfig | None, vocab_size: int, max
 
 # Run-config keys that decide the parameter tree or the batches: checkpoints resume only a run agreeing on all.
 RESUME_KEYS = (("init_checkpoint",), ("task", "name"), ("task", "train_file"), ("task", "kind"),
-               ("task", "text_keys"), ("task", "label_key"), ("task", "label_names"), ("data", "max_seq_length"),
-               ("data", "doc_stride"), ("data", "max_query_length"), ("data", "vocab_file"),
+               ("task", "text_keys"), ("task", "label_key"), ("task", "label_names"), ("task", "choice_keys"),
+               ("data", "max_seq_length"), ("data", "doc_stride"), ("data", "max_query_length"), ("data", "vocab_file"),
                ("train", "batch_size"), ("train", "seed"), ("train", "method"), ("train", "freeze_encoder"),
                ("train", "param_rules"), ("model", "pooling"), ("peft", "adapter_size"), ("peft", "lora_rank"),
                ("peft", "lora_alpha"), ("peft", "lora_dropout"), ("peft", "lora_targets"), ("peft", "prompt_length"))
@@ -349,7 +356,9 @@ def _finetune(config, workdir: str, init_checkpoint: str) -> dict:
   train_features, eval_features = featurize(train_examples), featurize(eval_examples)
   order = tasks.TrainOrder(len(train_features["input_ids"]), r.batch_size, r.seed)
   total_steps = r.max_steps or r.epochs * order.steps_per_epoch
-  log(f"task {spec.name} ({spec.kind}, {spec.num_labels} labels): {len(train_examples)} train / "
+  outputs = (f"up to {train_features['choice_mask'].shape[1]} choices" if spec.kind == "multiple_choice"
+             else f"{spec.num_labels} labels")
+  log(f"task {spec.name} ({spec.kind}, {outputs}): {len(train_examples)} train / "
       f"{len(eval_examples)} eval examples -> {len(train_features['input_ids'])} / "
       f"{len(eval_features['input_ids'])} rows; {total_steps} steps; "
       f"{'from ' + init_checkpoint if init_checkpoint else 'from scratch'}; method {method}")
