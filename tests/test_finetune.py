@@ -254,6 +254,19 @@ def test_tfds_tasks_read_by_name_from_mock_data():
     squad = tasks.read_tfds(tasks.TFDS_TASKS["squad"], "train", None)
   assert len(mrpc) == 5 and {"text_a", "text_b", "label"} <= set(mrpc[0]) and mrpc[0]["label"] in (0, 1)
   assert len(squad) == 5 and squad[0]["answers"] and isinstance(squad[0]["context"], str)
+  with tfds.testing.mock_data(num_examples=5):
+    piqa = tasks.read_tfds(tasks.TFDS_TASKS["piqa"], "train", None)
+  assert len(piqa) == 5 and len(piqa[0]["choices"]) == 2 and piqa[0]["label"] in (0, 1)
+
+
+def test_hellaswag_reads_its_endings_as_the_choices():
+  import tensorflow as tf
+  endings = ["is using wrap.", "is ripping shingles.", "is holding a rubik's cube.", "starts pulling."]
+  record = {"context": ["A man is sitting on a roof. He"], "endings": [endings], "activity_label": ["Roof shingle"],
+            "label": [3], "split_type": ["indomain"], "source_id": ["x"]}
+  with tfds.testing.mock_data(as_dataset_fn=lambda *_, **__: tf.data.Dataset.from_tensor_slices(record)):
+    (example,) = tasks.read_tfds(tasks.TFDS_TASKS["hellaswag"], "validation", None)
+  assert example == {"context": "A man is sitting on a roof. He", "question": None, "choices": endings, "label": 3}
 
 
 # ---- bad input ------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ Task kinds and their example dicts:
   multiple_choice:             {"context": str, "question": str | None, "choices": [str], "label": int}
                                 each choice is read as the pair (context, question + " " + choice)
 
-Sources: TFDS by name (the GLUE tasks, squad, conll2003) read from a data_dir, or local TSV (header row)
+Sources: TFDS by name (the GLUE tasks, squad, conll2003, hellaswag, piqa) read from a data_dir, or local TSV (header row)
 and JSONL files. Features are numpy dicts with input_ids/input_mask/segment_ids [N, T] plus
   classification: label [N] (int32; float32 for regression)
   tagging:        labels [N, T] (label of each word's first sub-token), label_weights [N, T], example_index [N]
@@ -77,6 +77,8 @@ TFDS_TASKS = {t.name: t for t in (
     _glue("wnli", ("sentence1", "sentence2"), ("not_entailment", "entailment")),
     TaskSpec("squad", "qa", ("question", "context"), "answers", (), "squad"),
     TaskSpec("squad/v2.0", "qa", ("question", "context"), "answers", (), "squad_v2"),
+    TaskSpec("hellaswag", "multiple_choice", ("context",), "label", (), "accuracy", choice_keys=("endings",)),
+    TaskSpec("piqa", "multiple_choice", ("goal",), "label", (), "accuracy", choice_keys=("sol1", "sol2")),
     TaskSpec("conll2003", "tagging", ("tokens",), "ner",
              ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"), "tagging",
              "train", "dev"),
