@@ -24,6 +24,7 @@ def get_config():
   c.data.whole_word_masking = True      # n-grams of whole words: google-research/albert's do_whole_word_mask=True
   c.data.max_seq_length = 512
   c.data.max_predictions_per_seq = 20
+  c.data.dupe_factor = 40               # masked copies of the corpus: google-research/albert's create_pretraining_data default
   c.train.objective = "mlm_sop"
   c.train.batch_size = 4096
   c.train.steps = 125000

@@ -24,6 +24,7 @@ def get_config():
   c.optim.peak_learning_rate = 5e-4     # fairseq's base.yaml at batch 2048 (the paper's 6e-4 is for batch 8k)
   c.optim.warmup_steps = 10000
   c.optim.b2 = 0.98
+  c.optim.param_rules = ".*:decay"      # fairseq decays every parameter, biases and LayerNorm too
   c.optim.eps = 1e-6
   c.optim.clip_norm = 0.0               # no gradient clipping (the paper's Table 9; fairseq's recipe: --clip-norm 0.0)
   c.lock()

@@ -35,6 +35,7 @@ def get_config():
   c.optim.decay = "linear"              # to 0 at train.steps (the reference decays to 1e-9)
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
+  c.optim.param_rules = ".*:decay"      # SpanBERT was trained in fairseq, which decays every parameter, biases and LayerNorm too
   c.optim.eps = 1e-8                    # the reference's --adam-eps
   c.optim.weight_decay = 0.01
   c.optim.clip_norm = 1.0

@@ -1,8 +1,11 @@
 """The full-size configs against the papers and reference code: the numbers a user expects from each recipe, and
 learning-rate curves that follow the reference's formula."""
+import flax.linen as nn
+import jax
 import pytest
 
-from bert_jax.core import configlib, optim
+from bert_jax.core import configlib, optim, param_rules
+from bert_jax.trainers import pretrain
 
 
 def _schedule(name, overrides=None):
@@ -131,5 +134,29 @@ def test_albert_optimizer_is_google_research_albert(name):
   assert (o.name, o.b1, o.b2, o.eps, o.weight_decay, o.clip_norm) == ("lamb", 0.9, 0.999, 1e-6, 0.01, 1.0)
   assert (c.train.batch_size, c.train.steps, o.warmup_steps, c.data.max_seq_length,
           c.data.max_predictions_per_seq, c.data.mode) == (4096, 125000, 3125, 512, 20, "sop")
+  assert c.data.dupe_factor == 40  # create_pretraining_data.py's default
   for step in (3125, 60000, 124000):
     assert float(sched(step)) == pytest.approx(0.00176 * (1 - step / 125000), abs=1e-9), step
+
+
+def _decayed(name):
+  """{path: decays} over the run's real parameter tree (shapes only), under the run's own rules."""
+  config = configlib.load(name)
+  _, objective = pretrain.build(config)
+  params = nn.unbox(jax.eval_shape(objective.init_params, jax.random.key(0)))
+  mask = param_rules.decay_mask(params, pretrain.param_rules_of(config, objective))
+  return {param_rules.path_of(p): v for p, v in jax.tree_util.tree_leaves_with_path(mask)}
+
+
+@pytest.mark.parametrize("name", ["roberta_base", "roberta_large", "spanbert_base"])
+def test_fairseq_recipes_decay_every_parameter(name):
+  # fairseq's trainer hands all of model.parameters() to Adam with one weight_decay: no bias/LayerNorm exclusion
+  decayed = _decayed(name)
+  assert any(p.endswith("/bias") for p in decayed) and any("layer_norm" in p for p in decayed)
+  assert all(decayed.values()), [p for p, v in decayed.items() if not v][:5]
+
+
+def test_bert_recipe_keeps_biases_and_layer_norm_out_of_weight_decay():
+  decayed = _decayed("base")
+  assert not any(v for p, v in decayed.items() if p.endswith("/bias") or "layer_norm" in p)
+  assert decayed["encoder/embeddings/word_embeddings/embedding"]

@@ -287,3 +287,11 @@ def test_a_workdir_that_is_a_file_is_named_as_one(tmp_path):
   (tmp_path / "run").write_text("notes")
   with pytest.raises(distributed.PreflightError, match=rf"workdir {tmp_path}/run is a file, not a directory"):
     distributed.preflight(configlib.load("tiny"), str(tmp_path / "run"))
+
+
+def test_a_pretraining_param_rule_that_matches_nothing_is_refused_before_the_data_is_prepared(tmp_path):
+  config = configlib.load("tiny", {"optim.param_rules": "^encoder/embedings/:freeze"})  # misspelled
+  with pytest.raises(ValueError, match=r"parameter rule '\^encoder/embedings/' matches no parameter; paths look like: "
+                                       r"encoder/"):
+    pretrain.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run" / "data").exists()

@@ -66,6 +66,15 @@ def test_decay_rules_override_the_default():
   assert not mask["classifier"]["kernel"] and mask["encoder"]["layer_0"]["query"]["kernel"]
 
 
+def test_no_rule_decays_the_statistics_the_step_overwrites():
+  """FP8 scales and amax histories are replaced by their next value each step; decaying them would shrink the
+  scales by lr * wd on top. `.*:decay` (every weight, as fairseq) must leave them alone."""
+  params = {"dense": {"kernel": np.ones((2, 2)), "bias": np.ones(2)},
+            param_rules.OVERWRITE_SCOPE: {"input_scale": np.ones(())}}
+  mask = param_rules.decay_mask(params, param_rules.parse_rules(".*:decay"))
+  assert mask["dense"]["kernel"] and mask["dense"]["bias"] and not mask[param_rules.OVERWRITE_SCOPE]["input_scale"]
+
+
 def test_a_decay_rule_does_not_unfreeze_what_a_later_rule_freezes():
   """`layer_norm:no_decay` in front of a method's `^encoder/:freeze` sets the decay only: the encoder's LayerNorm
   stays frozen (the first rule that says train/freeze decides that), and a later decay rule does not override it."""

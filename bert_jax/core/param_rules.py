@@ -124,7 +124,8 @@ def decay_mask(params, rules) -> dict:
   def decays(key_path, _):
     path = path_of(key_path)
     said = _first_say(path, rules, "weight_decay")
-    return default_decays(path) if said is None else said
+    # statistics the step overwrites are never decayed, whatever a rule says: `.*:decay` means every weight
+    return default_decays(path) if said is None or is_overwritten(path) else said
   return jax.tree_util.tree_map_with_path(decays, params)
 
 

@@ -214,6 +214,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return _train_and_evaluate(config, workdir)
 
 
+def param_rules_of(config, objective) -> tuple:
+  """optim.param_rules first, then the objective's (a distillation teacher's freeze): the first match decides."""
+  return param_rules.parse_rules(config.optim.param_rules) + tuple(objective.param_rules())
+
+
 def with_platform_defaults(config, mesh, log):
   """The config with its auto fields (core/platform_defaults.py) chosen for this platform, model and batch."""
   model = registry.encoder_config({**config.model.to_dict(), "remat_policy": "none"})
@@ -243,6 +248,9 @@ def _train_and_evaluate(config, workdir: str) -> dict:
       f"mesh {dict(mesh.shape)}")
 
   model_config, objective = build(config)  # a bad family, objective or model setting fails before any data work
+  # a rule that matches no parameter is a typo: refused before any data work, on the params' shapes alone
+  param_rules.check_rules(nn.meta.unbox(jax.eval_shape(objective.init_params, jax.random.key(0))),
+                          param_rules.parse_rules(config.optim.param_rules))
   ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config, log=log)
   check_resumable(ckpt, config, workdir)
   sources = objective.init_sources()
@@ -254,12 +262,12 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   init_sources.check_vocabulary(sources, tok, log)
   objective.check_data(manifest)
   tx, schedule = optim.make_optimizer(config.optim, optim.schedule_steps(config.optim, config.train.steps),
-                                      objective.param_rules())
+                                      param_rules_of(config, objective))
   d = config.data
   with nn.logical_axis_rules(rules):
     state, state_shardings = create_train_state(objective.init_params, tx, mesh, rules, config.train.seed)
     train_step_fn, eval_step_fn = make_step_functions(config, objective, tx, schedule, mesh, state_shardings)
-  n_trainable, n_params = param_rules.count(state.params, objective.param_rules())
+  n_trainable, n_params = param_rules.count(state.params, param_rules_of(config, objective))
   log(f"model {family.name} {config.model.size}, objective {objective.name}: {n_params:,} params" +
       (f" ({n_trainable:,} trainable)" if n_trainable != n_params else ""))
 
