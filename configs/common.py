@@ -14,7 +14,8 @@ def get_config() -> ml_collections.ConfigDict:
   m.intermediate_size = 0             # FFN width (0: 4 x hidden; ALBERT-xxlarge: 16384)
   m.embedding_size = 0                # factorized embedding width E (0: hidden size; ALBERT: 128)
   m.layer_sharing = "none"            # none | all | attention | ffn: cross-layer parameter sharing (ALBERT: all)
-  m.hidden_act = "gelu"               # gelu (erf, BERT/RoBERTa) | gelu_new (tanh, ALBERT)
+  m.hidden_act = "gelu"               # gelu (erf, BERT/RoBERTa) | gelu_new (tanh, ALBERT) | relu (ERNIE 1.0) | silu
+  m.layer_norm_eps = ml_collections.config_dict.placeholder(float)  # LayerNorm epsilon; unset: the family's (BERT 1e-12, RoBERTa 1e-5)
   m.task_type_vocab_size = 0          # ERNIE's task-type embeddings (HF use_task_id), task id 0 fed; 0: none (other families)
   m.vocab_size = 30522                # must match the data's vocabulary
   m.vocab_pad_multiple = 128          # pad the embedding rows for faster matmuls (cut on HF export)

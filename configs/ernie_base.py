@@ -6,9 +6,9 @@ MLM with phrase- and entity-level masking (data.masking='knowledge', levels mixe
 default), and NSP (ERNIE 1.0's pretraining code trains a next-sentence head beside MLM).
 What we leave out: the dialogue language model (DLM) on multi-turn Baidu Tieba threads, which needs query-response
 data we do not prepare; Baidu's in-house phrase chunker and entity linker (bring an entity list as data.entity_file;
-phrases come from data/knowledge.py's chunker over data.segmenter's words for Chinese); and the release's ReLU FFN
-activation (bert_jax has the GELUs; hidden_act stays 'gelu'). The paper gives no optimizer settings, so the optimizer
-and schedule are BERT-base's (configs/base.py).
+phrases come from data/knowledge.py's chunker over data.segmenter's words for Chinese). The FFN activation (ReLU)
+and LayerNorm eps (1e-5, Paddle's default) are the released model's. The paper gives no optimizer settings, so the
+optimizer and schedule are BERT-base's (configs/base.py).
 """
 
 from configs import common
@@ -21,6 +21,8 @@ def get_config():
   c.model.vocab_size = 18000            # ERNIE 1.0's Chinese WordPiece vocabulary
   c.model.max_position_embeddings = 513  # as the released ERNIE 1.0 (positions 0..512)
   c.model.task_type_vocab_size = 0      # ERNIE 1.0 has no task types (ERNIE 2.0/3.0: 3, with task id 0 here)
+  c.model.hidden_act = "relu"           # the released ERNIE 1.0's FFN activation
+  c.model.layer_norm_eps = 1e-5         # Paddle's LayerNorm default, which ERNIE 1.0 was trained with
   c.data.vocab_size = 18000             # when no data.vocab_file is given: a SentencePiece of this size is trained
   c.data.masking = "knowledge"          # phrase- and entity-level units mixed with token-level masking
   c.data.entity_file = ""               # entity list, one per line (ERNIE used Baidu's entity linker; bring your own)

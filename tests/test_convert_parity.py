@@ -184,6 +184,28 @@ def test_query_kernel_gradient_matches_torch():
   assert rel <= 1e-4, rel
 
 
+@pytest.mark.parametrize("act", ["relu", "silu", "gelu_pytorch_tanh"])
+def test_other_ffn_activations_export_and_import_under_their_hf_names(act, tmp_path):
+  """ERNIE 1.0's ReLU and the other ACT2FN names a BERT config.json may carry: written as given, our logits within
+  1e-4 of transformers running that activation, read back into the same config."""
+  import hf_helpers
+  config = _config("tiny", hidden_act=act)
+  params = hf_helpers.perturb_params(_init(config))
+  hf_dir.write_hf_dir(params, config, str(tmp_path))
+  assert json.loads((tmp_path / "config.json").read_text())["hidden_act"] == act
+  assert hf_dir.check_hf_dir(params, config, str(tmp_path)) < 1e-4
+  _, again = hf_dir.read_hf_dir(str(tmp_path))
+  assert again.hidden_act == act and again == config
+
+
+def test_an_activation_we_lack_is_refused_naming_ours(tmp_path):
+  config = _hf_config_dict(_config("tiny"))
+  (tmp_path / "config.json").write_text(json.dumps({**config, "hidden_act": "quick_gelu",
+                                                    "architectures": ["BertForPreTraining"]}))
+  with pytest.raises(ValueError, match=r"hidden_act 'quick_gelu' is not supported; bert_jax has \('gelu', 'gelu_new'"):
+    hf_dir.read_hf_dir(str(tmp_path))
+
+
 def test_parity_check_runs_our_side_at_full_float32(tmp_path, monkeypatch):
   """XLA on a GPU computes float32 matmuls in TF32 unless asked otherwise: to_hf failed its 1e-4 check there at
   1.8e-3 (H200, BERT-base) although the weights were right. The check's forward must ask for full precision

@@ -187,6 +187,8 @@ def test_bad_input_is_refused_naming_the_problem(tmp_path):
     bert.BertConfig(task_type_vocab_size=3)
   with pytest.raises(ValueError, match="type_vocab_size must be >= 1"):
     ernie.ErnieConfig(type_vocab_size=0)
-  # The released ERNIE 1.0 uses ReLU, which bert_jax does not have: refused naming the activations it has.
-  with pytest.raises(ValueError, match=r"hidden_act 'relu' is not supported.*'gelu'"):
-    hf_dir.config_from_hf_json(_hf_config(0, hidden_act="relu").to_dict())
+  # The released ERNIE 1.0 uses ReLU and LayerNorm eps 1e-5: read as they are; an activation we lack is refused.
+  released = hf_dir.config_from_hf_json(_hf_config(0, hidden_act="relu", layer_norm_eps=1e-5).to_dict())
+  assert (released.hidden_act, released.layer_norm_eps) == ("relu", 1e-5)
+  with pytest.raises(ValueError, match=r"hidden_act 'quick_gelu' is not supported.*'gelu'"):
+    hf_dir.config_from_hf_json(_hf_config(0, hidden_act="quick_gelu").to_dict())

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 
 from bert_jax.layers import fp8 as fp8_lib
 
-ACTIVATIONS = ("gelu", "gelu_new")
+# FFN activations under transformers' names (ACT2FN), so an HF config's hidden_act reads and writes back as is.
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
 
 
 def normal_init(config, axes):
@@ -42,11 +43,16 @@ def dense(config, features, kernel_axes, name, axis=-1, fp8_capable=False):
 
 
 def activation(name: str):
-  """'gelu' is the exact (erf) GELU of BERT; 'gelu_new' the tanh approximation ALBERT uses."""
+  """'gelu' is the exact (erf) GELU of BERT; 'gelu_new' (and torch's name for it, 'gelu_pytorch_tanh') the tanh
+  approximation ALBERT uses; 'relu' ERNIE 1.0's; 'silu' (alias 'swish') x * sigmoid(x)."""
   if name == "gelu":
     return lambda x: nn.gelu(x, approximate=False)
-  if name == "gelu_new":
+  if name in ("gelu_new", "gelu_pytorch_tanh"):
     return lambda x: nn.gelu(x, approximate=True)
+  if name == "relu":
+    return nn.relu
+  if name in ("silu", "swish"):
+    return nn.silu
   raise ValueError(f"hidden_act {name!r} is not one of {ACTIVATIONS}")
 
 

@@ -64,7 +64,7 @@ class EncoderConfig:
   hidden_dropout: float = 0.1
   attention_dropout: float = 0.1
   initializer_range: float = 0.02
-  hidden_act: str = "gelu"        # gelu (erf) | gelu_new (tanh approximation)
+  hidden_act: str = "gelu"        # gelu (erf) | gelu_new (tanh approximation) | relu | silu (layers/common.py)
   embedding_size: int = 0         # 0: the hidden size; ALBERT factorizes to E and projects E -> H
   layer_sharing: str = "none"     # none | all | attention | ffn (ALBERT cross-layer sharing)
   position_offset: int = 0        # added to position ids (RoBERTa: padding_idx + 1 = 2)

@@ -10,6 +10,7 @@ import dataclasses
 import re
 from typing import Callable, Mapping
 
+from bert_jax.layers import common
 from bert_jax.models import pretraining
 from bert_jax.models.config import EncoderConfig
 
@@ -111,8 +112,8 @@ def common_fields_from_hf(hf: Mapping, defaults: EncoderConfig) -> dict:
   check_hf_encoder refuses."""
   check_hf_encoder(hf)
   act = hf.get("hidden_act", defaults.hidden_act)
-  if act not in ("gelu", "gelu_new"):
-    raise ValueError(f"hidden_act {act!r} is not supported; bert_jax has 'gelu' (erf) and 'gelu_new' (tanh)")
+  if act not in common.ACTIVATIONS:
+    raise ValueError(f"hidden_act {act!r} is not supported; bert_jax has {common.ACTIVATIONS}")
   return dict(
       vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
       num_heads=hf["num_attention_heads"], intermediate_size=hf["intermediate_size"], hidden_act=act,

@@ -5,6 +5,7 @@ eps to 1e-12 and learns the positions (sinusoidal_pos_embds=False)."""
 import dataclasses
 from typing import Any, ClassVar
 
+from bert_jax.layers import common
 from bert_jax.models import family
 from bert_jax.models.config import SIZES, EncoderConfig
 from bert_jax.models.distilbert import hf_names
@@ -56,8 +57,8 @@ def config_from_hf(hf, **overrides) -> DistilBertConfig:
   family.check_hf_encoder(hf)  # DistilBERT has its own field names, not common_fields_from_hf
   defaults = DistilBertConfig()
   act = hf.get("activation", defaults.hidden_act)
-  if act not in ("gelu", "gelu_new"):
-    raise ValueError(f"activation {act!r} is not supported; bert_jax has 'gelu' (erf) and 'gelu_new' (tanh)")
+  if act not in common.ACTIVATIONS:
+    raise ValueError(f"activation {act!r} is not supported; bert_jax has {common.ACTIVATIONS}")
   return DistilBertConfig(**{**dict(
       vocab_size=hf["vocab_size"], hidden_size=hf["dim"], num_layers=hf["n_layers"], num_heads=hf["n_heads"],
       intermediate_size=hf["hidden_dim"], hidden_act=act,

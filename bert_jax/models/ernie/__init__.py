@@ -5,8 +5,8 @@ have, optional task-type embeddings added to the embedding sum before its LayerN
 HF `use_task_id`). Our model feeds task id 0 on every token (HF's default when no task_type_ids are given);
 the other rows are carried through import and export untouched, for HF fine-tuning that passes task ids.
 
-ERNIE 1.0's released Chinese model uses ReLU in its FFN; bert_jax has the GELUs only, so importing that
-checkpoint fails on hidden_act naming the supported ones.
+ERNIE 1.0's released Chinese model uses ReLU in its FFN and Paddle's LayerNorm eps 1e-5 (configs/ernie_base.py sets
+both; an imported checkpoint brings its own from config.json).
 """
 
 import dataclasses
