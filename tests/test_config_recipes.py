@@ -89,6 +89,16 @@ def test_large_lamb_is_nvidias_phase_1():
     assert float(sched(step)) == pytest.approx(6e-3 * (1 - step / 7038) ** 0.5, rel=1e-4), step
 
 
+def test_large_lamb_phase2_is_nvidias_phase_2():
+  # run_pretraining.sh: batch 32768 (4096 x 8 GPUs), lr 4e-3, warmup 0.128 of 1563 steps, seq 512, max_pred 80,
+  # PolyWarmUpScheduler as phase 1
+  sched, c = _schedule("large_lamb_phase2")
+  assert (c.optim.name, c.train.batch_size, c.train.steps, c.optim.warmup_steps) == ("lamb", 32768, 1563, 200)
+  assert (c.data.max_seq_length, c.data.max_predictions_per_seq, c.data.pack_instances) == (512, 80, 0)
+  for step in (200, 800, 1500):
+    assert float(sched(step)) == pytest.approx(4e-3 * (1 - step / 1563) ** 0.5, rel=1e-4), step
+
+
 # (layers, hidden, heads, FFN, embedding width, vocab, positions, LayerNorm eps, dropout, activation) per paper:
 # BERT Table/README, ALBERT Table 1 + albert_config.json (v2: no dropout), RoBERTa Table 9 + HF config, ELECTRA
 # Table 6, DistilBERT (6 of BERT-base's layers), SpanBERT (BERT-base cased), HIT's and NEZHA's bert-base-chinese
