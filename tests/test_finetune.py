@@ -259,6 +259,17 @@ def test_tfds_tasks_read_by_name_from_mock_data():
   assert len(piqa) == 5 and len(piqa[0]["choices"]) == 2 and piqa[0]["label"] in (0, 1)
 
 
+def test_arc_reads_its_answer_key_among_its_own_choice_labels():
+  import tensorflow as tf
+  # TFDS's ai2_arc: ClassLabel ints over A-E for the answer and each choice; this question's choices are B, C, D
+  record = {"id": ["q1"], "question": ["Which gas do plants take in?"], "answerKey": [2],
+            "choices": {"text": [["oxygen", "carbon dioxide", "helium"]], "label": [[1, 2, 3]]}}
+  with tfds.testing.mock_data(as_dataset_fn=lambda *_, **__: tf.data.Dataset.from_tensor_slices(record)):
+    (example,) = tasks.read_tfds(tasks.TFDS_TASKS["ai2_arc/ARC-Challenge"], "test", None)
+  assert example == {"context": "Which gas do plants take in?", "question": None,
+                     "choices": ["oxygen", "carbon dioxide", "helium"], "label": 1}
+
+
 def test_hellaswag_reads_its_endings_as_the_choices():
   import tensorflow as tf
   endings = ["is using wrap.", "is ripping shingles.", "is holding a rubik's cube.", "starts pulling."]

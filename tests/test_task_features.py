@@ -399,6 +399,23 @@ def test_choices_come_from_a_list_field_or_one_field_each_and_labels_from_indice
       {"context": "the war", "question": None, "choices": ["ended", "began", "lasted"], "label": 2}]
 
 
+def test_a_dict_of_choices_labels_them_itself(tmp_path):
+  """CommonsenseQA's and ARC's layout: {"label": [...], "text": [...]}, the answer one of those labels."""
+  path = tmp_path / "csqa.jsonl"
+  path.write_text(json.dumps({"question": "Where is a lab?", "answerKey": "C",
+                              "choices": {"label": ["A", "B", "C"], "text": ["sea", "sky", "campus"]}}) + "\n")
+  spec = tasks.file_spec("f", "multiple_choice", "question", "answerKey", "", "", str(path), "choices")
+  assert tasks.read_file(spec, str(path)) == [
+      {"context": "Where is a lab?", "question": None, "choices": ["sea", "sky", "campus"], "label": 2}]
+  path.write_text(json.dumps({"question": "q", "answerKey": "D", "choices": {"label": ["A", "B"], "text": ["x", "y"]}})
+                  + "\n")
+  with pytest.raises(ValueError, match=r"example 0: label 'D' is none of its choices' labels \['A', 'B'\]"):
+    tasks.read_file(spec, str(path))
+  path.write_text(json.dumps({"question": "q", "answerKey": "A", "choices": {"options": ["x", "y"]}}) + "\n")
+  with pytest.raises(ValueError, match=r"a dict with keys \['options'\]; a dict of choices needs a 'text' list"):
+    tasks.read_file(spec, str(path))
+
+
 @pytest.mark.parametrize("row, choice_keys, label_names, error", [
     ({"ctx": "a", "options": ["b", "c"], "answer": 2}, "options", "",
      r"example 0: label 2 is not the index of one of its 2 choices \(0 to 1\); for labels such as A,B,C,D set "

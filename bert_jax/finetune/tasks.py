@@ -8,8 +8,8 @@ Task kinds and their example dicts:
   multiple_choice:             {"context": str, "question": str | None, "choices": [str], "label": int}
                                 each choice is read as the pair (context, question + " " + choice)
 
-Sources: TFDS by name (the GLUE tasks, squad, conll2003, hellaswag, piqa) read from a data_dir, or local TSV (header row)
-and JSONL files. Features are numpy dicts with input_ids/input_mask/segment_ids [N, T] plus
+Sources: TFDS by name (the GLUE tasks, squad, conll2003, hellaswag, piqa, ai2_arc) read from a data_dir, or local
+TSV (header row) and JSONL files. Features are numpy dicts with input_ids/input_mask/segment_ids [N, T] plus
   classification: label [N] (int32; float32 for regression)
   tagging:        labels [N, T] (label of each word's first sub-token), label_weights [N, T], example_index [N]
   qa:             start_positions, end_positions [N] (0 = [CLS] when the answer is not in the window),
@@ -77,6 +77,10 @@ TFDS_TASKS = {t.name: t for t in (
     _glue("wnli", ("sentence1", "sentence2"), ("not_entailment", "entailment")),
     TaskSpec("squad", "qa", ("question", "context"), "answers", (), "squad"),
     TaskSpec("squad/v2.0", "qa", ("question", "context"), "answers", (), "squad_v2"),
+    TaskSpec("ai2_arc/ARC-Challenge", "multiple_choice", ("question",), "answerKey", (), "accuracy",
+             choice_keys=("choices",)),
+    TaskSpec("ai2_arc/ARC-Easy", "multiple_choice", ("question",), "answerKey", (), "accuracy",
+             choice_keys=("choices",)),
     TaskSpec("hellaswag", "multiple_choice", ("context",), "label", (), "accuracy", choice_keys=("endings",)),
     TaskSpec("piqa", "multiple_choice", ("goal",), "label", (), "accuracy", choice_keys=("sol1", "sol2")),
     TaskSpec("conll2003", "tagging", ("tokens",), "ner",
@@ -124,25 +128,42 @@ def _words(value, where: str, what: str) -> list:
   return list(value)
 
 
-def _choices(spec: TaskSpec, record: dict, where: str) -> list[str]:
-  """A multiple-choice example's choices: the list in its one choice field, or one field per choice."""
+def _choices(spec: TaskSpec, record: dict, where: str) -> tuple[list[str], list[str] | None]:
+  """(choices, their own labels or None): the list in its one choice field, or one field per choice. A field that
+  is a dict of lists {"text": [...], "label": [...]} (ARC, CommonsenseQA) labels its choices itself."""
   if not spec.choice_keys:
     raise ValueError(f"task {spec.name} is multiple_choice but names no choices: set --config.task.choice_keys to "
                      f"the field holding the list of choices, or to one field per choice (ending0,ending1,...)")
   if len(spec.choice_keys) > 1:
-    return [_text(_field(record, k, where, "choice_keys")) for k in spec.choice_keys]
+    return [_text(_field(record, k, where, "choice_keys")) for k in spec.choice_keys], None
   value = _field(record, spec.choice_keys[0], where, "choice_keys")
+  own_labels = None
+  if isinstance(value, dict):
+    keys = sorted(map(_text, value))
+    value = {_text(k): v for k, v in value.items()}
+    if "text" not in value:
+      raise ValueError(f"{where}: the choices field is a dict with keys {keys}; a dict of choices needs a 'text' list "
+                       f"(and a 'label' list naming them)")
+    own_labels = [_text(x) for x in value["label"]] if "label" in value else None
+    value = value["text"]
   if isinstance(value, (str, bytes)):
     raise ValueError(f"{where}: the choices are the string {_text(value)[:60]!r}, not a list; give a .jsonl list "
                      f"field, or one field per choice in task.choice_keys (ending0,ending1,...)")
   choices = [_text(c) for c in value]
   if len(choices) < 2:
     raise ValueError(f"{where}: {len(choices)} choice(s); a multiple-choice example needs at least 2")
-  return choices
+  if own_labels is not None and len(own_labels) != len(choices):
+    raise ValueError(f"{where}: {len(choices)} choices but {len(own_labels)} choice labels")
+  return choices, own_labels
 
 
-def _choice_index(spec: TaskSpec, value, num_choices: int, where: str) -> int:
-  """The right choice's position: a name of task.label_names (A,B,C,D), else an integer index."""
+def _choice_index(spec: TaskSpec, value, num_choices: int, where: str, own_labels: list[str] | None = None) -> int:
+  """The right choice's position: one of the example's own choice labels, else a name of task.label_names
+  (A,B,C,D), else an integer index."""
+  if own_labels is not None:
+    if _text(value) not in own_labels:
+      raise ValueError(f"{where}: label {value!r} is none of its choices' labels {own_labels}")
+    return own_labels.index(_text(value))
   if spec.label_names:
     if _text(value) not in spec.label_names[:num_choices]:
       raise ValueError(f"{where}: label {value!r} names none of its {num_choices} choices "
@@ -160,9 +181,9 @@ def _to_example(spec: TaskSpec, record: dict, where: str) -> dict:
   label = lambda: _field(record, spec.label_key, where, "label_key")
   if spec.kind == "multiple_choice":
     question = field(1) if len(spec.text_keys) > 1 else None
-    choices = _choices(spec, record, where)
+    choices, own_labels = _choices(spec, record, where)
     return {"context": _text(field(0)), "question": None if question in (None, "", b"") else _text(question),
-            "choices": choices, "label": _choice_index(spec, label(), len(choices), where)}
+            "choices": choices, "label": _choice_index(spec, label(), len(choices), where, own_labels)}
   if spec.kind in ("classification", "regression"):
     a = field(0)
     b = field(1) if len(spec.text_keys) > 1 else None
