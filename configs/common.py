@@ -99,7 +99,7 @@ def get_config() -> ml_collections.ConfigDict:
   o.b2 = 0.999                        # Adam beta2
   o.eps = 1e-6                        # Adam epsilon
   o.weight_decay = 0.01               # decoupled weight decay (not on biases or LayerNorm unless param_rules say)
-  o.param_rules = ""                  # 'REGEX:ACTION;...' over param paths (train|freeze|decay|no_decay), before the objective's (core/param_rules.py)
+  o.param_rules = ""                  # 'REGEX:ACTION;...' over param paths (train|freeze|decay|no_decay), after the objective's own (core/param_rules.py)
   o.clip_norm = 1.0                   # clip gradients by global norm (0: off)
   o.state_dtype = ""                  # AdamW first-moment dtype, e.g. 'bfloat16' (empty: param dtype)
 

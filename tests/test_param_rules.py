@@ -87,3 +87,17 @@ def test_a_decay_rule_does_not_unfreeze_what_a_later_rule_freezes():
   mask = param_rules.decay_mask(params, rules)
   assert mask["classifier"]["bias"] and not mask["classifier"]["kernel"]
   assert not mask["encoder"]["layer_0"]["layer_norm"]["scale"]
+
+
+def test_a_pretraining_rule_cannot_unfreeze_what_the_objective_freezes():
+  """Distillation freezes its teacher by a rule of its own; optim.param_rules come after it, so `.*:train` (or a
+  careless `^teacher/:train`) leaves the teacher frozen while it still sets what else trains and decays."""
+  import types
+  from bert_jax.trainers import pretrain
+  objective = types.SimpleNamespace(param_rules=lambda: (param_rules.ParamRule("^teacher/", trainable=False),))
+  config = ml_collections.ConfigDict({"optim": {"param_rules": ".*:train,decay"}})
+  rules = pretrain.param_rules_of(config, objective)
+  params = {"teacher": {"dense": {"kernel": np.ones((2, 2))}}, "student": {"dense": {"bias": np.ones(2)}}}
+  assert param_rules.labels(params, rules) == {"teacher": {"dense": {"kernel": param_rules.FROZEN}},
+                                               "student": {"dense": {"bias": param_rules.TRAIN}}}
+  assert param_rules.decay_mask(params, rules)["student"]["dense"]["bias"]

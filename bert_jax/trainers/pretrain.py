@@ -169,7 +169,7 @@ def _fields(values: dict, names) -> str:
 # Run-config keys that decide the parameter tree: a checkpoint resumes only a run that agrees on all of them.
 TREE_KEYS = (("model", "family"), ("train", "objective"), ("model", "size"), ("model", "vocab_size"),
              ("model", "embedding_size"), ("model", "layer_sharing"), ("model", "scan_layers"), ("model", "fused_qkv"),
-             ("model", "fp8"))
+             ("model", "fp8"), ("optim", "param_rules"))  # frozen params have no optimizer state
 
 
 def check_resumable(ckpt, config, workdir: str) -> None:
@@ -215,8 +215,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def param_rules_of(config, objective) -> tuple:
-  """optim.param_rules first, then the objective's (a distillation teacher's freeze): the first match decides."""
-  return param_rules.parse_rules(config.optim.param_rules) + tuple(objective.param_rules())
+  """The objective's rules (a distillation teacher's freeze), then optim.param_rules: the first rule that says
+  decides, so no user rule unfreezes what the objective keeps frozen."""
+  return tuple(objective.param_rules()) + param_rules.parse_rules(config.optim.param_rules)
 
 
 def with_platform_defaults(config, mesh, log):
