@@ -383,6 +383,16 @@ def test_each_choice_is_the_pair_the_exported_hf_tokenizer_makes(wordpiece, tmp_
     assert features["input_ids"][1, 2, :3].tolist() == [wordpiece.cls_id, wordpiece.sep_id, 0]
 
 
+def test_a_choice_fills_the_questions_blank_or_follows_it():
+  """RACE's cloze questions mark the answer's place with underscores; other questions (SWAG's sent2) are followed
+  by the choice. Underscores inside a word (an identifier) are no blank."""
+  assert tasks.choice_segment("The passage mainly tells us _ .", "a story") == "The passage mainly tells us a story ."
+  assert tasks.choice_segment("He left because ___.", "rain") == "He left because rain."
+  assert tasks.choice_segment("A man sits on a roof. He", "starts pulling.") == "A man sits on a roof. He starts pulling."
+  assert tasks.choice_segment("What does __init__ do?", "builds it") == "What does __init__ do? builds it"
+  assert tasks.choice_segment(None, "builds it") == "builds it"
+
+
 def test_choices_come_from_a_list_field_or_one_field_each_and_labels_from_indices_or_named_positions(tmp_path):
   listed = tmp_path / "listed.jsonl"
   listed.write_text(json.dumps({"ctx": "a b", "q": "c", "options": ["d", "e", "f"], "answer": 2}) + "\n" +

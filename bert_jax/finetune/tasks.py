@@ -6,7 +6,7 @@ Task kinds and their example dicts:
   qa:                          {"id": str, "question": str, "context": str, "answers": [str],
                                 "answer_start": int (-1: none given)}
   multiple_choice:             {"context": str, "question": str | None, "choices": [str], "label": int}
-                                each choice is read as the pair (context, question + " " + choice)
+                                each choice is read as the pair (context, choice_segment(question, choice))
 
 Sources: TFDS by name (the GLUE tasks, squad, conll2003, hellaswag, piqa, ai2_arc) read from a data_dir, or local
 TSV (header row) and JSONL files. Features are numpy dicts with input_ids/input_mask/segment_ids [N, T] plus
@@ -346,15 +346,26 @@ def classification_features(examples, tok, max_seq_length: int, regression: bool
   return out
 
 
+_BLANK = re.compile(r"(?<!\w)_+(?!\w)")  # RACE's cloze blank: underscores that touch no word character
+
+
+def choice_segment(question: str | None, choice: str) -> str:
+  """A choice's second segment: the choice alone, the question's blank filled with it (RACE's "_"), or the
+  question then the choice (SWAG's sent2 and ending)."""
+  if question is None:
+    return choice
+  return _BLANK.sub(lambda _: choice, question, count=1) if _BLANK.search(question) else f"{question} {choice}"
+
+
 def multiple_choice_features(examples, tok, max_seq_length: int) -> dict:
-  """One pair row per choice, [CLS] context [SEP] question choice [SEP], cut as classification pairs are. C is
+  """One pair row per choice, [CLS] context [SEP] choice_segment [SEP], cut as classification pairs are. C is
   the most choices of any example; an example with fewer gets [CLS][SEP] rows with choice_mask 0, which the
   loss and the predictions never pick."""
   num_choices = max(len(ex["choices"]) for ex in examples)
   pairs = []
   for ex in examples:
     for choice in ex["choices"]:
-      second = f"{ex['question']} {choice}" if ex["question"] is not None else choice
+      second = choice_segment(ex["question"], choice)
       pairs.append({"text_a": ex["context"], "text_b": second, "label": 0})
     pairs += [{"text_a": "", "text_b": None, "label": 0}] * (num_choices - len(ex["choices"]))
   rows = classification_features(pairs, tok, max_seq_length, regression=False)
