@@ -29,8 +29,8 @@ def get_config():
   c.data.mode = "full_sentences"        # no NSP: sequences of contiguous text
   c.data.dupe_factor = 1                # masks come from dynamic masking instead
   c.data.dynamic_masking = True         # re-mask every epoch, as the paper
-  c.data.max_seq_length = 128
-  c.data.max_predictions_per_seq = 20
+  c.data.max_seq_length = 512           # HF's binarized_data.py cuts the corpus into sequences of up to 512 tokens
+  c.data.max_predictions_per_seq = 80   # 15% of 512
   c.train.objective = "distill"
   c.train.batch_size = 2048             # the paper: up to 4k examples per batch
   c.train.steps = 100000

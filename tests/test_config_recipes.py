@@ -59,6 +59,8 @@ def test_distilbert_optimizer_is_hf_distillers():
   assert (s.temperature, s.alpha_ce, s.alpha_mlm, s.alpha_cos, s.kl_positions) == (2.0, 5.0, 2.0, 1.0, "all")
   assert (c.data.masked_lm_prob, c.data.replacement, c.data.dynamic_masking) == (
       0.15, "mask:0.8,random:0.1,keep:0.1", True)
+  # scripts/binarized_data.py: sequences of up to max_model_input_size (512 for bert) tokens
+  assert (c.data.max_seq_length, c.data.max_predictions_per_seq) == (512, 80)
 
 
 @pytest.mark.parametrize("size", ["base", "large"])
