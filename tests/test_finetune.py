@@ -270,6 +270,21 @@ def test_arc_reads_its_answer_key_among_its_own_choice_labels():
                      "choices": ["oxygen", "carbon dioxide", "helium"], "label": 1}
 
 
+def test_race_reads_one_example_per_question_of_an_article():
+  import tensorflow as tf
+  article = "Tom went to the market. He bought apples and went home."
+  record = {"article": [article], "example_id": ["high1.txt"],
+            "questions": [["Where did Tom go?", "Tom bought _ ."]], "answers": [["B", "A"]],
+            "options": tf.ragged.constant([[["home", "the market", "school", "a park"], ["apples", "pears", "milk"]]])}
+  with tfds.testing.mock_data(as_dataset_fn=lambda *_, **__: tf.data.Dataset.from_tensor_slices(record)):
+    examples = tasks.read_tfds(tasks.TFDS_TASKS["race/high"], "validation", None)
+  assert examples == [
+      {"context": article, "question": "Where did Tom go?", "choices": ["home", "the market", "school", "a park"],
+       "label": 1},
+      {"context": article, "question": "Tom bought _ .", "choices": ["apples", "pears", "milk"], "label": 0}]
+  assert tasks.choice_segment(examples[1]["question"], "apples") == "Tom bought apples ."
+
+
 def test_hellaswag_reads_its_endings_as_the_choices():
   import tensorflow as tf
   endings = ["is using wrap.", "is ripping shingles.", "is holding a rubik's cube.", "starts pulling."]

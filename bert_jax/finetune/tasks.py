@@ -8,7 +8,7 @@ Task kinds and their example dicts:
   multiple_choice:             {"context": str, "question": str | None, "choices": [str], "label": int}
                                 each choice is read as the pair (context, choice_segment(question, choice))
 
-Sources: TFDS by name (the GLUE tasks, squad, conll2003, hellaswag, piqa, ai2_arc) read from a data_dir, or local
+Sources: TFDS by name (GLUE, squad, conll2003, race, hellaswag, piqa, ai2_arc) read from a data_dir, or local
 TSV (header row) and JSONL files. Features are numpy dicts with input_ids/input_mask/segment_ids [N, T] plus
   classification: label [N] (int32; float32 for regression)
   tagging:        labels [N, T] (label of each word's first sub-token), label_weights [N, T], example_index [N]
@@ -53,6 +53,8 @@ class TaskSpec:
   eval_split: str = "validation"
   choice_keys: tuple[str, ...] = ()                  # multiple_choice: one field holding the list of choices, or
                                                      # one field per choice (ending0,ending1,...)
+  per_item: tuple[str, ...] = ()                     # fields holding one value per question of a record (RACE's
+                                                     # questions, answers, options): one example per question
 
   @property
   def num_labels(self) -> int:
@@ -81,6 +83,9 @@ TFDS_TASKS = {t.name: t for t in (
              choice_keys=("choices",)),
     TaskSpec("ai2_arc/ARC-Easy", "multiple_choice", ("question",), "answerKey", (), "accuracy",
              choice_keys=("choices",)),
+    *(TaskSpec(f"race/{level}", "multiple_choice", ("article", "questions"), "answers", ("A", "B", "C", "D"),
+               "accuracy", choice_keys=("options",), per_item=("questions", "answers", "options"))
+      for level in ("high", "middle")),
     TaskSpec("hellaswag", "multiple_choice", ("context",), "label", (), "accuracy", choice_keys=("endings",)),
     TaskSpec("piqa", "multiple_choice", ("goal",), "label", (), "accuracy", choice_keys=("sol1", "sol2")),
     TaskSpec("conll2003", "tagging", ("tokens",), "ner",
@@ -221,12 +226,28 @@ def read_tfds(spec: TaskSpec, split: str, data_dir: str | None) -> list[dict]:
         f".download_and_prepare()\", then pass --config.task.data_dir=DIR; or give the examples as .jsonl/.tsv "
         f"files (--config.task.name=files)") from None
   where = f"{spec.name}[{split}]"
-  return _unique_ids([_to_example(spec, r, f"{where} example {i}") for i, r in enumerate(tfds.as_numpy(ds))], where)
+  return _unique_ids([_to_example(spec, item, f"{where} example {i}{suffix}")
+                      for i, r in enumerate(tfds.as_numpy(ds)) for suffix, item in _items(spec, r)], where)
+
+
+def _items(spec: TaskSpec, record: dict):
+  """(where suffix, record) per example a record holds: itself, or one per question (spec.per_item)."""
+  if not spec.per_item:
+    yield "", record
+    return
+  # a ragged field (RACE's options of several lengths) comes out of tfds.as_numpy as a RaggedTensor: listed
+  record = {_text(k): v.to_list() if hasattr(v, "to_list") else v for k, v in record.items()}
+  counts = {k: len(record[k]) for k in spec.per_item if k in record}
+  if len(set(counts.values())) > 1:
+    raise ValueError(f"{spec.name}: the per-question fields hold different counts {counts}")
+  for j in range(next(iter(counts.values()), 0)):
+    yield f" question {j}", {**record, **{k: record[k][j] for k in counts}}
 
 
 def read_file(spec: TaskSpec, path: str) -> list[dict]:
   """Examples from a .jsonl (one object per line) or .tsv (header row) file."""
-  return _unique_ids([_to_example(spec, r, f"{path} example {i}") for i, r in enumerate(_read_records(path))], path)
+  return _unique_ids([_to_example(spec, item, f"{path} example {i}{suffix}")
+                      for i, r in enumerate(_read_records(path)) for suffix, item in _items(spec, r)], path)
 
 
 def _unique_ids(examples: list[dict], where: str) -> list[dict]:
