@@ -240,10 +240,9 @@ def _need_kind(info: dict | None, kinds: tuple, command: str) -> None:
                      f"{info['spec'].kind} ({info['spec'].name}): use `{_COMMAND_OF[info['spec'].kind]}`")
 
 
-_COMMAND_OF = {"classification": "classify", "regression": "classify", "tagging": "tag", "qa": "qa",
-               "multiple_choice": "choose"}
 KINDS_OF = {"classify": ("classification", "regression"), "tag": ("tagging",), "qa": ("qa",),
             "choose": ("multiple_choice",)}
+_COMMAND_OF = {kind: command for command, kinds in KINDS_OF.items() for kind in kinds}
 
 
 def classify(params, info: dict, tok, texts, batch_size: int = 32) -> list[dict]:
