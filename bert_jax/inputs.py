@@ -19,6 +19,7 @@ import os
 
 import jax
 
+from bert_jax.core import storage
 from bert_jax.data import array_record_io, corpora, grain_pipeline, instances, masking, packing, pipeline, prepare, schema
 from bert_jax.data import manifest as manifest_lib
 from bert_jax.data import tokenizer as tokenizer_lib
@@ -124,6 +125,11 @@ def resolve(config, workdir: str, log=print):
     train_files = find(d.train_files)
     eval_files = find(d.eval_files) if d.eval_files else ()
   elif d.corpus:
+    if storage.is_remote(workdir):
+      raise ValueError(f"data.corpus={d.corpus!r} is prepared into the workdir, and {workdir} is a bucket, whose "
+                       f"TFRecords tf.data would read back over the network on every host: prepare it once with "
+                       f"`python -m bert_jax.data.prepare --corpus=... --output_dir=gs://...` (README, Prepare data) and pass "
+                       f"--config.data.train_files and --config.data.eval_files, or use a local workdir")
     out = prepare_cached(d, workdir, log)
     eval_files = _prepared_split(out, "eval", use_grain, log)
     if d.pack_instances:

@@ -5,7 +5,7 @@
 #   launch/tpu_pod.sh --name=bert-large --zone=us-central2-b --accelerator-type=v4-32 \
 #       [--runtime-version=tpu-ubuntu2204-base] [--project=P] [--spot | --queued] [--num-slices=2] \
 #       [--git-ref=origin/main | --tarball=bert_jax.tar.gz] [--keep] [--dry-run] \
-#       -- --config=large --workdir=/mnt/BUCKET/runs/large --config.data.train_files='gs://BUCKET/data/*.tfrecord'
+#       -- --config=large --workdir=gs://BUCKET/runs/large --config.data.train_files='gs://BUCKET/data/*.tfrecord'
 #
 # --queued asks through queued resources (required for --num-slices > 1, the multislice path; each
 # slice's workers get MEGASCALE_* variables from the runtime). --dry-run prints every gcloud command.
@@ -32,7 +32,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 [ -n "$name" ] && [ -n "$zone" ] && [ -n "$accel" ] || { echo "need --name, --zone and --accelerator-type" >&2; exit 2; }
-[ $# -gt 0 ] || { echo "need train flags after --, e.g. -- --config=large --workdir=/mnt/BUCKET/runs/large" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "need train flags after --, e.g. -- --config=large --workdir=gs://BUCKET/runs/large" >&2; exit 2; }
 if [ "$slices" -gt 1 ]; then queued=1; fi
 
 run() {
@@ -46,7 +46,7 @@ if [ "$slices" -gt 1 ] && [[ " $* " != *" --config.mesh.dcn_data="* ]]; then
   train_flags+=(--config.mesh.dcn_data="$slices")  # data parallelism across slices over DCN
 fi
 train_cmd="cd bert_jax && .venv/bin/python -m bert_jax.train$(printf ' %q' "${train_flags[@]}")"
-install_cmd="cd bert_jax && python3 -m venv .venv && .venv/bin/pip install -q -e '.[tpu]'"
+install_cmd="cd bert_jax && python3 -m venv .venv && .venv/bin/pip install -q -e '.[tpu,gcs]'"
 
 if [ "$queued" -eq 1 ]; then
   create=(gcloud compute tpus queued-resources create "$name" "${common[@]}" --accelerator-type="$accel"

@@ -260,14 +260,18 @@ def test_preflight_rejects_unwritable_workdir(tmp_path):
   assert f"workdir {blocker}/run is not writable from process 0" in result.stderr
 
 
-def test_remote_workdir_is_refused_before_anything_is_written(tmp_path):
-  """A gs:// workdir went through os.path as ./gs:/bucket/run on each host's own disk (lost with the machine):
-  it is refused at start, naming what to use instead, and nothing is written."""
+def test_unsupported_remote_workdir_is_refused_before_anything_is_written(tmp_path):
+  """A workdir the run would write through os.path as ./s3:/bucket/run on each host's own disk (lost with the
+  machine) is refused at start, naming what to use instead, and nothing is written: any scheme but gs:// for
+  pretraining (tests/test_bucket_workdir.py runs one on gs://), any scheme for fine-tuning."""
   env = _env(JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(1))
-  for command in (["bert_jax.train", "--config=tiny"], ["bert_jax.finetune", "--config=finetune"]):
-    result = subprocess.run([sys.executable, "-m", *command, "--workdir=gs://bucket/run"], capture_output=True,
+  for command, workdir, expected in (
+      (["bert_jax.train", "--config=tiny"], "s3://bucket/run", "s3:// workdirs are not supported here (only gs://"),
+      (["bert_jax.finetune", "--config=finetune"], "gs://bucket/run",
+       "gs:// workdirs are not supported here (only local or mounted paths)")):
+    result = subprocess.run([sys.executable, "-m", *command, f"--workdir={workdir}"], capture_output=True,
                             text=True, env={**env, "PYTHONPATH": ROOT}, timeout=120, cwd=tmp_path)
-    assert result.returncode != 0 and "remote workdirs (gs://) are not supported" in result.stderr, result.stderr
+    assert result.returncode != 0 and expected in result.stderr, result.stderr
     assert "gcsfuse" in result.stderr and not os.listdir(tmp_path)
 
 

@@ -11,6 +11,7 @@ one mesh or device count restores onto another. A damaged checkpoint (torn write
 truncated files) is moved to damaged/ with a warning and the one before it is used, so the step is
 saved afresh later and readers (convert, fine-tuning) never meet it. A checkpoint whose train state
 has another structure (another optimizer, vocabulary, ...) is not damage: it fails naming the difference.
+The directory may be in a bucket (gs://): every file operation here goes through epath or core/storage.py.
 """
 
 import contextlib
@@ -19,14 +20,16 @@ import io
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
+
+from bert_jax.core import storage
 
 
 def _key_name(key) -> str:
@@ -121,7 +124,7 @@ def _abstract(tree, shardings):
 
 class Checkpointer:
   def __init__(self, directory: str, config, log=logging.info):
-    self.directory = os.path.abspath(directory)
+    self.directory = storage.absolute(directory)
     self.config = config
     self.log = log
     c = config.checkpoint
@@ -149,19 +152,21 @@ class Checkpointer:
     if train_iter is not None and hasattr(train_iter, "orbax_save_args"):
       items["data"] = train_iter.orbax_save_args()
     elif train_iter is not None:
-      train_iter.save(self._data_prefix(step))
+      with storage.staged_write(self._data_prefix(step)) as prefix:  # TF writes local files; a bucket gets copies
+        train_iter.save(prefix)
     saved = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
     self._prune_data_states()
     return saved
 
   def _prune_data_states(self):
-    data_dir = os.path.join(self.directory, "data")
-    if jax.process_index() != 0 or not os.path.isdir(data_dir):
+    data_dir = epath.Path(self.directory, "data")
+    if jax.process_index() != 0 or not data_dir.is_dir():
       return
     keep = set(self.manager.all_steps())
-    for name in os.listdir(data_dir):
-      if name.isdigit() and int(name) not in keep and int(name) < max(keep | {0}):
-        shutil.rmtree(os.path.join(data_dir, name), ignore_errors=True)
+    for path in data_dir.iterdir():
+      if path.name.isdigit() and int(path.name) not in keep and int(path.name) < max(keep | {0}):
+        with contextlib.suppress(FileNotFoundError):
+          path.rmtree()
 
   def wait(self):
     self.manager.wait_until_finished()
@@ -178,15 +183,15 @@ class Checkpointer:
 
   def _restore_orbax_data(self, step, train_iter):
     """An iterator whose position is an Orbax item of the step (the Grain backend)."""
-    item = os.path.join(self.directory, str(step), "data")
-    if os.path.isfile(os.path.join(item, f"process_{jax.process_index()}-of-{jax.process_count()}.json")):
+    item = epath.Path(self.directory, str(step), "data")
+    if (item / f"process_{jax.process_index()}-of-{jax.process_count()}.json").is_file():
       self.manager.restore(step, args=ocp.args.Composite(data=train_iter.orbax_restore_args()))
       if train_iter.changed_since_saved:
         self.log(f"WARNING: the data position at step {step} was saved under other data settings "
                  f"({train_iter.changed_since_saved}); the model state is restored and the input stream goes on "
                  f"from the same example count in this run's stream, which is not where the saved run stopped")
       return
-    if os.path.isdir(item) or os.path.isdir(os.path.join(self.directory, "data", str(step))):
+    if item.is_dir() or epath.Path(self.directory, "data", str(step)).is_dir():
       self.log(f"WARNING: the data position at step {step} was saved by another number of processes or another "
                f"input backend (data.backend); the model state is restored, the input stream starts afresh")
       return
@@ -196,21 +201,21 @@ class Checkpointer:
     if hasattr(train_iter, "orbax_restore_args"):
       self._restore_orbax_data(step, train_iter)
       return
-    if os.path.isdir(os.path.join(self.directory, str(step), "data")):
+    if epath.Path(self.directory, str(step), "data").is_dir():
       self.log(f"WARNING: the data position at step {step} was saved by the grain input backend; the model state "
                f"is restored, the tf.data input stream starts afresh")
       return
     prefix = self._data_prefix(step)
-    if os.path.exists(prefix + ".index"):
+    if epath.Path(prefix + ".index").exists():
       # Another data setting is not damage: the model state is good, only the input stream cannot continue.
-      changed = train_iter.restore(prefix)
+      with storage.staged_read(prefix) as local_prefix:
+        changed = train_iter.restore(local_prefix)
       if changed:
         self.log(f"WARNING: the data position at step {step} does not fit this run's input pipeline: {changed}; "
                  f"the model state is restored, the input stream starts afresh")
       return
-    saved = os.listdir(os.path.join(self.directory, "data", str(step))) \
-        if os.path.isdir(os.path.join(self.directory, "data", str(step))) else []
-    if any(name.endswith(".index") for name in saved):
+    saved = epath.Path(self.directory, "data", str(step))
+    if saved.is_dir() and any(path.name.endswith(".index") for path in saved.iterdir()):
       self.log(f"WARNING: the data position at step {step} was saved by a different number of processes; "
                f"the model state is restored, the input stream starts afresh")
       return
@@ -220,8 +225,7 @@ class Checkpointer:
     """Path -> shape (None where unreadable) of the train state saved at `step`. Paths come from the
     checkpoint's _METADATA, so a missing or torn one raises (damage) instead of reading as another structure."""
     path = os.path.join(self.directory, str(step), "state")
-    with open(os.path.join(path, "_METADATA")) as f:
-      tree_metadata = json.load(f)["tree_metadata"].values()
+    tree_metadata = json.loads(epath.Path(path, "_METADATA").read_text())["tree_metadata"].values()
     paths = ["/".join(str(k["key"]) for k in entry["key_metadata"]) for entry in tree_metadata
              if not entry["value_metadata"].get("skip_deserialize")]  # empty optimizer states
     try:
@@ -234,11 +238,10 @@ class Checkpointer:
     """Moves a damaged step (and its data position) to damaged/, so that it is saved afresh and never read."""
     target = os.path.join(self.directory, "damaged", f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
     if jax.process_index() == 0:
-      os.makedirs(target, exist_ok=True)
-      shutil.move(os.path.join(self.directory, str(step)), os.path.join(target, "checkpoint"))
+      storage.move_tree(os.path.join(self.directory, str(step)), os.path.join(target, "checkpoint"))
       data = os.path.join(self.directory, "data", str(step))
-      if os.path.isdir(data):
-        shutil.move(data, os.path.join(target, "data"))
+      if epath.Path(data).is_dir():
+        storage.move_tree(data, os.path.join(target, "data"))
     ocp.multihost.sync_global_processes(f"bert_jax_quarantine_{step}")
     self.manager.reload()
     return target
@@ -280,21 +283,21 @@ class Checkpointer:
 def save_params(directory: str, params) -> None:
   """A params-only checkpoint (what `init_checkpoint` and the converters read and write)."""
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(os.path.abspath(directory), params, force=True)
+    ckptr.save(storage.absolute(directory), params, force=True)
 
 
 def load_params(directory: str):
   """A params-only checkpoint as numpy arrays on the host."""
   with ocp.StandardCheckpointer() as ckptr:
-    metadata = ckptr.metadata(os.path.abspath(directory))
+    metadata = ckptr.metadata(storage.absolute(directory))
     tree = getattr(metadata, "item_metadata", metadata)
-    return ckptr.restore(os.path.abspath(directory), _numpy_like(getattr(tree, "tree", tree)))
+    return ckptr.restore(storage.absolute(directory), _numpy_like(getattr(tree, "tree", tree)))
 
 
 def latest_step(directory: str):
   """(manager, newest step) of a workdir's checkpoints/ directory (None: no step). Only reads: a mistyped path
   must not be left behind as an empty checkpoints/ that later reads as a run that never saved."""
-  manager = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(create=False))
+  manager = ocp.CheckpointManager(storage.absolute(directory), options=ocp.CheckpointManagerOptions(create=False))
   return manager, manager.latest_step()
 
 

@@ -12,6 +12,7 @@ device kind reported by process 0. The batch-divisibility check lives in shardin
 """
 
 import hashlib
+import importlib.util
 import json
 import os
 import pathlib
@@ -21,6 +22,8 @@ import time
 import jax
 import numpy as np
 from etils import epath
+
+from bert_jax.core import storage
 
 
 class PreflightError(RuntimeError):
@@ -121,22 +124,35 @@ def _allgather_hash(hex_digest: str) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(as_ints)).reshape(jax.process_count(), -1)
 
 
-def check_local_workdir(workdir: str) -> None:
-  """Fails on a remote workdir (gs://, s3://...): the checkpoint, metrics and lock code write through the local
-  filesystem, so os.path would turn gs://b/run into ./gs:/b/run on each host's own disk, lost with the machine."""
-  scheme, sep, _ = str(workdir).partition("://")
-  if sep and scheme.isalnum():
+REMOTE_SCHEMES = ("gs",)  # workdirs in a bucket: Orbax, epath and tensorboardX write them; tested on an emulator
+
+
+def check_workdir_scheme(workdir: str, remote_ok: bool = True) -> None:
+  """Fails on a workdir the run cannot write where it says: another scheme than gs:// (os.path would turn
+  s3://b/run into ./s3:/b/run on each host's own disk, lost with the machine), or gs:// without its client."""
+  scheme = storage.scheme(workdir)
+  if scheme is None:
+    return
+  if scheme not in REMOTE_SCHEMES or not remote_ok:
+    where = "gs:// buckets" if remote_ok else "local or mounted paths"
     raise PreflightError(
-        f"--workdir={workdir}: remote workdirs ({scheme}://) are not supported yet; the checkpoints, metrics and "
-        f"workdir lock would be written under ./{scheme}:/ on each host's local disk and lost with it. Give a path "
+        f"--workdir={workdir}: {scheme}:// workdirs are not supported here (only {where}); the checkpoints and "
+        f"metrics would be written under ./{scheme}:/ on each host's local disk and lost with it. Give a path "
         f"every process can write that outlives the machines: a shared or persistent disk (NFS, Filestore), or the "
-        f"bucket mounted with gcsfuse on every host (directory renames enabled, which Orbax's saves use). Data "
-        f"files (data.train_files, data.eval_files) may stay on {scheme}://")
+        f"bucket mounted on every host (gcsfuse with directory renames enabled, which Orbax's saves use)")
+  try:
+    has_client = importlib.util.find_spec("google.cloud.storage") is not None
+  except ModuleNotFoundError:  # no google.cloud at all
+    has_client = False
+  if not has_client:
+    raise PreflightError(f"--workdir={workdir}: a gs:// workdir needs the google-cloud-storage package (Orbax and "
+                         f"the TensorBoard writer use it); pip install 'bert_jax[gcs]'")
 
 
-def preflight(config, workdir: str, log=print) -> None:
-  """Same code and config everywhere, a local writable workdir, and the devices reported."""
-  check_local_workdir(workdir)
+def preflight(config, workdir: str, log=print, remote_ok: bool = True) -> None:
+  """Same code and config everywhere, a writable workdir (local, or a gs:// bucket where `remote_ok`), and the
+  devices reported."""
+  check_workdir_scheme(workdir, remote_ok)
   checks = {"code": code_hash(), "config": hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True,
                                                                      default=str).encode()).hexdigest()}
   if jax.process_count() > 1:

@@ -8,10 +8,15 @@ tf.summary writes; TensorBoard reads them as before).
 import importlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 import jax
+from etils import epath
+
+from bert_jax.core import storage
 
 
 def _import_tensorboardx_without_torch():
@@ -57,20 +62,87 @@ def peak_flops_per_device(device_kind: str, override: float = 0.0) -> float | No
   return None
 
 
+class _LocalLines:
+  """metrics.jsonl on a local disk: appended to, each line on disk once written."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self._file = open(path, "a")
+
+  def read(self) -> list:
+    with open(self.path) as f:
+      return f.readlines()
+
+  def replace(self, lines: list) -> None:
+    self._file.close()
+    with open(self.path + ".tmp", "w") as f:
+      f.writelines(lines)
+    os.replace(self.path + ".tmp", self.path)
+    self._file = open(self.path, "a")
+
+  def append(self, line: str) -> None:
+    self._file.write(line)
+    self._file.flush()
+
+  def flush(self) -> None:
+    pass
+
+  def close(self) -> None:
+    self._file.close()
+
+
+class _BucketLines:
+  """metrics.jsonl in a bucket, whose objects cannot be appended to: the lines are kept here, and flush()
+  rewrites the object with all of them."""
+
+  def __init__(self, path: str):
+    self.path = epath.Path(path)
+    self._lines, self._unflushed = self.read(), False
+
+  def read(self) -> list:
+    return self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
+
+  def replace(self, lines: list) -> None:
+    self._lines, self._unflushed = list(lines), True
+    self.flush()
+
+  def append(self, line: str) -> None:
+    self._lines.append(line)
+    self._unflushed = True
+
+  def flush(self) -> None:
+    if self._unflushed:
+      self.path.write_text("".join(self._lines))
+      self._unflushed = False
+
+  def close(self) -> None:
+    self.flush()
+
+
 class MetricsWriter:
-  """Process 0 writes WORKDIR/metrics.jsonl and TensorBoard events; other processes write nothing."""
+  """Process 0 writes WORKDIR/metrics.jsonl and TensorBoard events; other processes write nothing.
+
+  In a bucket (gs://...), whose objects cannot be appended to, both are kept locally and copied up whole every
+  BUCKET_FLUSH_SECONDS while lines come in, and at each flush() (a checkpoint) and close()."""
+
+  BUCKET_FLUSH_SECONDS = 30.0
 
   def __init__(self, workdir: str):
     self.enabled = jax.process_index() == 0
-    self._jsonl = self._tb = None
+    self._remote = storage.is_remote(workdir)
+    self._jsonl = self._tb = self._tb_stage = None
     if self.enabled:
-      os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+      jsonl = os.path.join(workdir, "metrics.jsonl")
+      self._jsonl = _BucketLines(jsonl) if self._remote else _LocalLines(jsonl)
       self._tb_dir = os.path.join(workdir, "tensorboard")  # its writer opens at the first write or resume_from
+      if self._remote:  # tensorboardX writes its event file here; flush() copies it up
+        self._tb_stage = tempfile.mkdtemp(prefix="bert_jax_tensorboard_")
+      self._flushed_at = time.monotonic()
 
   def _open_tb(self, purge_step=None):
     if self._tb is None:
-      self._tb = tensorboardX.SummaryWriter(self._tb_dir, flush_secs=30, purge_step=purge_step)
+      self._tb = tensorboardX.SummaryWriter(self._tb_stage or self._tb_dir, flush_secs=30, purge_step=purge_step)
     return self._tb
 
   def resume_from(self, step: int) -> int:
@@ -80,38 +152,51 @@ class MetricsWriter:
     if not self.enabled:
       return 0
     self._open_tb(purge_step=step + 1 if step else 0)
-    path = self._jsonl.name
-    self._jsonl.close()
-    with open(path) as f:
-      lines = f.readlines()
+    lines = self._jsonl.read()
     kept = [line for line in lines if step > 0 and _line_step(line) is not None and _line_step(line) <= step]
     if len(kept) != len(lines):
-      with open(path + ".tmp", "w") as f:
-        f.writelines(line if line.endswith("\n") else line + "\n" for line in kept)
-      os.replace(path + ".tmp", path)
-    self._jsonl = open(path, "a")
+      self._jsonl.replace([line if line.endswith("\n") else line + "\n" for line in kept])
     return len(lines) - len(kept)
 
   def write(self, record: dict) -> None:
     if not self.enabled:
       return
-    self._jsonl.write(json.dumps(record) + "\n")
-    self._jsonl.flush()
+    self._jsonl.append(json.dumps(record) + "\n")
     prefix = "eval/" if record.get("split") == "eval" else "train/"
     for k, v in record.items():
       if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
         self._open_tb().add_scalar(prefix + k, v, global_step=int(record["step"]))
-    self._open_tb().flush()
+    if not self._remote:
+      self._open_tb().flush()
+    elif time.monotonic() - self._flushed_at >= self.BUCKET_FLUSH_SECONDS:
+      self.flush()
+
+  def flush(self) -> None:
+    """Everything written so far onto storage (called at checkpoints: a resume keeps the lines up to its step)."""
+    if not self.enabled:
+      return
+    self._jsonl.flush()
+    if self._tb is not None:
+      self._tb.flush()
+    if self._tb_stage is not None:
+      for name in os.listdir(self._tb_stage):
+        storage.copy_file(os.path.join(self._tb_stage, name), f"{self._tb_dir}/{name}")
+    self._flushed_at = time.monotonic()
 
   def log(self, message: str) -> None:
     if self.enabled:
       print(message, flush=True)
 
   def close(self):
-    if self.enabled:
-      self._jsonl.close()
-      if self._tb is not None:
-        self._tb.close()
+    if not self.enabled:
+      return
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+    self.flush()
+    self._jsonl.close()
+    if self._tb_stage is not None:
+      shutil.rmtree(self._tb_stage, ignore_errors=True)
 
 
 def _line_step(line: str) -> int | None:

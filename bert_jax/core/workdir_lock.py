@@ -4,8 +4,8 @@ Two runs writing one workdir break each other (one's Orbax tmp directory vanishe
 gets interleaved lines), so a second run is refused at start, naming the holder's pid and host. The OS drops an
 flock when its process dies, SIGKILL included: a killed run never blocks the next one, and the .lock file left
 behind means nothing by itself. Only process 0 of a multi-process run takes the lock (the others write through
-it). Workdirs are local paths (distributed.check_local_workdir refuses gs:// first); a filesystem that cannot
-flock (some network mounts) skips the lock with a log line.
+it). A bucket workdir (gs://) and a filesystem that cannot flock (some network mounts) go without the lock, with
+a log line saying so.
 """
 
 import contextlib

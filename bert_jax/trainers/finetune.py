@@ -298,7 +298,7 @@ def finetune(config, workdir: str, init_checkpoint: str = "") -> dict:
     raise ValueError("this is a pretraining config (it has no task section): fine-tuning takes --config=finetune "
                      "(configs/finetune.py) or a copy of it, and the pretraining run as --init_checkpoint")
   log0 = print if jax.process_index() == 0 else lambda _: None
-  distributed.preflight(config, workdir, log=log0)
+  distributed.preflight(config, workdir, log=log0, remote_ok=False)  # fine-tuning writes local paths
   with workdir_lock.hold(workdir, log=log0):
     return _finetune(config, workdir, init_checkpoint)
 

@@ -366,7 +366,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
           ckpt.wait()
           writer.close()
           return {"train": last_train, "eval": last_eval, "preempted": True}
-        ckpt.save(step, state, train_iter)
+        if ckpt.save(step, state, train_iter):
+          writer.flush()  # a resume from this step keeps the metrics lines up to it
       if pending is not None:
         check_finite(*pending)
     if step > start_step or start_step == 0:  # a rerun of a finished workdir has its final eval line already

@@ -1,0 +1,143 @@
+"""A gs:// workdir, on an in-process GCS emulator (tests/gcs_helpers.py): pretraining saves, resumes and logs into
+the bucket exactly as into a local directory, damaged checkpoints are moved aside there, and what cannot work on a
+bucket is refused at start."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+
+from bert_jax.core import metrics
+
+import gcs_helpers
+from cli_helpers import cli_env
+from data_helpers import write_google_style_records
+
+STEPS = 12
+RUN = f"gs://{gcs_helpers.BUCKET}/runs/tiny"
+
+
+@pytest.fixture(scope="module")
+def bucket():
+  """The emulator's URL, with this process's GCS clients pointed at it."""
+  with gcs_helpers.serve() as url, pytest.MonkeyPatch.context() as patch:
+    for key, value in gcs_helpers.emulator_env(url).items():
+      patch.setenv(key, value)
+    yield url
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+  root = tmp_path_factory.mktemp("bucket_records")
+  for shard in range(2):
+    write_google_style_records(str(root / f"train-{shard}.tfrecord"), 40, start=shard * 40, seed=shard)
+  write_google_style_records(str(root / "eval-0.tfrecord"), 32, start=500, seed=9)
+  return root
+
+
+def _train(workdir, records, steps, cwd, **extra):
+  """A tiny pretraining run of `steps` steps on the one 12-step schedule; (returncode, stdout, stderr)."""
+  overrides = {"data.train_files": f"{records}/train-*.tfrecord", "data.eval_files": f"{records}/eval-*.tfrecord",
+               "data.max_seq_length": 32, "data.max_predictions_per_seq": 5, "data.shuffle_buffer": 64,
+               "model.vocab_size": 2048, "train.steps": steps, "train.batch_size": 8, "train.log_every": 1,
+               "train.eval_every": 6, "train.eval_batches": 2, "optim.warmup_steps": 2,
+               "optim.schedule_steps": STEPS, "checkpoint.every_steps": 3, **extra}
+  command = [sys.executable, "-m", "bert_jax.train", "--config=tiny", f"--workdir={workdir}"] + [
+      f"--config.{k}={v}" for k, v in overrides.items()]
+  result = subprocess.run(command, capture_output=True, text=True, env=cli_env(), timeout=600, cwd=cwd)
+  return result.returncode, result.stdout, result.stderr
+
+
+def _bucket_path(path: str):
+  from etils import epath  # after the fixture has pointed epath's gcsfs at the emulator
+  return epath.Path(path)
+
+
+def _metrics(text: str) -> list:
+  return [json.loads(line) for line in text.splitlines()]
+
+
+def _losses(lines) -> dict:
+  return {line["step"]: line["loss"] for line in lines if line.get("split") != "eval"}
+
+
+@pytest.fixture(scope="module")
+def reference(records, tmp_path_factory):
+  """Metrics lines of the same 12 steps in one run on a local workdir."""
+  workdir = tmp_path_factory.mktemp("local_reference")
+  code, _, stderr = _train(workdir, records, STEPS, cwd=workdir)
+  assert code == 0, stderr[-3000:]
+  return _metrics((workdir / "metrics.jsonl").read_text())
+
+
+def test_pretraining_saves_resumes_and_logs_in_a_bucket(bucket, records, reference, tmp_path):
+  code, stdout, stderr = _train(RUN, records, STEPS // 2, cwd=tmp_path)
+  assert code == 0, stderr[-3000:]
+  assert "not locked against a second run" in stdout  # a bucket has no flock; said, not silently skipped
+  code, stdout, stderr = _train(RUN, records, STEPS, cwd=tmp_path)
+  assert code == 0, stderr[-3000:]
+  assert f"resumed from checkpoint at step {STEPS // 2}" in stdout
+  assert not os.listdir(tmp_path)  # nothing went to a local ./gs:/ directory
+
+  run = _bucket_path(RUN)
+  lines = _metrics((run / "metrics.jsonl").read_text())
+  # the model state and the tf.data position (staged through a local directory) resumed exactly: every loss
+  # equals the one-run reference's, each step logged once
+  assert [line["step"] for line in lines] == [line["step"] for line in reference]
+  assert _losses(lines) == _losses(reference)
+  assert sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == [6, 9, 12]
+  assert sorted(p.name for p in (run / "checkpoints" / "data").iterdir()) == ["12", "6", "9"]
+
+  # both runs' TensorBoard events, readable once copied down
+  events_dir = tmp_path / "events"
+  events_dir.mkdir()
+  for event_file in (run / "tensorboard").iterdir():
+    (events_dir / event_file.name).write_bytes(event_file.read_bytes())
+  events = event_accumulator.EventAccumulator(str(events_dir))
+  events.Reload()
+  assert [(e.step, e.value) for e in events.Scalars("train/loss")] == sorted(_losses(reference).items())
+
+  # a damaged newest step is moved to damaged/ in the bucket and the run falls back to the one before it
+  (run / "checkpoints" / "12" / "state" / "_METADATA").unlink()
+  code, stdout, stderr = _train(RUN, records, STEPS, cwd=tmp_path)
+  assert code == 0, stderr[-3000:]
+  assert "checkpoint at step 12" in stdout and "is damaged" in stdout and "resumed from checkpoint at step 9" in stdout
+  (moved,) = (run / "checkpoints" / "damaged").iterdir()
+  assert moved.name.startswith("12-") and (moved / "checkpoint" / "state" / "manifest.ocdbt").exists()
+  assert (moved / "data" / "of1_process_0.index").exists()
+  lines = _metrics((run / "metrics.jsonl").read_text())
+  assert [line["step"] for line in lines] == [line["step"] for line in reference]
+  assert _losses(lines) == _losses(reference)
+
+
+def test_what_a_bucket_workdir_cannot_do_is_refused_at_start(bucket, tmp_path):
+  """Another scheme than gs://, and a corpus to prepare into the bucket, fail before any work, saying what to do."""
+  code, _, stderr = _train("s3://bucket/run", tmp_path, STEPS, cwd=tmp_path)
+  assert code != 0 and "s3:// workdirs are not supported here (only gs:// buckets)" in stderr, stderr[-2000:]
+  code, _, stderr = _train(f"gs://{gcs_helpers.BUCKET}/corpus_run", tmp_path, STEPS, cwd=tmp_path,
+                           **{"data.train_files": "", "data.eval_files": "", "data.corpus": "pydocs"})
+  assert code != 0 and "is a bucket" in stderr and "--output_dir=gs://" in stderr, stderr[-2000:]
+  assert not os.listdir(tmp_path)
+
+
+def test_metrics_lines_reach_the_bucket_at_flushes_and_a_resume_drops_the_later_ones(bucket):
+  """A bucket object cannot be appended to: metrics.jsonl is rewritten at flush() (each checkpoint) and close(),
+  or when FLUSH_SECONDS have passed, not at every line."""
+  workdir = f"gs://{gcs_helpers.BUCKET}/runs/metrics"
+  path = _bucket_path(workdir) / "metrics.jsonl"
+  writer = metrics.MetricsWriter(workdir)
+  writer.resume_from(0)
+  writer.write({"step": 1, "loss": 1.0})
+  assert not path.exists()
+  writer.flush()
+  assert [line["step"] for line in _metrics(path.read_text())] == [1]
+  for step in (2, 3):
+    writer.write({"step": step, "loss": float(step)})
+  writer.close()
+  assert [line["step"] for line in _metrics(path.read_text())] == [1, 2, 3]
+  resumed = metrics.MetricsWriter(workdir)
+  assert resumed.resume_from(2) == 1
+  assert [line["step"] for line in _metrics(path.read_text())] == [1, 2]
+  resumed.close()
