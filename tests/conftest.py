@@ -32,6 +32,9 @@ os.environ["XLA_FLAGS"] = _at_level(0) + " --xla_force_host_platform_device_coun
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# gs:// paths through gcsfs, which the GCS emulator of tests/gcs_helpers.py can serve (TensorFlow's GCS client has no
+# endpoint setting). epath decides once per process, at its first path, so this is set before any test runs.
+os.environ["EPATH_USE_TF"] = "0"
 # The CLI runs share one pydocs build (corpora.run_cache_dir), new for each test run so that it is always the
 # current code's: made here by the pytest process that is not an xdist worker; the workers inherit it.
 if "PYTEST_XDIST_WORKER" not in os.environ:

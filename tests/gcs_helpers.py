@@ -27,7 +27,7 @@ def emulator_env(url: str) -> dict:
       "STORAGE_EMULATOR_HOST": url,            # google-cloud-storage, gcsfs
       "TENSORSTORE_GCS_HTTP_URL": url,         # Orbax's array writes
       "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test",  # TensorStore: a fixed token instead of looking for credentials
-      "EPATH_USE_TF": "0",                     # epath through gcsfs, which honours STORAGE_EMULATOR_HOST
+      "EPATH_USE_TF": "0",                     # epath through gcsfs, which honours STORAGE_EMULATOR_HOST (conftest)
       "FSSPEC_GCS_TOKEN": "anon",              # gcsfs: no credential lookup (it would probe the metadata server)
       "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",  # gcsfs: no storage-control gRPC probe the emulator ignores
       "GOOGLE_CLOUD_PROJECT": "test",

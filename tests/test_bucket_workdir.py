@@ -12,9 +12,10 @@ from tensorboard.backend.event_processing import event_accumulator
 from bert_jax.core import metrics
 
 import gcs_helpers
-from cli_helpers import cli_env
+from cli_helpers import cli_env, to_hf_in_process
 from data_helpers import write_google_style_records
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12
 RUN = f"gs://{gcs_helpers.BUCKET}/runs/tiny"
 
@@ -37,15 +38,19 @@ def records(tmp_path_factory):
   return root
 
 
-def _train(workdir, records, steps, cwd, **extra):
-  """A tiny pretraining run of `steps` steps on the one 12-step schedule; (returncode, stdout, stderr)."""
+def _train_flags(workdir, records, steps, **extra):
+  """Flags of a tiny pretraining run of `steps` steps on the one 12-step schedule."""
   overrides = {"data.train_files": f"{records}/train-*.tfrecord", "data.eval_files": f"{records}/eval-*.tfrecord",
                "data.max_seq_length": 32, "data.max_predictions_per_seq": 5, "data.shuffle_buffer": 64,
                "model.vocab_size": 2048, "train.steps": steps, "train.batch_size": 8, "train.log_every": 1,
                "train.eval_every": 6, "train.eval_batches": 2, "optim.warmup_steps": 2,
                "optim.schedule_steps": STEPS, "checkpoint.every_steps": 3, **extra}
-  command = [sys.executable, "-m", "bert_jax.train", "--config=tiny", f"--workdir={workdir}"] + [
-      f"--config.{k}={v}" for k, v in overrides.items()]
+  return ["--config=tiny", f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
+
+
+def _train(workdir, records, steps, cwd, **extra):
+  """The train CLI on _train_flags; (returncode, stdout, stderr)."""
+  command = [sys.executable, "-m", "bert_jax.train"] + _train_flags(workdir, records, steps, **extra)
   result = subprocess.run(command, capture_output=True, text=True, env=cli_env(), timeout=600, cwd=cwd)
   return result.returncode, result.stdout, result.stderr
 
@@ -111,6 +116,12 @@ def test_pretraining_saves_resumes_and_logs_in_a_bucket(bucket, records, referen
   assert [line["step"] for line in lines] == [line["step"] for line in reference]
   assert _losses(lines) == _losses(reference)
 
+  # what reads a workdir reads one in a bucket: the HF export, and a new run's init_checkpoint (phase 2 from 1)
+  assert "checked: max |logit difference| vs transformers" in to_hf_in_process(RUN, str(tmp_path / "hf"))
+  code, stdout, stderr = _train(tmp_path / "phase2", records, 1, cwd=tmp_path,
+                                **{"checkpoint.init_checkpoint": RUN})
+  assert code == 0 and f"initialised params from {RUN}" in stdout, stderr[-3000:]
+
 
 def test_what_a_bucket_workdir_cannot_do_is_refused_at_start(bucket, tmp_path):
   """Another scheme than gs://, and a corpus to prepare into the bucket, fail before any work, saying what to do."""
@@ -141,3 +152,28 @@ def test_metrics_lines_reach_the_bucket_at_flushes_and_a_resume_drops_the_later_
   assert resumed.resume_from(2) == 1
   assert [line["step"] for line in _metrics(path.read_text())] == [1, 2]
   resumed.close()
+
+
+def test_two_processes_save_and_resume_their_data_positions_in_a_bucket(bucket, records, tmp_path):
+  """Each process of a multi-process run writes its own tf.data position into the bucket and reads it back; process
+  0 alone writes the metrics."""
+  workdir = f"gs://{gcs_helpers.BUCKET}/runs/two_processes"
+  env = {k: v for k, v in cli_env().items() if not k.startswith("JAX_") or "CACHE" in k}
+
+  def launch(steps):
+    flags = _train_flags(workdir, records, steps)
+    result = subprocess.run(["bash", os.path.join(ROOT, "launch", "local_multiprocess.sh"), "2", "1", "--"] + flags,
+                            capture_output=True, text=True, env={**env, "PYTHON": sys.executable}, timeout=600,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+  assert "pre-flight ok: 2 process(es)" in launch(STEPS // 2)
+  positions = _bucket_path(workdir) / "checkpoints" / "data" / str(STEPS // 2)
+  assert sorted(p.name for p in positions.iterdir() if p.name.endswith(".index")) == [
+      "of2_process_0.index", "of2_process_1.index"]
+  stdout = launch(STEPS // 2 + 3)
+  assert f"resumed from checkpoint at step {STEPS // 2}" in stdout and "data position" not in stdout, stdout[-3000:]
+  lines = _metrics((_bucket_path(workdir) / "metrics.jsonl").read_text())
+  assert [line["step"] for line in lines if line.get("split") != "eval"] == list(range(1, STEPS // 2 + 4))
+  assert not os.listdir(tmp_path)

@@ -17,10 +17,11 @@ import os
 
 import jax
 import numpy as np
+from etils import epath
 
 from bert_jax.convert import hf_dir, hf_params
 from bert_jax.core import checkpoint as checkpoint_lib
-from bert_jax.core import configlib, param_rules
+from bert_jax.core import configlib, param_rules, storage
 from bert_jax.data import corpora, schema
 from bert_jax.models import registry
 from bert_jax.objectives import electra
@@ -55,16 +56,16 @@ def load_workdir_tree(workdir: str, step: int | None = None, log=print):
 
 def no_checkpoint_reason(workdir: str) -> str:
   """Why `workdir` gives no training checkpoint, naming what it is instead and what reads that."""
-  if not os.path.exists(workdir):
+  if not epath.Path(workdir).exists():
     return f"{workdir} does not exist"
-  if os.path.exists(os.path.join(workdir, "config.json")):
+  if epath.Path(workdir, "config.json").exists():
     return (f"{workdir} is a HuggingFace model, not a training workdir (WORKDIR/checkpoints/): `python -m "
             f"bert_jax.convert from_hf --hf_dir={workdir} --output=DIR` reads it")
-  if os.path.exists(os.path.join(workdir, PARAMS_CONFIG_FILE)):
+  if epath.Path(workdir, PARAMS_CONFIG_FILE).exists():
     return (f"{workdir} is a params checkpoint (convert from_hf's output), not a training workdir "
             f"(WORKDIR/checkpoints/): pretraining starts from it with `python -m bert_jax.train "
             f"--config.checkpoint.init_checkpoint={workdir}`, and fine-tuning from that run's workdir")
-  if os.path.isdir(os.path.join(workdir, "checkpoints")):
+  if epath.Path(workdir, "checkpoints").is_dir():
     return f"no checkpoint in {workdir}/checkpoints: the run has not saved one yet"
   return f"{workdir} is not a training workdir: it has no checkpoints/"
 
@@ -76,15 +77,15 @@ def run_encoder_config(config):
 def stored_encoder_config(path: str):
   """The encoder config of the model stored at `path`: a training workdir, a params checkpoint or an HF directory
   (no weights are read). Objectives that load a model of their own (a distillation teacher) take this."""
-  if os.path.isdir(os.path.join(path, "checkpoints")):
+  if epath.Path(path, "checkpoints").is_dir():
     manager, latest = checkpoint_lib.latest_step(os.path.join(path, "checkpoints"))
     if latest is None:
       raise FileNotFoundError(f"{path}/checkpoints holds no checkpoint")
     return run_encoder_config(configlib.with_current_defaults(checkpoint_lib.load_saved_config(manager, latest)))
-  params_config = os.path.join(path, PARAMS_CONFIG_FILE)
-  with open(params_config if os.path.exists(params_config) else os.path.join(path, "config.json")) as f:
-    stored = json.load(f)
-  return hf_dir.config_from_hf_json(stored["hf_config"] if os.path.exists(params_config) else stored)
+  params_config = epath.Path(path, PARAMS_CONFIG_FILE)
+  if params_config.exists():
+    return hf_dir.config_from_hf_json(json.loads(params_config.read_text())["hf_config"])
+  return hf_dir.config_from_hf_json(json.loads(epath.Path(path, "config.json").read_text()))
 
 
 def load_workdir_models(workdir: str, step: int | None = None):
@@ -132,20 +133,19 @@ def write_params_checkpoint(directory: str, params, model_config) -> None:
   """A params-only checkpoint plus the family and HF config that say what it holds."""
   checkpoint_lib.save_params(directory, params)
   family = registry.family_of(model_config)
-  with open(os.path.join(directory, PARAMS_CONFIG_FILE), "w") as f:
-    json.dump({"family": family.name, "hf_config": family.hf_config(model_config)}, f, indent=2)
+  epath.Path(directory, PARAMS_CONFIG_FILE).write_text(
+      json.dumps({"family": family.name, "hf_config": family.hf_config(model_config)}, indent=2))
 
 
 def _read_params(directory: str):
   """(params, family name or None, the saved model's vocab_size or None) of a workdir or a params checkpoint."""
-  if os.path.isdir(os.path.join(directory, "checkpoints")):  # the whole tree: an ELECTRA run resumes both models
+  if epath.Path(directory, "checkpoints").is_dir():  # the whole tree: an ELECTRA run resumes both models
     params, config, _ = load_workdir_tree(directory, None)
     return params, config.model.family, run_encoder_config(config).vocab_size
   family, vocab_size = None, None
-  config_file = os.path.join(directory, PARAMS_CONFIG_FILE)
-  if os.path.exists(config_file):
-    with open(config_file) as f:
-      stored = json.load(f)
+  config_file = epath.Path(directory, PARAMS_CONFIG_FILE)
+  if config_file.exists():
+    stored = json.loads(config_file.read_text())
     family, vocab_size = stored["family"], stored.get("hf_config", {}).get("vocab_size")
   return checkpoint_lib.load_params(directory), family, vocab_size
 
@@ -157,7 +157,7 @@ def restore_params(directory: str, like_params, shardings, model_config, keep=No
   others keep like_params' values (e.g. fresh heads), as do heads the checkpoint lacks (an HF *ForMaskedLM
   starting an MLM+SOP run: the SOP head is new, and `log` says so). Shapes must match.
   """
-  directory = os.path.abspath(directory)
+  directory = storage.absolute(directory)
   params, family, vocab_size = _read_params(directory)
   ours = type(model_config).family
   if family is not None and family != ours:

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 
 from bert_jax.convert import workdir as workdir_lib
 from bert_jax.core import checkpoint as checkpoint_lib
@@ -63,7 +64,7 @@ def load_examples(config, spec: tasks.TaskSpec, workdir: str):
 
 def load_encoder(init_checkpoint: str):
   """(encoder params {encoder}, encoder config, vocab file, lower_case) of a pretraining run."""
-  if not os.path.isdir(os.path.join(init_checkpoint, "checkpoints")):
+  if not epath.Path(init_checkpoint, "checkpoints").is_dir():
     raise FileNotFoundError(f"init_checkpoint {init_checkpoint!r} is not a pretraining workdir: "
                             f"{workdir_lib.no_checkpoint_reason(init_checkpoint)}")
   params, model_config, pretrain_config, step = workdir_lib.load_workdir_params(init_checkpoint)

@@ -9,6 +9,7 @@ import json
 import os
 
 import jax
+from etils import epath
 
 from bert_jax.convert import hf_dir
 from bert_jax.convert import workdir as workdir_lib
@@ -21,14 +22,14 @@ WORKDIR, PARAMS, HF = "workdir", "params checkpoint", "HF directory"
 
 def kind_of(path: str, what: str) -> str:
   """Which kind of model directory `path` is; a missing or unrecognised one fails naming `what` and the path."""
-  if not path or not os.path.exists(path):
+  if not path or not epath.Path(path).exists():
     raise FileNotFoundError(f"the {what} {path!r} does not exist; give a training workdir, a params checkpoint "
                             f"(`python -m bert_jax.convert from_hf`) or an HF directory")
-  if os.path.isdir(os.path.join(path, "checkpoints")):
+  if epath.Path(path, "checkpoints").is_dir():
     return WORKDIR
-  if os.path.exists(os.path.join(path, workdir_lib.PARAMS_CONFIG_FILE)):
+  if epath.Path(path, workdir_lib.PARAMS_CONFIG_FILE).exists():
     return PARAMS
-  if os.path.exists(os.path.join(path, "config.json")):
+  if epath.Path(path, "config.json").exists():
     return HF
   raise ValueError(f"the {what} {path!r} is not a training workdir (no checkpoints/), a params checkpoint (no "
                    f"{workdir_lib.PARAMS_CONFIG_FILE}) or an HF directory (no config.json)")
