@@ -78,7 +78,8 @@ def reference(records, tmp_path_factory):
 
 
 def test_pretraining_saves_resumes_and_logs_in_a_bucket(bucket, records, reference, tmp_path):
-  code, stdout, stderr = _train(RUN, records, STEPS // 2, cwd=tmp_path)
+  code, stdout, stderr = _train(RUN, records, STEPS // 2, cwd=tmp_path,
+                                **{"train.profile_start_step": 2, "train.profile_steps": 1})
   assert code == 0, stderr[-3000:]
   assert "not locked against a second run" in stdout  # a bucket has no flock; said, not silently skipped
   code, stdout, stderr = _train(RUN, records, STEPS, cwd=tmp_path)
@@ -94,6 +95,8 @@ def test_pretraining_saves_resumes_and_logs_in_a_bucket(bucket, records, referen
   assert _losses(lines) == _losses(reference)
   assert sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == [6, 9, 12]
   assert sorted(p.name for p in (run / "checkpoints" / "data").iterdir()) == ["12", "6", "9"]
+  (trace_run,) = (run / "profile" / "plugins" / "profile").iterdir()  # the profiler's layout, written locally
+  assert any(p.name.endswith(".xplane.pb") for p in trace_run.iterdir())
 
   # both runs' TensorBoard events, readable once copied down
   events_dir = tmp_path / "events"

@@ -1,4 +1,4 @@
-"""Training metrics: peak FLOP/s for MFU, and the log writers (console, metrics.jsonl, TensorBoard).
+"""Training metrics: peak FLOP/s for MFU, the log writers (console, metrics.jsonl, TensorBoard) and profiler traces.
 
 FLOPs per sequence come from the objective (objectives/*.py), which knows every model its step runs.
 TensorBoard event files are written with tensorboardX, which needs no TensorFlow (the same scalar events
@@ -197,6 +197,26 @@ class MetricsWriter:
     self._jsonl.close()
     if self._tb_stage is not None:
       shutil.rmtree(self._tb_stage, ignore_errors=True)
+
+
+class ProfilerTrace:
+  """A jax.profiler trace into `directory`. The profiler writes local files only, so for a bucket directory it
+  writes to a local one whose files are copied up when the trace stops."""
+
+  def __init__(self, directory: str):
+    self.directory, self._stage = directory, None
+
+  def start(self) -> None:
+    if storage.is_remote(self.directory):
+      self._stage = tempfile.mkdtemp(prefix="bert_jax_profile_")
+    jax.profiler.start_trace(self._stage or self.directory)
+
+  def stop(self) -> None:
+    jax.profiler.stop_trace()
+    if self._stage is not None:
+      storage.upload_tree(self._stage, self.directory)
+      shutil.rmtree(self._stage, ignore_errors=True)
+      self._stage = None
 
 
 def _line_step(line: str) -> int | None:

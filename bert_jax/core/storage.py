@@ -58,6 +58,15 @@ def _files_under(directory: epath.Path, relative: str = ""):
       yield name
 
 
+def upload_tree(local_directory: str, target: str) -> None:
+  """Copies every file under a local directory to the same relative paths under `target` (a bucket prefix)."""
+  for root, _, names in os.walk(local_directory):
+    for name in names:
+      relative = os.path.relpath(os.path.join(root, name), local_directory)
+      epath.Path(target, relative).parent.mkdir(parents=True, exist_ok=True)
+      copy_file(os.path.join(root, name), f"{target}/{relative}")
+
+
 @contextlib.contextmanager
 def staged_write(prefix: str):
   """Yields a prefix to write files under (PREFIX*); for a remote `prefix` that is a local staging directory's,

@@ -319,6 +319,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
                                f"(try a lower optim.peak_learning_rate, more warmup, or float32 compute)")
     return loss
 
+  trace = metrics.ProfilerTrace(os.path.join(workdir, "profile"))
   with preemption_lib.Preemption(start_step) as preemption:  # SIGTERM from here on: save at a step, exit 0
     if start_step == 0:
       run_eval(0)
@@ -326,7 +327,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     with nn.logical_axis_rules(rules):
       while step < config.train.steps:
         if step == config.train.profile_start_step:
-          jax.profiler.start_trace(os.path.join(workdir, "profile"))
+          trace.start()
         local_batch = next(train_iter)
         if step == start_step:
           objective.check_batch_keys(local_batch)
@@ -340,7 +341,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         step += 1
         pending = (step, step_metrics)
         if config.train.profile_start_step >= 0 and step == config.train.profile_start_step + config.train.profile_steps:
-          jax.profiler.stop_trace()
+          trace.stop()
         if step % config.train.log_every == 0 or step == config.train.steps:
           m = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
           check_finite(step, m)
