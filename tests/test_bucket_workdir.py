@@ -35,6 +35,7 @@ def records(tmp_path_factory):
   for shard in range(2):
     write_google_style_records(str(root / f"train-{shard}.tfrecord"), 40, start=shard * 40, seed=shard)
   write_google_style_records(str(root / "eval-0.tfrecord"), 32, start=500, seed=9)
+  write_google_style_records(str(root / "nan-0.tfrecord"), 16, seed=3, weight=float("nan"))
   return root
 
 
@@ -124,6 +125,14 @@ def test_pretraining_saves_resumes_and_logs_in_a_bucket(bucket, records, referen
   code, stdout, stderr = _train(tmp_path / "phase2", records, 1, cwd=tmp_path,
                                 **{"checkpoint.init_checkpoint": RUN})
   assert code == 0 and f"initialised params from {RUN}" in stdout, stderr[-3000:]
+
+
+def test_a_run_that_fails_still_leaves_its_metrics_lines_in_the_bucket(bucket, records, tmp_path):
+  """Lines wait up to 30 s for their upload; a run stopped by an error uploads them on its way out."""
+  workdir = f"gs://{gcs_helpers.BUCKET}/runs/nan"
+  code, _, stderr = _train(workdir, records, STEPS, cwd=tmp_path, **{"data.train_files": f"{records}/nan-*.tfrecord"})
+  assert code != 0 and "loss is nan at step 1" in stderr, stderr[-2000:]
+  assert [line["split"] for line in _metrics((_bucket_path(workdir) / "metrics.jsonl").read_text())] == ["eval"]
 
 
 def test_what_a_bucket_workdir_cannot_do_is_refused_at_start(bucket, tmp_path):

@@ -4,6 +4,7 @@ The objective (objectives/) is passed in; nothing here names a loss, a head or a
 encoder inputs. Start order: resume from the workdir > init_checkpoint > scratch.
 """
 
+import contextlib
 import functools
 import os
 import time
@@ -210,8 +211,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
                      "`python -m bert_jax.finetune`; pretraining takes a config such as tiny or base")
   log0 = print if jax.process_index() == 0 else lambda _: None
   distributed.preflight(config, workdir, log=log0)
-  with workdir_lock.hold(workdir, log=log0):
-    return _train_and_evaluate(config, workdir)
+  # closed on every way out, an error included: a bucket's metrics.jsonl then still gets the lines before it
+  with workdir_lock.hold(workdir, log=log0), contextlib.closing(metrics.MetricsWriter(workdir)) as writer:
+    return _train_and_evaluate(config, workdir, writer)
 
 
 def param_rules_of(config, objective) -> tuple:
@@ -236,8 +238,7 @@ def with_platform_defaults(config, mesh, log):
   return config
 
 
-def _train_and_evaluate(config, workdir: str) -> dict:
-  writer = metrics.MetricsWriter(workdir)
+def _train_and_evaluate(config, workdir: str, writer: metrics.MetricsWriter) -> dict:
   log = writer.log
   check_intervals(config)
   mesh = sharding.create_mesh({a: config.mesh[a] for a in sharding.MESH_AXES}, config.mesh.dcn_data)
@@ -365,7 +366,6 @@ def _train_and_evaluate(config, workdir: str) -> dict:
           log(f"SIGTERM: saving a checkpoint at step {step} and exiting")
           ckpt.save(step, state, train_iter, force=True)
           ckpt.wait()
-          writer.close()
           return {"train": last_train, "eval": last_eval, "preempted": True}
         if ckpt.save(step, state, train_iter):
           writer.flush()  # a resume from this step keeps the metrics lines up to it
@@ -375,5 +375,4 @@ def _train_and_evaluate(config, workdir: str) -> dict:
       run_eval(step)
     ckpt.save(step, state, train_iter, force=True)
     ckpt.wait()
-    writer.close()
     return {"train": last_train, "eval": last_eval}
