@@ -4,7 +4,8 @@ Orbax (TensorStore for the arrays, etils.epath for the rest), tensorboardX and g
 through the environment of `emulator_env`; epath goes through gcsfs in tests (EPATH_USE_TF=0), because
 TensorFlow's GCS client cannot be pointed at another endpoint. The stock emulator lacks three things those
 clients use, added here: objects.moveTo (gcsfs renames; without it each rename retries for ~30 s before a copy),
-generation preconditions and the x-goog-generation header (TensorStore's conditional writes), and empty uploads.
+generation preconditions and the x-goog-generation header (TensorStore's conditional writes, the workdir lease of
+core/bucket_lock.py), and empty uploads.
 """
 import contextlib
 import functools
@@ -65,10 +66,21 @@ def _failed_precondition(request, storage, bucket: str, name: str):
   return None
 
 
+def _object_name(request, upload: bool):
+  """The object a request is about: in the URL, or for an upload in its query or its multipart metadata."""
+  if not upload:
+    return request.params.get("object_id")
+  if "name" in request.query:
+    return request.query["name"][0]
+  if request.query.get("uploadType") == ["multipart"]:
+    return request.data["meta"].get("name")
+  return None
+
+
 def _with_generations(handler, upload: bool = False):
   def wrapped(request, response, storage, *args, **kwargs):
     bucket = request.params["bucket_name"]
-    name = request.query.get("name", [None])[0] if upload else request.params.get("object_id")
+    name = _object_name(request, upload)
     if name is not None:
       status = _failed_precondition(request, storage, bucket, name)
       if status is not None:
@@ -105,7 +117,8 @@ def _patch_emulator() -> None:
     return
   wrap = {emulator_objects.download: _with_generations(emulator_objects.download),
           emulator_objects.get: _with_generations(emulator_objects.get),
-          emulator_objects.insert: _with_generations(emulator_objects.insert, upload=True)}
+          emulator_objects.insert: _with_generations(emulator_objects.insert, upload=True),
+          emulator_objects.delete: _with_generations(emulator_objects.delete)}
   handlers = tuple((pattern, {method: wrap.get(h, h) for method, h in by_method.items()})
                    for pattern, by_method in emulator_server.HANDLERS)
   moves = tuple((rf"^{prefix}/b/(?P<bucket_name>[-.\w]+)/o/(?P<object_id>.*[^/]+)/moveTo/o/"

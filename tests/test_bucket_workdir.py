@@ -9,7 +9,7 @@ import sys
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from bert_jax.core import metrics
+from bert_jax.core import bucket_lock, metrics, workdir_lock
 
 import gcs_helpers
 from cli_helpers import cli_env, to_hf_in_process
@@ -82,7 +82,7 @@ def test_pretraining_saves_resumes_and_logs_in_a_bucket(bucket, records, referen
   code, stdout, stderr = _train(RUN, records, STEPS // 2, cwd=tmp_path,
                                 **{"train.profile_start_step": 2, "train.profile_steps": 1})
   assert code == 0, stderr[-3000:]
-  assert "not locked against a second run" in stdout  # a bucket has no flock; said, not silently skipped
+  assert not _bucket_path(RUN).joinpath(".lock").exists()  # the run's lease, released at its end
   code, stdout, stderr = _train(RUN, records, STEPS, cwd=tmp_path)
   assert code == 0, stderr[-3000:]
   assert f"resumed from checkpoint at step {STEPS // 2}" in stdout
@@ -189,3 +189,41 @@ def test_two_processes_save_and_resume_their_data_positions_in_a_bucket(bucket, 
   lines = _metrics((_bucket_path(workdir) / "metrics.jsonl").read_text())
   assert [line["step"] for line in lines if line.get("split") != "eval"] == list(range(1, STEPS // 2 + 4))
   assert not os.listdir(tmp_path)
+
+
+_HOLD_LEASE = """
+import sys, time
+from bert_jax.core import bucket_lock, workdir_lock
+bucket_lock.RENEW_SECONDS = 0.2
+workdir_lock.acquire(sys.argv[1])
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_bucket_workdir_is_leased_to_one_live_run(bucket, monkeypatch):
+  """A second run beside a live one is refused once it sees the lease renewed; after the holder is killed (no
+  release, as a SIGKILL or a lost host leaves it) the next run takes the lease over when it expires."""
+  monkeypatch.setattr(bucket_lock, "EXPIRE_SECONDS", 2.0)
+  monkeypatch.setattr(bucket_lock, "POLL_SECONDS", 0.3)
+  workdir = f"gs://{gcs_helpers.BUCKET}/runs/leased"
+  holder = subprocess.Popen([sys.executable, "-c", _HOLD_LEASE, workdir], stdout=subprocess.PIPE, text=True,
+                            env=cli_env())
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    logs = []
+    with pytest.raises(workdir_lock.WorkdirBusyError, match=rf"pid {holder.pid} on .* renewed .* while this run "
+                                                             rf"waited for it to expire: that run is alive"):
+      workdir_lock.acquire(workdir, logs.append)
+    assert f"is held by pid {holder.pid}" in logs[0] and "waiting up to" in logs[0]
+  finally:
+    holder.kill()
+    holder.wait()
+  logs = []
+  lease = workdir_lock.acquire(workdir, logs.append)
+  assert f"took over {workdir}/.lock from pid {holder.pid}" in logs[-1] and "a run that died" in logs[-1]
+  assert f"pid {os.getpid()}" in (_bucket_path(workdir) / ".lock").read_text()
+  lease.release()
+  assert not (_bucket_path(workdir) / ".lock").exists()
+  workdir_lock.acquire(workdir, logs.append).release()  # free at once after a release: no wait, no log line
+  assert len(logs) == 2 and "waiting up to" in logs[0]

@@ -196,7 +196,7 @@ def test_finetune_is_refused_on_a_held_workdir_and_locks_release(tmp_path, capsy
   assert not (tmp_path / "metrics.jsonl").exists(), "refused before writing anything"
   held.release()
   workdir_lock.acquire(str(tmp_path)).release()  # free again once released
-  assert workdir_lock.acquire("gs://bucket/run") is None
+  assert workdir_lock.acquire("s3://bucket/run") is None
   assert "not locked against a second run" in capsys.readouterr().out
 
 

@@ -4,8 +4,8 @@ Two runs writing one workdir break each other (one's Orbax tmp directory vanishe
 gets interleaved lines), so a second run is refused at start, naming the holder's pid and host. The OS drops an
 flock when its process dies, SIGKILL included: a killed run never blocks the next one, and the .lock file left
 behind means nothing by itself. Only process 0 of a multi-process run takes the lock (the others write through
-it). A bucket workdir (gs://) and a filesystem that cannot flock (some network mounts) go without the lock, with
-a log line saying so.
+it). A bucket workdir (gs://) holds a renewed lease instead (core/bucket_lock.py); a filesystem that cannot flock
+(some network mounts) goes without a lock, with a log line saying so.
 """
 
 import contextlib
@@ -18,6 +18,8 @@ import socket
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+
+from bert_jax.core import bucket_lock, storage
 
 LOCK_NAME = ".lock"
 _BUSY = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
@@ -49,9 +51,19 @@ class WorkdirLock:
       self._fd = None
 
 
-def acquire(workdir: str, log=print) -> WorkdirLock | None:
+def acquire(workdir: str, log=print) -> WorkdirLock | bucket_lock.BucketLease | None:
   """Takes WORKDIR/.lock or raises WorkdirBusyError naming the holder; None where no lock is possible."""
-  if "://" in workdir:
+  if storage.scheme(workdir) == "gs":
+    lease = bucket_lock.BucketLease(f"{workdir.rstrip('/')}/{LOCK_NAME}", log)
+    try:
+      lease.acquire()
+    except bucket_lock.LeaseBusyError as e:
+      raise WorkdirBusyError(f"workdir {workdir} is in use by another run: {e}. Two runs on one workdir overwrite "
+                             f"each other's checkpoints and metrics. Stop that run, or pass another --workdir "
+                             f"(a killed run's lock expires {bucket_lock.EXPIRE_SECONDS:.0f} s after its last "
+                             f"renewal; a run started then takes it over)") from None
+    return lease
+  if storage.is_remote(workdir):
     log(f"workdir {workdir} is not on a local filesystem: not locked against a second run (flock cannot lock it)")
     return None
   os.makedirs(workdir, exist_ok=True)
