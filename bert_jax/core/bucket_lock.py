@@ -33,8 +33,9 @@ class BucketLease:
   """The lease on `path` (gs://BUCKET/.../.lock) while held; release() deletes it, if it is still ours."""
 
   def __init__(self, path: str, log=print):
-    from google.api_core import exceptions  # noqa: PLC0415  (an optional dependency: the gcs extra)
-    from google.cloud import storage  # noqa: PLC0415
+    # an optional dependency (the gcs extra), imported where a bucket workdir is used
+    from google.api_core import exceptions
+    from google.cloud import storage
     self.path, self.log, self._errors = path, log, exceptions
     bucket, name = _bucket_and_name(path)
     self._client = storage.Client()

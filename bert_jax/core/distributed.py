@@ -124,7 +124,7 @@ def _allgather_hash(hex_digest: str) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(as_ints)).reshape(jax.process_count(), -1)
 
 
-REMOTE_SCHEMES = ("gs",)  # workdirs in a bucket: Orbax, epath and tensorboardX write them; tested on an emulator
+REMOTE_SCHEMES = ("gs",)  # workdirs in a bucket (pretraining): written through Orbax and epath; tested on an emulator
 
 
 def check_workdir_scheme(workdir: str, remote_ok: bool = True) -> None:
@@ -146,7 +146,7 @@ def check_workdir_scheme(workdir: str, remote_ok: bool = True) -> None:
     has_client = False
   if not has_client:
     raise PreflightError(f"--workdir={workdir}: a gs:// workdir needs the google-cloud-storage package (Orbax and "
-                         f"the TensorBoard writer use it); pip install 'bert_jax[gcs]'")
+                         f"the workdir lease use it); pip install 'bert_jax[gcs]'")
 
 
 def preflight(config, workdir: str, log=print, remote_ok: bool = True) -> None:
