@@ -251,8 +251,9 @@ def _train_and_evaluate(config, workdir: str, writer: metrics.MetricsWriter) -> 
 
   model_config, objective = build(config)  # a bad family, objective or model setting fails before any data work
   # a rule that matches no parameter is a typo: refused before any data work, on the params' shapes alone
-  param_rules.check_rules(nn.meta.unbox(jax.eval_shape(objective.init_params, jax.random.key(0))),
-                          param_rules.parse_rules(config.optim.param_rules))
+  user_rules = param_rules.parse_rules(config.optim.param_rules)
+  if user_rules:  # else no need to trace the model's init
+    param_rules.check_rules(nn.meta.unbox(jax.eval_shape(objective.init_params, jax.random.key(0))), user_rules)
   ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config, log=log)
   check_resumable(ckpt, config, workdir)
   sources = objective.init_sources()
