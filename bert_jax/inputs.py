@@ -115,6 +115,17 @@ def prepare_cached(d, workdir: str, log=print) -> str:
   return out
 
 
+def check_workdir(config, workdir: str) -> None:
+  """Fails at start where the data settings need a local workdir: data.corpus is prepared into WORKDIR/data
+  through the local filesystem, so a gs:// workdir would get it under ./gs:/ on each host instead."""
+  d = config.data
+  if not d.train_files and d.corpus and storage.is_remote(workdir):
+    raise ValueError(f"data.corpus={d.corpus!r} is prepared into the workdir through the local filesystem, which "
+                     f"{workdir} is not: prepare it once with `python -m bert_jax.data.prepare --corpus=... "
+                     f"--output_dir=gs://...` (README, Prepare data) and pass --config.data.train_files and "
+                     f"--config.data.eval_files, or use a local workdir")
+
+
 def resolve(config, workdir: str, log=print):
   """(train files, eval files, manifest or None, vocab tokenizer or None) for the run."""
   d = config.data
@@ -125,11 +136,6 @@ def resolve(config, workdir: str, log=print):
     train_files = find(d.train_files)
     eval_files = find(d.eval_files) if d.eval_files else ()
   elif d.corpus:
-    if storage.is_remote(workdir):
-      raise ValueError(f"data.corpus={d.corpus!r} is prepared into the workdir, and {workdir} is a bucket, whose "
-                       f"TFRecords tf.data would read back over the network on every host: prepare it once with "
-                       f"`python -m bert_jax.data.prepare --corpus=... --output_dir=gs://...` (README, Prepare data) and pass "
-                       f"--config.data.train_files and --config.data.eval_files, or use a local workdir")
     out = prepare_cached(d, workdir, log)
     eval_files = _prepared_split(out, "eval", use_grain, log)
     if d.pack_instances:

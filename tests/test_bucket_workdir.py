@@ -5,8 +5,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
+from etils import epath
 from tensorboard.backend.event_processing import event_accumulator
 
 from bert_jax.core import bucket_lock, metrics, workdir_lock
@@ -57,7 +59,6 @@ def _train(workdir, records, steps, cwd, **extra):
 
 
 def _bucket_path(path: str):
-  from etils import epath  # after the fixture has pointed epath's gcsfs at the emulator
   return epath.Path(path)
 
 
@@ -135,19 +136,20 @@ def test_a_run_that_fails_still_leaves_its_metrics_lines_in_the_bucket(bucket, r
   assert [line["split"] for line in _metrics((_bucket_path(workdir) / "metrics.jsonl").read_text())] == ["eval"]
 
 
-def test_what_a_bucket_workdir_cannot_do_is_refused_at_start(bucket, tmp_path):
-  """Another scheme than gs://, and a corpus to prepare into the bucket, fail before any work, saying what to do."""
-  code, _, stderr = _train("s3://bucket/run", tmp_path, STEPS, cwd=tmp_path)
-  assert code != 0 and "s3:// workdirs are not supported here (only gs:// buckets)" in stderr, stderr[-2000:]
-  code, _, stderr = _train(f"gs://{gcs_helpers.BUCKET}/corpus_run", tmp_path, STEPS, cwd=tmp_path,
+def test_a_corpus_to_prepare_into_a_bucket_is_refused_before_anything_is_written(bucket, tmp_path):
+  """data.corpus is prepared into the workdir through the local filesystem: with a bucket workdir it is refused
+  before the lease, the pre-flight probe or checkpoints/ touch the bucket. (Other schemes than gs:// are refused
+  in test_multihost.py.)"""
+  workdir = f"gs://{gcs_helpers.BUCKET}/corpus_run"
+  code, _, stderr = _train(workdir, tmp_path, STEPS, cwd=tmp_path,
                            **{"data.train_files": "", "data.eval_files": "", "data.corpus": "pydocs"})
-  assert code != 0 and "is a bucket" in stderr and "--output_dir=gs://" in stderr, stderr[-2000:]
-  assert not os.listdir(tmp_path)
+  assert code != 0 and "through the local filesystem" in stderr and "--output_dir=gs://" in stderr, stderr[-2000:]
+  assert not os.listdir(tmp_path) and not _bucket_path(workdir).exists()
 
 
 def test_metrics_lines_reach_the_bucket_at_flushes_and_a_resume_drops_the_later_ones(bucket):
   """A bucket object cannot be appended to: metrics.jsonl is rewritten at flush() (each checkpoint) and close(),
-  or when FLUSH_SECONDS have passed, not at every line."""
+  or at a line BUCKET_FLUSH_SECONDS after the last upload, not at every line."""
   workdir = f"gs://{gcs_helpers.BUCKET}/runs/metrics"
   path = _bucket_path(workdir) / "metrics.jsonl"
   writer = metrics.MetricsWriter(workdir)
@@ -163,6 +165,10 @@ def test_metrics_lines_reach_the_bucket_at_flushes_and_a_resume_drops_the_later_
   resumed = metrics.MetricsWriter(workdir)
   assert resumed.resume_from(2) == 1
   assert [line["step"] for line in _metrics(path.read_text())] == [1, 2]
+  resumed.BUCKET_FLUSH_SECONDS = 0.0  # the time-based upload, due at once
+  resumed.write({"step": 3, "loss": 3.5})
+  assert [line["step"] for line in _metrics(path.read_text())] == [1, 2, 3]
+  assert any(p.name.startswith("events.out.tfevents") for p in (_bucket_path(workdir) / "tensorboard").iterdir())
   resumed.close()
 
 
@@ -227,3 +233,15 @@ def test_a_bucket_workdir_is_leased_to_one_live_run(bucket, monkeypatch):
   assert not (_bucket_path(workdir) / ".lock").exists()
   workdir_lock.acquire(workdir, logs.append).release()  # free at once after a release: no wait, no log line
   assert len(logs) == 2 and "waiting up to" in logs[0]
+
+  # a holder whose lease was taken over says so at its next renewal, and its release leaves the new lease alone
+  monkeypatch.setattr(bucket_lock, "RENEW_SECONDS", 0.2)
+  logs = []
+  lease = workdir_lock.acquire(workdir, logs.append)
+  (_bucket_path(workdir) / ".lock").write_text("pid 1\nhost elsewhere\n")  # another run's takeover
+  deadline = time.monotonic() + 30
+  while not logs and time.monotonic() < deadline:
+    time.sleep(0.1)
+  assert "was taken over by another run" in logs[0] and "Stop one of them" in logs[0]
+  lease.release()
+  assert (_bucket_path(workdir) / ".lock").read_text() == "pid 1\nhost elsewhere\n"

@@ -266,9 +266,10 @@ def test_unsupported_remote_workdir_is_refused_before_anything_is_written(tmp_pa
   pretraining (tests/test_bucket_workdir.py runs one on gs://), any scheme for fine-tuning."""
   env = _env(JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(1))
   for command, workdir, expected in (
-      (["bert_jax.train", "--config=tiny"], "s3://bucket/run", "s3:// workdirs are not supported here (only gs://"),
+      (["bert_jax.train", "--config=tiny"], "s3://bucket/run", "s3:// workdirs are not supported (local paths and "
+                                                                "gs:// buckets are)"),
       (["bert_jax.finetune", "--config=finetune"], "gs://bucket/run",
-       "gs:// workdirs are not supported here (only local or mounted paths)")):
+       "fine-tuning writes its workdir through the local filesystem, so a gs:// workdir")):
     result = subprocess.run([sys.executable, "-m", *command, f"--workdir={workdir}"], capture_output=True,
                             text=True, env={**env, "PYTHONPATH": ROOT}, timeout=120, cwd=tmp_path)
     assert result.returncode != 0 and expected in result.stderr, result.stderr

@@ -2,11 +2,10 @@
 
 A bucket has no flock. Instead the run creates .lock only if no such object exists (a generation precondition,
 atomic on the server), and a thread rewrites it every RENEW_SECONDS, each time only if it is still the run's own
-version. A run that dies stops renewing: once its lease is EXPIRE_SECONDS old, the next run takes it over (again
-only if nobody renewed it in between). A new run that finds a lease younger than that waits for it to expire,
-saying so, and is refused if the holder renews it meanwhile: a restarted job gets on after a crash, a second job
-beside a live one does not. A lease's age is the server's update time against this host's clock (cloud VMs keep
-theirs synchronised; a skew counts against EXPIRE_SECONDS), and a waiting run also watches for renewals itself.
+version. A new run that finds a lease watches it: if the holder renews it, the new run is refused (a live run);
+if it stays unchanged for EXPIRE_SECONDS, the holder has died and the new run takes the lease over (again only if
+nobody renewed it meanwhile). So a restarted job gets on after a crash, and a second job beside a live one does
+not. Only this host's monotonic clock is used: no two hosts' clocks are compared.
 """
 
 import datetime
@@ -14,6 +13,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 
 RENEW_SECONDS = 30.0
 EXPIRE_SECONDS = 120.0  # four missed renewals
@@ -36,55 +36,69 @@ class BucketLease:
     # an optional dependency (the gcs extra), imported where a bucket workdir is used
     from google.api_core import exceptions
     from google.cloud import storage
+    from google.cloud.storage import retry
     self.path, self.log, self._errors = path, log, exceptions
     bucket, name = _bucket_and_name(path)
     self._client = storage.Client()
     self._blob = self._client.bucket(bucket).blob(name)
+    # a renewal that cannot get through within a renewal interval gives up: the next one tries afresh, well
+    # before the lease could expire
+    self._retry = retry.DEFAULT_RETRY.with_timeout(RENEW_SECONDS)
+    self._token = uuid.uuid4().hex  # tells this lease from another run's, whatever a retried write answered
     self._generation, self._stop = None, threading.Event()
     self._thread = None
 
   def _text(self) -> str:
     now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    return f"pid {os.getpid()}\nhost {socket.gethostname()}\nrenewed {now}\n"
+    return f"pid {os.getpid()}\nhost {socket.gethostname()}\nrenewed {now}\ntoken {self._token}\n"
 
   def _write(self, if_generation_match) -> bool:
-    """Writes the lease if the object is at that generation (0: absent); whether it was."""
+    """Writes the lease if the object is at that generation (0: absent); whether the lease is now ours."""
     try:
-      self._blob.upload_from_string(self._text(), if_generation_match=if_generation_match)
+      self._blob.upload_from_string(self._text(), if_generation_match=if_generation_match, retry=self._retry,
+                                    timeout=RENEW_SECONDS / 3)
     except self._errors.PreconditionFailed:
-      return False
+      # a retry of a write that did reach the server fails its own precondition: the lease may be ours after all
+      holder = self._holder()
+      if holder is None or f"token {self._token}" not in holder[0]:
+        return False
+      self._generation = holder[1]
+      return True
     self._generation = self._blob.generation
     return True
 
   def _holder(self):
-    """(text, age in seconds, generation) of the current lease; None when there is none."""
+    """(text, generation) of the current lease; None when there is none."""
     blob = self._blob.bucket.get_blob(self._blob.name)
     if blob is None:
       return None
-    age = (datetime.datetime.now(datetime.timezone.utc) - blob.updated).total_seconds()
-    return blob.download_as_text(), age, blob.generation
+    try:
+      return blob.download_as_text(if_generation_match=blob.generation), blob.generation
+    except (self._errors.PreconditionFailed, self._errors.NotFound):
+      return self._holder()  # renewed or released between the two requests
 
   def acquire(self) -> None:
-    """Takes the lease, waiting for an expired run's; raises LeaseBusyError while a live run renews it."""
-    waited_for = None
+    """Takes the lease, waiting for a dead run's to expire; raises LeaseBusyError when a live run renews it."""
+    watched, watched_since = None, None
     while not self._write(if_generation_match=0):
       holder = self._holder()
       if holder is None:
         continue  # released meanwhile
-      text, age, generation = holder
-      if waited_for is not None and generation != waited_for:
+      text, generation = holder
+      if watched is None:
+        self.log(f"workdir lock {self.path} is held by {_describe(text)}; waiting up to {EXPIRE_SECONDS:.0f} s "
+                 f"for it to expire (a live run renews it every {RENEW_SECONDS:.0f} s; then this run is refused)")
+        watched, watched_since = generation, time.monotonic()
+      elif generation != watched:
         raise LeaseBusyError(f"{_describe(text)} renewed {self.path} while this run waited for it to expire: "
                              f"that run is alive")
-      if age >= EXPIRE_SECONDS:
+      elif time.monotonic() - watched_since >= EXPIRE_SECONDS:
         if self._write(if_generation_match=generation):
-          self.log(f"took over {self.path} from {_describe(text)}, not renewed for {age:.0f} s (a run that died)")
+          self.log(f"took over {self.path} from {_describe(text)}, not renewed for "
+                   f"{time.monotonic() - watched_since:.0f} s (a run that died)")
           break
-        continue
-      if waited_for is None:
-        self.log(f"workdir lock {self.path} is held by {_describe(text)}, renewed {age:.0f} s ago; waiting up to "
-                 f"{EXPIRE_SECONDS - age:.0f} s for it to expire (a live run renews it every {RENEW_SECONDS:.0f} s)")
-        waited_for = generation
-      time.sleep(min(POLL_SECONDS, max(EXPIRE_SECONDS - age, 0.1)))
+        continue  # renewed just now: the next round refuses
+      time.sleep(POLL_SECONDS)
     self._thread = threading.Thread(target=self._renew, name="bucket-lock-renewal", daemon=True)
     self._thread.start()
 

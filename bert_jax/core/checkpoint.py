@@ -152,7 +152,8 @@ class Checkpointer:
     if train_iter is not None and hasattr(train_iter, "orbax_save_args"):
       items["data"] = train_iter.orbax_save_args()
     elif train_iter is not None:
-      with storage.staged_write(self._data_prefix(step)) as prefix:  # TF writes local files; a bucket gets copies
+      # staged: every bucket write of a run goes through one client (epath), the one the tests serve
+      with storage.staged_write(self._data_prefix(step)) as prefix:
         train_iter.save(prefix)
     saved = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
     self._prune_data_states()
@@ -165,8 +166,11 @@ class Checkpointer:
     keep = set(self.manager.all_steps())
     for path in data_dir.iterdir():
       if path.name.isdigit() and int(path.name) not in keep and int(path.name) < max(keep | {0}):
-        with contextlib.suppress(FileNotFoundError):
+        try:
           path.rmtree()
+        except OSError as e:  # e.g. NFS's .nfs* files of a still-open file: a later save prunes it again
+          if not isinstance(e, FileNotFoundError):
+            self.log(f"WARNING: could not delete the old data position {path}: {type(e).__name__}: {e}")
 
   def wait(self):
     self.manager.wait_until_finished()

@@ -133,13 +133,19 @@ def check_workdir_scheme(workdir: str, remote_ok: bool = True) -> None:
   scheme = storage.scheme(workdir)
   if scheme is None:
     return
-  if scheme not in REMOTE_SCHEMES or not remote_ok:
-    where = "gs:// buckets" if remote_ok else "local or mounted paths"
+  if not remote_ok:
     raise PreflightError(
-        f"--workdir={workdir}: {scheme}:// workdirs are not supported here (only {where}); the checkpoints and "
-        f"metrics would be written under ./{scheme}:/ on each host's local disk and lost with it. Give a path "
-        f"every process can write that outlives the machines: a shared or persistent disk (NFS, Filestore), or the "
-        f"bucket mounted on every host (gcsfuse with directory renames enabled, which Orbax's saves use)")
+        f"--workdir={workdir}: fine-tuning writes its workdir through the local filesystem, so a {scheme}:// "
+        f"workdir would end up under ./{scheme}:/ on this host's disk. Give a local path, or the bucket mounted "
+        f"with gcsfuse; gs:// workdirs are for pretraining, and a gs:// pretraining workdir can be the "
+        f"init_checkpoint")
+  if scheme not in REMOTE_SCHEMES:
+    raise PreflightError(
+        f"--workdir={workdir}: {scheme}:// workdirs are not supported (local paths and gs:// buckets are); the "
+        f"checkpoints and metrics would be written under ./{scheme}:/ on each host's local disk and lost with it. "
+        f"Give a path every process can write that outlives the machines: a gs:// bucket, a shared or persistent "
+        f"disk (NFS, Filestore), or the bucket mounted on every host (gcsfuse with directory renames enabled, "
+        f"which Orbax's saves use)")
   try:
     has_client = importlib.util.find_spec("google.cloud.storage") is not None
   except ModuleNotFoundError:  # no google.cloud at all

@@ -97,10 +97,11 @@ class _BucketLines:
 
   def __init__(self, path: str):
     self.path = epath.Path(path)
-    self._lines, self._unflushed = self.read(), False
+    self._lines = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
+    self._unflushed = False
 
   def read(self) -> list:
-    return self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
+    return list(self._lines)
 
   def replace(self, lines: list) -> None:
     self._lines, self._unflushed = list(lines), True
@@ -204,15 +205,20 @@ class ProfilerTrace:
   writes to a local one whose files are copied up when the trace stops."""
 
   def __init__(self, directory: str):
-    self.directory, self._stage = directory, None
+    self.directory, self._stage, self._started = directory, None, False
 
   def start(self) -> None:
     if storage.is_remote(self.directory):
       self._stage = tempfile.mkdtemp(prefix="bert_jax_profile_")
     jax.profiler.start_trace(self._stage or self.directory)
+    self._started = True
 
   def stop(self) -> None:
+    """Ends the trace; nothing when none was started (a run resumed inside its profile window)."""
+    if not self._started:
+      return
     jax.profiler.stop_trace()
+    self._started = False
     if self._stage is not None:
       storage.upload_tree(self._stage, self.directory)
       shutil.rmtree(self._stage, ignore_errors=True)

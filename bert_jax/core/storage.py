@@ -69,7 +69,7 @@ def upload_tree(local_directory: str, target: str) -> None:
 
 @contextlib.contextmanager
 def staged_write(prefix: str):
-  """Yields a prefix to write files under (PREFIX*); for a remote `prefix` that is a local staging directory's,
+  """Yields a prefix to write files under (PREFIX.*); for a remote `prefix` that is a local staging directory's,
   whose files are copied up to the remote directory on leaving the block."""
   if not is_remote(prefix):
     yield prefix
@@ -78,18 +78,19 @@ def staged_write(prefix: str):
   with tempfile.TemporaryDirectory(prefix="bert_jax_stage_") as stage:
     yield os.path.join(stage, stem)
     epath.Path(directory).mkdir(parents=True, exist_ok=True)
-    for name in sorted(os.listdir(stage)):
+    # the .index last: readers take it as the sign that the state is complete
+    for name in sorted(os.listdir(stage), key=lambda name: (name.endswith(".index"), name)):
       copy_file(os.path.join(stage, name), f"{directory}/{name}")
 
 
 @contextlib.contextmanager
 def staged_read(prefix: str):
-  """Yields a prefix to read PREFIX* files from: `prefix` itself where local, else a local copy of them."""
+  """Yields a prefix to read PREFIX.* files from: `prefix` itself where local, else a local copy of them."""
   if not is_remote(prefix):
     yield prefix
     return
   directory, stem = prefix.rsplit("/", 1)
   with tempfile.TemporaryDirectory(prefix="bert_jax_stage_") as stage:
-    for remote in epath.Path(directory).glob(stem + "*"):
+    for remote in epath.Path(directory).glob(stem + ".*"):  # not process_1's glob catching process_10's files
       copy_file(remote, os.path.join(stage, remote.name))
     yield os.path.join(stage, stem)

@@ -210,6 +210,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     raise ValueError("this is a fine-tuning config (it has a task section, as configs/finetune.py): run it with "
                      "`python -m bert_jax.finetune`; pretraining takes a config such as tiny or base")
   log0 = print if jax.process_index() == 0 else lambda _: None
+  distributed.check_workdir_scheme(workdir)  # an unsupported scheme is named first, whatever the data settings
+  inputs.check_workdir(config, workdir)
   distributed.preflight(config, workdir, log=log0)
   # closed on every way out, an error included: a bucket's metrics.jsonl then still gets the lines before it
   with workdir_lock.hold(workdir, log=log0), contextlib.closing(metrics.MetricsWriter(workdir)) as writer:
@@ -363,17 +365,19 @@ def _train_and_evaluate(config, workdir: str, writer: metrics.MetricsWriter) -> 
         if pending is not None and (preempted or ckpt.due(step)):
           check_finite(*pending)  # a non-finite step's params are never saved, or every resume would start from them
           pending = None
+        if preempted or ckpt.due(step):
+          writer.flush()  # lines up to `step` are stored before its checkpoint can exist: a resume from it keeps them
         if preempted:
           log(f"SIGTERM: saving a checkpoint at step {step} and exiting")
           ckpt.save(step, state, train_iter, force=True)
           ckpt.wait()
           return {"train": last_train, "eval": last_eval, "preempted": True}
-        if ckpt.save(step, state, train_iter):
-          writer.flush()  # a resume from this step keeps the metrics lines up to it
+        ckpt.save(step, state, train_iter)
       if pending is not None:
         check_finite(*pending)
     if step > start_step or start_step == 0:  # a rerun of a finished workdir has its final eval line already
       run_eval(step)
+    writer.flush()
     ckpt.save(step, state, train_iter, force=True)
     ckpt.wait()
     return {"train": last_train, "eval": last_eval}
