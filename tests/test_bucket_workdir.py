@@ -3,6 +3,7 @@ the bucket exactly as into a local directory, damaged checkpoints are moved asid
 bucket is refused at start."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -245,3 +246,28 @@ def test_a_bucket_workdir_is_leased_to_one_live_run(bucket, monkeypatch):
   assert "was taken over by another run" in logs[0] and "Stop one of them" in logs[0]
   lease.release()
   assert (_bucket_path(workdir) / ".lock").read_text() == "pid 1\nhost elsewhere\n"
+
+
+def test_sigterm_saves_in_the_bucket_with_every_line_up_to_its_step(bucket, records, tmp_path):
+  """A preempted bucket run stores its lines up to the step it saves, releases its lease and exits 0; the next run
+  resumes from that step."""
+  workdir = f"gs://{gcs_helpers.BUCKET}/runs/preempted"
+  command = [sys.executable, "-m", "bert_jax.train"] + _train_flags(workdir, records, 200, **{
+      "optim.schedule_steps": 200, "checkpoint.every_steps": 1000})
+  proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
+                          cwd=tmp_path)
+  for line in proc.stdout:
+    if line.startswith("train step 3/"):
+      break
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=240)
+  assert proc.returncode == 0, err[-3000:]
+  saved = int(out.split("SIGTERM: saving a checkpoint at step ")[1].split()[0])
+  run = _bucket_path(workdir)
+  assert str(saved) in [p.name for p in (run / "checkpoints").iterdir()] and not (run / ".lock").exists()
+  lines = _metrics((run / "metrics.jsonl").read_text())
+  assert [line["step"] for line in lines if line.get("split") != "eval"] == list(range(1, saved + 1))
+  command = [sys.executable, "-m", "bert_jax.train"] + _train_flags(workdir, records, saved + 1, **{
+      "optim.schedule_steps": 200, "checkpoint.every_steps": 1000})
+  resumed = subprocess.run(command, capture_output=True, text=True, env=cli_env(), timeout=300, cwd=tmp_path)
+  assert resumed.returncode == 0 and f"resumed from checkpoint at step {saved}" in resumed.stdout, resumed.stderr
