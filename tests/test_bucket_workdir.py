@@ -243,7 +243,9 @@ def test_a_bucket_workdir_is_leased_to_one_live_run(bucket, monkeypatch):
   deadline = time.monotonic() + 30
   while not logs and time.monotonic() < deadline:
     time.sleep(0.1)
-  assert "was taken over by another run" in logs[0] and "Stop one of them" in logs[0]
+  assert "was taken over by another run" in logs[0] and "stops at its next checkpoint" in logs[0]
+  with pytest.raises(bucket_lock.LeaseLostError, match="stopped before saving"):
+    lease.check()  # what the trainer asks before each save
   lease.release()
   assert (_bucket_path(workdir) / ".lock").read_text() == "pid 1\nhost elsewhere\n"
 

@@ -24,6 +24,10 @@ class LeaseBusyError(RuntimeError):
   """A live run renews the lease."""
 
 
+class LeaseLostError(RuntimeError):
+  """Another run took this run's lease over."""
+
+
 def _bucket_and_name(path: str) -> tuple[str, str]:
   bucket, _, name = path.removeprefix("gs://").partition("/")
   return bucket, name
@@ -46,7 +50,7 @@ class BucketLease:
     self._retry = retry.DEFAULT_RETRY.with_timeout(RENEW_SECONDS)
     self._token = uuid.uuid4().hex  # tells this lease from another run's, whatever a retried write answered
     self._generation, self._stop = None, threading.Event()
-    self._thread = None
+    self._thread, self._lost = None, None
 
   def _text(self) -> str:
     now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -106,11 +110,20 @@ class BucketLease:
     while not self._stop.wait(RENEW_SECONDS):
       try:
         if not self._write(if_generation_match=self._generation):
-          self.log(f"WARNING: {self.path} was taken over by another run (this run did not renew it for "
-                   f"{EXPIRE_SECONDS:.0f} s); the two runs now write the same workdir. Stop one of them")
+          self._lost = (f"{self.path} was taken over by another run (this run could not renew it for "
+                        f"{EXPIRE_SECONDS:.0f} s)")
+          self.log(f"WARNING: {self._lost}; the two runs now write the same workdir. This run stops at its next "
+                   f"checkpoint; stop one of them sooner if you can")
           return
       except Exception as e:  # noqa: BLE001  (a network blip: the next renewal tries again)
         self.log(f"WARNING: could not renew {self.path}: {type(e).__name__}: {e}")
+
+  def check(self) -> None:
+    """Raises LeaseLostError once another run has taken the lease over (the trainer asks before each save)."""
+    if self._lost:
+      raise LeaseLostError(f"{self._lost}: stopped before saving, so that the two runs do not overwrite each "
+                           f"other's checkpoints. The other run goes on; resume this one in another workdir if it "
+                           f"should too")
 
   def release(self) -> None:
     self._stop.set()

@@ -44,6 +44,9 @@ class WorkdirLock:
   def __init__(self, workdir: str, fd: int):
     self.workdir, self.path, self._fd = workdir, os.path.join(workdir, LOCK_NAME), fd
 
+  def check(self) -> None:
+    """Nothing: an flock stays held until released (a bucket lease can be lost: bucket_lock)."""
+
   def release(self) -> None:
     if self._fd is not None:
       fcntl.flock(self._fd, fcntl.LOCK_UN)

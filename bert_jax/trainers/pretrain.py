@@ -214,8 +214,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   inputs.check_workdir(config, workdir)
   distributed.preflight(config, workdir, log=log0)
   # closed on every way out, an error included: a bucket's metrics.jsonl then still gets the lines before it
-  with workdir_lock.hold(workdir, log=log0), contextlib.closing(metrics.MetricsWriter(workdir)) as writer:
-    return _train_and_evaluate(config, workdir, writer)
+  with workdir_lock.hold(workdir, log=log0) as lock, contextlib.closing(metrics.MetricsWriter(workdir)) as writer:
+    return _train_and_evaluate(config, workdir, writer, lock)
 
 
 def param_rules_of(config, objective) -> tuple:
@@ -240,7 +240,8 @@ def with_platform_defaults(config, mesh, log):
   return config
 
 
-def _train_and_evaluate(config, workdir: str, writer: metrics.MetricsWriter) -> dict:
+def _train_and_evaluate(config, workdir: str, writer: metrics.MetricsWriter, lock) -> dict:
+  """The run, with its metrics writer and workdir lock (None where there is none: other processes than 0)."""
   log = writer.log
   check_intervals(config)
   mesh = sharding.create_mesh({a: config.mesh[a] for a in sharding.MESH_AXES}, config.mesh.dcn_data)
@@ -366,6 +367,8 @@ def _train_and_evaluate(config, workdir: str, writer: metrics.MetricsWriter) -> 
           check_finite(*pending)  # a non-finite step's params are never saved, or every resume would start from them
           pending = None
         if preempted or ckpt.due(step):
+          if lock is not None:
+            lock.check()  # a lease another run took over: stop before overwriting that run's checkpoints
           writer.flush()  # lines up to `step` are stored before its checkpoint can exist: a resume from it keeps them
         if preempted:
           log(f"SIGTERM: saving a checkpoint at step {step} and exiting")
