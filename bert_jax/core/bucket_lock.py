@@ -18,6 +18,7 @@ import uuid
 RENEW_SECONDS = 30.0
 EXPIRE_SECONDS = 120.0  # four missed renewals
 POLL_SECONDS = 5.0
+REQUEST_SECONDS = 10.0  # one request's timeout
 
 
 class LeaseBusyError(RuntimeError):
@@ -43,7 +44,7 @@ class BucketLease:
     from google.cloud.storage import retry
     self.path, self.log, self._errors = path, log, exceptions
     bucket, name = _bucket_and_name(path)
-    self._client = storage.Client()
+    self._client = storage.Client(project=None)  # object requests need no project: none is looked up
     self._blob = self._client.bucket(bucket).blob(name)
     # a renewal that cannot get through within a renewal interval gives up: the next one tries afresh, well
     # before the lease could expire
@@ -60,7 +61,7 @@ class BucketLease:
     """Writes the lease if the object is at that generation (0: absent); whether the lease is now ours."""
     try:
       self._blob.upload_from_string(self._text(), if_generation_match=if_generation_match, retry=self._retry,
-                                    timeout=RENEW_SECONDS / 3)
+                                    timeout=REQUEST_SECONDS)
     except self._errors.PreconditionFailed:
       # a retry of a write that did reach the server fails its own precondition: the lease may be ours after all
       holder = self._holder()
