@@ -1,6 +1,6 @@
 """A gs:// workdir, on an in-process GCS emulator (tests/gcs_helpers.py): pretraining saves, resumes and logs into
-the bucket exactly as into a local directory, damaged checkpoints are moved aside there, and what cannot work on a
-bucket is refused at start."""
+the bucket exactly as into a local directory (one process or two, SIGTERM included), damaged checkpoints are moved
+aside there, the workdir is leased to one live run, and what cannot work on a bucket is refused at start."""
 import json
 import os
 import signal
@@ -59,10 +59,6 @@ def _train(workdir, records, steps, cwd, **extra):
   return result.returncode, result.stdout, result.stderr
 
 
-def _bucket_path(path: str):
-  return epath.Path(path)
-
-
 def _metrics(text: str) -> list:
   return [json.loads(line) for line in text.splitlines()]
 
@@ -84,13 +80,13 @@ def test_pretraining_saves_resumes_and_logs_in_a_bucket(bucket, records, referen
   code, stdout, stderr = _train(RUN, records, STEPS // 2, cwd=tmp_path,
                                 **{"train.profile_start_step": 2, "train.profile_steps": 1})
   assert code == 0, stderr[-3000:]
-  assert not _bucket_path(RUN).joinpath(".lock").exists()  # the run's lease, released at its end
+  assert not epath.Path(RUN).joinpath(".lock").exists()  # the run's lease, released at its end
   code, stdout, stderr = _train(RUN, records, STEPS, cwd=tmp_path)
   assert code == 0, stderr[-3000:]
   assert f"resumed from checkpoint at step {STEPS // 2}" in stdout
   assert not os.listdir(tmp_path)  # nothing went to a local ./gs:/ directory
 
-  run = _bucket_path(RUN)
+  run = epath.Path(RUN)
   lines = _metrics((run / "metrics.jsonl").read_text())
   # the model state and the tf.data position (staged through a local directory) resumed exactly: every loss
   # equals the one-run reference's, each step logged once
@@ -134,7 +130,7 @@ def test_a_run_that_fails_still_leaves_its_metrics_lines_in_the_bucket(bucket, r
   workdir = f"gs://{gcs_helpers.BUCKET}/runs/nan"
   code, _, stderr = _train(workdir, records, STEPS, cwd=tmp_path, **{"data.train_files": f"{records}/nan-*.tfrecord"})
   assert code != 0 and "loss is nan at step 1" in stderr, stderr[-2000:]
-  assert [line["split"] for line in _metrics((_bucket_path(workdir) / "metrics.jsonl").read_text())] == ["eval"]
+  assert [line["split"] for line in _metrics((epath.Path(workdir) / "metrics.jsonl").read_text())] == ["eval"]
 
 
 def test_a_corpus_to_prepare_into_a_bucket_is_refused_before_anything_is_written(bucket, tmp_path):
@@ -145,14 +141,14 @@ def test_a_corpus_to_prepare_into_a_bucket_is_refused_before_anything_is_written
   code, _, stderr = _train(workdir, tmp_path, STEPS, cwd=tmp_path,
                            **{"data.train_files": "", "data.eval_files": "", "data.corpus": "pydocs"})
   assert code != 0 and "through the local filesystem" in stderr and "--output_dir=gs://" in stderr, stderr[-2000:]
-  assert not os.listdir(tmp_path) and not _bucket_path(workdir).exists()
+  assert not os.listdir(tmp_path) and not epath.Path(workdir).exists()
 
 
 def test_metrics_lines_reach_the_bucket_at_flushes_and_a_resume_drops_the_later_ones(bucket):
   """A bucket object cannot be appended to: metrics.jsonl is rewritten at flush() (each checkpoint) and close(),
   or at a line BUCKET_FLUSH_SECONDS after the last upload, not at every line."""
   workdir = f"gs://{gcs_helpers.BUCKET}/runs/metrics"
-  path = _bucket_path(workdir) / "metrics.jsonl"
+  path = epath.Path(workdir) / "metrics.jsonl"
   writer = metrics.MetricsWriter(workdir)
   writer.resume_from(0)
   writer.write({"step": 1, "loss": 1.0})
@@ -169,7 +165,7 @@ def test_metrics_lines_reach_the_bucket_at_flushes_and_a_resume_drops_the_later_
   resumed.BUCKET_FLUSH_SECONDS = 0.0  # the time-based upload, due at once
   resumed.write({"step": 3, "loss": 3.5})
   assert [line["step"] for line in _metrics(path.read_text())] == [1, 2, 3]
-  assert any(p.name.startswith("events.out.tfevents") for p in (_bucket_path(workdir) / "tensorboard").iterdir())
+  assert any(p.name.startswith("events.out.tfevents") for p in (epath.Path(workdir) / "tensorboard").iterdir())
   resumed.close()
 
 
@@ -188,12 +184,12 @@ def test_two_processes_save_and_resume_their_data_positions_in_a_bucket(bucket, 
     return result.stdout
 
   assert "pre-flight ok: 2 process(es)" in launch(STEPS // 2)
-  positions = _bucket_path(workdir) / "checkpoints" / "data" / str(STEPS // 2)
+  positions = epath.Path(workdir) / "checkpoints" / "data" / str(STEPS // 2)
   assert sorted(p.name for p in positions.iterdir() if p.name.endswith(".index")) == [
       "of2_process_0.index", "of2_process_1.index"]
   stdout = launch(STEPS // 2 + 3)
   assert f"resumed from checkpoint at step {STEPS // 2}" in stdout and "data position" not in stdout, stdout[-3000:]
-  lines = _metrics((_bucket_path(workdir) / "metrics.jsonl").read_text())
+  lines = _metrics((epath.Path(workdir) / "metrics.jsonl").read_text())
   assert [line["step"] for line in lines if line.get("split") != "eval"] == list(range(1, STEPS // 2 + 4))
   assert not os.listdir(tmp_path)
 
@@ -229,9 +225,9 @@ def test_a_bucket_workdir_is_leased_to_one_live_run(bucket, monkeypatch):
   logs = []
   lease = workdir_lock.acquire(workdir, logs.append)
   assert f"took over {workdir}/.lock from pid {holder.pid}" in logs[-1] and "a run that died" in logs[-1]
-  assert f"pid {os.getpid()}" in (_bucket_path(workdir) / ".lock").read_text()
+  assert f"pid {os.getpid()}" in (epath.Path(workdir) / ".lock").read_text()
   lease.release()
-  assert not (_bucket_path(workdir) / ".lock").exists()
+  assert not (epath.Path(workdir) / ".lock").exists()
   workdir_lock.acquire(workdir, logs.append).release()  # free at once after a release: no wait, no log line
   assert len(logs) == 2 and "waiting up to" in logs[0]
 
@@ -239,7 +235,7 @@ def test_a_bucket_workdir_is_leased_to_one_live_run(bucket, monkeypatch):
   monkeypatch.setattr(bucket_lock, "RENEW_SECONDS", 0.2)
   logs = []
   lease = workdir_lock.acquire(workdir, logs.append)
-  (_bucket_path(workdir) / ".lock").write_text("pid 1\nhost elsewhere\n")  # another run's takeover
+  (epath.Path(workdir) / ".lock").write_text("pid 1\nhost elsewhere\n")  # another run's takeover
   deadline = time.monotonic() + 30
   while not logs and time.monotonic() < deadline:
     time.sleep(0.1)
@@ -247,7 +243,7 @@ def test_a_bucket_workdir_is_leased_to_one_live_run(bucket, monkeypatch):
   with pytest.raises(bucket_lock.LeaseLostError, match="stopped before saving"):
     lease.check()  # what the trainer asks before each save
   lease.release()
-  assert (_bucket_path(workdir) / ".lock").read_text() == "pid 1\nhost elsewhere\n"
+  assert (epath.Path(workdir) / ".lock").read_text() == "pid 1\nhost elsewhere\n"
 
 
 def test_sigterm_saves_in_the_bucket_with_every_line_up_to_its_step(bucket, records, tmp_path):
@@ -265,7 +261,7 @@ def test_sigterm_saves_in_the_bucket_with_every_line_up_to_its_step(bucket, reco
   out, err = proc.communicate(timeout=240)
   assert proc.returncode == 0, err[-3000:]
   saved = int(out.split("SIGTERM: saving a checkpoint at step ")[1].split()[0])
-  run = _bucket_path(workdir)
+  run = epath.Path(workdir)
   assert str(saved) in [p.name for p in (run / "checkpoints").iterdir()] and not (run / ".lock").exists()
   lines = _metrics((run / "metrics.jsonl").read_text())
   assert [line["step"] for line in lines if line.get("split") != "eval"] == list(range(1, saved + 1))
